@@ -1,0 +1,80 @@
+//! The library's typed errors. Each message says what is wrong and, where it can, what to do.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in hooklens.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model file not found: {path}. {hint}")]
+    MissingFile { path: PathBuf, hint: String },
+    #[error("{path} is not a readable model file ({reason}); re-download or regenerate it")]
+    CorruptFile { path: PathBuf, reason: String },
+    #[error("bad model config: {0}")]
+    Config(String),
+    #[error("weight {name} has shape {got:?} but the config implies {expected:?}; the config.json does not describe these weights")]
+    WeightShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("weight {0} is missing from the checkpoint")]
+    MissingWeight(String),
+    #[error("unknown hook point `{name}`{}", suggest(.suggestions))]
+    UnknownHook {
+        name: String,
+        suggestions: Vec<String>,
+    },
+    #[error("layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers})")]
+    LayerOutOfRange { layer: usize, n_layers: usize },
+    #[error("head {head} is out of range: each layer has {n_heads} heads (0..{n_heads})")]
+    HeadOutOfRange { head: usize, n_heads: usize },
+    #[error("position {pos} is out of range: the prompt has {len} tokens")]
+    PositionOutOfRange { pos: usize, len: usize },
+    #[error("the prompt is {len} tokens long but the model's context is {n_ctx}; shorten it")]
+    PromptTooLong { len: usize, n_ctx: usize },
+    #[error("the prompt is empty: give at least one token of text")]
+    EmptyPrompt,
+    #[error("shape mismatch at {what}: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        what: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("Hugging Face Hub: {0}")]
+    Hub(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+fn suggest(s: &[String]) -> String {
+    if s.is_empty() {
+        "; run `hooklens hooks` to list the model's hook points".to_string()
+    } else {
+        format!("; did you mean {}?", s.join(", "))
+    }
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] naming the file involved.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Loading a model and its tokenizer: by Hub id, local directory or file, or the embedded default.
+
+mod gpt2;
+mod hub;
+mod process;
+
+pub use hub::resolve_hub_files;
+pub use process::{process_weights, Processing};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::HookedTransformer;
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// How to load: weight processing, device and dtype.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub processing: Processing,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { processing: Processing::default(), device: Device::Cpu, dtype: DType::F32 }
+    }
+}
+
+/// The embedded default model (trained in-repo by `cargo run --release --bin train_embedded`).
+pub const EMBEDDED_NAME: &str = "embedded-induction-2l";
+const EMBEDDED_CONFIG: &str = include_str!("../../assets/embedded/config.json");
+const EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../../assets/embedded/model.safetensors");
+
+/// Loads a model and its tokenizer.
+///
+/// `spec` is `None` for the embedded model, a local directory (`config.json` +
+/// `model.safetensors` or a sharded `model.safetensors.index.json`, and `tokenizer.json` or
+/// `vocab.json` + `merges.txt`), a `.safetensors` file inside such a directory, or a Hugging Face
+/// model id such as `gpt2` (downloaded into, or read offline from, the standard HF cache).
+pub fn load_model(spec: Option<&str>, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+    let Some(spec) = spec else { return load_embedded(opts) };
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return load_dir(path, opts);
+    }
+    if path.is_file() {
+        return match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") | Some("json") => load_dir(path.parent().unwrap_or(Path::new(".")), opts),
+            _ => Err(Error::Unsupported(format!("{spec}: expected a .safetensors file or a model directory"))),
+        };
+    }
+    if spec.contains(std::path::MAIN_SEPARATOR) && !spec.contains('/') || spec.starts_with('.') || spec.ends_with(".safetensors") {
+        return Err(Error::MissingFile { path: path.into(), hint: "check the path".into() });
+    }
+    let dir = resolve_hub_files(spec)?;
+    load_dir(&dir, opts)
+}
+
+/// The embedded model and its byte-level tokenizer.
+pub fn load_embedded(opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+    if EMBEDDED_WEIGHTS.is_empty() {
+        return Err(Error::Invalid("this build has no embedded model; run `cargo run --release --bin train_embedded`".into()));
+    }
+    let cfg = ModelConfig::from_hf_json(EMBEDDED_CONFIG)?;
+    let tensors = candle_core::safetensors::load_buffer(EMBEDDED_WEIGHTS, &Device::Cpu)?;
+    let w = Weights { tensors: tensors.into_iter().collect() };
+    Ok((build(cfg, w, opts)?, Tokenizer::bytes()?))
+}
+
+/// Loads a model directory laid out like a Hugging Face model repo.
+pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile { path: cfg_path.clone(), hint: "a model directory needs config.json".into() },
+        _ => Error::io(&cfg_path, e),
+    })?;
+    let cfg = ModelConfig::from_hf_json(&text)?;
+    let raw = RawTensors::open(dir)?;
+    let w = match cfg.original_architecture.as_str() {
+        "GPT2LMHeadModel" => gpt2::to_canonical(&raw, &cfg)?,
+        _ => raw.canonical_as_is()?,
+    };
+    let model = build(cfg, w, opts)?;
+    Ok((model, load_tokenizer(dir)?))
+}
+
+/// Processes canonical weights, moves them to the device and dtype, and builds the model.
+/// Processing runs in f32 on the CPU so that half-precision models are processed exactly.
+pub fn build(cfg: ModelConfig, w: Weights, opts: &LoadOptions) -> Result<HookedTransformer> {
+    let mut w = w.to(&Device::Cpu, DType::F32)?;
+    let cfg = process_weights(&mut w, &cfg, opts.processing)?;
+    let w = w.to(&opts.device, opts.dtype)?;
+    HookedTransformer::new(cfg, &w)
+}
+
+fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let tj = dir.join("tokenizer.json");
+    if tj.is_file() {
+        return Tokenizer::from_file(&tj);
+    }
+    let (v, m) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if v.is_file() && m.is_file() {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
+        return Tokenizer::from_vocab_merges(&read(&v)?, &read(&m)?);
+    }
+    Err(Error::MissingFile { path: tj, hint: "a model directory needs tokenizer.json (or vocab.json + merges.txt)".into() })
+}
+
+/// A checkpoint's tensors under their own names, memory-mapped.
+pub struct RawTensors {
+    st: MmapedSafetensors,
+    /// Name prefix to strip (GPT-2 checkpoints saved from `GPT2LMHeadModel` use `transformer.`).
+    prefix: String,
+    path: PathBuf,
+}
+
+impl RawTensors {
+    /// Opens `model.safetensors`, or every shard listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.is_file() {
+            vec![single.clone()]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::CorruptFile { path: index.clone(), reason: e.to_string() })?;
+            let mut shards: Vec<PathBuf> = v["weight_map"]
+                .as_object()
+                .ok_or_else(|| Error::CorruptFile { path: index.clone(), reason: "no weight_map".into() })?
+                .values()
+                .filter_map(|f| f.as_str().map(|f| dir.join(f)))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            shards
+        } else {
+            return Err(Error::MissingFile { path: single, hint: "a model directory needs model.safetensors or model.safetensors.index.json".into() });
+        };
+        for f in &files {
+            if !f.is_file() {
+                return Err(Error::MissingFile { path: f.clone(), hint: "a shard named in the index is missing".into() });
+            }
+        }
+        // SAFETY: the files are opened read-only and not modified while mapped.
+        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::CorruptFile { path: files[0].clone(), reason: e.to_string() })?;
+        let prefix = if st.get("transformer.wte.weight").is_ok() { "transformer." } else { "" };
+        Ok(Self { st, prefix: prefix.into(), path: files[0].clone() })
+    }
+
+    /// Tensor `name` (f32, CPU), checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        let t = self.st.load(&full, &Device::Cpu).map_err(|e| match self.st.get(&full) {
+            Err(_) => Error::MissingWeight(full.clone()),
+            Ok(_) => Error::CorruptFile { path: self.path.clone(), reason: format!("{full}: {e}") },
+        })?;
+        if t.dims() != shape {
+            return Err(Error::WeightShape { name: full, expected: shape.to_vec(), got: t.dims().to_vec() });
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// All tensors, for checkpoints already in canonical names (hooklens's own format).
+    fn canonical_as_is(&self) -> Result<Weights> {
+        let tensors = self
+            .st
+            .tensors()
+            .into_iter()
+            .map(|(name, _)| Ok((name.clone(), self.st.load(&name, &Device::Cpu)?.to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()?;
+        Ok(Weights { tensors })
+    }
+}

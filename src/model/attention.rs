@@ -1,0 +1,171 @@
+//! Multi-head attention with every TransformerLens hook point, grouped-query heads and rotary
+//! positions.
+//!
+//! Grouped-query attention: `hook_k`, `hook_v` and `hook_rot_k` carry the model's *key/value*
+//! heads, [batch, pos, n_key_value_heads, d_head] (TransformerLens's `attn._k`/`attn._v` form);
+//! each is shared by `n_heads / n_key_value_heads` consecutive query heads. `hook_q`,
+//! `hook_attn_scores`, `hook_pattern`, `hook_z` and `hook_result` are per query head.
+
+use crate::config::{ModelConfig, Positional};
+use crate::error::Result;
+use crate::hooks::{BlockHook, HookPoint, Hooks};
+use crate::weights::Weights;
+use candle_core::{DType, Tensor, D};
+
+/// One attention layer. Weights are stored flat for fast matmuls; the per-head
+/// TransformerLens views (`W_Q` [H, d_model, d_head], ...) are derived without copies.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// [d_model, H * d_head]
+    pub w_q: Tensor,
+    /// [d_model, H_kv * d_head]
+    pub w_k: Tensor,
+    pub w_v: Tensor,
+    /// [H * d_head, d_model]
+    pub w_o: Tensor,
+    /// [H * d_head], [H_kv * d_head], [H_kv * d_head], [d_model]
+    pub b_q: Option<Tensor>,
+    pub b_k: Option<Tensor>,
+    pub b_v: Option<Tensor>,
+    pub b_o: Option<Tensor>,
+    n_heads: usize,
+    n_kv: usize,
+    d_head: usize,
+    rotary: bool,
+    layer: usize,
+}
+
+/// Keys and values of earlier positions, kept between generation steps.
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv {
+    /// [batch, H_kv, pos, d_head] after rotation.
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
+impl Attention {
+    pub fn load(w: &Weights, layer: usize, cfg: &ModelConfig) -> Result<Self> {
+        let p = |n: &str| format!("blocks.{layer}.attn.{n}");
+        let (d, h, kv, dh) = (cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head);
+        // [H, d_model, d_head] -> [d_model, H * d_head]
+        let flat_in = |t: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(t.transpose(0, 1)?.contiguous()?.reshape((d, heads * dh))?)
+        };
+        let flat_b = |t: Option<Tensor>| -> Result<Option<Tensor>> { Ok(t.map(|t| t.flatten_all()).transpose()?) };
+        Ok(Self {
+            w_q: flat_in(w.get(&p("W_Q"), &[h, d, dh])?, h)?,
+            w_k: flat_in(w.get(&p("W_K"), &[kv, d, dh])?, kv)?,
+            w_v: flat_in(w.get(&p("W_V"), &[kv, d, dh])?, kv)?,
+            w_o: w.get(&p("W_O"), &[h, dh, d])?.reshape((h * dh, d))?,
+            b_q: flat_b(w.get_opt(&p("b_Q"), &[h, dh])?)?,
+            b_k: flat_b(w.get_opt(&p("b_K"), &[kv, dh])?)?,
+            b_v: flat_b(w.get_opt(&p("b_V"), &[kv, dh])?)?,
+            b_o: w.get_opt(&p("b_O"), &[d])?,
+            n_heads: h,
+            n_kv: kv,
+            d_head: dh,
+            rotary: cfg.positional_embedding_type == Positional::Rotary,
+            layer,
+        })
+    }
+
+    /// `x` [batch, pos, d_model] (normalised) -> attention output [batch, pos, d_model].
+    /// `rope` is (cos, sin) [pos, d_head] for these positions; `mask` is the additive
+    /// causal mask [pos, past + pos]; `kv` holds earlier positions when generating.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        mask: &Tensor,
+        kv: Option<&mut LayerKv>,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let hp = |h| HookPoint::Block(self.layer, h);
+        let (b, p, _) = x.dims3()?;
+        let (h, dh) = (self.n_heads, self.d_head);
+        let project = |w: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+            let y = x.broadcast_matmul(w)?;
+            let y = match bias {
+                Some(bias) => y.broadcast_add(bias)?,
+                None => y,
+            };
+            Ok(y.reshape((b, p, heads, dh))?)
+        };
+        let mut q = hooks.apply(hp(BlockHook::Q), project(&self.w_q, &self.b_q, h)?)?;
+        let mut k = hooks.apply(hp(BlockHook::K), project(&self.w_k, &self.b_k, self.n_kv)?)?;
+        let v = hooks.apply(hp(BlockHook::V), project(&self.w_v, &self.b_v, self.n_kv)?)?;
+        if self.rotary {
+            let (cos, sin) = rope.expect("rotary models pass cos/sin");
+            q = hooks.apply(hp(BlockHook::RotQ), apply_rotary(&q, cos, sin)?)?;
+            k = hooks.apply(hp(BlockHook::RotK), apply_rotary(&k, cos, sin)?)?;
+        }
+        // [batch, heads, pos, d_head]
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let mut k = k.transpose(1, 2)?.contiguous()?;
+        let mut v = v.transpose(1, 2)?.contiguous()?;
+        if let Some(kv) = kv {
+            if let (Some(pk), Some(pv)) = (&kv.k, &kv.v) {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            kv.k = Some(k.clone());
+            kv.v = Some(v.clone());
+        }
+        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
+        let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+        let scores = hooks.apply(hp(BlockHook::AttnScores), scores)?;
+        // Softmax in f32 so half-precision models keep their patterns normalised.
+        let pattern = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
+        let pattern = hooks.apply(hp(BlockHook::Pattern), pattern)?;
+        let z = pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
+        let z = hooks.apply(hp(BlockHook::Z), z)?;
+        let out = if hooks.wants(hp(BlockHook::Result)) {
+            // Per-head outputs [batch, pos, H, d_model]: z[.., h, :] @ W_O[h].
+            let w_o = self.w_o.reshape((h, dh, ()))?;
+            let zh = z.transpose(1, 2)?.contiguous()?; // [batch, H, pos, d_head]
+            let result = zh.broadcast_matmul(&w_o.unsqueeze(0)?)?.transpose(1, 2)?.contiguous()?;
+            hooks.apply(hp(BlockHook::Result), result)?.sum(2)?
+        } else {
+            z.reshape((b, p, h * dh))?.broadcast_matmul(&self.w_o)?
+        };
+        Ok(match &self.b_o {
+            Some(b_o) => out.broadcast_add(b_o)?,
+            None => out,
+        })
+    }
+
+    /// Repeats each key/value head for the query heads that share it: [b, H_kv, p, d] -> [b, H, p, d].
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let g = self.n_heads / self.n_kv;
+        if g == 1 {
+            return Ok(x);
+        }
+        let (b, kv, p, d) = x.dims4()?;
+        Ok(x.unsqueeze(2)?.expand((b, kv, g, p, d))?.reshape((b, kv * g, p, d))?)
+    }
+}
+
+/// Rotary embedding in the rotate-half layout (Hugging Face's), on `x` [batch, pos, heads, d_head]
+/// with `cos`/`sin` [pos, d_head].
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let cos = cos.unsqueeze(1)?.to_dtype(x.dtype())?; // [pos, 1, d_head]
+    let sin = sin.unsqueeze(1)?.to_dtype(x.dtype())?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+}
+
+/// cos and sin tables [n_pos, d_head] for positions `start..start + n_pos`.
+pub fn rotary_tables(start: usize, n_pos: usize, d_head: usize, base: f64, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let half = d_head / 2;
+    let inv: Vec<f32> = (0..half).map(|i| (1.0 / base.powf(2.0 * i as f64 / d_head as f64)) as f32).collect();
+    let inv = Tensor::from_vec(inv, (1, half), device)?;
+    let pos: Vec<f32> = (start..start + n_pos).map(|p| p as f32).collect();
+    let pos = Tensor::from_vec(pos, (n_pos, 1), device)?;
+    let freqs = pos.broadcast_mul(&inv)?;
+    let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}

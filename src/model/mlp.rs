@@ -1,0 +1,76 @@
+//! The MLP sublayer: plain (GPT-2) or gated (SwiGLU, llama), with neuron hooks at d_mlp width.
+
+use crate::config::{Activation, ModelConfig};
+use crate::error::Result;
+use crate::hooks::{BlockHook, HookPoint, Hooks};
+use crate::weights::Weights;
+use candle_core::Tensor;
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    /// [d_model, d_mlp]
+    pub w_in: Tensor,
+    pub b_in: Option<Tensor>,
+    /// [d_model, d_mlp], gated MLPs only.
+    pub w_gate: Option<Tensor>,
+    /// [d_mlp, d_model]
+    pub w_out: Tensor,
+    pub b_out: Option<Tensor>,
+    act: Activation,
+    layer: usize,
+}
+
+impl Mlp {
+    pub fn load(w: &Weights, layer: usize, cfg: &ModelConfig) -> Result<Self> {
+        let p = |n: &str| format!("blocks.{layer}.mlp.{n}");
+        let (d, m) = (cfg.d_model, cfg.d_mlp);
+        Ok(Self {
+            w_in: w.get(&p("W_in"), &[d, m])?,
+            b_in: w.get_opt(&p("b_in"), &[m])?,
+            w_gate: if cfg.gated_mlp { Some(w.get(&p("W_gate"), &[d, m])?) } else { None },
+            w_out: w.get(&p("W_out"), &[m, d])?,
+            b_out: w.get_opt(&p("b_out"), &[d])?,
+            act: cfg.act_fn,
+            layer,
+        })
+    }
+
+    /// `x` [batch, pos, d_model] (already normalised) -> MLP output [batch, pos, d_model].
+    pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let hp = |h| HookPoint::Block(self.layer, h);
+        let linear = |w: &Tensor, b: &Option<Tensor>| -> Result<Tensor> {
+            let y = x.broadcast_matmul(w)?;
+            Ok(match b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            })
+        };
+        let post = match &self.w_gate {
+            Some(w_gate) => {
+                let pre = hooks.apply(hp(BlockHook::MlpPre), x.broadcast_matmul(w_gate)?)?;
+                let pre_linear = hooks.apply(hp(BlockHook::MlpPreLinear), linear(&self.w_in, &self.b_in)?)?;
+                (activate(&pre, self.act)? * pre_linear)?
+            }
+            None => {
+                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(&self.w_in, &self.b_in)?)?;
+                activate(&pre, self.act)?
+            }
+        };
+        let post = hooks.apply(hp(BlockHook::MlpPost), post)?;
+        let out = post.broadcast_matmul(&self.w_out)?;
+        Ok(match &self.b_out {
+            Some(b) => out.broadcast_add(b)?,
+            None => out,
+        })
+    }
+}
+
+fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        // candle's `gelu` is the tanh approximation, which is GPT-2's gelu_new.
+        Activation::GeluNew => x.gelu()?,
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+    })
+}

@@ -1,0 +1,161 @@
+//! Text to token ids and back, with TransformerLens's `to_tokens` / `to_str_tokens` and BOS policy.
+
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// A tokenizer plus the special ids the model needs.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Prepended when `prepend_bos` is on; also used for padding when there is no pad token.
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+const GPT2_VOCAB: &str = include_str!("../assets/gpt2/vocab.json");
+const GPT2_MERGES: &str = include_str!("../assets/gpt2/merges.txt");
+const GPT2_EOT: &str = "<|endoftext|>";
+
+impl Tokenizer {
+    /// A Hugging Face `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// A `tokenizer.json` document.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let inner = text.parse::<tokenizers::Tokenizer>().map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        Ok(Self {
+            bos_token_id: find(&[GPT2_EOT, "<|im_start|>", "<s>", "<|begin_of_text|>", "<bos>"]),
+            eos_token_id: find(&[GPT2_EOT, "<|im_end|>", "</s>", "<|end_of_text|>", "<eos>"]),
+            inner,
+        })
+    }
+
+    /// Byte-level BPE from GPT-2-style `vocab.json` and `merges.txt`.
+    pub fn from_vocab_merges(vocab_json: &str, merges_txt: &str) -> Result<Self> {
+        let vocab: Value = serde_json::from_str(vocab_json).map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
+        let merges: Vec<&str> = merges_txt.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).collect();
+        Self::from_json(&byte_level_bpe_json(vocab, merges).to_string())
+    }
+
+    /// GPT-2's tokenizer (50,257 tokens), shipped in the crate.
+    pub fn gpt2() -> Result<Self> {
+        Self::from_vocab_merges(GPT2_VOCAB, GPT2_MERGES)
+    }
+
+    /// A byte-level tokenizer: one token per byte (ids 0..256, in GPT-2's byte-to-unicode
+    /// spelling) plus `<|endoftext|>` = 256. The embedded model uses it.
+    pub fn bytes() -> Result<Self> {
+        let vocab: serde_json::Map<String, Value> = (0u8..=255).map(|b| (byte_char(b).to_string(), json!(b as u32))).collect();
+        Self::from_json(&byte_level_bpe_json(Value::Object(vocab), vec![]).to_string())
+    }
+
+    /// The `tokenizer.json` document of this tokenizer.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`, without any special token added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text`, with BOS first when `prepend_bos`. An empty result is an error.
+    pub fn encode_prompt(&self, text: &str, prepend_bos: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if prepend_bos {
+            ids.push(self.bos_token_id.ok_or_else(|| Error::Tokenizer("this tokenizer has no BOS token; use --no-prepend-bos".into()))?);
+        }
+        let body = self.encode(text)?;
+        if body.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        ids.extend(body);
+        Ok(ids)
+    }
+
+    /// A batch [batch, pos] of u32 ids, like TransformerLens's `to_tokens`. Prompts of unequal
+    /// length are padded on the right (with BOS/EOS); causal attention means a prompt never sees
+    /// its padding, so its activations equal those of running it alone. Use [`Self::lengths`]
+    /// to know which positions are real.
+    pub fn to_tokens(&self, texts: &[&str], prepend_bos: bool, device: &Device) -> Result<Tensor> {
+        let rows = texts.iter().map(|t| self.encode_prompt(t, prepend_bos)).collect::<Result<Vec<_>>>()?;
+        pad_batch(&rows, self.pad_id(), device)
+    }
+
+    /// The number of real (unpadded) tokens of each prompt, as `to_tokens` would make them.
+    pub fn lengths(&self, texts: &[&str], prepend_bos: bool) -> Result<Vec<usize>> {
+        texts.iter().map(|t| Ok(self.encode_prompt(t, prepend_bos)?.len())).collect()
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.eos_token_id.or(self.bos_token_id).unwrap_or(0)
+    }
+
+    /// Each id decoded on its own, like TransformerLens's `to_str_tokens`.
+    pub fn to_str_tokens(&self, ids: &[u32]) -> Result<Vec<String>> {
+        ids.iter().map(|&id| self.decode(&[id])).collect()
+    }
+
+    /// Text of `ids` (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+/// Right-pads rows of ids into one [batch, pos] u32 tensor.
+pub fn pad_batch(rows: &[Vec<u32>], pad: u32, device: &Device) -> Result<Tensor> {
+    let p = rows.iter().map(Vec::len).max().unwrap_or(0);
+    if p == 0 {
+        return Err(Error::EmptyPrompt);
+    }
+    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad)).take(p)).collect();
+    Ok(Tensor::from_vec(flat, (rows.len(), p), device)?)
+}
+
+/// GPT-2's printable spelling of a byte (the byte-level BPE alphabet).
+fn byte_char(b: u8) -> char {
+    let printable = |c: u32| (33..=126).contains(&c) || (161..=172).contains(&c) || (174..=255).contains(&c);
+    if printable(b as u32) {
+        return char::from_u32(b as u32).unwrap();
+    }
+    let n = (0..b as u32).filter(|&c| !printable(c)).count() as u32;
+    char::from_u32(256 + n).unwrap()
+}
+
+/// The tokenizer.json of a byte-level BPE (GPT-2's layout), with `<|endoftext|>` as a special token.
+fn byte_level_bpe_json(mut vocab: Value, merges: Vec<&str>) -> Value {
+    let map = vocab.as_object_mut().expect("vocab is an object");
+    let eot = match map.get(GPT2_EOT) {
+        Some(id) => id.clone(),
+        None => {
+            let id = json!(map.len());
+            map.insert(GPT2_EOT.into(), id.clone());
+            id
+        }
+    };
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{"id": eot, "content": GPT2_EOT, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": true, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges}
+    })
+}

@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use hooklens::{load_model, HookedTransformer, LoadOptions, Processing, Tokenizer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The random GPT-2 fixture as a model directory: its config and weights plus the shipped
+/// GPT-2 tokenizer files, linked into a temporary folder.
+pub fn gpt2_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let fix = root().join("tests/fixtures/gpt2-random");
+    for (src, name) in [
+        (fix.join("config.json"), "config.json"),
+        (fix.join("model.safetensors"), "model.safetensors"),
+        (root().join("assets/gpt2/vocab.json"), "vocab.json"),
+        (root().join("assets/gpt2/merges.txt"), "merges.txt"),
+    ] {
+        std::fs::copy(&src, dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+pub fn load_gpt2(dir: &Path, processing: Processing) -> (HookedTransformer, Tokenizer) {
+    let opts = LoadOptions { processing, ..Default::default() };
+    load_model(Some(dir.to_str().unwrap()), &opts).unwrap()
+}
+
+pub fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(root().join("tests/reference/gpt2_random_ref.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(candle_core::DType::F32).unwrap();
+    let b = b.to_dtype(candle_core::DType::F32).unwrap();
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
