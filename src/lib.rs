@@ -7,6 +7,7 @@
 
 pub mod ablation;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod detectors;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod loading;
 pub mod metrics;
 pub mod model;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use cache::ActivationCache;

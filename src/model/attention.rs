@@ -116,7 +116,13 @@ impl Attention {
         let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
         let scores = hooks.apply(hp(BlockHook::AttnScores), scores)?;
         // Softmax in f32 so half-precision models keep their patterns normalised.
-        let pattern = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
+        let scores32 = scores.to_dtype(DType::F32)?;
+        // The fused softmax has no backward pass; use the composed one when training.
+        let pattern = match scores32.track_op() {
+            true => candle_nn::ops::softmax(&scores32, D::Minus1)?,
+            false => candle_nn::ops::softmax_last_dim(&scores32)?,
+        };
+        let pattern = pattern.to_dtype(scores.dtype())?;
         let pattern = hooks.apply(hp(BlockHook::Pattern), pattern)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
         let z = hooks.apply(hp(BlockHook::Z), z)?;

@@ -1,0 +1,104 @@
+//! Command-line arguments shared by the `hooklens` CLI and the experiment binaries.
+
+use crate::error::{Error, Result};
+use crate::loading::{load_model, LoadOptions, Processing};
+use crate::model::HookedTransformer;
+use crate::tokenizer::Tokenizer;
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+/// Which model to load and how.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A Hugging Face model id (e.g. `gpt2`), a model directory, or a .safetensors file.
+    /// Without it, the embedded 2-layer induction model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Use the checkpoint's weights as they are (no fold_ln, centring or value-bias folding).
+    #[arg(long)]
+    pub no_processing: bool,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    /// The first CUDA GPU (needs a build with `--features cuda`).
+    Cuda,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> Result<LoadOptions> {
+        let device = match self.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::new_cuda(0).map_err(|e| Error::Unsupported(format!("CUDA device: {e}; build with `--features cuda` on a machine with a GPU")))?,
+        };
+        let dtype = match self.dtype {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        };
+        let processing = if self.no_processing { Processing::none() } else { Processing::default() };
+        Ok(LoadOptions { processing, device, dtype })
+    }
+
+    /// Loads the model and tokenizer these arguments name.
+    pub fn load(&self) -> Result<(HookedTransformer, Tokenizer)> {
+        load_model(self.model.as_deref(), &self.options()?)
+    }
+}
+
+/// The prompt(s) to run.
+#[derive(Args, Debug, Clone)]
+pub struct PromptArgs {
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// A file whose non-empty lines are prompts (run as one padded batch).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Prepend the BOS token (the model's default; TransformerLens's `prepend_bos=True`).
+    #[arg(long, overrides_with = "no_prepend_bos")]
+    pub prepend_bos: bool,
+    /// Do not prepend the BOS token.
+    #[arg(long)]
+    pub no_prepend_bos: bool,
+}
+
+impl PromptArgs {
+    /// The prompts, from `--prompt` or `--prompt-file`.
+    pub fn prompts(&self) -> Result<Vec<String>> {
+        if let Some(p) = &self.prompt {
+            return Ok(vec![p.clone()]);
+        }
+        if let Some(f) = &self.prompt_file {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+            if lines.is_empty() {
+                return Err(Error::EmptyPrompt);
+            }
+            return Ok(lines);
+        }
+        Err(Error::Invalid("give a prompt with --prompt TEXT or --prompt-file FILE".into()))
+    }
+
+    /// Whether to prepend BOS for `model` given the flags.
+    pub fn prepend_bos(&self, model: &HookedTransformer) -> bool {
+        match (self.prepend_bos, self.no_prepend_bos) {
+            (_, true) => false,
+            (true, _) => true,
+            _ => model.cfg.default_prepend_bos,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Training the embedded default model: a small attention-only transformer that learns
+//! induction ("… A B … A → B") from sequences of random tokens with repeated segments.
+
+use crate::config::{Activation, ModelConfig, Normalization, Positional};
+use crate::error::Result;
+use crate::model::HookedTransformer;
+use crate::weights::Weights;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Token ids the training data draws from: printable ASCII, so that typed prompts are in
+/// distribution for the byte-level tokenizer.
+pub const DATA_TOKENS: std::ops::Range<u32> = 32..127;
+/// The byte tokenizer's `<|endoftext|>`, used as BOS.
+pub const BYTE_BOS: u32 = 256;
+
+/// The embedded model's shape: 2 attention-only layers over the 257-token byte vocabulary.
+pub fn embedded_config() -> ModelConfig {
+    ModelConfig {
+        n_layers: 2,
+        d_model: 64,
+        n_heads: 4,
+        d_head: 16,
+        n_key_value_heads: 4,
+        d_mlp: 0,
+        d_vocab: 257,
+        n_ctx: 128,
+        act_fn: Activation::GeluNew,
+        normalization_type: Normalization::LN,
+        positional_embedding_type: Positional::Standard,
+        rotary_base: 10000.0,
+        gated_mlp: false,
+        attn_only: true,
+        eps: 1e-5,
+        tie_word_embeddings: false,
+        original_architecture: "HookedTransformer".into(),
+        default_prepend_bos: true,
+        bos_token_id: Some(BYTE_BOS),
+        eos_token_id: Some(BYTE_BOS),
+    }
+}
+
+/// Training settings.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self { steps: 1500, batch: 32, seq_len: 128, lr: 3e-3, seed: 0 }
+    }
+}
+
+/// A batch [batch, seq_len] of BOS followed by random chunks (5..40 tokens) each immediately
+/// repeated, so that the second copy is predictable only by induction.
+pub fn repeated_segments_batch(rng: &mut StdRng, batch: usize, seq_len: usize, device: &Device) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(batch * seq_len);
+    for _ in 0..batch {
+        let mut row = vec![BYTE_BOS];
+        while row.len() < seq_len {
+            let len = rng.random_range(5..40);
+            let chunk: Vec<u32> = (0..len).map(|_| rng.random_range(DATA_TOKENS)).collect();
+            row.extend(&chunk);
+            row.extend(&chunk);
+        }
+        row.truncate(seq_len);
+        data.extend(row);
+    }
+    Ok(Tensor::from_vec(data, (batch, seq_len), device)?)
+}
+
+/// The standard induction test input: BOS, `half` random tokens, the same tokens again.
+pub fn repeated_random_tokens(rng: &mut StdRng, batch: usize, half: usize, bos: Option<u32>, vocab: std::ops::Range<u32>, device: &Device) -> Result<Tensor> {
+    let mut data = Vec::new();
+    for _ in 0..batch {
+        let r: Vec<u32> = (0..half).map(|_| rng.random_range(vocab.clone())).collect();
+        data.extend(bos);
+        data.extend(&r);
+        data.extend(&r);
+    }
+    let p = 2 * half + bos.is_some() as usize;
+    Ok(Tensor::from_vec(data, (batch, p), device)?)
+}
+
+/// Mean next-token cross-entropy of `model` on `tokens` [batch, pos].
+pub fn next_token_loss(model: &HookedTransformer, tokens: &Tensor) -> Result<Tensor> {
+    let logits = model.forward(tokens, &mut crate::Hooks::none())?;
+    let (b, p, v) = logits.dims3()?;
+    let logits = logits.narrow(1, 0, p - 1)?.reshape((b * (p - 1), v))?;
+    let targets = tokens.narrow(1, 1, p - 1)?.flatten_all()?;
+    Ok(candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &targets)?)
+}
+
+/// Trains a model of shape `cfg` from random initialisation; `progress(step, loss)` is called
+/// after every step. Returns the canonical (unprocessed) weights.
+pub fn train_induction_model(cfg: &ModelConfig, tc: &TrainConfig, mut progress: impl FnMut(usize, f32)) -> Result<Weights> {
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(tc.seed);
+    let (d, h, dh, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab);
+    let mut vars: Vec<(String, Var)> = Vec::new();
+    let mut param = |name: &str, shape: &[usize], std: f64, mean: f64| -> Result<()> {
+        let t = if std == 0.0 { Tensor::full(mean as f32, shape, &dev)? } else { Tensor::randn(mean as f32, std as f32, shape, &dev)? };
+        vars.push((name.to_string(), Var::from_tensor(&t)?));
+        Ok(())
+    };
+    let std = 1.0 / (d as f64).sqrt();
+    param("embed.W_E", &[v, d], 1.0, 0.0)?;
+    param("pos_embed.W_pos", &[cfg.n_ctx, d], 1.0, 0.0)?;
+    for l in 0..cfg.n_layers {
+        let p = |n: &str| format!("blocks.{l}.{n}");
+        param(&p("ln1.w"), &[d], 0.0, 1.0)?;
+        param(&p("ln1.b"), &[d], 0.0, 0.0)?;
+        for w in ["W_Q", "W_K", "W_V"] {
+            param(&p(&format!("attn.{w}")), &[h, d, dh], std, 0.0)?;
+        }
+        for b in ["b_Q", "b_K", "b_V"] {
+            param(&p(&format!("attn.{b}")), &[h, dh], 0.0, 0.0)?;
+        }
+        param(&p("attn.W_O"), &[h, dh, d], std / (2.0 * cfg.n_layers as f64).sqrt(), 0.0)?;
+        param(&p("attn.b_O"), &[d], 0.0, 0.0)?;
+    }
+    param("ln_final.w", &[d], 0.0, 1.0)?;
+    param("ln_final.b", &[d], 0.0, 0.0)?;
+    param("unembed.W_U", &[d, v], std, 0.0)?;
+    param("unembed.b_U", &[v], 0.0, 0.0)?;
+    let weights = |vars: &[(String, Var)]| Weights { tensors: vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect() };
+    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: tc.lr, weight_decay: 0.01, ..Default::default() })?;
+    for step in 0..tc.steps {
+        // Cosine decay to a tenth of the peak rate.
+        let frac = step as f64 / tc.steps as f64;
+        opt.set_learning_rate(tc.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())));
+        let model = HookedTransformer::new(cfg.clone(), &weights(&vars))?;
+        let tokens = repeated_segments_batch(&mut rng, tc.batch, tc.seq_len, &dev)?;
+        let loss = next_token_loss(&model, &tokens)?;
+        opt.backward_step(&loss)?;
+        progress(step, loss.to_scalar::<f32>()?);
+    }
+    let w = weights(&vars);
+    // Detach from the autograd graph.
+    let tensors = w.tensors.into_iter().map(|(k, t)| Ok((k, t.detach().copy()?))).collect::<Result<_>>()?;
+    Ok(Weights { tensors })
+}
