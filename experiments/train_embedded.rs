@@ -25,6 +25,9 @@ struct Args {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Tokens per training sequence.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
     /// Output folder (config.json + model.safetensors).
     #[arg(long, default_value = "assets/embedded")]
     out: PathBuf,
@@ -33,7 +36,7 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     let cfg = embedded_config();
-    let tc = TrainConfig { steps: a.steps, batch: a.batch, lr: a.lr, seed: a.seed, ..Default::default() };
+    let tc = TrainConfig { steps: a.steps, batch: a.batch, lr: a.lr, seed: a.seed, seq_len: a.seq_len };
     let bar = ProgressBar::new(tc.steps as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
     let mut avg = None;
@@ -52,6 +55,8 @@ fn main() -> Result<()> {
     let st = a.out.join("model.safetensors");
     hooklens::export::atomic_write_with(&st, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
     hooklens::export::atomic_write(&a.out.join("config.json"), cfg.to_hf_json().as_bytes())?;
-    println!("wrote {} and config.json", st.display());
+    // The byte tokenizer, so that the folder is a complete model directory for `--model`.
+    hooklens::export::atomic_write(&a.out.join("tokenizer.json"), hooklens::Tokenizer::bytes()?.to_json()?.as_bytes())?;
+    println!("wrote {}, config.json and tokenizer.json", st.display());
     Ok(())
 }

@@ -58,17 +58,18 @@ impl Default for TrainConfig {
     }
 }
 
-/// A batch [batch, seq_len] of BOS followed by random chunks (5..40 tokens) each immediately
-/// repeated, so that the second copy is predictable only by induction.
+/// A batch [batch, seq_len] of BOS followed by random chunks (4..24 tokens), each repeated two or
+/// three times in a row, so that the copies are predictable only by induction.
 pub fn repeated_segments_batch(rng: &mut StdRng, batch: usize, seq_len: usize, device: &Device) -> Result<Tensor> {
     let mut data = Vec::with_capacity(batch * seq_len);
     for _ in 0..batch {
         let mut row = vec![BYTE_BOS];
         while row.len() < seq_len {
-            let len = rng.random_range(5..40);
+            let len = rng.random_range(4..24);
             let chunk: Vec<u32> = (0..len).map(|_| rng.random_range(DATA_TOKENS)).collect();
-            row.extend(&chunk);
-            row.extend(&chunk);
+            for _ in 0..rng.random_range(2..4) {
+                row.extend(&chunk);
+            }
         }
         row.truncate(seq_len);
         data.extend(row);
@@ -104,34 +105,37 @@ pub fn train_induction_model(cfg: &ModelConfig, tc: &TrainConfig, mut progress: 
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(tc.seed);
     let (d, h, dh, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab);
+    let randn = |shape: &[usize], std: f64| Tensor::randn(0f32, std as f32, shape, &dev);
+    let full = |shape: &[usize], v: f32| Tensor::full(v, shape, &dev);
     let mut vars: Vec<(String, Var)> = Vec::new();
-    let mut param = |name: &str, shape: &[usize], std: f64, mean: f64| -> Result<()> {
-        let t = if std == 0.0 { Tensor::full(mean as f32, shape, &dev)? } else { Tensor::randn(mean as f32, std as f32, shape, &dev)? };
-        vars.push((name.to_string(), Var::from_tensor(&t)?));
+    let mut param = |name: &str, t: candle_core::Result<Tensor>| -> Result<()> {
+        vars.push((name.to_string(), Var::from_tensor(&t?)?));
         Ok(())
     };
     let std = 1.0 / (d as f64).sqrt();
-    param("embed.W_E", &[v, d], 1.0, 0.0)?;
-    param("pos_embed.W_pos", &[cfg.n_ctx, d], 1.0, 0.0)?;
+    param("embed.W_E", randn(&[v, d], 1.0))?;
+    // Sinusoidal start for the learned positions: relative offsets are then linear maps of the
+    // embedding, so a previous-token head (and with it induction) forms much sooner.
+    param("pos_embed.W_pos", sinusoidal(cfg.n_ctx, d, &dev))?;
     for l in 0..cfg.n_layers {
         let p = |n: &str| format!("blocks.{l}.{n}");
-        param(&p("ln1.w"), &[d], 0.0, 1.0)?;
-        param(&p("ln1.b"), &[d], 0.0, 0.0)?;
+        param(&p("ln1.w"), full(&[d], 1.0))?;
+        param(&p("ln1.b"), full(&[d], 0.0))?;
         for w in ["W_Q", "W_K", "W_V"] {
-            param(&p(&format!("attn.{w}")), &[h, d, dh], std, 0.0)?;
+            param(&p(&format!("attn.{w}")), randn(&[h, d, dh], std))?;
         }
         for b in ["b_Q", "b_K", "b_V"] {
-            param(&p(&format!("attn.{b}")), &[h, dh], 0.0, 0.0)?;
+            param(&p(&format!("attn.{b}")), full(&[h, dh], 0.0))?;
         }
-        param(&p("attn.W_O"), &[h, dh, d], std / (2.0 * cfg.n_layers as f64).sqrt(), 0.0)?;
-        param(&p("attn.b_O"), &[d], 0.0, 0.0)?;
+        param(&p("attn.W_O"), randn(&[h, dh, d], std / (2.0 * cfg.n_layers as f64).sqrt()))?;
+        param(&p("attn.b_O"), full(&[d], 0.0))?;
     }
-    param("ln_final.w", &[d], 0.0, 1.0)?;
-    param("ln_final.b", &[d], 0.0, 0.0)?;
-    param("unembed.W_U", &[d, v], std, 0.0)?;
-    param("unembed.b_U", &[v], 0.0, 0.0)?;
+    param("ln_final.w", full(&[d], 1.0))?;
+    param("ln_final.b", full(&[d], 0.0))?;
+    param("unembed.W_U", randn(&[d, v], std))?;
+    param("unembed.b_U", full(&[v], 0.0))?;
     let weights = |vars: &[(String, Var)]| Weights { tensors: vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect() };
-    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: tc.lr, weight_decay: 0.01, ..Default::default() })?;
+    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: tc.lr, weight_decay: 0.0, ..Default::default() })?;
     for step in 0..tc.steps {
         // Cosine decay to a tenth of the peak rate.
         let frac = step as f64 / tc.steps as f64;
@@ -146,4 +150,18 @@ pub fn train_induction_model(cfg: &ModelConfig, tc: &TrainConfig, mut progress: 
     // Detach from the autograd graph.
     let tensors = w.tensors.into_iter().map(|(k, t)| Ok((k, t.detach().copy()?))).collect::<Result<_>>()?;
     Ok(Weights { tensors })
+}
+
+/// Sinusoidal position table [n, d] (Vaswani et al.), scaled to unit variance per entry.
+fn sinusoidal(n: usize, d: usize, dev: &Device) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..n)
+        .flat_map(|p| {
+            (0..d).map(move |i| {
+                let freq = 1.0 / 10000f64.powf((i / 2 * 2) as f64 / d as f64);
+                let a = p as f64 * freq;
+                (std::f64::consts::SQRT_2 * if i % 2 == 0 { a.sin() } else { a.cos() }) as f32
+            })
+        })
+        .collect();
+    Tensor::from_vec(v, (n, d), dev)
 }

@@ -8,6 +8,7 @@
 
 use crate::config::{ModelConfig, Positional};
 use crate::error::Result;
+use super::linear;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
 use crate::weights::Weights;
 use candle_core::{DType, Tensor, D};
@@ -83,14 +84,7 @@ impl Attention {
         let hp = |h| HookPoint::Block(self.layer, h);
         let (b, p, _) = x.dims3()?;
         let (h, dh) = (self.n_heads, self.d_head);
-        let project = |w: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
-            let y = x.broadcast_matmul(w)?;
-            let y = match bias {
-                Some(bias) => y.broadcast_add(bias)?,
-                None => y,
-            };
-            Ok(y.reshape((b, p, heads, dh))?)
-        };
+        let project = |w: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> { Ok(linear(x, w, bias.as_ref())?.reshape((b, p, heads, dh))?) };
         let mut q = hooks.apply(hp(BlockHook::Q), project(&self.w_q, &self.b_q, h)?)?;
         let mut k = hooks.apply(hp(BlockHook::K), project(&self.w_k, &self.b_k, self.n_kv)?)?;
         let v = hooks.apply(hp(BlockHook::V), project(&self.w_v, &self.b_v, self.n_kv)?)?;
@@ -131,14 +125,15 @@ impl Attention {
             let w_o = self.w_o.reshape((h, dh, ()))?;
             let zh = z.transpose(1, 2)?.contiguous()?; // [batch, H, pos, d_head]
             let result = zh.broadcast_matmul(&w_o.unsqueeze(0)?)?.transpose(1, 2)?.contiguous()?;
-            hooks.apply(hp(BlockHook::Result), result)?.sum(2)?
+            let out = hooks.apply(hp(BlockHook::Result), result)?.sum(2)?;
+            match &self.b_o {
+                Some(b_o) => out.broadcast_add(b_o)?,
+                None => out,
+            }
         } else {
-            z.reshape((b, p, h * dh))?.broadcast_matmul(&self.w_o)?
+            linear(&z.reshape((b, p, h * dh))?, &self.w_o, self.b_o.as_ref())?
         };
-        Ok(match &self.b_o {
-            Some(b_o) => out.broadcast_add(b_o)?,
-            None => out,
-        })
+        Ok(out)
     }
 
     /// Repeats each key/value head for the query heads that share it: [b, H_kv, p, d] -> [b, H, p, d].

@@ -1,5 +1,6 @@
 //! The MLP sublayer: plain (GPT-2) or gated (SwiGLU, llama), with neuron hooks at d_mlp width.
 
+use super::linear;
 use crate::config::{Activation, ModelConfig};
 use crate::error::Result;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
@@ -38,30 +39,19 @@ impl Mlp {
     /// `x` [batch, pos, d_model] (already normalised) -> MLP output [batch, pos, d_model].
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let hp = |h| HookPoint::Block(self.layer, h);
-        let linear = |w: &Tensor, b: &Option<Tensor>| -> Result<Tensor> {
-            let y = x.broadcast_matmul(w)?;
-            Ok(match b {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            })
-        };
         let post = match &self.w_gate {
             Some(w_gate) => {
-                let pre = hooks.apply(hp(BlockHook::MlpPre), x.broadcast_matmul(w_gate)?)?;
-                let pre_linear = hooks.apply(hp(BlockHook::MlpPreLinear), linear(&self.w_in, &self.b_in)?)?;
+                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, w_gate, None)?)?;
+                let pre_linear = hooks.apply(hp(BlockHook::MlpPreLinear), linear(x, &self.w_in, self.b_in.as_ref())?)?;
                 (activate(&pre, self.act)? * pre_linear)?
             }
             None => {
-                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(&self.w_in, &self.b_in)?)?;
+                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, &self.w_in, self.b_in.as_ref())?)?;
                 activate(&pre, self.act)?
             }
         };
         let post = hooks.apply(hp(BlockHook::MlpPost), post)?;
-        let out = post.broadcast_matmul(&self.w_out)?;
-        Ok(match &self.b_out {
-            Some(b) => out.broadcast_add(b)?,
-            None => out,
-        })
+        linear(&post, &self.w_out, self.b_out.as_ref())
     }
 }
 

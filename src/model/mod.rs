@@ -177,11 +177,7 @@ impl HookedTransformer {
             return Ok(resid);
         }
         let x = self.ln_final.forward(&resid, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, hooks)?;
-        let logits = x.broadcast_matmul(&self.w_u)?;
-        Ok(match &self.b_u {
-            Some(b_u) => logits.broadcast_add(b_u)?,
-            None => logits,
-        })
+        linear(&x, &self.w_u, self.b_u.as_ref())
     }
 
     /// One generation step: runs `tokens` [batch, new] at positions after those already in
@@ -348,6 +344,21 @@ impl HookedTransformer {
             false => Err(Error::HeadOutOfRange { head, n_heads: self.cfg.n_heads }),
         }
     }
+}
+
+/// `x @ w (+ b)` for `x` [.., d_in] and `w` [d_in, d_out]: the leading dimensions are flattened
+/// into one matmul (much faster than a batched matmul against a broadcast `w`).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let d_in = dims[dims.len() - 1];
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("x has a last dimension") = w.dim(1)?;
+    let y = x.contiguous()?.reshape(((), d_in))?.matmul(w)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    Ok(y.reshape(out_dims)?)
 }
 
 /// Additive causal mask [p, offset + p]: 0 where query i (at position offset + i) may attend
