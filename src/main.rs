@@ -98,7 +98,7 @@ fn run(margs: ModelArgs, pargs: PromptArgs, top_k: usize, answer: Option<String>
         }
         println!("Top {top_k} next tokens:");
         for (rank, (id, l)) in metrics::top_k(&last, top_k).into_iter().enumerate() {
-            println!("  {rank:>3}. {:<20} prob {:6.2}%  logit-prob {:.4}", format!("{:?}", tok.decode(&[id])?), 100.0 * l.exp(), l);
+            println!("  {rank:>3}. {:<20} prob {:6.2}%  log-prob {:.4}", format!("{:?}", tok.decode(&[id])?), 100.0 * l.exp(), l);
         }
     }
     Ok(())

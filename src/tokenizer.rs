@@ -40,7 +40,14 @@ impl Tokenizer {
     pub fn from_vocab_merges(vocab_json: &str, merges_txt: &str) -> Result<Self> {
         let vocab: Value = serde_json::from_str(vocab_json).map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
         let merges: Vec<&str> = merges_txt.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).collect();
-        Self::from_json(&byte_level_bpe_json(vocab, merges).to_string())
+        Self::from_json(&byte_level_bpe_json(vocab, merges, &[], false).to_string())
+    }
+
+    /// Byte-level BPE from a token list (id = index) and merges (`"a b"`), as GGUF stores them.
+    pub fn byte_level_bpe(tokens: Vec<String>, merges: Vec<String>, special: &[(u32, String)], split_digits: bool) -> Result<Self> {
+        let vocab: serde_json::Map<String, Value> = tokens.into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+        let merges: Vec<&str> = merges.iter().map(String::as_str).collect();
+        Self::from_json(&byte_level_bpe_json(Value::Object(vocab), merges, special, split_digits).to_string())
     }
 
     /// GPT-2's tokenizer (50,257 tokens), shipped in the crate.
@@ -52,7 +59,7 @@ impl Tokenizer {
     /// spelling) plus `<|endoftext|>` = 256. The embedded model uses it.
     pub fn bytes() -> Result<Self> {
         let vocab: serde_json::Map<String, Value> = (0u8..=255).map(|b| (byte_char(b).to_string(), json!(b as u32))).collect();
-        Self::from_json(&byte_level_bpe_json(Value::Object(vocab), vec![]).to_string())
+        Self::from_json(&byte_level_bpe_json(Value::Object(vocab), vec![], &[], false).to_string())
     }
 
     /// The `tokenizer.json` document of this tokenizer.
@@ -133,25 +140,39 @@ fn byte_char(b: u8) -> char {
     char::from_u32(256 + n).unwrap()
 }
 
-/// The tokenizer.json of a byte-level BPE (GPT-2's layout), with `<|endoftext|>` as a special token.
-fn byte_level_bpe_json(mut vocab: Value, merges: Vec<&str>) -> Value {
+/// The tokenizer.json of a byte-level BPE (GPT-2's layout). `special` tokens are matched whole;
+/// `<|endoftext|>` is added when the vocabulary lacks it. `split_digits` splits numbers into single
+/// digits first (SmolLM, llama 3).
+fn byte_level_bpe_json(mut vocab: Value, merges: Vec<&str>, special: &[(u32, String)], split_digits: bool) -> Value {
     let map = vocab.as_object_mut().expect("vocab is an object");
-    let eot = match map.get(GPT2_EOT) {
-        Some(id) => id.clone(),
-        None => {
-            let id = json!(map.len());
-            map.insert(GPT2_EOT.into(), id.clone());
-            id
-        }
+    let mut special = special.to_vec();
+    if special.is_empty() {
+        let eot = match map.get(GPT2_EOT) {
+            Some(id) => id.as_u64().unwrap_or(0) as u32,
+            None => {
+                let id = map.len() as u32;
+                map.insert(GPT2_EOT.into(), json!(id));
+                id
+            }
+        };
+        special.push((eot, GPT2_EOT.into()));
+    }
+    let added: Vec<Value> = special
+        .iter()
+        .map(|(id, content)| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre = match split_digits {
+        true => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+        false => byte_level,
     };
     json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [{"id": eot, "content": GPT2_EOT, "single_word": false, "lstrip": false,
-                           "rstrip": false, "normalized": true, "special": true}],
+        "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "pre_tokenizer": pre,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",

@@ -1,9 +1,12 @@
 //! Loading a model and its tokenizer: by Hub id, local directory or file, or the embedded default.
 
+mod gguf;
 mod gpt2;
 mod hub;
+mod llama;
 mod process;
 
+pub use gguf::read_gguf;
 pub use hub::resolve_hub_files;
 pub use process::{process_weights, Processing};
 
@@ -14,6 +17,7 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// How to load: weight processing, device and dtype.
@@ -50,14 +54,39 @@ pub fn load_model(spec: Option<&str>, opts: &LoadOptions) -> Result<(HookedTrans
     if path.is_file() {
         return match path.extension().and_then(|e| e.to_str()) {
             Some("safetensors") | Some("json") => load_dir(path.parent().unwrap_or(Path::new(".")), opts),
-            _ => Err(Error::Unsupported(format!("{spec}: expected a .safetensors file or a model directory"))),
+            Some("gguf") => load_gguf(path, opts),
+            _ => Err(Error::Unsupported(format!("{spec}: expected a .gguf or .safetensors file, or a model directory"))),
         };
     }
-    if spec.contains(std::path::MAIN_SEPARATOR) && !spec.contains('/') || spec.starts_with('.') || spec.ends_with(".safetensors") {
+    if let Some(file) = alias_path(spec) {
+        return match file.is_file() {
+            true => load_gguf(&file, opts),
+            false => Err(Error::MissingFile { path: file, hint: "fetch it with scripts/fetch_smollm2.sh".into() }),
+        };
+    }
+    if spec.starts_with('.') || spec.starts_with('/') || spec.ends_with(".safetensors") || spec.ends_with(".gguf") {
         return Err(Error::MissingFile { path: path.into(), hint: "check the path".into() });
     }
     let dir = resolve_hub_files(spec)?;
     load_dir(&dir, opts)
+}
+
+/// Where a short alias (`smollm2`) lives: the cache that `scripts/fetch_smollm2.sh` fills
+/// (`$HOOKLENS_CACHE`, default `~/.cache/hooklens`).
+pub fn alias_path(spec: &str) -> Option<PathBuf> {
+    let file = match spec {
+        "smollm2" | "smollm2-135m" | "SmolLM2-135M-Instruct" => "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        _ => return None,
+    };
+    let base = std::env::var_os("HOOKLENS_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hooklens")))?;
+    Some(base.join(file))
+}
+
+/// Loads a llama-architecture `.gguf` file, dequantized, with the tokenizer from its metadata.
+pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+    let (cfg, tok, raw) = read_gguf(path)?;
+    let w = llama::to_canonical(&raw, &cfg)?;
+    Ok((build(cfg, w, opts)?, tok))
 }
 
 /// The embedded model and its byte-level tokenizer.
@@ -82,6 +111,7 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, To
     let raw = RawTensors::open(dir)?;
     let w = match cfg.original_architecture.as_str() {
         "GPT2LMHeadModel" => gpt2::to_canonical(&raw, &cfg)?,
+        "LlamaForCausalLM" => llama::to_canonical(&raw, &cfg)?,
         _ => raw.canonical_as_is()?,
     };
     let model = build(cfg, w, opts)?;
@@ -110,12 +140,18 @@ fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Err(Error::MissingFile { path: tj, hint: "a model directory needs tokenizer.json (or vocab.json + merges.txt)".into() })
 }
 
-/// A checkpoint's tensors under their own names, memory-mapped.
+/// A checkpoint's tensors under their own names: memory-mapped safetensors, or tensors already
+/// in memory (dequantized GGUF).
 pub struct RawTensors {
-    st: MmapedSafetensors,
+    source: Source,
     /// Name prefix to strip (GPT-2 checkpoints saved from `GPT2LMHeadModel` use `transformer.`).
     prefix: String,
     path: PathBuf,
+}
+
+enum Source {
+    Mmap(MmapedSafetensors),
+    Memory(HashMap<String, Tensor>),
 }
 
 impl RawTensors {
@@ -148,16 +184,33 @@ impl RawTensors {
         // SAFETY: the files are opened read-only and not modified while mapped.
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::CorruptFile { path: files[0].clone(), reason: e.to_string() })?;
         let prefix = if st.get("transformer.wte.weight").is_ok() { "transformer." } else { "" };
-        Ok(Self { st, prefix: prefix.into(), path: files[0].clone() })
+        Ok(Self { source: Source::Mmap(st), prefix: prefix.into(), path: files[0].clone() })
+    }
+
+    /// Tensors already in memory, read from `path`.
+    pub fn from_map(map: HashMap<String, Tensor>, path: &Path) -> Self {
+        Self { source: Source::Memory(map), prefix: String::new(), path: path.into() }
+    }
+
+    /// Whether the checkpoint has tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        let full = format!("{}{name}", self.prefix);
+        match &self.source {
+            Source::Mmap(st) => st.get(&full).is_ok(),
+            Source::Memory(m) => m.contains_key(&full),
+        }
     }
 
     /// Tensor `name` (f32, CPU), checked to have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
-        let t = self.st.load(&full, &Device::Cpu).map_err(|e| match self.st.get(&full) {
-            Err(_) => Error::MissingWeight(full.clone()),
-            Ok(_) => Error::CorruptFile { path: self.path.clone(), reason: format!("{full}: {e}") },
-        })?;
+        if !self.has(name) {
+            return Err(Error::MissingWeight(full));
+        }
+        let t = match &self.source {
+            Source::Mmap(st) => st.load(&full, &Device::Cpu).map_err(|e| Error::CorruptFile { path: self.path.clone(), reason: format!("{full}: {e}") })?,
+            Source::Memory(m) => m[&full].clone(),
+        };
         if t.dims() != shape {
             return Err(Error::WeightShape { name: full, expected: shape.to_vec(), got: t.dims().to_vec() });
         }
@@ -166,11 +219,19 @@ impl RawTensors {
 
     /// All tensors, for checkpoints already in canonical names (hooklens's own format).
     fn canonical_as_is(&self) -> Result<Weights> {
-        let tensors = self
-            .st
-            .tensors()
+        let names: Vec<String> = match &self.source {
+            Source::Mmap(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            Source::Memory(m) => m.keys().cloned().collect(),
+        };
+        let tensors = names
             .into_iter()
-            .map(|(name, _)| Ok((name.clone(), self.st.load(&name, &Device::Cpu)?.to_dtype(DType::F32)?)))
+            .map(|n| {
+                let t = match &self.source {
+                    Source::Mmap(st) => st.load(&n, &Device::Cpu)?,
+                    Source::Memory(m) => m[&n].clone(),
+                };
+                Ok((n, t.to_dtype(DType::F32)?))
+            })
             .collect::<Result<_>>()?;
         Ok(Weights { tensors })
     }

@@ -1,0 +1,170 @@
+//! GGUF files (llama.cpp): config and tokenizer from the metadata, tensors dequantized to f32 and
+//! renamed to the Hugging Face llama names, so GGUF and safetensors share one conversion.
+
+use super::RawTensors;
+use crate::config::{Activation, ModelConfig, Normalization, Positional};
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Quantisation types this loader dequantizes.
+const SUPPORTED: [GgmlDType; 13] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// A GGUF file's config, tokenizer and tensors (dequantized, under HF llama names).
+pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
+    let corrupt = |reason: String| Error::CorruptFile { path: path.into(), reason };
+    let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile { path: path.into(), hint: "check the path".into() },
+        _ => Error::io(path, e),
+    })?;
+    let content = Content::read(&mut f).map_err(|e| {
+        let msg = e.to_string();
+        match msg.contains("unknown dtype") {
+            true => Error::Unsupported(format!("{}: a tensor uses a quantization type candle cannot read ({msg}); supported: {SUPPORTED:?}", path.display())),
+            false => corrupt(format!("not a readable GGUF file: {msg}")),
+        }
+    })?;
+    let md = &content.metadata;
+    let get = |k: &str| md.get(k).ok_or_else(|| corrupt(format!("metadata lacks `{k}`")));
+    let arch = get("general.architecture")?.to_string().map_err(|e| corrupt(e.to_string()))?.clone();
+    if arch != "llama" {
+        return Err(Error::Unsupported(format!("GGUF architecture `{arch}`; supported: llama")));
+    }
+    let num = |k: &str| -> Result<usize> { value_u64(get(&format!("llama.{k}"))?).map(|x| x as usize).ok_or_else(|| corrupt(format!("llama.{k} is not an integer"))) };
+    let float = |k: &str, default: f64| md.get(&format!("llama.{k}")).and_then(value_f64).unwrap_or(default);
+    let tokens = get("tokenizer.ggml.tokens")?.to_vec().map_err(|e| corrupt(e.to_string()))?;
+    let (d_model, n_heads) = (num("embedding_length")?, num("attention.head_count")?);
+    let n_kv = md.get("llama.attention.head_count_kv").and_then(value_u64).map_or(n_heads, |x| x as usize);
+    let bos = md.get("tokenizer.ggml.bos_token_id").and_then(value_u64).map(|x| x as u32);
+    let eos = md.get("tokenizer.ggml.eos_token_id").and_then(value_u64).map(|x| x as u32);
+    let tied = !content.tensor_infos.contains_key("output.weight");
+    let cfg = ModelConfig {
+        n_layers: num("block_count")?,
+        d_model,
+        n_heads,
+        d_head: d_model / n_heads,
+        n_key_value_heads: n_kv,
+        d_mlp: num("feed_forward_length")?,
+        d_vocab: tokens.len(),
+        n_ctx: num("context_length")?,
+        act_fn: Activation::Silu,
+        normalization_type: Normalization::RMS,
+        positional_embedding_type: Positional::Rotary,
+        rotary_base: float("rope.freq_base", 10000.0),
+        gated_mlp: true,
+        attn_only: false,
+        eps: float("attention.layer_norm_rms_epsilon", 1e-5),
+        tie_word_embeddings: tied,
+        original_architecture: "LlamaForCausalLM".into(),
+        default_prepend_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(true),
+        bos_token_id: bos,
+        eos_token_id: eos,
+    };
+    cfg.validate()?;
+    let tokenizer = tokenizer_from_metadata(md, bos, eos).map_err(|e| corrupt(format!("tokenizer metadata: {e}")))?;
+
+    let mut tensors = HashMap::new();
+    for (name, info) in &content.tensor_infos {
+        if !SUPPORTED.contains(&info.ggml_dtype) {
+            return Err(Error::Unsupported(format!("{name} is quantized as {:?}; supported: {SUPPORTED:?}", info.ggml_dtype)));
+        }
+        let Some(hf) = hf_name(name) else { continue };
+        let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| corrupt(format!("{name}: {e}")))?;
+        let mut t = q.dequantize(&Device::Cpu)?;
+        if name.ends_with("attn_q.weight") {
+            t = unpermute_rotary(&t, n_heads)?;
+        } else if name.ends_with("attn_k.weight") {
+            t = unpermute_rotary(&t, n_kv)?;
+        }
+        tensors.insert(hf, t);
+    }
+    Ok((cfg, tokenizer, RawTensors::from_map(tensors, path)))
+}
+
+/// llama.cpp's tensor names -> Hugging Face llama names.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.into());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let hf = match name {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Undoes llama.cpp's reordering of query/key rows (interleaved pairs for its rotary kernel)
+/// back to Hugging Face's rotate-half layout: per head, rows (2i, 2i+1) return to (i, i + d/2).
+fn unpermute_rotary(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let dh = rows / heads;
+    Ok(w.reshape((heads, dh / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
+/// The byte-level BPE tokenizer stored in `tokenizer.ggml.*`.
+fn tokenizer_from_metadata(md: &HashMap<String, Value>, bos: Option<u32>, eos: Option<u32>) -> Result<Tokenizer> {
+    let err = |m: &str| Error::Tokenizer(m.to_string());
+    let model = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).ok_or_else(|| err("no tokenizer.ggml.model"))?;
+    if model != "gpt2" {
+        return Err(Error::Unsupported(format!("GGUF tokenizer model `{model}`; supported: gpt2 (byte-level BPE)")));
+    }
+    let strings = |k: &str| -> Result<Vec<String>> {
+        md.get(k).ok_or_else(|| err(k))?.to_vec()?.iter().map(|v| Ok(v.to_string()?.clone())).collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges = strings("tokenizer.ggml.merges")?;
+    let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
+        Some(v) => v.to_vec()?.iter().map(|t| value_u64(t).map_or(1, |x| x as i64)).collect(),
+        None => vec![1; tokens.len()],
+    };
+    // Control (3) and user-defined (4) tokens are matched whole, as Hugging Face's added tokens.
+    let special: Vec<(u32, String)> = tokens.iter().enumerate().filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4))).map(|(i, t)| (i as u32, t.clone())).collect();
+    let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map_or("default", |s| s.as_str());
+    let split_digits = matches!(pre, "smollm" | "llama3" | "llama-bpe");
+    let mut tok = Tokenizer::byte_level_bpe(tokens, merges, &special, split_digits)?;
+    tok.bos_token_id = bos;
+    tok.eos_token_id = eos;
+    Ok(tok)
+}
+
+fn value_u64(v: &Value) -> Option<u64> {
+    v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)).or_else(|| v.to_i32().ok().map(|x| x as u64)).or_else(|| v.to_i64().ok().map(|x| x as u64))
+}
+
+fn value_f64(v: &Value) -> Option<f64> {
+    v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok())
+}
