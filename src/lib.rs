@@ -12,6 +12,7 @@ pub mod config;
 pub mod detectors;
 pub mod error;
 pub mod export;
+pub mod generate;
 pub mod hooks;
 pub mod loading;
 pub mod metrics;

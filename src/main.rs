@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, IndexOp, D};
 use clap::{Parser, Subcommand};
 use hooklens::cli::{ModelArgs, PromptArgs};
+use hooklens::generate::{generate, GenerateOptions};
 use hooklens::{metrics, NameFilter};
 use std::path::PathBuf;
 
@@ -55,6 +56,27 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Continue a prompt: greedy at temperature 0, otherwise sampled.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        prompt: PromptArgs,
+        #[arg(long, default_value_t = 20)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Recompute the whole prefix each step instead of using the KV cache.
+        #[arg(long)]
+        no_kv_cache: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -62,7 +84,22 @@ fn main() -> Result<()> {
         Cmd::Hooks { model, prompt } => hooks(model, &prompt),
         Cmd::Run { model, prompt, top_k, answer } => run(model, prompt, top_k, answer),
         Cmd::Cache { model, prompt, names, out, force } => cache(model, prompt, names, out, force),
+        Cmd::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, seed, no_kv_cache } => {
+            let opts = GenerateOptions { max_new_tokens, temperature, top_k, top_p, seed, use_kv_cache: !no_kv_cache, stop_at_eos: true };
+            generate_cmd(model, prompt, opts)
+        }
     }
+}
+
+fn generate_cmd(margs: ModelArgs, pargs: PromptArgs, opts: GenerateOptions) -> Result<()> {
+    let (model, tok) = margs.load().context("loading the model")?;
+    let bos = pargs.prepend_bos(&model);
+    for prompt in pargs.prompts()? {
+        let ids = tok.encode_prompt(&prompt, bos)?;
+        let new = generate(&model, &ids, &opts, &mut hooklens::Hooks::none())?;
+        println!("{}", tok.decode(&new)?);
+    }
+    Ok(())
 }
 
 fn hooks(margs: ModelArgs, prompt: &str) -> Result<()> {

