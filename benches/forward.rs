@@ -43,48 +43,110 @@ fn median_secs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64>
 /// Peak resident memory of this process so far (VmHWM), in MB.
 fn peak_rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
     let reference: Option<serde_json::Value> = match &a.reference {
-        Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)?),
+        Some(p) => Some(serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?),
         None => None,
     };
-    let (model, _) = load_model(Some(&a.model), &LoadOptions::default()).context("loading the benchmark model")?;
+    let (model, _) = load_model(Some(&a.model), &LoadOptions::default())
+        .context("loading the benchmark model")?;
     let c = model.cfg.clone();
     // The f32 matmul rate in this run: the roofline's denominator.
     let x = Tensor::randn(0f32, 1.0, (1024, 768), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 1.0, (768, 3072), &Device::Cpu)?;
-    let mm = median_secs(10, || Ok(drop(x.matmul(&w)?)))?;
+    let mm = median_secs(10, || x.matmul(&w).map(drop).map_err(Into::into))?;
     let gflops = 2.0 * 1024.0 * 768.0 * 3072.0 / mm / 1e9;
-    println!("model: {} layers, d_model {}, {} heads, d_mlp {}, vocab {}; threads {}", c.n_layers, c.d_model, c.n_heads, c.d_mlp, c.d_vocab, candle_core::utils::get_num_threads());
+    println!(
+        "model: {} layers, d_model {}, {} heads, d_mlp {}, vocab {}; threads {}",
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        c.d_mlp,
+        c.d_vocab,
+        candle_core::utils::get_num_threads()
+    );
     print!("f32 matmul 1024x768x3072: hooklens/candle {gflops:.1} GFLOP/s");
     if let Some(r) = &reference {
-        print!(", torch {:.1} GFLOP/s", r["torch_gflops"].as_f64().unwrap_or(f64::NAN));
+        print!(
+            ", torch {:.1} GFLOP/s",
+            r["torch_gflops"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     println!("\n");
-    println!("{:>6} {:>10} {:>8} {:>10} {:>12} {:>10} {:>9} | {:>9} {:>10} {:>10} {:>8}", "tokens", "GFLOP", "fwd s", "roofline", "cache s", "cache MB", "peak MB", "TL fwd s", "TL cache s", "TL cacheMB", "speedup");
+    println!(
+        "{:>6} {:>10} {:>8} {:>10} {:>12} {:>10} {:>9} | {:>9} {:>10} {:>10} {:>8}",
+        "tokens",
+        "GFLOP",
+        "fwd s",
+        "roofline",
+        "cache s",
+        "cache MB",
+        "peak MB",
+        "TL fwd s",
+        "TL cache s",
+        "TL cacheMB",
+        "speedup"
+    );
     for n in a.lengths.split(',').map(|s| s.trim().parse::<usize>()) {
         let n = n?;
         let ids: Vec<u32> = (0..n).map(|i| (i as u64 * 7919 % 50257) as u32).collect();
         let tokens = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
-        let fwd = median_secs(a.repeats, || Ok(drop(model.forward(&tokens, &mut Hooks::none())?)))?;
-        let cache_s = median_secs(a.repeats, || Ok(drop(model.run_with_cache(&tokens, NameFilter::All)?)))?;
+        let fwd = median_secs(a.repeats, || {
+            model
+                .forward(&tokens, &mut Hooks::none())
+                .map(drop)
+                .map_err(Into::into)
+        })?;
+        let cache_s = median_secs(a.repeats, || {
+            model
+                .run_with_cache(&tokens, NameFilter::All)
+                .map(drop)
+                .map_err(Into::into)
+        })?;
         let (_, cache) = model.run_with_cache(&tokens, NameFilter::All)?;
         let cache_mb = cache.size_bytes() as f64 / 1e6;
         drop(cache);
-        let (d, m, l, t) = (c.d_model as f64, c.d_mlp as f64, c.n_layers as f64, n as f64);
+        let (d, m, l, t) = (
+            c.d_model as f64,
+            c.d_mlp as f64,
+            c.n_layers as f64,
+            n as f64,
+        );
         // Matmul FLOPs: QKV+O projections, MLP, attention scores and mixing, unembedding.
         let flop = t * (l * (8.0 * d * d + 4.0 * d * m + 4.0 * t * d) + 2.0 * d * c.d_vocab as f64);
         let roofline = flop / 1e9 / gflops / fwd;
-        print!("{n:>6} {:>10.1} {fwd:>8.3} {:>9.0}% {cache_s:>12.3} {cache_mb:>10.1} {:>9.0}", flop / 1e9, 100.0 * roofline, peak_rss_mb());
-        let tl = reference.as_ref().and_then(|r| r["runs"].as_array()?.iter().find(|x| x["tokens"].as_u64() == Some(n as u64)).cloned());
+        print!(
+            "{n:>6} {:>10.1} {fwd:>8.3} {:>9.0}% {cache_s:>12.3} {cache_mb:>10.1} {:>9.0}",
+            flop / 1e9,
+            100.0 * roofline,
+            peak_rss_mb()
+        );
+        let tl = reference.as_ref().and_then(|r| {
+            r["runs"]
+                .as_array()?
+                .iter()
+                .find(|x| x["tokens"].as_u64() == Some(n as u64))
+                .cloned()
+        });
         match tl {
             Some(r) => {
                 let tf = r["forward_s"].as_f64().unwrap_or(f64::NAN);
-                println!(" | {tf:>9.3} {:>10.3} {:>10.1} {:>7.2}x", r["run_with_cache_s"].as_f64().unwrap_or(f64::NAN), r["cache_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6, tf / fwd);
+                println!(
+                    " | {tf:>9.3} {:>10.3} {:>10.1} {:>7.2}x",
+                    r["run_with_cache_s"].as_f64().unwrap_or(f64::NAN),
+                    r["cache_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6,
+                    tf / fwd
+                );
             }
             None => println!(" | (no reference)"),
         }

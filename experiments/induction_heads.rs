@@ -33,6 +33,13 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Lowest token id of the random tokens (default: 32 for byte-level models, else 1000).
+    #[arg(long)]
+    token_min: Option<u32>,
+    /// One past the highest token id (default: 127 for byte-level models, else token_min + 20000,
+    /// capped at the vocabulary).
+    #[arg(long)]
+    token_max: Option<u32>,
     /// Where runs are written.
     #[arg(long, default_value = "outputs")]
     outputs: PathBuf,
@@ -49,11 +56,29 @@ fn main() -> Result<()> {
     let (model, tok) = a.model.load().context("loading the model")?;
     let run = RunDir::create(&a.outputs, "induction_heads", a.run.as_deref(), a.resume)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    // Random tokens from the vocabulary, avoiding special ids at the top of small vocabularies.
-    let hi = (model.cfg.d_vocab as u32).saturating_sub(1).max(2);
-    let lo = if model.cfg.d_vocab <= 512 { 32.min(hi - 1) } else { 1000.min(hi - 1) };
+    // Random ordinary tokens: printable ASCII for byte-level models (what the embedded model was
+    // trained on), otherwise ids clear of the special tokens at either end of the vocabulary.
+    let byte_level = model.cfg.d_vocab <= 512;
+    let vocab = model.cfg.d_vocab as u32;
+    let lo = a
+        .token_min
+        .unwrap_or(if byte_level {
+            hooklens::train::DATA_TOKENS.start
+        } else {
+            1000
+        })
+        .min(vocab - 1);
+    let hi = a
+        .token_max
+        .unwrap_or(if byte_level {
+            hooklens::train::DATA_TOKENS.end
+        } else {
+            lo + 20000
+        })
+        .min(vocab)
+        .max(lo + 1);
     let bos = model.cfg.bos_token_id.or(tok.bos_token_id);
-    let tokens = repeated_random_tokens(&mut rng, a.batch, a.half, bos, lo..hi.min(lo + 20000), model.device())?;
+    let tokens = repeated_random_tokens(&mut rng, a.batch, a.half, bos, lo..hi, model.device())?;
     let scores = all_head_scores(&model, &tokens, a.half)?;
     let mut df = scores_frame(&scores)?;
     write_parquet(&mut df, &run.file("head_scores.parquet"))?;
@@ -69,18 +94,41 @@ fn main() -> Result<()> {
         "head",
         "layer",
     )?;
-    let (bl, bh, best) = ind.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &s)| (l, h, s))).fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a });
+    let (bl, bh, best) = ind
+        .iter()
+        .enumerate()
+        .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &s)| (l, h, s)))
+        .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a });
 
     // The best head's pattern on a short example, with token labels on both axes.
-    let example = tokens.i((0..1, ..))?.narrow(1, 0, tokens.dim(1)?.min(1 + 2 * a.half.min(12)))?;
+    let example = tokens
+        .i((0..1, ..))?
+        .narrow(1, 0, tokens.dim(1)?.min(1 + 2 * a.half.min(12)))?;
     let short_half = (example.dim(1)? - 1) / 2;
-    let example = repeated_random_tokens(&mut rng, 1, short_half, bos, lo..hi.min(lo + 20000), model.device())?;
+    let example = repeated_random_tokens(&mut rng, 1, short_half, bos, lo..hi, model.device())?;
     let point = HookPoint::Block(bl, BlockHook::Pattern);
     let (_, cache) = model.run_with_cache(&example, NameFilter::Points(vec![point]))?;
-    let pattern = cache.get(point)?.i((0, bh))?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    let pattern = cache
+        .get(point)?
+        .i((0, bh))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2::<f32>()?;
     let ids: Vec<u32> = example.i(0)?.to_vec1()?;
-    let labels: Vec<String> = tok.to_str_tokens(&ids)?.iter().enumerate().map(|(i, s)| format!("{i}:{s:?}")).collect();
-    heatmap(&run.file("top_head_pattern.png"), &format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})"), &pattern, &labels, &labels, "key (attended-to token)", "query token")?;
+    let labels: Vec<String> = tok
+        .to_str_tokens(&ids)?
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i}:{s:?}"))
+        .collect();
+    heatmap(
+        &run.file("top_head_pattern.png"),
+        &format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})"),
+        &pattern,
+        &labels,
+        &labels,
+        "key (attended-to token)",
+        "query token",
+    )?;
 
     run.write_manifest(
         json!({"model": a.model.model.as_deref().unwrap_or(hooklens::loading::EMBEDDED_NAME), "half": a.half, "batch": a.batch, "seed": a.seed, "processing": !a.model.no_processing}),

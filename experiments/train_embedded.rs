@@ -36,9 +36,17 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     let cfg = embedded_config();
-    let tc = TrainConfig { steps: a.steps, batch: a.batch, lr: a.lr, seed: a.seed, seq_len: a.seq_len };
+    let tc = TrainConfig {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        seq_len: a.seq_len,
+    };
     let bar = ProgressBar::new(tc.steps as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
     let mut avg = None;
     let w = train_induction_model(&cfg, &tc, |step, loss| {
         let a: f32 = avg.map_or(loss, |m: f32| 0.98 * m + 0.02 * loss);
@@ -53,10 +61,15 @@ fn main() -> Result<()> {
     let tensors: HashMap<String, _> = w.tensors.into_iter().collect();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let st = a.out.join("model.safetensors");
-    hooklens::export::atomic_write_with(&st, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
+    hooklens::export::atomic_write_with(&st, |tmp| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })?;
     hooklens::export::atomic_write(&a.out.join("config.json"), cfg.to_hf_json().as_bytes())?;
     // The byte tokenizer, so that the folder is a complete model directory for `--model`.
-    hooklens::export::atomic_write(&a.out.join("tokenizer.json"), hooklens::Tokenizer::bytes()?.to_json()?.as_bytes())?;
+    hooklens::export::atomic_write(
+        &a.out.join("tokenizer.json"),
+        hooklens::Tokenizer::bytes()?.to_json()?.as_bytes(),
+    )?;
     println!("wrote {}, config.json and tokenizer.json", st.display());
     Ok(())
 }

@@ -8,11 +8,15 @@ use candle_core::{Tensor, D};
 /// on `head`.
 pub fn head_mask(z: &Tensor, head: usize) -> Result<Tensor> {
     let n_heads = z.dim(D::Minus2)?;
-    let v: Vec<f32> = (0..n_heads).map(|h| if h == head { 0.0 } else { 1.0 }).collect();
+    let v: Vec<f32> = (0..n_heads)
+        .map(|h| if h == head { 0.0 } else { 1.0 })
+        .collect();
     Ok(Tensor::from_vec(v, (n_heads, 1), z.device())?.to_dtype(z.dtype())?)
 }
 
 /// Hooks that zero-ablate `head` of `layer` (its `hook_z`) at every position.
 pub fn zero_ablate_head<'a>(layer: usize, head: usize) -> Hooks<'a> {
-    Hooks::none().add(HookPoint::Block(layer, BlockHook::Z), move |z, _| Ok(Some(z.broadcast_mul(&head_mask(z, head)?)?)))
+    Hooks::none().add(HookPoint::Block(layer, BlockHook::Z), move |z, _| {
+        Ok(Some(z.broadcast_mul(&head_mask(z, head)?)?))
+    })
 }

@@ -42,15 +42,27 @@ impl ModelArgs {
     pub fn options(&self) -> Result<LoadOptions> {
         let device = match self.device {
             DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::new_cuda(0).map_err(|e| Error::Unsupported(format!("CUDA device: {e}; build with `--features cuda` on a machine with a GPU")))?,
+            DeviceArg::Cuda => Device::new_cuda(0).map_err(|e| {
+                Error::Unsupported(format!(
+                    "CUDA device: {e}; build with `--features cuda` on a machine with a GPU"
+                ))
+            })?,
         };
         let dtype = match self.dtype {
             DTypeArg::F32 => DType::F32,
             DTypeArg::F16 => DType::F16,
             DTypeArg::Bf16 => DType::BF16,
         };
-        let processing = if self.no_processing { Processing::none() } else { Processing::default() };
-        Ok(LoadOptions { processing, device, dtype })
+        let processing = if self.no_processing {
+            Processing::none()
+        } else {
+            Processing::default()
+        };
+        Ok(LoadOptions {
+            processing,
+            device,
+            dtype,
+        })
     }
 
     /// Loads the model and tokenizer these arguments name.
@@ -84,13 +96,19 @@ impl PromptArgs {
         }
         if let Some(f) = &self.prompt_file {
             let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
-            let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect();
             if lines.is_empty() {
                 return Err(Error::EmptyPrompt);
             }
             return Ok(lines);
         }
-        Err(Error::Invalid("give a prompt with --prompt TEXT or --prompt-file FILE".into()))
+        Err(Error::Invalid(
+            "give a prompt with --prompt TEXT or --prompt-file FILE".into(),
+        ))
     }
 
     /// Whether to prepend BOS for `model` given the flags.

@@ -175,14 +175,17 @@ impl ModelConfig {
         if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.d_vocab == 0 {
             return bad("n_layers, d_model, n_heads and d_vocab must be positive".into());
         }
-        if self.n_key_value_heads == 0 || self.n_heads % self.n_key_value_heads != 0 {
+        if self.n_key_value_heads == 0 || !self.n_heads.is_multiple_of(self.n_key_value_heads) {
             return bad(format!(
                 "n_heads ({}) must be a multiple of n_key_value_heads ({})",
                 self.n_heads, self.n_key_value_heads
             ));
         }
-        if self.positional_embedding_type == Positional::Rotary && self.d_head % 2 != 0 {
-            return bad(format!("rotary embeddings need an even d_head, got {}", self.d_head));
+        if self.positional_embedding_type == Positional::Rotary && !self.d_head.is_multiple_of(2) {
+            return bad(format!(
+                "rotary embeddings need an even d_head, got {}",
+                self.d_head
+            ));
         }
         if !self.attn_only && self.d_mlp == 0 {
             return bad("d_mlp must be positive unless the model is attention-only".into());
@@ -197,7 +200,10 @@ impl ModelConfig {
 
     /// Whether the model normalises with RMSNorm (folded or not).
     pub fn is_rms(&self) -> bool {
-        matches!(self.normalization_type, Normalization::RMS | Normalization::RMSPre)
+        matches!(
+            self.normalization_type,
+            Normalization::RMS | Normalization::RMSPre
+        )
     }
 }
 

@@ -18,7 +18,11 @@ pub enum HeadKind {
 }
 
 impl HeadKind {
-    pub const ALL: [HeadKind; 3] = [HeadKind::PreviousToken, HeadKind::DuplicateToken, HeadKind::Induction];
+    pub const ALL: [HeadKind; 3] = [
+        HeadKind::PreviousToken,
+        HeadKind::DuplicateToken,
+        HeadKind::Induction,
+    ];
 
     /// Name used in tables: `previous_token`, `duplicate_token`, `induction`.
     pub fn name(self) -> &'static str {
@@ -42,9 +46,17 @@ impl HeadKind {
 /// A [q, k] mask with 1/count at (q, q + offset) for the queries of the second copy
 /// (positions `first..first + half`) and 0 elsewhere, so that `(pattern * mask).sum()` is the
 /// mean attention along the stripe.
-fn stripe_mask(p: usize, first: usize, half: usize, offset: isize, device: &Device) -> Result<Tensor> {
+fn stripe_mask(
+    p: usize,
+    first: usize,
+    half: usize,
+    offset: isize,
+    device: &Device,
+) -> Result<Tensor> {
     let mut m = vec![0f32; p * p];
-    let queries: Vec<usize> = (first..first + half).filter(|&q| q as isize + offset >= 0).collect();
+    let queries: Vec<usize> = (first..first + half)
+        .filter(|&q| q as isize + offset >= 0)
+        .collect();
     for &q in &queries {
         m[q * p + (q as isize + offset) as usize] = 1.0 / queries.len() as f32;
     }
@@ -54,18 +66,33 @@ fn stripe_mask(p: usize, first: usize, half: usize, offset: isize, device: &Devi
 /// Scores [n_layers, n_heads] of `kind` on `tokens` [batch, pos] = (BOS +) r + r, where
 /// `half` = |r|: the attention each head puts on the stripe, averaged over the second copy's
 /// positions and the batch. An induction score near 1 means a clean induction head.
-pub fn head_scores(model: &HookedTransformer, tokens: &Tensor, half: usize, kind: HeadKind) -> Result<Tensor> {
-    Ok(all_head_scores(model, tokens, half)?.remove(&kind).expect("all kinds scored"))
+pub fn head_scores(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    half: usize,
+    kind: HeadKind,
+) -> Result<Tensor> {
+    Ok(all_head_scores(model, tokens, half)?
+        .remove(&kind)
+        .expect("all kinds scored"))
 }
 
 /// Every [`HeadKind`]'s scores [n_layers, n_heads] from one forward pass.
-pub fn all_head_scores(model: &HookedTransformer, tokens: &Tensor, half: usize) -> Result<std::collections::HashMap<HeadKind, Tensor>> {
+pub fn all_head_scores(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    half: usize,
+) -> Result<std::collections::HashMap<HeadKind, Tensor>> {
     let (b, p) = tokens.dims2()?;
     if half == 0 || p < 2 * half {
-        return Err(Error::Invalid(format!("tokens of length {p} cannot hold two copies of {half} tokens")));
+        return Err(Error::Invalid(format!(
+            "tokens of length {p} cannot hold two copies of {half} tokens"
+        )));
     }
     let first = p - half; // the second copy sits at the end, after an optional BOS
-    let points: Vec<HookPoint> = (0..model.cfg.n_layers).map(|l| HookPoint::Block(l, BlockHook::Pattern)).collect();
+    let points: Vec<HookPoint> = (0..model.cfg.n_layers)
+        .map(|l| HookPoint::Block(l, BlockHook::Pattern))
+        .collect();
     let (_, cache) = model.run_with_cache(tokens, NameFilter::Points(points))?;
     let mut out = std::collections::HashMap::new();
     for kind in HeadKind::ALL {
@@ -83,9 +110,12 @@ pub fn all_head_scores(model: &HookedTransformer, tokens: &Tensor, half: usize) 
 
 /// A tidy table of scores: one row per (kind, layer, head) with columns
 /// `kind` (str), `layer` (u32), `head` (u32), `label` (str, e.g. `L1H3`), `score` (f32).
-pub fn scores_frame(scores: &std::collections::HashMap<HeadKind, Tensor>) -> Result<polars::prelude::DataFrame> {
+pub fn scores_frame(
+    scores: &std::collections::HashMap<HeadKind, Tensor>,
+) -> Result<polars::prelude::DataFrame> {
     use polars::prelude::*;
-    let (mut kind, mut layer, mut head, mut label, mut score) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut kind, mut layer, mut head, mut label, mut score) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for k in HeadKind::ALL {
         let Some(t) = scores.get(&k) else { continue };
         for (l, row) in t.to_vec2::<f32>()?.into_iter().enumerate() {

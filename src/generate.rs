@@ -27,7 +27,15 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 20, temperature: 0.0, top_k: None, top_p: None, seed: 0, use_kv_cache: true, stop_at_eos: true }
+        Self {
+            max_new_tokens: 20,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            use_kv_cache: true,
+            stop_at_eos: true,
+        }
     }
 }
 
@@ -42,12 +50,20 @@ impl Default for GenerateOptions {
 /// println!("{}", tok.decode(&new)?);
 /// # Ok(()) }
 /// ```
-pub fn generate(model: &HookedTransformer, prompt: &[u32], opts: &GenerateOptions, hooks: &mut Hooks) -> Result<Vec<u32>> {
+pub fn generate(
+    model: &HookedTransformer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    hooks: &mut Hooks,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(Error::EmptyPrompt);
     }
     if prompt.len() + opts.max_new_tokens > model.cfg.n_ctx {
-        return Err(Error::PromptTooLong { len: prompt.len() + opts.max_new_tokens, n_ctx: model.cfg.n_ctx });
+        return Err(Error::PromptTooLong {
+            len: prompt.len() + opts.max_new_tokens,
+            n_ctx: model.cfg.n_ctx,
+        });
     }
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut kv = vec![LayerKv::default(); model.cfg.n_layers];
@@ -56,14 +72,21 @@ pub fn generate(model: &HookedTransformer, prompt: &[u32], opts: &GenerateOption
     for step in 0..opts.max_new_tokens {
         let logits = if opts.use_kv_cache {
             // The first step feeds the whole prompt; later steps only the newest token.
-            let fresh = if step == 0 { &ids[..] } else { &ids[ids.len() - 1..] };
+            let fresh = if step == 0 {
+                &ids[..]
+            } else {
+                &ids[ids.len() - 1..]
+            };
             let t = Tensor::new(fresh, model.device())?.unsqueeze(0)?;
             model.forward_cached(&t, &mut kv, hooks)?
         } else {
             let t = Tensor::new(&ids[..], model.device())?.unsqueeze(0)?;
             model.forward(&t, hooks)?
         };
-        let last: Vec<f32> = logits.i((0, logits.dim(1)? - 1))?.to_dtype(DType::F32)?.to_vec1()?;
+        let last: Vec<f32> = logits
+            .i((0, logits.dim(1)? - 1))?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
         let next = pick(&last, opts, &mut rng);
         ids.push(next);
         new.push(next);
@@ -77,11 +100,21 @@ pub fn generate(model: &HookedTransformer, prompt: &[u32], opts: &GenerateOption
 /// Picks a token from `logits`: argmax at temperature 0, otherwise a sample from the
 /// temperature-scaled distribution restricted by top-k and top-p.
 pub fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut StdRng) -> u32 {
-    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32)
+    };
     if opts.temperature <= 0.0 {
         return argmax();
     }
-    let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l as f64 / opts.temperature)).collect();
+    let mut cand: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l as f64 / opts.temperature))
+        .collect();
     cand.sort_by(|a, b| b.1.total_cmp(&a.1));
     if let Some(k) = opts.top_k {
         cand.truncate(k.max(1));

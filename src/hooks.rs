@@ -236,7 +236,10 @@ impl<'a> Hooks<'a> {
     /// activations such as `attn.hook_result` are computed only then.
     pub fn wants(&self, point: HookPoint) -> bool {
         self.fwd.iter().any(|(p, _)| *p == point)
-            || self.cache_filter.as_ref().is_some_and(|f| f.matches(&point))
+            || self
+                .cache_filter
+                .as_ref()
+                .is_some_and(|f| f.matches(&point))
     }
 
     /// Runs the hooks at `point` over `x`, caches the result if asked, and returns it.
@@ -255,7 +258,11 @@ impl<'a> Hooks<'a> {
                 }
             }
         }
-        if self.cache_filter.as_ref().is_some_and(|f| f.matches(&point)) {
+        if self
+            .cache_filter
+            .as_ref()
+            .is_some_and(|f| f.matches(&point))
+        {
             self.cached.push((point, x.clone()));
         }
         Ok(x)

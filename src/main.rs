@@ -82,10 +82,38 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Hooks { model, prompt } => hooks(model, &prompt),
-        Cmd::Run { model, prompt, top_k, answer } => run(model, prompt, top_k, answer),
-        Cmd::Cache { model, prompt, names, out, force } => cache(model, prompt, names, out, force),
-        Cmd::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, seed, no_kv_cache } => {
-            let opts = GenerateOptions { max_new_tokens, temperature, top_k, top_p, seed, use_kv_cache: !no_kv_cache, stop_at_eos: true };
+        Cmd::Run {
+            model,
+            prompt,
+            top_k,
+            answer,
+        } => run(model, prompt, top_k, answer),
+        Cmd::Cache {
+            model,
+            prompt,
+            names,
+            out,
+            force,
+        } => cache(model, prompt, names, out, force),
+        Cmd::Generate {
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            no_kv_cache,
+        } => {
+            let opts = GenerateOptions {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                use_kv_cache: !no_kv_cache,
+                stop_at_eos: true,
+            };
             generate_cmd(model, prompt, opts)
         }
     }
@@ -106,7 +134,11 @@ fn hooks(margs: ModelArgs, prompt: &str) -> Result<()> {
     let (model, tok) = margs.load().context("loading the model")?;
     let tokens = tok.to_tokens(&[prompt], model.cfg.default_prepend_bos, model.device())?;
     let (_, cache) = model.run_with_cache(&tokens, NameFilter::All)?;
-    println!("{} hook points (batch 1, {} tokens of {prompt:?}):", cache.len(), tokens.dim(1)?);
+    println!(
+        "{} hook points (batch 1, {} tokens of {prompt:?}):",
+        cache.len(),
+        tokens.dim(1)?
+    );
     for (p, t) in cache.iter() {
         println!("  {:<36} {:?}", p.to_string(), t.dims());
     }
@@ -120,30 +152,58 @@ fn run(margs: ModelArgs, pargs: PromptArgs, top_k: usize, answer: Option<String>
     for prompt in &prompts {
         let tokens = tok.to_tokens(&[prompt.as_str()], bos, model.device())?;
         let ids: Vec<u32> = tokens.i(0)?.to_vec1()?;
-        let logits = model.forward(&tokens, &mut hooklens::Hooks::none())?.to_dtype(DType::F32)?;
+        let logits = model
+            .forward(&tokens, &mut hooklens::Hooks::none())?
+            .to_dtype(DType::F32)?;
         let lp = candle_nn::ops::log_softmax(&logits.i(0)?, D::Minus1)?;
         println!("Tokenized prompt: {:?}", tok.to_str_tokens(&ids)?);
         if ids.len() > 1 {
-            println!("Loss (mean next-token cross-entropy): {:.4}", metrics::mean_next_token_loss(&lp, &ids)?);
+            println!(
+                "Loss (mean next-token cross-entropy): {:.4}",
+                metrics::mean_next_token_loss(&lp, &ids)?
+            );
         }
         let last: Vec<f32> = lp.i(ids.len() - 1)?.to_vec1()?;
         if let Some(ans) = &answer {
             let a = tok.encode(ans)?;
-            let Some(&first) = a.first() else { bail!("--answer is empty") };
+            let Some(&first) = a.first() else {
+                bail!("--answer is empty")
+            };
             let rank = last.iter().filter(|&&x| x > last[first as usize]).count();
-            println!("Answer {:?} (first token {:?}): log-prob {:.4}, prob {:.2}%, rank {}", ans, tok.decode(&[first])?, last[first as usize], 100.0 * last[first as usize].exp(), rank);
+            println!(
+                "Answer {:?} (first token {:?}): log-prob {:.4}, prob {:.2}%, rank {}",
+                ans,
+                tok.decode(&[first])?,
+                last[first as usize],
+                100.0 * last[first as usize].exp(),
+                rank
+            );
         }
         println!("Top {top_k} next tokens:");
         for (rank, (id, l)) in metrics::top_k(&last, top_k).into_iter().enumerate() {
-            println!("  {rank:>3}. {:<20} prob {:6.2}%  log-prob {:.4}", format!("{:?}", tok.decode(&[id])?), 100.0 * l.exp(), l);
+            println!(
+                "  {rank:>3}. {:<20} prob {:6.2}%  log-prob {:.4}",
+                format!("{:?}", tok.decode(&[id])?),
+                100.0 * l.exp(),
+                l
+            );
         }
     }
     Ok(())
 }
 
-fn cache(margs: ModelArgs, pargs: PromptArgs, names: Option<String>, out: PathBuf, force: bool) -> Result<()> {
+fn cache(
+    margs: ModelArgs,
+    pargs: PromptArgs,
+    names: Option<String>,
+    out: PathBuf,
+    force: bool,
+) -> Result<()> {
     if out.exists() && !force {
-        bail!("{} exists; pass --force to replace it or --out for another file", out.display());
+        bail!(
+            "{} exists; pass --force to replace it or --out for another file",
+            out.display()
+        );
     }
     let (model, tok) = margs.load().context("loading the model")?;
     let prompts = pargs.prompts()?;
@@ -155,9 +215,20 @@ fn cache(margs: ModelArgs, pargs: PromptArgs, names: Option<String>, out: PathBu
     };
     let (_, cache) = model.run_with_cache(&tokens, filter)?;
     if cache.is_empty() {
-        bail!("--names {:?} matches no hook point; run `hooklens hooks` to list them", names.unwrap_or_default());
+        bail!(
+            "--names {:?} matches no hook point; run `hooklens hooks` to list them",
+            names.unwrap_or_default()
+        );
     }
-    cache.save(&out).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {} activations ({:.1} MB, tokens {:?}) to {}", cache.len(), cache.size_bytes() as f64 / 1e6, tokens.dims(), out.display());
+    cache
+        .save(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} activations ({:.1} MB, tokens {:?}) to {}",
+        cache.len(),
+        cache.size_bytes() as f64 / 1e6,
+        tokens.dims(),
+        out.display()
+    );
     Ok(())
 }

@@ -17,7 +17,11 @@ pub fn mean_next_token_loss(log_probs: &Tensor, ids: &[u32]) -> Result<f32> {
 
 /// The `k` largest entries of `values` as (index, value), largest first.
 pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<(u32, f32)> = values.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    let mut idx: Vec<(u32, f32)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v))
+        .collect();
     idx.sort_by(|a, b| b.1.total_cmp(&a.1));
     idx.truncate(k);
     idx
@@ -29,5 +33,7 @@ pub fn logit_diff(logits: &Tensor, a: u32, b: u32) -> Result<f32> {
     let p = logits.dim(1)?;
     let last = logits.i((.., p - 1))?;
     let d = (last.i((.., a as usize))? - last.i((.., b as usize))?)?;
-    Ok(d.mean_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?)
+    Ok(d.mean_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?)
 }

@@ -27,10 +27,18 @@ impl Tokenizer {
 
     /// A `tokenizer.json` document.
     pub fn from_json(text: &str) -> Result<Self> {
-        let inner = text.parse::<tokenizers::Tokenizer>().map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let inner = text
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         Ok(Self {
-            bos_token_id: find(&[GPT2_EOT, "<|im_start|>", "<s>", "<|begin_of_text|>", "<bos>"]),
+            bos_token_id: find(&[
+                GPT2_EOT,
+                "<|im_start|>",
+                "<s>",
+                "<|begin_of_text|>",
+                "<bos>",
+            ]),
             eos_token_id: find(&[GPT2_EOT, "<|im_end|>", "</s>", "<|end_of_text|>", "<eos>"]),
             inner,
         })
@@ -38,16 +46,31 @@ impl Tokenizer {
 
     /// Byte-level BPE from GPT-2-style `vocab.json` and `merges.txt`.
     pub fn from_vocab_merges(vocab_json: &str, merges_txt: &str) -> Result<Self> {
-        let vocab: Value = serde_json::from_str(vocab_json).map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
-        let merges: Vec<&str> = merges_txt.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).collect();
+        let vocab: Value = serde_json::from_str(vocab_json)
+            .map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
+        let merges: Vec<&str> = merges_txt
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+            .collect();
         Self::from_json(&byte_level_bpe_json(vocab, merges, &[], false).to_string())
     }
 
     /// Byte-level BPE from a token list (id = index) and merges (`"a b"`), as GGUF stores them.
-    pub fn byte_level_bpe(tokens: Vec<String>, merges: Vec<String>, special: &[(u32, String)], split_digits: bool) -> Result<Self> {
-        let vocab: serde_json::Map<String, Value> = tokens.into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+    pub fn byte_level_bpe(
+        tokens: Vec<String>,
+        merges: Vec<String>,
+        special: &[(u32, String)],
+        split_digits: bool,
+    ) -> Result<Self> {
+        let vocab: serde_json::Map<String, Value> = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, json!(i)))
+            .collect();
         let merges: Vec<&str> = merges.iter().map(String::as_str).collect();
-        Self::from_json(&byte_level_bpe_json(Value::Object(vocab), merges, special, split_digits).to_string())
+        Self::from_json(
+            &byte_level_bpe_json(Value::Object(vocab), merges, special, split_digits).to_string(),
+        )
     }
 
     /// GPT-2's tokenizer (50,257 tokens), shipped in the crate.
@@ -58,13 +81,17 @@ impl Tokenizer {
     /// A byte-level tokenizer: one token per byte (ids 0..256, in GPT-2's byte-to-unicode
     /// spelling) plus `<|endoftext|>` = 256. The embedded model uses it.
     pub fn bytes() -> Result<Self> {
-        let vocab: serde_json::Map<String, Value> = (0u8..=255).map(|b| (byte_char(b).to_string(), json!(b as u32))).collect();
+        let vocab: serde_json::Map<String, Value> = (0u8..=255)
+            .map(|b| (byte_char(b).to_string(), json!(b as u32)))
+            .collect();
         Self::from_json(&byte_level_bpe_json(Value::Object(vocab), vec![], &[], false).to_string())
     }
 
     /// The `tokenizer.json` document of this tokenizer.
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -73,7 +100,10 @@ impl Tokenizer {
 
     /// Token ids of `text`, without any special token added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -81,7 +111,9 @@ impl Tokenizer {
     pub fn encode_prompt(&self, text: &str, prepend_bos: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         if prepend_bos {
-            ids.push(self.bos_token_id.ok_or_else(|| Error::Tokenizer("this tokenizer has no BOS token; use --no-prepend-bos".into()))?);
+            ids.push(self.bos_token_id.ok_or_else(|| {
+                Error::Tokenizer("this tokenizer has no BOS token; use --no-prepend-bos".into())
+            })?);
         }
         let body = self.encode(text)?;
         if body.is_empty() {
@@ -96,13 +128,19 @@ impl Tokenizer {
     /// its padding, so its activations equal those of running it alone. Use [`Self::lengths`]
     /// to know which positions are real.
     pub fn to_tokens(&self, texts: &[&str], prepend_bos: bool, device: &Device) -> Result<Tensor> {
-        let rows = texts.iter().map(|t| self.encode_prompt(t, prepend_bos)).collect::<Result<Vec<_>>>()?;
+        let rows = texts
+            .iter()
+            .map(|t| self.encode_prompt(t, prepend_bos))
+            .collect::<Result<Vec<_>>>()?;
         pad_batch(&rows, self.pad_id(), device)
     }
 
     /// The number of real (unpadded) tokens of each prompt, as `to_tokens` would make them.
     pub fn lengths(&self, texts: &[&str], prepend_bos: bool) -> Result<Vec<usize>> {
-        texts.iter().map(|t| Ok(self.encode_prompt(t, prepend_bos)?.len())).collect()
+        texts
+            .iter()
+            .map(|t| Ok(self.encode_prompt(t, prepend_bos)?.len()))
+            .collect()
     }
 
     fn pad_id(&self) -> u32 {
@@ -116,7 +154,9 @@ impl Tokenizer {
 
     /// Text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }
 
@@ -126,13 +166,17 @@ pub fn pad_batch(rows: &[Vec<u32>], pad: u32, device: &Device) -> Result<Tensor>
     if p == 0 {
         return Err(Error::EmptyPrompt);
     }
-    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad)).take(p)).collect();
+    let flat: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad)).take(p))
+        .collect();
     Ok(Tensor::from_vec(flat, (rows.len(), p), device)?)
 }
 
 /// GPT-2's printable spelling of a byte (the byte-level BPE alphabet).
 fn byte_char(b: u8) -> char {
-    let printable = |c: u32| (33..=126).contains(&c) || (161..=172).contains(&c) || (174..=255).contains(&c);
+    let printable =
+        |c: u32| (33..=126).contains(&c) || (161..=172).contains(&c) || (174..=255).contains(&c);
     if printable(b as u32) {
         return char::from_u32(b as u32).unwrap();
     }
@@ -143,7 +187,12 @@ fn byte_char(b: u8) -> char {
 /// The tokenizer.json of a byte-level BPE (GPT-2's layout). `special` tokens are matched whole;
 /// `<|endoftext|>` is added when the vocabulary lacks it. `split_digits` splits numbers into single
 /// digits first (SmolLM, llama 3).
-fn byte_level_bpe_json(mut vocab: Value, merges: Vec<&str>, special: &[(u32, String)], split_digits: bool) -> Value {
+fn byte_level_bpe_json(
+    mut vocab: Value,
+    merges: Vec<&str>,
+    special: &[(u32, String)],
+    split_digits: bool,
+) -> Value {
     let map = vocab.as_object_mut().expect("vocab is an object");
     let mut special = special.to_vec();
     if special.is_empty() {
@@ -163,7 +212,9 @@ fn byte_level_bpe_json(mut vocab: Value, merges: Vec<&str>, special: &[(u32, Str
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     let pre = match split_digits {
-        true => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+        true => {
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+        }
         false => byte_level,
     };
     json!({

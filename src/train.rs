@@ -54,31 +54,55 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { steps: 1500, batch: 32, seq_len: 128, lr: 3e-3, seed: 0 }
+        Self {
+            steps: 1500,
+            batch: 32,
+            seq_len: 128,
+            lr: 3e-3,
+            seed: 0,
+        }
     }
 }
 
-/// A batch [batch, seq_len] of BOS followed by random chunks (4..24 tokens), each repeated two or
-/// three times in a row, so that the copies are predictable only by induction.
-pub fn repeated_segments_batch(rng: &mut StdRng, batch: usize, seq_len: usize, device: &Device) -> Result<Tensor> {
+/// A batch [batch, seq_len]: BOS, a random segment of L tokens (L uniform in 8..=(seq_len-1)/2, shorter for tiny seq_len),
+/// the same segment again, then fresh random tokens. Only induction predicts the second copy;
+/// L varies so that no fixed positional offset does.
+pub fn repeated_segments_batch(
+    rng: &mut StdRng,
+    batch: usize,
+    seq_len: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let max_len = seq_len.saturating_sub(1) / 2;
+    if max_len < 2 {
+        return Err(crate::Error::Invalid(format!(
+            "seq_len {seq_len} is too short for repeated segments (need at least 5)"
+        )));
+    }
     let mut data = Vec::with_capacity(batch * seq_len);
     for _ in 0..batch {
+        let len = rng.random_range(max_len.min(8)..=max_len);
+        let seg: Vec<u32> = (0..len).map(|_| rng.random_range(DATA_TOKENS)).collect();
         let mut row = vec![BYTE_BOS];
+        row.extend(&seg);
+        row.extend(&seg);
         while row.len() < seq_len {
-            let len = rng.random_range(4..24);
-            let chunk: Vec<u32> = (0..len).map(|_| rng.random_range(DATA_TOKENS)).collect();
-            for _ in 0..rng.random_range(2..4) {
-                row.extend(&chunk);
-            }
+            row.push(rng.random_range(DATA_TOKENS));
         }
-        row.truncate(seq_len);
         data.extend(row);
     }
     Ok(Tensor::from_vec(data, (batch, seq_len), device)?)
 }
 
 /// The standard induction test input: BOS, `half` random tokens, the same tokens again.
-pub fn repeated_random_tokens(rng: &mut StdRng, batch: usize, half: usize, bos: Option<u32>, vocab: std::ops::Range<u32>, device: &Device) -> Result<Tensor> {
+pub fn repeated_random_tokens(
+    rng: &mut StdRng,
+    batch: usize,
+    half: usize,
+    bos: Option<u32>,
+    vocab: std::ops::Range<u32>,
+    device: &Device,
+) -> Result<Tensor> {
     let mut data = Vec::new();
     for _ in 0..batch {
         let r: Vec<u32> = (0..half).map(|_| rng.random_range(vocab.clone())).collect();
@@ -96,12 +120,20 @@ pub fn next_token_loss(model: &HookedTransformer, tokens: &Tensor) -> Result<Ten
     let (b, p, v) = logits.dims3()?;
     let logits = logits.narrow(1, 0, p - 1)?.reshape((b * (p - 1), v))?;
     let targets = tokens.narrow(1, 1, p - 1)?.flatten_all()?;
-    Ok(candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &targets)?)
+    let logits = match logits.dtype() {
+        DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
+        _ => logits,
+    };
+    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
 /// Trains a model of shape `cfg` from random initialisation; `progress(step, loss)` is called
 /// after every step. Returns the canonical (unprocessed) weights.
-pub fn train_induction_model(cfg: &ModelConfig, tc: &TrainConfig, mut progress: impl FnMut(usize, f32)) -> Result<Weights> {
+pub fn train_induction_model(
+    cfg: &ModelConfig,
+    tc: &TrainConfig,
+    mut progress: impl FnMut(usize, f32),
+) -> Result<Weights> {
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(tc.seed);
     let (d, h, dh, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab);
@@ -127,19 +159,36 @@ pub fn train_induction_model(cfg: &ModelConfig, tc: &TrainConfig, mut progress: 
         for b in ["b_Q", "b_K", "b_V"] {
             param(&p(&format!("attn.{b}")), full(&[h, dh], 0.0))?;
         }
-        param(&p("attn.W_O"), randn(&[h, dh, d], std / (2.0 * cfg.n_layers as f64).sqrt()))?;
+        param(
+            &p("attn.W_O"),
+            randn(&[h, dh, d], std / (2.0 * cfg.n_layers as f64).sqrt()),
+        )?;
         param(&p("attn.b_O"), full(&[d], 0.0))?;
     }
     param("ln_final.w", full(&[d], 1.0))?;
     param("ln_final.b", full(&[d], 0.0))?;
     param("unembed.W_U", randn(&[d, v], std))?;
     param("unembed.b_U", full(&[v], 0.0))?;
-    let weights = |vars: &[(String, Var)]| Weights { tensors: vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect() };
-    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: tc.lr, weight_decay: 0.0, ..Default::default() })?;
+    let weights = |vars: &[(String, Var)]| Weights {
+        tensors: vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect(),
+    };
+    let mut opt = AdamW::new(
+        vars.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW {
+            lr: tc.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
     for step in 0..tc.steps {
         // Cosine decay to a tenth of the peak rate.
         let frac = step as f64 / tc.steps as f64;
-        opt.set_learning_rate(tc.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())));
+        opt.set_learning_rate(
+            tc.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())),
+        );
         let model = HookedTransformer::new(cfg.clone(), &weights(&vars))?;
         let tokens = repeated_segments_batch(&mut rng, tc.batch, tc.seq_len, &dev)?;
         let loss = next_token_loss(&model, &tokens)?;
@@ -148,7 +197,11 @@ pub fn train_induction_model(cfg: &ModelConfig, tc: &TrainConfig, mut progress: 
     }
     let w = weights(&vars);
     // Detach from the autograd graph.
-    let tensors = w.tensors.into_iter().map(|(k, t)| Ok((k, t.detach().copy()?))).collect::<Result<_>>()?;
+    let tensors = w
+        .tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.detach().copy()?)))
+        .collect::<Result<_>>()?;
     Ok(Weights { tensors })
 }
 

@@ -18,7 +18,11 @@ fn check_mode(processing: Processing, mode: &str) {
     let mut worst_lp = 0f32;
     let mut worst_act = (0f32, String::new());
     for i in 0..PROMPTS {
-        let tokens = r[&format!("p{i}.tokens")].to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap();
+        let tokens = r[&format!("p{i}.tokens")]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let (logits, cache) = model.run_with_cache(&tokens, NameFilter::All).unwrap();
         let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
         let lp_sel = lp.index_select(&sel, 1).unwrap();
@@ -28,10 +32,19 @@ fn check_mode(processing: Processing, mode: &str) {
             worst_lp = worst_lp.max(max_abs_diff(&lp_sel, &r[&format!("hf.p{i}.logprobs_sel")]));
         }
         let next = tokens.i((0, 1..)).unwrap();
-        let lp_next = lp.i(..lp.dim(0).unwrap() - 1).unwrap().gather(&next.unsqueeze(1).unwrap(), 1).unwrap().squeeze(1).unwrap();
+        let lp_next = lp
+            .i(..lp.dim(0).unwrap() - 1)
+            .unwrap()
+            .gather(&next.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
         worst_lp = worst_lp.max(max_abs_diff(&lp_next, &r[&format!("{key}.logprobs_next")]));
         let mut compared = 0;
-        for (name, want) in r.iter().filter(|(k, _)| k.starts_with(&format!("{key}.")) && !k.contains("logprobs")) {
+        for (name, want) in r
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{key}.")) && !k.contains("logprobs"))
+        {
             let hook = &name[key.len() + 1..];
             let got = cache.get_by_name(hook).unwrap().i(0).unwrap();
             let d = max_abs_diff(&got, want);
@@ -42,9 +55,17 @@ fn check_mode(processing: Processing, mode: &str) {
         }
         assert!(compared >= 50, "only {compared} hooks compared");
     }
-    eprintln!("{mode}: worst log-prob diff {worst_lp:.2e}, worst activation diff {:.2e} at {}", worst_act.0, worst_act.1);
+    eprintln!(
+        "{mode}: worst log-prob diff {worst_lp:.2e}, worst activation diff {:.2e} at {}",
+        worst_act.0, worst_act.1
+    );
     assert!(worst_lp < TOL, "{mode}: log-probs differ by {worst_lp}");
-    assert!(worst_act.0 < TOL, "{mode}: {} differs by {}", worst_act.1, worst_act.0);
+    assert!(
+        worst_act.0 < TOL,
+        "{mode}: {} differs by {}",
+        worst_act.1,
+        worst_act.0
+    );
 }
 
 #[test]
@@ -62,8 +83,20 @@ fn processing_preserves_log_probs() {
     let dir = gpt2_dir();
     let (a, tok) = load_gpt2(dir.path(), Processing::none());
     let (b, _) = load_gpt2(dir.path(), Processing::default());
-    let t = tok.to_tokens(&["Processing must not change what the model predicts."], true, a.device()).unwrap();
-    let lp = |m: &hooklens::HookedTransformer| candle_nn::ops::log_softmax(&m.forward(&t, &mut hooklens::Hooks::none()).unwrap(), D::Minus1).unwrap();
+    let t = tok
+        .to_tokens(
+            &["Processing must not change what the model predicts."],
+            true,
+            a.device(),
+        )
+        .unwrap();
+    let lp = |m: &hooklens::HookedTransformer| {
+        candle_nn::ops::log_softmax(
+            &m.forward(&t, &mut hooklens::Hooks::none()).unwrap(),
+            D::Minus1,
+        )
+        .unwrap()
+    };
     assert!(max_abs_diff(&lp(&a), &lp(&b)) < TOL);
 }
 
@@ -71,17 +104,36 @@ fn processing_preserves_log_probs() {
 fn padded_batch_equals_each_prompt_alone() {
     let dir = gpt2_dir();
     let (model, tok) = load_gpt2(dir.path(), Processing::default());
-    let texts = ["A short one", "A considerably longer prompt, with more tokens in it than the first"];
+    let texts = [
+        "A short one",
+        "A considerably longer prompt, with more tokens in it than the first",
+    ];
     let batch = tok.to_tokens(&texts, true, model.device()).unwrap();
     let lens = tok.lengths(&texts, true).unwrap();
-    let (logits, cache) = model.run_with_cache(&batch, NameFilter::regex("hook_pattern").unwrap()).unwrap();
+    let (logits, cache) = model
+        .run_with_cache(&batch, NameFilter::regex("hook_pattern").unwrap())
+        .unwrap();
     for (i, text) in texts.iter().enumerate() {
         let alone = tok.to_tokens(&[text], true, model.device()).unwrap();
-        let (l1, c1) = model.run_with_cache(&alone, NameFilter::regex("hook_pattern").unwrap()).unwrap();
+        let (l1, c1) = model
+            .run_with_cache(&alone, NameFilter::regex("hook_pattern").unwrap())
+            .unwrap();
         let n = lens[i];
         assert_eq!(l1.dim(1).unwrap(), n);
         assert!(max_abs_diff(&logits.i((i, ..n)).unwrap(), &l1.i(0).unwrap()) < 1e-5);
-        let p = cache.get_by_name("blocks.2.attn.hook_pattern").unwrap().i((i, .., ..n, ..n)).unwrap();
-        assert!(max_abs_diff(&p, &c1.get_by_name("blocks.2.attn.hook_pattern").unwrap().i(0).unwrap()) < 1e-6);
+        let p = cache
+            .get_by_name("blocks.2.attn.hook_pattern")
+            .unwrap()
+            .i((i, .., ..n, ..n))
+            .unwrap();
+        assert!(
+            max_abs_diff(
+                &p,
+                &c1.get_by_name("blocks.2.attn.hook_pattern")
+                    .unwrap()
+                    .i(0)
+                    .unwrap()
+            ) < 1e-6
+        );
     }
 }

@@ -13,17 +13,29 @@ use std::collections::HashMap;
 const PROMPTS: usize = 3;
 
 fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(root().join("tests/reference/smollm2_ref.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        root().join("tests/reference/smollm2_ref.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Tensor {
-    r[&format!("p{i}.tokens")].to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap()
+    r[&format!("p{i}.tokens")]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
 }
 
 fn check(processed: bool) {
     let (model, _) = smollm2(processed);
     let r = reference();
-    let mode = if processed { "processed" } else { "unprocessed" };
+    let mode = if processed {
+        "processed"
+    } else {
+        "unprocessed"
+    };
     let sel = r["vocab_sel"].to_dtype(DType::U32).unwrap();
     let (mut worst_lp, mut worst_rel) = (0f32, (0f32, String::new()));
     for i in 0..PROMPTS {
@@ -32,17 +44,41 @@ fn check(processed: bool) {
         let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
         let lp_sel = lp.index_select(&sel, 1).unwrap();
         for src in ["hf", mode] {
-            worst_lp = worst_lp.max(max_abs_diff(&lp_sel, &r[&format!("{src}.p{i}.logprobs_sel")]));
+            worst_lp = worst_lp.max(max_abs_diff(
+                &lp_sel,
+                &r[&format!("{src}.p{i}.logprobs_sel")],
+            ));
         }
         let next = t.i((0, 1..)).unwrap().unsqueeze(1).unwrap();
-        let lp_next = lp.i(..lp.dim(0).unwrap() - 1).unwrap().gather(&next, 1).unwrap().squeeze(1).unwrap();
-        worst_lp = worst_lp.max(max_abs_diff(&lp_next, &r[&format!("hf.p{i}.logprobs_next")]));
+        let lp_next = lp
+            .i(..lp.dim(0).unwrap() - 1)
+            .unwrap()
+            .gather(&next, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        worst_lp = worst_lp.max(max_abs_diff(
+            &lp_next,
+            &r[&format!("hf.p{i}.logprobs_next")],
+        ));
         let prefix = format!("{mode}.p{i}.");
         let mut n = 0;
-        for (k, want) in r.iter().filter(|(k, _)| k.starts_with(&prefix) && k.contains("blocks.")) {
+        for (k, want) in r
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && k.contains("blocks."))
+        {
             let got = cache.get_by_name(&k[prefix.len()..]).unwrap().i(0).unwrap();
             // Activations grow to O(100) in late layers: compare relative to their scale.
-            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            let scale = want
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1.0);
             let d = max_abs_diff(&got, want) / scale;
             if d > worst_rel.0 {
                 worst_rel = (d, k.clone());
@@ -51,9 +87,17 @@ fn check(processed: bool) {
         }
         assert!(n >= 28, "only {n} activations compared");
     }
-    eprintln!("{mode}: worst log-prob diff {worst_lp:.2e}; worst activation diff / scale {:.2e} at {}", worst_rel.0, worst_rel.1);
+    eprintln!(
+        "{mode}: worst log-prob diff {worst_lp:.2e}; worst activation diff / scale {:.2e} at {}",
+        worst_rel.0, worst_rel.1
+    );
     assert!(worst_lp < 1e-4, "{mode}: log-probs differ by {worst_lp}");
-    assert!(worst_rel.0 < 1e-4, "{mode}: {} differs by {} of its scale", worst_rel.1, worst_rel.0);
+    assert!(
+        worst_rel.0 < 1e-4,
+        "{mode}: {} differs by {} of its scale",
+        worst_rel.1,
+        worst_rel.0
+    );
 }
 
 #[test]
@@ -69,10 +113,21 @@ fn processed_matches_transformerlens_compatibility_mode() {
 #[test]
 fn tokenizer_ids_match_hugging_face() {
     let (_, tok) = smollm2(true);
-    let text = std::fs::read_to_string(root().join("tests/reference/smollm2_tokenizer_ids.json")).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("tests/reference/smollm2_tokenizer_ids.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for (t, ids) in v["texts"].as_array().unwrap().iter().zip(v["ids"].as_array().unwrap()) {
-        let want: Vec<u32> = ids.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    for (t, ids) in v["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(v["ids"].as_array().unwrap())
+    {
+        let want: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(tok.encode(t.as_str().unwrap()).unwrap(), want, "text {t}");
     }
 }
@@ -80,15 +135,53 @@ fn tokenizer_ids_match_hugging_face() {
 #[test]
 fn grouped_query_hook_shapes() {
     let (model, tok) = smollm2(true);
-    assert_eq!((model.cfg.n_heads, model.cfg.n_key_value_heads, model.cfg.d_head), (9, 3, 64));
-    let t = tok.to_tokens(&["Hello there"], false, model.device()).unwrap();
-    let (_, cache) = model.run_with_cache(&t, NameFilter::regex("blocks\\.0\\.").unwrap()).unwrap();
-    assert_eq!(cache.get_by_name("blocks.0.attn.hook_q").unwrap().dims(), &[1, 2, 9, 64]);
-    assert_eq!(cache.get_by_name("blocks.0.attn.hook_k").unwrap().dims(), &[1, 2, 3, 64]);
-    assert_eq!(cache.get_by_name("blocks.0.attn.hook_rot_k").unwrap().dims(), &[1, 2, 3, 64]);
-    assert_eq!(cache.get_by_name("blocks.0.attn.hook_pattern").unwrap().dims(), &[1, 9, 2, 2]);
-    assert_eq!(cache.get_by_name("blocks.0.mlp.hook_pre_linear").unwrap().dims(), &[1, 2, 1536]);
-    assert_eq!(cache.get_by_name("blocks.0.mlp.hook_post").unwrap().dims(), &[1, 2, 1536]);
+    assert_eq!(
+        (
+            model.cfg.n_heads,
+            model.cfg.n_key_value_heads,
+            model.cfg.d_head
+        ),
+        (9, 3, 64)
+    );
+    let t = tok
+        .to_tokens(&["Hello there"], false, model.device())
+        .unwrap();
+    let (_, cache) = model
+        .run_with_cache(&t, NameFilter::regex("blocks\\.0\\.").unwrap())
+        .unwrap();
+    assert_eq!(
+        cache.get_by_name("blocks.0.attn.hook_q").unwrap().dims(),
+        &[1, 2, 9, 64]
+    );
+    assert_eq!(
+        cache.get_by_name("blocks.0.attn.hook_k").unwrap().dims(),
+        &[1, 2, 3, 64]
+    );
+    assert_eq!(
+        cache
+            .get_by_name("blocks.0.attn.hook_rot_k")
+            .unwrap()
+            .dims(),
+        &[1, 2, 3, 64]
+    );
+    assert_eq!(
+        cache
+            .get_by_name("blocks.0.attn.hook_pattern")
+            .unwrap()
+            .dims(),
+        &[1, 9, 2, 2]
+    );
+    assert_eq!(
+        cache
+            .get_by_name("blocks.0.mlp.hook_pre_linear")
+            .unwrap()
+            .dims(),
+        &[1, 2, 1536]
+    );
+    assert_eq!(
+        cache.get_by_name("blocks.0.mlp.hook_post").unwrap().dims(),
+        &[1, 2, 1536]
+    );
 }
 
 #[test]
@@ -97,11 +190,26 @@ fn greedy_generation_matches_transformers_with_and_without_kv_cache() {
     let r = reference();
     for i in 0..PROMPTS {
         let ids: Vec<u32> = tokens(&r, i).i(0).unwrap().to_vec1().unwrap();
-        let want: Vec<u32> = r[&format!("hf.p{i}.greedy")].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+        let want: Vec<u32> = r[&format!("hf.p{i}.greedy")]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for use_kv_cache in [true, false] {
-            let opts = GenerateOptions { max_new_tokens: want.len(), use_kv_cache, stop_at_eos: false, ..Default::default() };
+            let opts = GenerateOptions {
+                max_new_tokens: want.len(),
+                use_kv_cache,
+                stop_at_eos: false,
+                ..Default::default()
+            };
             let got = generate(model, &ids, &opts, &mut Hooks::none()).unwrap();
-            assert_eq!(got, want, "prompt {i}, kv cache {use_kv_cache}: {:?} vs {:?}", tok.decode(&got), tok.decode(&want));
+            assert_eq!(
+                got,
+                want,
+                "prompt {i}, kv cache {use_kv_cache}: {:?} vs {:?}",
+                tok.decode(&got),
+                tok.decode(&want)
+            );
         }
     }
 }
@@ -109,8 +217,22 @@ fn greedy_generation_matches_transformers_with_and_without_kv_cache() {
 #[test]
 fn behaviour_paris_and_counting() {
     let (model, tok) = smollm2(true);
-    let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
-    let cont = |p: &str| tok.decode(&generate(model, &tok.encode_prompt(p, false).unwrap(), &opts, &mut Hooks::none()).unwrap()).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let cont = |p: &str| {
+        tok.decode(
+            &generate(
+                model,
+                &tok.encode_prompt(p, false).unwrap(),
+                &opts,
+                &mut Hooks::none(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
     assert!(cont("The capital of France is").starts_with(" Paris"));
     assert!(cont("One, two, three, four,").starts_with(" five, six"));
 }
@@ -119,7 +241,14 @@ fn behaviour_paris_and_counting() {
 fn sampling_is_seeded_and_hooks_fire_during_generation() {
     let (model, tok) = smollm2(true);
     let ids = tok.encode_prompt("Once upon a time", false).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 5, temperature: 0.9, top_k: Some(40), top_p: Some(0.9), seed: 7, ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: 5,
+        temperature: 0.9,
+        top_k: Some(40),
+        top_p: Some(0.9),
+        seed: 7,
+        ..Default::default()
+    };
     let a = generate(model, &ids, &opts, &mut Hooks::none()).unwrap();
     assert_eq!(a, generate(model, &ids, &opts, &mut Hooks::none()).unwrap());
     let mut calls = 0;
@@ -128,7 +257,16 @@ fn sampling_is_seeded_and_hooks_fire_during_generation() {
             calls += 1;
             Ok(None)
         });
-        generate(model, &ids, &GenerateOptions { max_new_tokens: 4, ..Default::default() }, &mut hooks).unwrap();
+        generate(
+            model,
+            &ids,
+            &GenerateOptions {
+                max_new_tokens: 4,
+                ..Default::default()
+            },
+            &mut hooks,
+        )
+        .unwrap();
     }
     assert_eq!(calls, 4, "one forward pass per new token");
 }
@@ -139,13 +277,17 @@ fn bad_gguf_files() {
     // Not a GGUF file at all.
     let p = dir.path().join("fake.gguf");
     std::fs::write(&p, b"this is not a gguf file").unwrap();
-    let e = hooklens::load_model(Some(p.to_str().unwrap()), &Default::default()).err().unwrap();
+    let e = hooklens::load_model(Some(p.to_str().unwrap()), &Default::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::CorruptFile { .. }), "{e}");
     // The real file cut short: metadata reads, tensors run off the end.
     let bytes = std::fs::read(smollm2_path()).unwrap();
     let p = dir.path().join("truncated.gguf");
     std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
-    let e = hooklens::load_model(Some(p.to_str().unwrap()), &Default::default()).err().unwrap();
+    let e = hooklens::load_model(Some(p.to_str().unwrap()), &Default::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::CorruptFile { .. }), "{e}");
 }
 
@@ -181,11 +323,19 @@ fn unsupported_architecture_and_quantization() {
     let load = |name: &str, bytes: Vec<u8>| {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
-        hooklens::load_model(Some(p.to_str().unwrap()), &Default::default()).err().unwrap()
+        hooklens::load_model(Some(p.to_str().unwrap()), &Default::default())
+            .err()
+            .unwrap()
     };
     let e = load("gpt2.gguf", tiny_gguf("gpt2", 0));
-    assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains("gpt2"), "{e}");
+    assert!(
+        matches!(e, Error::Unsupported(_)) && e.to_string().contains("gpt2"),
+        "{e}"
+    );
     // Type 20 is llama.cpp's IQ4_NL, which candle cannot dequantize.
     let e = load("iq4.gguf", tiny_gguf("llama", 20));
-    assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains("quantization"), "{e}");
+    assert!(
+        matches!(e, Error::Unsupported(_)) && e.to_string().contains("quantization"),
+        "{e}"
+    );
 }

@@ -6,13 +6,20 @@ use hooklens::Tokenizer;
 
 #[test]
 fn gpt2_ids_match_hugging_face() {
-    let text = std::fs::read_to_string(common::root().join("tests/reference/gpt2_tokenizer_ids.json")).unwrap();
+    let text =
+        std::fs::read_to_string(common::root().join("tests/reference/gpt2_tokenizer_ids.json"))
+            .unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let tok = Tokenizer::gpt2().unwrap();
     let texts = v["texts"].as_array().unwrap();
     assert!(texts.len() >= 8);
     for (t, ids) in texts.iter().zip(v["ids"].as_array().unwrap()) {
-        let want: Vec<u32> = ids.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(tok.encode(t.as_str().unwrap()).unwrap(), want, "text {t}");
     }
 }
@@ -21,11 +28,17 @@ fn gpt2_ids_match_hugging_face() {
 fn known_gpt2_ids_and_round_trip() {
     let tok = Tokenizer::gpt2().unwrap();
     assert_eq!(tok.encode("Hello world").unwrap(), vec![15496, 995]);
-    assert_eq!(tok.encode("The capital of France is").unwrap(), vec![464, 3139, 286, 4881, 318]);
+    assert_eq!(
+        tok.encode("The capital of France is").unwrap(),
+        vec![464, 3139, 286, 4881, 318]
+    );
     assert_eq!(tok.bos_token_id, Some(50256));
     let ids = tok.encode_prompt("Hello world", true).unwrap();
     assert_eq!(ids, vec![50256, 15496, 995]);
-    assert_eq!(tok.to_str_tokens(&ids).unwrap(), vec!["<|endoftext|>", "Hello", " world"]);
+    assert_eq!(
+        tok.to_str_tokens(&ids).unwrap(),
+        vec!["<|endoftext|>", "Hello", " world"]
+    );
     let s = "naïve café 🎉 code()";
     assert_eq!(tok.decode(&tok.encode(s).unwrap()).unwrap(), s);
 }
@@ -36,5 +49,8 @@ fn byte_tokenizer_is_one_token_per_byte() {
     assert_eq!(tok.vocab_size(), 257);
     assert_eq!(tok.encode("ab é").unwrap(), vec![97, 98, 32, 0xC3, 0xA9]);
     assert_eq!(tok.bos_token_id, Some(256));
-    assert_eq!(tok.decode(&tok.encode("hello, world").unwrap()).unwrap(), "hello, world");
+    assert_eq!(
+        tok.decode(&tok.encode("hello, world").unwrap()).unwrap(),
+        "hello, world"
+    );
 }

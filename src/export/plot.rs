@@ -11,7 +11,11 @@ static FONT: Once = Once::new();
 /// Registers DejaVu Sans as plotters' `sans-serif` (no system fonts are needed).
 fn ensure_font() {
     FONT.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 
@@ -20,16 +24,39 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
 }
 
 /// A labelled heatmap of `values[row][col]` with a colour bar, written atomically to `path`.
-pub fn heatmap(path: &Path, title: &str, values: &[Vec<f32>], row_labels: &[String], col_labels: &[String], x_desc: &str, y_desc: &str) -> Result<()> {
+pub fn heatmap(
+    path: &Path,
+    title: &str,
+    values: &[Vec<f32>],
+    row_labels: &[String],
+    col_labels: &[String],
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<()> {
     ensure_font();
     let rows = values.len();
     let cols = values.first().map_or(0, Vec::len);
     if rows == 0 || cols == 0 || row_labels.len() != rows || col_labels.len() != cols {
-        return Err(Error::Invalid(format!("heatmap needs {rows}x{cols} values with matching labels")));
+        return Err(Error::Invalid(format!(
+            "heatmap needs {rows}x{cols} values with matching labels"
+        )));
     }
-    let (lo, hi) = values.iter().flatten().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
-    let longest = row_labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
+    let (lo, hi) = values
+        .iter()
+        .flatten()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 0.5, lo + 0.5)
+    };
+    let longest = row_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(1) as u32;
     let width = (cols as u32 * 60).clamp(480, 1600) + 8 * longest + 140;
     let height = (rows as u32 * 40).clamp(320, 1200) + 120;
     super::atomic_write_with(path, |tmp| {
@@ -61,7 +88,10 @@ pub fn heatmap(path: &Path, title: &str, values: &[Vec<f32>], row_labels: &[Stri
                 .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
                     row.iter().enumerate().map(move |(c, &v)| {
                         let color = ViridisRGB::get_color_normalized(v, lo, hi);
-                        Rectangle::new([(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)], color.filled())
+                        Rectangle::new(
+                            [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
+                            color.filled(),
+                        )
                     })
                 }))
                 .map_err(plot_err)?;
@@ -73,12 +103,20 @@ pub fn heatmap(path: &Path, title: &str, values: &[Vec<f32>], row_labels: &[Stri
                 .right_y_label_area_size(45)
                 .build_cartesian_2d(0.0..1.0, lo as f64..hi as f64)
                 .map_err(plot_err)?;
-            cb.configure_mesh().disable_mesh().disable_x_axis().label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
+            cb.configure_mesh()
+                .disable_mesh()
+                .disable_x_axis()
+                .label_style(("sans-serif", 12))
+                .draw()
+                .map_err(plot_err)?;
             let steps = 100;
             cb.draw_series((0..steps).map(|i| {
                 let a = lo as f64 + (hi - lo) as f64 * i as f64 / steps as f64;
                 let b = lo as f64 + (hi - lo) as f64 * (i + 1) as f64 / steps as f64;
-                Rectangle::new([(0.0, a), (1.0, b)], ViridisRGB::get_color_normalized(a as f32, lo, hi).filled())
+                Rectangle::new(
+                    [(0.0, a), (1.0, b)],
+                    ViridisRGB::get_color_normalized(a as f32, lo, hi).filled(),
+                )
             }))
             .map_err(plot_err)?;
             root.present().map_err(plot_err)?;

@@ -25,7 +25,10 @@ impl RunDir {
             )));
         }
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Self { path, experiment: experiment.into() })
+        Ok(Self {
+            path,
+            experiment: experiment.into(),
+        })
     }
 
     /// Path of `file` inside the run folder.
@@ -43,13 +46,18 @@ impl RunDir {
             "params": params,
             "files": files,
         });
-        super::atomic_write(&self.file("manifest.json"), serde_json::to_string_pretty(&m).expect("json").as_bytes())
+        super::atomic_write(
+            &self.file("manifest.json"),
+            serde_json::to_string_pretty(&m).expect("json").as_bytes(),
+        )
     }
 }
 
 /// The current UTC time as `YYYYMMDD-HHMMSS`.
 pub fn timestamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -61,5 +69,10 @@ pub fn timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

@@ -30,9 +30,15 @@ const SUPPORTED: [GgmlDType; 13] = [
 
 /// A GGUF file's config, tokenizer and tensors (dequantized, under HF llama names).
 pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
-    let corrupt = |reason: String| Error::CorruptFile { path: path.into(), reason };
+    let corrupt = |reason: String| Error::CorruptFile {
+        path: path.into(),
+        reason,
+    };
     let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::MissingFile { path: path.into(), hint: "check the path".into() },
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.into(),
+            hint: "check the path".into(),
+        },
         _ => Error::io(path, e),
     })?;
     let content = Content::read(&mut f).map_err(|e| {
@@ -43,18 +49,45 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
         }
     })?;
     let md = &content.metadata;
-    let get = |k: &str| md.get(k).ok_or_else(|| corrupt(format!("metadata lacks `{k}`")));
-    let arch = get("general.architecture")?.to_string().map_err(|e| corrupt(e.to_string()))?.clone();
+    let get = |k: &str| {
+        md.get(k)
+            .ok_or_else(|| corrupt(format!("metadata lacks `{k}`")))
+    };
+    let arch = get("general.architecture")?
+        .to_string()
+        .map_err(|e| corrupt(e.to_string()))?
+        .clone();
     if arch != "llama" {
-        return Err(Error::Unsupported(format!("GGUF architecture `{arch}`; supported: llama")));
+        return Err(Error::Unsupported(format!(
+            "GGUF architecture `{arch}`; supported: llama"
+        )));
     }
-    let num = |k: &str| -> Result<usize> { value_u64(get(&format!("llama.{k}"))?).map(|x| x as usize).ok_or_else(|| corrupt(format!("llama.{k} is not an integer"))) };
-    let float = |k: &str, default: f64| md.get(&format!("llama.{k}")).and_then(value_f64).unwrap_or(default);
-    let tokens = get("tokenizer.ggml.tokens")?.to_vec().map_err(|e| corrupt(e.to_string()))?;
+    let num = |k: &str| -> Result<usize> {
+        value_u64(get(&format!("llama.{k}"))?)
+            .map(|x| x as usize)
+            .ok_or_else(|| corrupt(format!("llama.{k} is not an integer")))
+    };
+    let float = |k: &str, default: f64| {
+        md.get(&format!("llama.{k}"))
+            .and_then(value_f64)
+            .unwrap_or(default)
+    };
+    let tokens = get("tokenizer.ggml.tokens")?
+        .to_vec()
+        .map_err(|e| corrupt(e.to_string()))?;
     let (d_model, n_heads) = (num("embedding_length")?, num("attention.head_count")?);
-    let n_kv = md.get("llama.attention.head_count_kv").and_then(value_u64).map_or(n_heads, |x| x as usize);
-    let bos = md.get("tokenizer.ggml.bos_token_id").and_then(value_u64).map(|x| x as u32);
-    let eos = md.get("tokenizer.ggml.eos_token_id").and_then(value_u64).map(|x| x as u32);
+    let n_kv = md
+        .get("llama.attention.head_count_kv")
+        .and_then(value_u64)
+        .map_or(n_heads, |x| x as usize);
+    let bos = md
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(value_u64)
+        .map(|x| x as u32);
+    let eos = md
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(value_u64)
+        .map(|x| x as u32);
     let tied = !content.tensor_infos.contains_key("output.weight");
     let cfg = ModelConfig {
         n_layers: num("block_count")?,
@@ -74,20 +107,29 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
         eps: float("attention.layer_norm_rms_epsilon", 1e-5),
         tie_word_embeddings: tied,
         original_architecture: "LlamaForCausalLM".into(),
-        default_prepend_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(true),
+        default_prepend_bos: md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(true),
         bos_token_id: bos,
         eos_token_id: eos,
     };
     cfg.validate()?;
-    let tokenizer = tokenizer_from_metadata(md, bos, eos).map_err(|e| corrupt(format!("tokenizer metadata: {e}")))?;
+    let tokenizer = tokenizer_from_metadata(md, bos, eos)
+        .map_err(|e| corrupt(format!("tokenizer metadata: {e}")))?;
 
     let mut tensors = HashMap::new();
     for (name, info) in &content.tensor_infos {
         if !SUPPORTED.contains(&info.ggml_dtype) {
-            return Err(Error::Unsupported(format!("{name} is quantized as {:?}; supported: {SUPPORTED:?}", info.ggml_dtype)));
+            return Err(Error::Unsupported(format!(
+                "{name} is quantized as {:?}; supported: {SUPPORTED:?}",
+                info.ggml_dtype
+            )));
         }
         let Some(hf) = hf_name(name) else { continue };
-        let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| corrupt(format!("{name}: {e}")))?;
+        let q = content
+            .tensor(&mut f, name, &Device::Cpu)
+            .map_err(|e| corrupt(format!("{name}: {e}")))?;
         let mut t = q.dequantize(&Device::Cpu)?;
         if name.ends_with("attn_q.weight") {
             t = unpermute_rotary(&t, n_heads)?;
@@ -132,28 +174,57 @@ fn hf_name(gguf: &str) -> Option<String> {
 fn unpermute_rotary(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let dh = rows / heads;
-    Ok(w.reshape((heads, dh / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((heads, dh / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }
 
 /// The byte-level BPE tokenizer stored in `tokenizer.ggml.*`.
-fn tokenizer_from_metadata(md: &HashMap<String, Value>, bos: Option<u32>, eos: Option<u32>) -> Result<Tokenizer> {
+fn tokenizer_from_metadata(
+    md: &HashMap<String, Value>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+) -> Result<Tokenizer> {
     let err = |m: &str| Error::Tokenizer(m.to_string());
-    let model = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).ok_or_else(|| err("no tokenizer.ggml.model"))?;
+    let model = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| err("no tokenizer.ggml.model"))?;
     if model != "gpt2" {
-        return Err(Error::Unsupported(format!("GGUF tokenizer model `{model}`; supported: gpt2 (byte-level BPE)")));
+        return Err(Error::Unsupported(format!(
+            "GGUF tokenizer model `{model}`; supported: gpt2 (byte-level BPE)"
+        )));
     }
     let strings = |k: &str| -> Result<Vec<String>> {
-        md.get(k).ok_or_else(|| err(k))?.to_vec()?.iter().map(|v| Ok(v.to_string()?.clone())).collect()
+        md.get(k)
+            .ok_or_else(|| err(k))?
+            .to_vec()?
+            .iter()
+            .map(|v| Ok(v.to_string()?.clone()))
+            .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges = strings("tokenizer.ggml.merges")?;
     let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
-        Some(v) => v.to_vec()?.iter().map(|t| value_u64(t).map_or(1, |x| x as i64)).collect(),
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|t| value_u64(t).map_or(1, |x| x as i64))
+            .collect(),
         None => vec![1; tokens.len()],
     };
     // Control (3) and user-defined (4) tokens are matched whole, as Hugging Face's added tokens.
-    let special: Vec<(u32, String)> = tokens.iter().enumerate().filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4))).map(|(i, t)| (i as u32, t.clone())).collect();
-    let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map_or("default", |s| s.as_str());
+    let special: Vec<(u32, String)> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| (i as u32, t.clone()))
+        .collect();
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map_or("default", |s| s.as_str());
     let split_digits = matches!(pre, "smollm" | "llama3" | "llama-bpe");
     let mut tok = Tokenizer::byte_level_bpe(tokens, merges, &special, split_digits)?;
     tok.bos_token_id = bos;
@@ -162,7 +233,11 @@ fn tokenizer_from_metadata(md: &HashMap<String, Value>, bos: Option<u32>, eos: O
 }
 
 fn value_u64(v: &Value) -> Option<u64> {
-    v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)).or_else(|| v.to_i32().ok().map(|x| x as u64)).or_else(|| v.to_i64().ok().map(|x| x as u64))
+    v.to_u64()
+        .ok()
+        .or_else(|| v.to_u32().ok().map(u64::from))
+        .or_else(|| v.to_i32().ok().map(|x| x as u64))
+        .or_else(|| v.to_i64().ok().map(|x| x as u64))
 }
 
 fn value_f64(v: &Value) -> Option<f64> {

@@ -22,17 +22,31 @@ pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
         let qkv_b = raw.get(&src("attn.c_attn.bias"), &[3 * d])?;
         for (i, name) in ["Q", "K", "V"].iter().enumerate() {
             // [d_model, H * d_head] -> [H, d_model, d_head]
-            let wi = qkv.narrow(1, i * d, d)?.reshape((d, h, dh))?.transpose(0, 1)?.contiguous()?;
+            let wi = qkv
+                .narrow(1, i * d, d)?
+                .reshape((d, h, dh))?
+                .transpose(0, 1)?
+                .contiguous()?;
             w.insert(dst(&format!("attn.W_{name}")), wi);
-            w.insert(dst(&format!("attn.b_{name}")), qkv_b.narrow(0, i * d, d)?.reshape((h, dh))?);
+            w.insert(
+                dst(&format!("attn.b_{name}")),
+                qkv_b.narrow(0, i * d, d)?.reshape((h, dh))?,
+            );
         }
-        w.insert(dst("attn.W_O"), raw.get(&src("attn.c_proj.weight"), &[d, d])?.reshape((h, dh, d))?);
+        w.insert(
+            dst("attn.W_O"),
+            raw.get(&src("attn.c_proj.weight"), &[d, d])?
+                .reshape((h, dh, d))?,
+        );
         w.insert(dst("attn.b_O"), raw.get(&src("attn.c_proj.bias"), &[d])?);
         w.insert(dst("ln2.w"), raw.get(&src("ln_2.weight"), &[d])?);
         w.insert(dst("ln2.b"), raw.get(&src("ln_2.bias"), &[d])?);
         w.insert(dst("mlp.W_in"), raw.get(&src("mlp.c_fc.weight"), &[d, m])?);
         w.insert(dst("mlp.b_in"), raw.get(&src("mlp.c_fc.bias"), &[m])?);
-        w.insert(dst("mlp.W_out"), raw.get(&src("mlp.c_proj.weight"), &[m, d])?);
+        w.insert(
+            dst("mlp.W_out"),
+            raw.get(&src("mlp.c_proj.weight"), &[m, d])?,
+        );
         w.insert(dst("mlp.b_out"), raw.get(&src("mlp.c_proj.bias"), &[d])?);
     }
     w.insert("ln_final.w", raw.get("ln_f.weight", &[d])?);

@@ -7,12 +7,18 @@ use crate::error::{Error, Result};
 use hf_hub::{Cache, Repo};
 use std::path::PathBuf;
 
-const OPTIONAL: [&str; 4] = ["tokenizer.json", "vocab.json", "merges.txt", "model.safetensors.index.json"];
+const OPTIONAL: [&str; 4] = [
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "model.safetensors.index.json",
+];
 
 /// Returns the snapshot directory holding `config.json`, the weights and the tokenizer of
 /// `model_id`, downloading what is missing unless `HF_HUB_OFFLINE=1`.
 pub fn resolve_hub_files(model_id: &str) -> Result<PathBuf> {
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let offline =
+        std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let cache = Cache::from_env();
     let cached = cache.repo(Repo::model(model_id.to_string()));
     let get = |file: &str| -> Result<Option<PathBuf>> {
@@ -22,24 +28,39 @@ pub fn resolve_hub_files(model_id: &str) -> Result<PathBuf> {
         if offline {
             return Ok(None);
         }
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).build().map_err(|e| Error::Hub(e.to_string()))?;
+        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+            .build()
+            .map_err(|e| Error::Hub(e.to_string()))?;
         match api.model(model_id.to_string()).get(file) {
             Ok(p) => Ok(Some(p)),
-            Err(hf_hub::api::sync::ApiError::RequestError(e)) if e.to_string().contains("404") => Ok(None),
+            Err(hf_hub::api::sync::ApiError::RequestError(e)) if e.to_string().contains("404") => {
+                Ok(None)
+            }
             Err(e) => Err(Error::Hub(format!("{model_id}/{file}: {e}"))),
         }
     };
-    let config = get("config.json")?.ok_or_else(|| Error::Hub(format!(
-        "`{model_id}` is neither a local path nor a model in the Hugging Face cache{}",
-        if offline { " (HF_HUB_OFFLINE=1, so nothing was downloaded)" } else { "" }
-    )))?;
+    let config = get("config.json")?.ok_or_else(|| {
+        Error::Hub(format!(
+            "`{model_id}` is neither a local path nor a model in the Hugging Face cache{}",
+            if offline {
+                " (HF_HUB_OFFLINE=1, so nothing was downloaded)"
+            } else {
+                ""
+            }
+        ))
+    })?;
     if get("model.safetensors")?.is_none() && get("model.safetensors.index.json")?.is_none() {
-        return Err(Error::Hub(format!("{model_id} has no model.safetensors in the cache or on the Hub")));
+        return Err(Error::Hub(format!(
+            "{model_id} has no model.safetensors in the cache or on the Hub"
+        )));
     }
     for f in OPTIONAL {
         get(f)?;
     }
-    let dir = config.parent().expect("a cached file has a snapshot folder").to_path_buf();
+    let dir = config
+        .parent()
+        .expect("a cached file has a snapshot folder")
+        .to_path_buf();
     // Shards named by an index sit next to it in the same snapshot.
     if let Ok(text) = std::fs::read_to_string(dir.join("model.safetensors.index.json")) {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();

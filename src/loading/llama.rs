@@ -7,7 +7,14 @@ use crate::error::Result;
 use crate::weights::Weights;
 
 pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
-    let (d, h, kv, dh, m, v) = (cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
+    let (d, h, kv, dh, m, v) = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_key_value_heads,
+        cfg.d_head,
+        cfg.d_mlp,
+        cfg.d_vocab,
+    );
     let mut w = Weights::default();
     let w_e = raw.get("model.embed_tokens.weight", &[v, d])?;
     w.insert("embed.W_E", w_e.clone());
@@ -16,7 +23,11 @@ pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
         let dst = |n: &str| format!("blocks.{l}.{n}");
         // [heads * d_head, d_model] -> [heads, d_model, d_head]
         let per_head = |name: &str, heads: usize| -> Result<_> {
-            Ok(raw.get(&src(name), &[heads * dh, d])?.reshape((heads, dh, d))?.transpose(1, 2)?.contiguous()?)
+            Ok(raw
+                .get(&src(name), &[heads * dh, d])?
+                .reshape((heads, dh, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         w.insert(dst("ln1.w"), raw.get(&src("input_layernorm.weight"), &[d])?);
         w.insert(dst("attn.W_Q"), per_head("self_attn.q_proj.weight", h)?);
@@ -25,10 +36,28 @@ pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
         // [d_model, H * d_head] -> [H, d_head, d_model]
         let w_o = raw.get(&src("self_attn.o_proj.weight"), &[d, h * dh])?;
         w.insert(dst("attn.W_O"), w_o.t()?.contiguous()?.reshape((h, dh, d))?);
-        w.insert(dst("ln2.w"), raw.get(&src("post_attention_layernorm.weight"), &[d])?);
-        w.insert(dst("mlp.W_gate"), raw.get(&src("mlp.gate_proj.weight"), &[m, d])?.t()?.contiguous()?);
-        w.insert(dst("mlp.W_in"), raw.get(&src("mlp.up_proj.weight"), &[m, d])?.t()?.contiguous()?);
-        w.insert(dst("mlp.W_out"), raw.get(&src("mlp.down_proj.weight"), &[d, m])?.t()?.contiguous()?);
+        w.insert(
+            dst("ln2.w"),
+            raw.get(&src("post_attention_layernorm.weight"), &[d])?,
+        );
+        w.insert(
+            dst("mlp.W_gate"),
+            raw.get(&src("mlp.gate_proj.weight"), &[m, d])?
+                .t()?
+                .contiguous()?,
+        );
+        w.insert(
+            dst("mlp.W_in"),
+            raw.get(&src("mlp.up_proj.weight"), &[m, d])?
+                .t()?
+                .contiguous()?,
+        );
+        w.insert(
+            dst("mlp.W_out"),
+            raw.get(&src("mlp.down_proj.weight"), &[d, m])?
+                .t()?
+                .contiguous()?,
+        );
     }
     w.insert("ln_final.w", raw.get("model.norm.weight", &[d])?);
     let w_u = match (cfg.tie_word_embeddings, raw.has("lm_head.weight")) {

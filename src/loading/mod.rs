@@ -30,7 +30,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { processing: Processing::default(), device: Device::Cpu, dtype: DType::F32 }
+        Self {
+            processing: Processing::default(),
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
     }
 }
 
@@ -45,27 +49,46 @@ const EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../../assets/embedded/model.safe
 /// `model.safetensors` or a sharded `model.safetensors.index.json`, and `tokenizer.json` or
 /// `vocab.json` + `merges.txt`), a `.safetensors` file inside such a directory, or a Hugging Face
 /// model id such as `gpt2` (downloaded into, or read offline from, the standard HF cache).
-pub fn load_model(spec: Option<&str>, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
-    let Some(spec) = spec else { return load_embedded(opts) };
+pub fn load_model(
+    spec: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<(HookedTransformer, Tokenizer)> {
+    let Some(spec) = spec else {
+        return load_embedded(opts);
+    };
     let path = Path::new(spec);
     if path.is_dir() {
         return load_dir(path, opts);
     }
     if path.is_file() {
         return match path.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") | Some("json") => load_dir(path.parent().unwrap_or(Path::new(".")), opts),
+            Some("safetensors") | Some("json") => {
+                load_dir(path.parent().unwrap_or(Path::new(".")), opts)
+            }
             Some("gguf") => load_gguf(path, opts),
-            _ => Err(Error::Unsupported(format!("{spec}: expected a .gguf or .safetensors file, or a model directory"))),
+            _ => Err(Error::Unsupported(format!(
+                "{spec}: expected a .gguf or .safetensors file, or a model directory"
+            ))),
         };
     }
     if let Some(file) = alias_path(spec) {
         return match file.is_file() {
             true => load_gguf(&file, opts),
-            false => Err(Error::MissingFile { path: file, hint: "fetch it with scripts/fetch_smollm2.sh".into() }),
+            false => Err(Error::MissingFile {
+                path: file,
+                hint: "fetch it with scripts/fetch_smollm2.sh".into(),
+            }),
         };
     }
-    if spec.starts_with('.') || spec.starts_with('/') || spec.ends_with(".safetensors") || spec.ends_with(".gguf") {
-        return Err(Error::MissingFile { path: path.into(), hint: "check the path".into() });
+    if spec.starts_with('.')
+        || spec.starts_with('/')
+        || spec.ends_with(".safetensors")
+        || spec.ends_with(".gguf")
+    {
+        return Err(Error::MissingFile {
+            path: path.into(),
+            hint: "check the path".into(),
+        });
     }
     let dir = resolve_hub_files(spec)?;
     load_dir(&dir, opts)
@@ -75,10 +98,14 @@ pub fn load_model(spec: Option<&str>, opts: &LoadOptions) -> Result<(HookedTrans
 /// (`$HOOKLENS_CACHE`, default `~/.cache/hooklens`).
 pub fn alias_path(spec: &str) -> Option<PathBuf> {
     let file = match spec {
-        "smollm2" | "smollm2-135m" | "SmolLM2-135M-Instruct" => "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "smollm2" | "smollm2-135m" | "SmolLM2-135M-Instruct" => {
+            "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+        }
         _ => return None,
     };
-    let base = std::env::var_os("HOOKLENS_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hooklens")))?;
+    let base = std::env::var_os("HOOKLENS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hooklens")))?;
     Some(base.join(file))
 }
 
@@ -92,11 +119,16 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, 
 /// The embedded model and its byte-level tokenizer.
 pub fn load_embedded(opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
     if EMBEDDED_WEIGHTS.is_empty() {
-        return Err(Error::Invalid("this build has no embedded model; run `cargo run --release --bin train_embedded`".into()));
+        return Err(Error::Invalid(
+            "this build has no embedded model; run `cargo run --release --bin train_embedded`"
+                .into(),
+        ));
     }
     let cfg = ModelConfig::from_hf_json(EMBEDDED_CONFIG)?;
     let tensors = candle_core::safetensors::load_buffer(EMBEDDED_WEIGHTS, &Device::Cpu)?;
-    let w = Weights { tensors: tensors.into_iter().collect() };
+    let w = Weights {
+        tensors: tensors.into_iter().collect(),
+    };
     Ok((build(cfg, w, opts)?, Tokenizer::bytes()?))
 }
 
@@ -104,7 +136,10 @@ pub fn load_embedded(opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::MissingFile { path: cfg_path.clone(), hint: "a model directory needs config.json".into() },
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: cfg_path.clone(),
+            hint: "a model directory needs config.json".into(),
+        },
         _ => Error::io(&cfg_path, e),
     })?;
     let cfg = ModelConfig::from_hf_json(&text)?;
@@ -137,7 +172,10 @@ fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
         return Tokenizer::from_vocab_merges(&read(&v)?, &read(&m)?);
     }
-    Err(Error::MissingFile { path: tj, hint: "a model directory needs tokenizer.json (or vocab.json + merges.txt)".into() })
+    Err(Error::MissingFile {
+        path: tj,
+        hint: "a model directory needs tokenizer.json (or vocab.json + merges.txt)".into(),
+    })
 }
 
 /// A checkpoint's tensors under their own names: memory-mapped safetensors, or tensors already
@@ -163,10 +201,17 @@ impl RawTensors {
             vec![single.clone()]
         } else if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::CorruptFile { path: index.clone(), reason: e.to_string() })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
+                    path: index.clone(),
+                    reason: e.to_string(),
+                })?;
             let mut shards: Vec<PathBuf> = v["weight_map"]
                 .as_object()
-                .ok_or_else(|| Error::CorruptFile { path: index.clone(), reason: "no weight_map".into() })?
+                .ok_or_else(|| Error::CorruptFile {
+                    path: index.clone(),
+                    reason: "no weight_map".into(),
+                })?
                 .values()
                 .filter_map(|f| f.as_str().map(|f| dir.join(f)))
                 .collect();
@@ -174,22 +219,44 @@ impl RawTensors {
             shards.dedup();
             shards
         } else {
-            return Err(Error::MissingFile { path: single, hint: "a model directory needs model.safetensors or model.safetensors.index.json".into() });
+            return Err(Error::MissingFile {
+                path: single,
+                hint: "a model directory needs model.safetensors or model.safetensors.index.json"
+                    .into(),
+            });
         };
         for f in &files {
             if !f.is_file() {
-                return Err(Error::MissingFile { path: f.clone(), hint: "a shard named in the index is missing".into() });
+                return Err(Error::MissingFile {
+                    path: f.clone(),
+                    hint: "a shard named in the index is missing".into(),
+                });
             }
         }
         // SAFETY: the files are opened read-only and not modified while mapped.
-        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::CorruptFile { path: files[0].clone(), reason: e.to_string() })?;
-        let prefix = if st.get("transformer.wte.weight").is_ok() { "transformer." } else { "" };
-        Ok(Self { source: Source::Mmap(st), prefix: prefix.into(), path: files[0].clone() })
+        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::CorruptFile {
+            path: files[0].clone(),
+            reason: e.to_string(),
+        })?;
+        let prefix = if st.get("transformer.wte.weight").is_ok() {
+            "transformer."
+        } else {
+            ""
+        };
+        Ok(Self {
+            source: Source::Mmap(st),
+            prefix: prefix.into(),
+            path: files[0].clone(),
+        })
     }
 
     /// Tensors already in memory, read from `path`.
     pub fn from_map(map: HashMap<String, Tensor>, path: &Path) -> Self {
-        Self { source: Source::Memory(map), prefix: String::new(), path: path.into() }
+        Self {
+            source: Source::Memory(map),
+            prefix: String::new(),
+            path: path.into(),
+        }
     }
 
     /// Whether the checkpoint has tensor `name`.
@@ -208,11 +275,20 @@ impl RawTensors {
             return Err(Error::MissingWeight(full));
         }
         let t = match &self.source {
-            Source::Mmap(st) => st.load(&full, &Device::Cpu).map_err(|e| Error::CorruptFile { path: self.path.clone(), reason: format!("{full}: {e}") })?,
+            Source::Mmap(st) => st
+                .load(&full, &Device::Cpu)
+                .map_err(|e| Error::CorruptFile {
+                    path: self.path.clone(),
+                    reason: format!("{full}: {e}"),
+                })?,
             Source::Memory(m) => m[&full].clone(),
         };
         if t.dims() != shape {
-            return Err(Error::WeightShape { name: full, expected: shape.to_vec(), got: t.dims().to_vec() });
+            return Err(Error::WeightShape {
+                name: full,
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
         }
         Ok(t.to_dtype(DType::F32)?)
     }

@@ -20,14 +20,24 @@ pub struct Processing {
 
 impl Default for Processing {
     fn default() -> Self {
-        Self { fold_ln: true, center_writing_weights: true, center_unembed: true, fold_value_biases: true }
+        Self {
+            fold_ln: true,
+            center_writing_weights: true,
+            center_unembed: true,
+            fold_value_biases: true,
+        }
     }
 }
 
 impl Processing {
     /// No processing: the checkpoint's weights as they are.
     pub fn none() -> Self {
-        Self { fold_ln: false, center_writing_weights: false, center_unembed: false, fold_value_biases: false }
+        Self {
+            fold_ln: false,
+            center_writing_weights: false,
+            center_unembed: false,
+            fold_value_biases: false,
+        }
     }
 }
 
@@ -42,9 +52,18 @@ pub fn process_weights(w: &mut Weights, cfg: &ModelConfig, p: Processing) -> Res
     let rms = cfg.normalization_type == Normalization::RMS;
     if p.fold_ln && (ln || rms) {
         fold_layer_norm(w, &cfg, ln)?;
-        cfg.normalization_type = if ln { Normalization::LNPre } else { Normalization::RMSPre };
+        cfg.normalization_type = if ln {
+            Normalization::LNPre
+        } else {
+            Normalization::RMSPre
+        };
     }
-    if p.center_writing_weights && matches!(cfg.normalization_type, Normalization::LN | Normalization::LNPre) {
+    if p.center_writing_weights
+        && matches!(
+            cfg.normalization_type,
+            Normalization::LN | Normalization::LNPre
+        )
+    {
         center_writing_weights(w, &cfg)?;
     }
     if p.center_unembed {
@@ -69,8 +88,15 @@ fn center(w: &mut Weights, name: &str) -> Result<()> {
 /// Folds a norm's weight (and bias) into the layer(s) reading from it:
 /// `W' = diag(w) W`, `b' = b + bias @ W`, then (LayerNorm only) centres `W'` over d_model,
 /// since its input has zero mean anyway.
-fn fold_into(w: &mut Weights, norm: &str, readers: &[(String, Option<String>)], center_input: bool) -> Result<()> {
-    let Some(nw) = w.remove(&format!("{norm}.w")) else { return Ok(()) };
+fn fold_into(
+    w: &mut Weights,
+    norm: &str,
+    readers: &[(String, Option<String>)],
+    center_input: bool,
+) -> Result<()> {
+    let Some(nw) = w.remove(&format!("{norm}.w")) else {
+        return Ok(());
+    };
     let nb = w.remove(&format!("{norm}.b"));
     for (wname, bname) in readers {
         let Some(mat) = w.remove(wname) else { continue };
@@ -79,7 +105,10 @@ fn fold_into(w: &mut Weights, norm: &str, readers: &[(String, Option<String>)], 
         let scale = nw.reshape((d, 1))?;
         if let (Some(nb), Some(bname)) = (&nb, bname) {
             // bias @ W over d_model, shaped like the existing bias.
-            let shift = nb.reshape((1, d))?.broadcast_matmul(&mat)?.squeeze(D::Minus2)?;
+            let shift = nb
+                .reshape((1, d))?
+                .broadcast_matmul(&mat)?
+                .squeeze(D::Minus2)?;
             let shift = match w.remove(bname) {
                 Some(b) => {
                     let shift = shift.reshape(b.shape())?;
@@ -100,14 +129,39 @@ fn fold_into(w: &mut Weights, norm: &str, readers: &[(String, Option<String>)], 
 
 fn fold_layer_norm(w: &mut Weights, cfg: &ModelConfig, center_input: bool) -> Result<()> {
     for l in 0..cfg.n_layers {
-        let a = |n: &str, b: &str| (format!("blocks.{l}.attn.{n}"), Some(format!("blocks.{l}.attn.{b}")));
-        fold_into(w, &format!("blocks.{l}.ln1"), &[a("W_Q", "b_Q"), a("W_K", "b_K"), a("W_V", "b_V")], center_input)?;
+        let a = |n: &str, b: &str| {
+            (
+                format!("blocks.{l}.attn.{n}"),
+                Some(format!("blocks.{l}.attn.{b}")),
+            )
+        };
+        fold_into(
+            w,
+            &format!("blocks.{l}.ln1"),
+            &[a("W_Q", "b_Q"), a("W_K", "b_K"), a("W_V", "b_V")],
+            center_input,
+        )?;
         if !cfg.attn_only {
-            let m = |n: &str, b: Option<&str>| (format!("blocks.{l}.mlp.{n}"), b.map(|b| format!("blocks.{l}.mlp.{b}")));
-            fold_into(w, &format!("blocks.{l}.ln2"), &[m("W_in", Some("b_in")), m("W_gate", None)], center_input)?;
+            let m = |n: &str, b: Option<&str>| {
+                (
+                    format!("blocks.{l}.mlp.{n}"),
+                    b.map(|b| format!("blocks.{l}.mlp.{b}")),
+                )
+            };
+            fold_into(
+                w,
+                &format!("blocks.{l}.ln2"),
+                &[m("W_in", Some("b_in")), m("W_gate", None)],
+                center_input,
+            )?;
         }
     }
-    fold_into(w, "ln_final", &[("unembed.W_U".into(), Some("unembed.b_U".into()))], center_input)
+    fold_into(
+        w,
+        "ln_final",
+        &[("unembed.W_U".into(), Some("unembed.b_U".into()))],
+        center_input,
+    )
 }
 
 /// Makes every write into the residual stream mean-zero over d_model: the embeddings and
@@ -131,8 +185,13 @@ fn center_writing_weights(w: &mut Weights, cfg: &ModelConfig) -> Result<()> {
 fn fold_value_biases(w: &mut Weights, cfg: &ModelConfig) -> Result<()> {
     for l in 0..cfg.n_layers {
         let bv_name = format!("blocks.{l}.attn.b_V");
-        let Some(b_v) = w.tensors.get(&bv_name).cloned() else { continue };
-        let w_o = w.get(&format!("blocks.{l}.attn.W_O"), &[cfg.n_heads, cfg.d_head, cfg.d_model])?;
+        let Some(b_v) = w.tensors.get(&bv_name).cloned() else {
+            continue;
+        };
+        let w_o = w.get(
+            &format!("blocks.{l}.attn.W_O"),
+            &[cfg.n_heads, cfg.d_head, cfg.d_model],
+        )?;
         // Grouped-query heads: each query head uses its key/value head's bias.
         let b_v_full = b_v.repeat_interleave_heads(cfg.group_size())?;
         let shift = b_v_full.unsqueeze(1)?.matmul(&w_o)?.squeeze(1)?.sum(0)?; // [d_model]
@@ -158,6 +217,9 @@ impl RepeatHeads for Tensor {
             return Ok(self.clone());
         }
         let (kv, d) = self.dims2()?;
-        Ok(self.unsqueeze(1)?.expand((kv, g, d))?.reshape((kv * g, d))?)
+        Ok(self
+            .unsqueeze(1)?
+            .expand((kv, g, d))?
+            .reshape((kv * g, d))?)
     }
 }

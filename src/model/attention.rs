@@ -6,9 +6,9 @@
 //! each is shared by `n_heads / n_key_value_heads` consecutive query heads. `hook_q`,
 //! `hook_attn_scores`, `hook_pattern`, `hook_z` and `hook_result` are per query head.
 
+use super::linear;
 use crate::config::{ModelConfig, Positional};
 use crate::error::Result;
-use super::linear;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
 use crate::weights::Weights;
 use candle_core::{DType, Tensor, D};
@@ -52,7 +52,9 @@ impl Attention {
         let flat_in = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.transpose(0, 1)?.contiguous()?.reshape((d, heads * dh))?)
         };
-        let flat_b = |t: Option<Tensor>| -> Result<Option<Tensor>> { Ok(t.map(|t| t.flatten_all()).transpose()?) };
+        let flat_b = |t: Option<Tensor>| -> Result<Option<Tensor>> {
+            Ok(t.map(|t| t.flatten_all()).transpose()?)
+        };
         Ok(Self {
             w_q: flat_in(w.get(&p("W_Q"), &[h, d, dh])?, h)?,
             w_k: flat_in(w.get(&p("W_K"), &[kv, d, dh])?, kv)?,
@@ -84,7 +86,9 @@ impl Attention {
         let hp = |h| HookPoint::Block(self.layer, h);
         let (b, p, _) = x.dims3()?;
         let (h, dh) = (self.n_heads, self.d_head);
-        let project = |w: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> { Ok(linear(x, w, bias.as_ref())?.reshape((b, p, heads, dh))?) };
+        let project = |w: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+            Ok(linear(x, w, bias.as_ref())?.reshape((b, p, heads, dh))?)
+        };
         let mut q = hooks.apply(hp(BlockHook::Q), project(&self.w_q, &self.b_q, h)?)?;
         let mut k = hooks.apply(hp(BlockHook::K), project(&self.w_k, &self.b_k, self.n_kv)?)?;
         let v = hooks.apply(hp(BlockHook::V), project(&self.w_v, &self.b_v, self.n_kv)?)?;
@@ -109,8 +113,11 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
         let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
         let scores = hooks.apply(hp(BlockHook::AttnScores), scores)?;
-        // Softmax in f32 so half-precision models keep their patterns normalised.
-        let scores32 = scores.to_dtype(DType::F32)?;
+        // Half-precision scores are upcast so that patterns stay normalised.
+        let scores32 = match scores.dtype() {
+            DType::F16 | DType::BF16 => scores.to_dtype(DType::F32)?,
+            _ => scores.clone(),
+        };
         // The fused softmax has no backward pass; use the composed one when training.
         let pattern = match scores32.track_op() {
             true => candle_nn::ops::softmax(&scores32, D::Minus1)?,
@@ -124,7 +131,10 @@ impl Attention {
             // Per-head outputs [batch, pos, H, d_model]: z[.., h, :] @ W_O[h].
             let w_o = self.w_o.reshape((h, dh, ()))?;
             let zh = z.transpose(1, 2)?.contiguous()?; // [batch, H, pos, d_head]
-            let result = zh.broadcast_matmul(&w_o.unsqueeze(0)?)?.transpose(1, 2)?.contiguous()?;
+            let result = zh
+                .broadcast_matmul(&w_o.unsqueeze(0)?)?
+                .transpose(1, 2)?
+                .contiguous()?;
             let out = hooks.apply(hp(BlockHook::Result), result)?.sum(2)?;
             match &self.b_o {
                 Some(b_o) => out.broadcast_add(b_o)?,
@@ -143,7 +153,9 @@ impl Attention {
             return Ok(x);
         }
         let (b, kv, p, d) = x.dims4()?;
-        Ok(x.unsqueeze(2)?.expand((b, kv, g, p, d))?.reshape((b, kv * g, p, d))?)
+        Ok(x.unsqueeze(2)?
+            .expand((b, kv, g, p, d))?
+            .reshape((b, kv * g, p, d))?)
     }
 }
 
@@ -160,9 +172,17 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// cos and sin tables [n_pos, d_head] for positions `start..start + n_pos`.
-pub fn rotary_tables(start: usize, n_pos: usize, d_head: usize, base: f64, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+pub fn rotary_tables(
+    start: usize,
+    n_pos: usize,
+    d_head: usize,
+    base: f64,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
     let half = d_head / 2;
-    let inv: Vec<f32> = (0..half).map(|i| (1.0 / base.powf(2.0 * i as f64 / d_head as f64)) as f32).collect();
+    let inv: Vec<f32> = (0..half)
+        .map(|i| (1.0 / base.powf(2.0 * i as f64 / d_head as f64)) as f32)
+        .collect();
     let inv = Tensor::from_vec(inv, (1, half), device)?;
     let pos: Vec<f32> = (start..start + n_pos).map(|p| p as f32).collect();
     let pos = Tensor::from_vec(pos, (n_pos, 1), device)?;

