@@ -113,23 +113,7 @@ fn processed_matches_transformerlens_compatibility_mode() {
 #[test]
 fn tokenizer_ids_match_hugging_face() {
     let (_, tok) = smollm2(true);
-    let text =
-        std::fs::read_to_string(root().join("tests/reference/smollm2_tokenizer_ids.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for (t, ids) in v["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(v["ids"].as_array().unwrap())
-    {
-        let want: Vec<u32> = ids
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(tok.encode(t.as_str().unwrap()).unwrap(), want, "text {t}");
-    }
+    assert_tokenizer_matches(tok, "smollm2_tokenizer_ids.json");
 }
 
 #[test]

@@ -6,22 +6,7 @@ use hooklens::Tokenizer;
 
 #[test]
 fn gpt2_ids_match_hugging_face() {
-    let text =
-        std::fs::read_to_string(common::root().join("tests/reference/gpt2_tokenizer_ids.json"))
-            .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let tok = Tokenizer::gpt2().unwrap();
-    let texts = v["texts"].as_array().unwrap();
-    assert!(texts.len() >= 8);
-    for (t, ids) in texts.iter().zip(v["ids"].as_array().unwrap()) {
-        let want: Vec<u32> = ids
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(tok.encode(t.as_str().unwrap()).unwrap(), want, "text {t}");
-    }
+    common::assert_tokenizer_matches(&Tokenizer::gpt2().unwrap(), "gpt2_tokenizer_ids.json");
 }
 
 #[test]

@@ -440,26 +440,19 @@ impl HookedTransformer {
     /// `W_K` of `layer`: [n_key_value_heads, d_model, d_head].
     #[allow(non_snake_case)]
     pub fn W_K(&self, layer: usize) -> Result<Tensor> {
-        let a = &self.block(layer)?.attn;
-        Ok(a.w_k
-            .reshape((
-                self.cfg.d_model,
-                self.cfg.n_key_value_heads,
-                self.cfg.d_head,
-            ))?
-            .transpose(0, 1)?)
+        self.kv_heads(&self.block(layer)?.attn.w_k)
     }
 
     /// `W_V` of `layer`: [n_key_value_heads, d_model, d_head].
     #[allow(non_snake_case)]
     pub fn W_V(&self, layer: usize) -> Result<Tensor> {
-        let a = &self.block(layer)?.attn;
-        Ok(a.w_v
-            .reshape((
-                self.cfg.d_model,
-                self.cfg.n_key_value_heads,
-                self.cfg.d_head,
-            ))?
+        self.kv_heads(&self.block(layer)?.attn.w_v)
+    }
+
+    /// [d_model, H_kv * d_head] -> the per-head view [H_kv, d_model, d_head], without a copy.
+    fn kv_heads(&self, w: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
+        Ok(w.reshape((c.d_model, c.n_key_value_heads, c.d_head))?
             .transpose(0, 1)?)
     }
 

@@ -42,14 +42,10 @@ pub fn reference() -> HashMap<String, Tensor> {
     .unwrap()
 }
 
-/// Largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a.to_dtype(candle_core::DType::F32).unwrap();
-    let b = b.to_dtype(candle_core::DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
+/// Largest absolute value of a tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    let t = t.to_dtype(candle_core::DType::F32).unwrap();
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -57,6 +53,31 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let b = b.to_dtype(a.dtype()).unwrap();
+    max_abs(&(a - b).unwrap())
+}
+
+/// Asserts that `tok` gives the ids a reference tokenizer gave, from a JSON file
+/// `{"texts": [...], "ids": [[...], ...]}` under tests/reference/.
+pub fn assert_tokenizer_matches(tok: &Tokenizer, file: &str) {
+    let text = std::fs::read_to_string(root().join("tests/reference").join(file)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let texts = v["texts"].as_array().unwrap();
+    assert!(texts.len() >= 8, "too few reference texts");
+    for (t, ids) in texts.iter().zip(v["ids"].as_array().unwrap()) {
+        let want: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(t.as_str().unwrap()).unwrap(), want, "text {t}");
+    }
 }
 
 /// The real SmolLM2-135M GGUF, fetched (and checksummed) by scripts/fetch_smollm2.sh into the

@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from transformer_lens.model_bridge import TransformerBridge
 
+from texts import COMMON_TEXTS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIX = os.path.join(ROOT, "tests", "fixtures", "gpt2-random")
 REF = os.path.join(ROOT, "tests", "reference")
@@ -32,18 +34,7 @@ PROMPTS = [
     "def add(a, b):\n    return a + b",
     "Numbers 12345 and 3.14159!",
 ]
-TOKENIZER_TEXTS = [
-    "Hello world",
-    "The capital of France is",
-    "  leading spaces and   runs   of whitespace\t\ttabs\n\nnewlines",
-    "Unicode: café, naïve, 日本語, emoji 🎉🚀, Ελληνικά, русский",
-    "Numbers: 0 1 12 123 1234 12345 3.14159 -42 1e10 1,000,000",
-    "def f(x):\n    return {'a': [x**2 for x in range(10)]}  # code",
-    "<|endoftext|>special token in the middle<|endoftext|>",
-    "I'm can't won't they'll we've you'd",
-    "URLs https://example.com/path?q=1&r=2 and emails a.b@c.org",
-    "",
-]
+TOKENIZER_TEXTS = COMMON_TEXTS + ["<|endoftext|>special token in the middle<|endoftext|>", ""]
 # Hooks compared; all layers of each.
 BLOCK_HOOKS = [
     "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",

@@ -16,6 +16,8 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformer_lens.model_bridge import TransformerBridge
 
+from texts import COMMON_TEXTS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REF = os.path.join(ROOT, "tests", "reference")
 PROMPTS = [
@@ -23,16 +25,7 @@ PROMPTS = [
     "One, two, three, four,",
     "def fibonacci(n):\n    if n < 2:\n        return n",
 ]
-TOKENIZER_TEXTS = [
-    "Hello world",
-    "The capital of France is",
-    "  leading spaces and   runs   of whitespace\t\ttabs\n\nnewlines",
-    "Unicode: café, naïve, 日本語, emoji 🎉🚀, Ελληνικά, русский",
-    "Numbers: 0 1 12 123 1234 12345 3.14159 -42 1e10 1,000,000",
-    "def f(x):\n    return {'a': [x**2 for x in range(10)]}  # code",
-    "<|im_start|>user\nHi<|im_end|>",
-    "I'm can't won't they'll we've you'd",
-]
+TOKENIZER_TEXTS = COMMON_TEXTS + ["<|im_start|>user\nHi<|im_end|>"]
 LAYERS = [0, 7, 15, 29]
 HOOKS = ["attn.hook_pattern", "attn.hook_z", "mlp.hook_post", "hook_resid_post", "attn.hook_q", "attn.hook_k", "attn.hook_v"]
 
