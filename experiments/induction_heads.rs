@@ -25,9 +25,10 @@ use std::path::PathBuf;
 struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Length of the random segment that is repeated.
-    #[arg(long, default_value_t = 50)]
-    half: usize,
+    /// Length of the random segment that is repeated (default: 50, or 12 for the embedded model,
+    /// which was trained on 32-token sequences).
+    #[arg(long)]
+    half: Option<usize>,
     /// Number of random sequences.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -54,6 +55,9 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     let (model, tok) = a.model.load().context("loading the model")?;
+    let half = a
+        .half
+        .unwrap_or(if a.model.model.is_none() { 12 } else { 50 });
     let run = RunDir::create(&a.outputs, "induction_heads", a.run.as_deref(), a.resume)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     // Random ordinary tokens: printable ASCII for byte-level models (what the embedded model was
@@ -78,8 +82,8 @@ fn main() -> Result<()> {
         .min(vocab)
         .max(lo + 1);
     let bos = model.cfg.bos_token_id.or(tok.bos_token_id);
-    let tokens = repeated_random_tokens(&mut rng, a.batch, a.half, bos, lo..hi, model.device())?;
-    let scores = all_head_scores(&model, &tokens, a.half)?;
+    let tokens = repeated_random_tokens(&mut rng, a.batch, half, bos, lo..hi, model.device())?;
+    let scores = all_head_scores(&model, &tokens, half)?;
     let mut df = scores_frame(&scores)?;
     write_parquet(&mut df, &run.file("head_scores.parquet"))?;
 
@@ -87,7 +91,7 @@ fn main() -> Result<()> {
     let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
     heatmap(
         &run.file("induction_scores.png"),
-        "Induction score (attention to the token after the previous occurrence)",
+        "Induction score per head",
         &ind,
         &(0..nl).map(|l| format!("L{l}")).collect::<Vec<_>>(),
         &(0..nh).map(|h| format!("H{h}")).collect::<Vec<_>>(),
@@ -103,7 +107,7 @@ fn main() -> Result<()> {
     // The best head's pattern on a short example, with token labels on both axes.
     let example = tokens
         .i((0..1, ..))?
-        .narrow(1, 0, tokens.dim(1)?.min(1 + 2 * a.half.min(12)))?;
+        .narrow(1, 0, tokens.dim(1)?.min(1 + 2 * half.min(12)))?;
     let short_half = (example.dim(1)? - 1) / 2;
     let example = repeated_random_tokens(&mut rng, 1, short_half, bos, lo..hi, model.device())?;
     let point = HookPoint::Block(bl, BlockHook::Pattern);
@@ -131,14 +135,22 @@ fn main() -> Result<()> {
     )?;
 
     run.write_manifest(
-        json!({"model": a.model.model.as_deref().unwrap_or(hooklens::loading::EMBEDDED_NAME), "half": a.half, "batch": a.batch, "seed": a.seed, "processing": !a.model.no_processing}),
+        json!({"model": a.model.model.as_deref().unwrap_or(hooklens::loading::EMBEDDED_NAME), "half": half, "batch": a.batch, "seed": a.seed, "processing": !a.model.no_processing}),
         json!({
             "head_scores.parquet": {"columns": {"kind": "str: previous_token | duplicate_token | induction", "layer": "u32", "head": "u32", "label": "str, e.g. L1H3", "score": "f32: mean attention on the kind's stripe, 0..1"}},
             "induction_scores.png": "heatmap layers x heads of the induction score",
             "top_head_pattern.png": "attention pattern of the best induction head on one example",
         }),
     )?;
-    println!("{}", df);
+    for kind in HeadKind::ALL {
+        let t = scores[&kind].to_vec2::<f32>()?;
+        let (l, h, s) = t
+            .iter()
+            .enumerate()
+            .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &s)| (l, h, s)))
+            .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a });
+        println!("top {:<16} head: L{l}H{h}  score {s:.3}", kind.name());
+    }
     println!("best induction head: L{bl}H{bh} with score {best:.3}");
     println!("wrote {}", run.path.display());
     Ok(())

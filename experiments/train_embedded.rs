@@ -7,6 +7,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use hooklens::train::{embedded_config, train_induction_model, TrainConfig};
+use hooklens::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ struct Args {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Attention-only layers.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
     /// Tokens per training sequence.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
@@ -35,7 +39,10 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let cfg = embedded_config();
+    let cfg = ModelConfig {
+        n_layers: a.layers,
+        ..embedded_config()
+    };
     let tc = TrainConfig {
         steps: a.steps,
         batch: a.batch,

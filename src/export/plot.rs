@@ -70,15 +70,15 @@ pub fn heatmap(
                 .margin(12)
                 .x_label_area_size(48)
                 .y_label_area_size(8 * longest + 30)
-                .build_cartesian_2d(0.0..cols as f64, rows as f64..0.0)
+                .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)
                 .map_err(plot_err)?;
             chart
                 .configure_mesh()
                 .disable_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
-                .x_labels(cols.min(40))
-                .y_labels(rows.min(40))
+                .x_labels(cols.min(60) + 1)
+                .y_labels(rows.min(60) + 1)
                 .x_label_formatter(&|x| label_at(col_labels, *x))
                 .y_label_formatter(&|y| label_at(row_labels, *y))
                 .label_style(("sans-serif", 14))
@@ -125,11 +125,11 @@ pub fn heatmap(
     })
 }
 
-/// The label of the cell whose centre is nearest `x`, or nothing between cells.
+/// The label of the cell centred on `x` (cells sit on whole numbers), or nothing between cells.
 fn label_at(labels: &[String], x: f64) -> String {
-    let i = x.floor() as usize;
-    if x - x.floor() < 0.25 || x - x.floor() > 0.75 || i >= labels.len() {
+    let i = x.round();
+    if (x - i).abs() > 0.01 || i < 0.0 || i as usize >= labels.len() {
         return String::new();
     }
-    labels[i].clone()
+    labels[i as usize].clone()
 }
