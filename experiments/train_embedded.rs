@@ -16,7 +16,7 @@ use std::path::PathBuf;
 #[command(about = "Train the embedded 2-layer attention-only induction model")]
 struct Args {
     /// Optimiser steps.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 5000)]
     steps: usize,
     /// Sequences per batch.
     #[arg(long, default_value_t = 32)]
@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     layers: usize,
     /// Tokens per training sequence.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     seq_len: usize,
     /// Output folder (config.json + model.safetensors).
     #[arg(long, default_value = "assets/embedded")]

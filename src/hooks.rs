@@ -166,7 +166,8 @@ impl FromStr for HookPoint {
 /// Which hook points to keep in a cache.
 #[derive(Debug, Clone, Default)]
 pub enum NameFilter {
-    /// Every hook point.
+    /// Every hook point except the optional `attn.hook_result` (as in TransformerLens, where it
+    /// exists only with `use_attn_result`); name it in a regex or list to get it.
     #[default]
     All,
     /// The hook points whose name matches this regular expression (searched, not anchored).
@@ -179,7 +180,7 @@ impl NameFilter {
     /// Whether `point` passes the filter.
     pub fn matches(&self, point: &HookPoint) -> bool {
         match self {
-            NameFilter::All => true,
+            NameFilter::All => !matches!(point, HookPoint::Block(_, BlockHook::Result)),
             NameFilter::Regex(r) => r.is_match(&point.to_string()),
             NameFilter::Points(ps) => ps.contains(point),
         }

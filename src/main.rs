@@ -133,7 +133,8 @@ fn generate_cmd(margs: ModelArgs, pargs: PromptArgs, opts: GenerateOptions) -> R
 fn hooks(margs: ModelArgs, prompt: &str) -> Result<()> {
     let (model, tok) = margs.load().context("loading the model")?;
     let tokens = tok.to_tokens(&[prompt], model.cfg.default_prepend_bos, model.device())?;
-    let (_, cache) = model.run_with_cache(&tokens, NameFilter::All)?;
+    // Every hook point, the optional attn.hook_result included.
+    let (_, cache) = model.run_with_cache(&tokens, NameFilter::regex(".")?)?;
     println!(
         "{} hook points (batch 1, {} tokens of {prompt:?}):",
         cache.len(),

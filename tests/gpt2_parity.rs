@@ -137,3 +137,39 @@ fn padded_batch_equals_each_prompt_alone() {
         );
     }
 }
+
+#[test]
+fn hook_result_sums_to_attn_out_and_is_opt_in() {
+    let dir = gpt2_dir();
+    let (model, tok) = load_gpt2(dir.path(), Processing::default());
+    let t = tok
+        .to_tokens(&["Per-head outputs add up"], true, model.device())
+        .unwrap();
+    let (_, all) = model.run_with_cache(&t, NameFilter::All).unwrap();
+    assert!(
+        all.get_by_name("blocks.1.attn.hook_result").is_err(),
+        "All leaves out the optional hook_result"
+    );
+    let (_, cache) = model
+        .run_with_cache(
+            &t,
+            NameFilter::regex("blocks\\.1\\.(attn\\.hook_result|hook_attn_out)").unwrap(),
+        )
+        .unwrap();
+    let result = cache.get_by_name("blocks.1.attn.hook_result").unwrap(); // [b, p, H, d_model]
+    assert_eq!(result.dims()[2], model.cfg.n_heads);
+    let b_o = model.blocks[1].attn.b_o.as_ref().unwrap();
+    let summed = result.sum(2).unwrap().broadcast_add(b_o).unwrap();
+    assert!(
+        max_abs_diff(
+            &summed,
+            cache.get_by_name("blocks.1.hook_attn_out").unwrap()
+        ) < 1e-5
+    );
+    assert!(
+        max_abs_diff(
+            cache.get_by_name("blocks.1.hook_attn_out").unwrap(),
+            all.get_by_name("blocks.1.hook_attn_out").unwrap()
+        ) < 1e-5
+    );
+}
