@@ -69,16 +69,7 @@ fn check(processed: bool) {
         {
             let got = cache.get_by_name(&k[prefix.len()..]).unwrap().i(0).unwrap();
             // Activations grow to O(100) in late layers: compare relative to their scale.
-            let scale = want
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .max(1.0);
+            let scale = max_abs(want).max(1.0);
             let d = max_abs_diff(&got, want) / scale;
             if d > worst_rel.0 {
                 worst_rel = (d, k.clone());
