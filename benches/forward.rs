@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use hooklens::{load_model, Hooks, LoadOptions, NameFilter};
-use std::time::Instant;
+mod common;
+
+use common::{median_secs, peak_rss_mb};
 
 #[derive(Parser)]
 #[command(about = "Benchmark forward and run_with_cache against TransformerLens")]
@@ -26,28 +28,6 @@ struct Args {
     lengths: String,
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-}
-
-fn median_secs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?; // warm-up
-    let mut ts = Vec::new();
-    for _ in 0..repeats {
-        let t = Instant::now();
-        f()?;
-        ts.push(t.elapsed().as_secs_f64());
-    }
-    ts.sort_by(f64::total_cmp);
-    Ok(ts[ts.len() / 2])
-}
-
-/// Peak resident memory of this process so far (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() -> Result<()> {

@@ -29,6 +29,9 @@ struct Args {
     /// Attention-only layers.
     #[arg(long, default_value_t = 2)]
     layers: usize,
+    /// Put random tokens before and between the two copies (no positional shortcut).
+    #[arg(long)]
+    shifted: bool,
     /// Tokens per training sequence.
     #[arg(long, default_value_t = 32)]
     seq_len: usize,
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
         lr: a.lr,
         seed: a.seed,
         seq_len: a.seq_len,
+        shifted: a.shifted,
     };
     let bar = ProgressBar::new(tc.steps as u64);
     bar.set_style(ProgressStyle::with_template(

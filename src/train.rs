@@ -50,6 +50,8 @@ pub struct TrainConfig {
     pub seq_len: usize,
     pub lr: f64,
     pub seed: u64,
+    /// Train on the shifted layout of [`repeated_segments_batch`].
+    pub shifted: bool,
 }
 
 impl Default for TrainConfig {
@@ -60,35 +62,50 @@ impl Default for TrainConfig {
             seq_len: 32,
             lr: 3e-3,
             seed: 0,
+            shifted: false,
         }
     }
 }
 
-/// A batch [batch, seq_len]: BOS, a random segment of L tokens (L uniform in 8..=(seq_len-1)/2,
-/// shorter for tiny seq_len), the same segment again, then fresh random tokens. The embedded model
-/// was trained on this layout (see the README for what it learned from it).
+/// A batch [batch, seq_len] of BOS, a random segment of L printable-ASCII tokens, the same
+/// segment again, and random tokens to the end. Unshifted (the embedded model's data), the first
+/// copy starts right after BOS and the second right after it, L in 8..=(seq_len-1)/2. Shifted, L
+/// is 3..=(seq_len-1)/2 and random tokens of random length come before and between the copies,
+/// so that no positional shortcut predicts the second copy: only induction does.
 pub fn repeated_segments_batch(
     rng: &mut StdRng,
     batch: usize,
     seq_len: usize,
+    shifted: bool,
     device: &Device,
 ) -> Result<Tensor> {
-    let max_len = seq_len.saturating_sub(1) / 2;
-    if max_len < 2 {
+    let body = seq_len.saturating_sub(1);
+    if body < 6 {
         return Err(crate::Error::Invalid(format!(
-            "seq_len {seq_len} is too short for repeated segments (need at least 5)"
+            "seq_len {seq_len} is too short for repeated segments (need at least 7)"
         )));
     }
+    let random = |rng: &mut StdRng, n: usize| -> Vec<u32> {
+        (0..n).map(|_| rng.random_range(DATA_TOKENS)).collect()
+    };
     let mut data = Vec::with_capacity(batch * seq_len);
     for _ in 0..batch {
-        let len = rng.random_range(max_len.min(8)..=max_len);
-        let seg: Vec<u32> = (0..len).map(|_| rng.random_range(DATA_TOKENS)).collect();
+        let len = rng.random_range(if shifted { 3 } else { 8.min(body / 2) }..=body / 2);
+        let slack = body - 2 * len;
+        let (lead, gap) = match shifted {
+            true => {
+                let lead = rng.random_range(0..=slack);
+                (lead, rng.random_range(0..=slack - lead))
+            }
+            false => (0, 0),
+        };
+        let seg = random(rng, len);
         let mut row = vec![BYTE_BOS];
+        row.extend(random(rng, lead));
         row.extend(&seg);
+        row.extend(random(rng, gap));
         row.extend(&seg);
-        while row.len() < seq_len {
-            row.push(rng.random_range(DATA_TOKENS));
-        }
+        row.extend(random(rng, seq_len - row.len()));
         data.extend(row);
     }
     Ok(Tensor::from_vec(data, (batch, seq_len), device)?)
@@ -137,7 +154,18 @@ pub fn train_induction_model(
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(tc.seed);
     let (d, h, dh, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab);
-    let randn = |shape: &[usize], std: f64| Tensor::randn(0f32, std as f32, shape, &dev);
+    // Seeded normal initialisation (Box-Muller), so a run is reproducible from its seed.
+    let mut init_rng = StdRng::seed_from_u64(tc.seed.wrapping_add(1));
+    let mut randn = |shape: &[usize], std: f64| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                let (u1, u2): (f64, f64) = (1.0 - init_rng.random::<f64>(), init_rng.random());
+                (std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &dev)
+    };
     let full = |shape: &[usize], v: f32| Tensor::full(v, shape, &dev);
     let mut vars: Vec<(String, Var)> = Vec::new();
     let mut param = |name: &str, t: candle_core::Result<Tensor>| -> Result<()> {
@@ -190,7 +218,7 @@ pub fn train_induction_model(
             tc.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())),
         );
         let model = HookedTransformer::new(cfg.clone(), &weights(&vars))?;
-        let tokens = repeated_segments_batch(&mut rng, tc.batch, tc.seq_len, &dev)?;
+        let tokens = repeated_segments_batch(&mut rng, tc.batch, tc.seq_len, tc.shifted, &dev)?;
         let loss = next_token_loss(&model, &tokens)?;
         opt.backward_step(&loss)?;
         progress(step, loss.to_scalar::<f32>()?);

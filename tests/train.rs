@@ -19,7 +19,7 @@ fn gradients_match_finite_differences() {
     };
     let w32 = train_induction_model(&cfg, &tc, |_, _| {}).unwrap(); // the random initialisation
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let tokens = repeated_segments_batch(&mut rng, 2, 16, &dev).unwrap();
+    let tokens = repeated_segments_batch(&mut rng, 2, 16, true, &dev).unwrap();
     // f64 so that finite differences are exact to ~1e-9.
     let vars: Vec<(String, Var)> = w32
         .tensors
@@ -96,6 +96,7 @@ fn training_lowers_the_loss() {
         seq_len: 32,
         lr: 3e-3,
         seed: 0,
+        shifted: false,
     };
     train_induction_model(&embedded_config(), &tc, |step, loss| {
         first.get_or_insert(loss);

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# SmolLM2 benchmark: transformers (peers environment) then hooklens, same machine, same weights.
+#   benches/run_smollm2_bench.sh [VENV]   (default VENV: ~/.cache/hooklens-peers/venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-$HOME/.cache/hooklens-peers/venv}
+gguf=$(scripts/fetch_smollm2.sh)
+ref=$(mktemp --suffix .json)
+"$venv/bin/python" benches/hf_smollm2_bench.py "$gguf" "$ref"
+cargo run -q --bin bench_smollm2 -- --reference "$ref"

@@ -1,0 +1,102 @@
+//! SmolLM2-135M benchmark: forward at 128/512 tokens and greedy generation tokens/s with and
+//! without the KV cache, next to transformers on the same weights and tokens.
+//!
+//!     benches/run_smollm2_bench.sh
+//!     cargo run --bin bench_smollm2 -- [--reference hf.json]
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use hooklens::generate::{generate, GenerateOptions};
+use hooklens::{load_model, Hooks, LoadOptions};
+
+mod common;
+
+use common::{median_secs, peak_rss_mb};
+
+/// Must match benches/hf_smollm2_bench.py.
+const NEW_TOKENS: usize = 32;
+const PROMPT: usize = 16;
+
+#[derive(Parser)]
+#[command(about = "Benchmark SmolLM2 forward and generation against transformers")]
+struct Args {
+    /// JSON written by benches/hf_smollm2_bench.py.
+    #[arg(long)]
+    reference: Option<std::path::PathBuf>,
+}
+
+fn ids(n: usize) -> Vec<u32> {
+    (0..n).map(|i| (i as u64 * 7919 % 49152) as u32).collect()
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let reference: serde_json::Value = match &a.reference {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?,
+        None => serde_json::Value::Null,
+    };
+    let (model, _) = load_model(Some("smollm2"), &LoadOptions::default())
+        .context("loading SmolLM2 (run scripts/fetch_smollm2.sh)")?;
+    println!(
+        "SmolLM2-135M (dequantized f32), threads {}\n",
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "{:<28} {:>12} {:>14} {:>8}",
+        "", "hooklens", "transformers", "ratio"
+    );
+    let row = |name: &str, ours: f64, theirs: Option<f64>, higher_better: bool, unit: &str| {
+        let ratio = theirs.map(|t| if higher_better { ours / t } else { t / ours });
+        let fmt = |x: f64| format!("{x:.3} {unit}");
+        println!(
+            "{name:<28} {:>12} {:>14} {:>8}",
+            fmt(ours),
+            theirs.map_or("-".into(), fmt),
+            ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+        );
+    };
+    for n in [128, 512] {
+        let t = Tensor::from_vec(ids(n), (1, n), &Device::Cpu)?;
+        let s = median_secs(3, || {
+            model
+                .forward(&t, &mut Hooks::none())
+                .map(drop)
+                .map_err(Into::into)
+        })?;
+        row(
+            &format!("forward 1x{n}"),
+            s,
+            reference["forward"][n.to_string()].as_f64(),
+            false,
+            "s",
+        );
+    }
+    for (kv, key) in [(true, "kv_cache"), (false, "no_cache")] {
+        let opts = GenerateOptions {
+            max_new_tokens: NEW_TOKENS,
+            use_kv_cache: kv,
+            stop_at_eos: false,
+            ..Default::default()
+        };
+        let s = median_secs(2, || {
+            generate(&model, &ids(PROMPT), &opts, &mut Hooks::none())
+                .map(drop)
+                .map_err(Into::into)
+        })?;
+        row(
+            &format!("generate tokens/s ({key})"),
+            NEW_TOKENS as f64 / s,
+            reference["generate"][key].as_f64(),
+            true,
+            "tok/s",
+        );
+    }
+    println!(
+        "\npeak RSS {:.0} MB (prompt {PROMPT} tokens, {NEW_TOKENS} new tokens, greedy)",
+        peak_rss_mb()
+    );
+    Ok(())
+}
