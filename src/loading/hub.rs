@@ -19,7 +19,11 @@ const OPTIONAL: [&str; 4] = [
 pub fn resolve_hub_files(model_id: &str) -> Result<PathBuf> {
     let offline =
         std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let cache = Cache::from_env();
+    // HF_HUB_CACHE names the hub folder itself; hf-hub 0.5 only reads HF_HOME (HF_HOME/hub).
+    let cache = match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => Cache::new(dir.into()),
+        None => Cache::from_env(),
+    };
     let cached = cache.repo(Repo::model(model_id.to_string()));
     let get = |file: &str| -> Result<Option<PathBuf>> {
         if let Some(p) = cached.get(file) {
