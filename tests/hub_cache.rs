@@ -16,7 +16,12 @@ fn hub_id_resolves_from_the_offline_cache() {
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
     let fixture = common::gpt2_dir();
-    for f in ["config.json", "model.safetensors", "vocab.json", "merges.txt"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+    ] {
         std::fs::copy(fixture.path().join(f), snap.join(f)).unwrap();
     }
     std::env::set_var("HF_HUB_CACHE", hub.path());
@@ -27,6 +32,11 @@ fn hub_id_resolves_from_the_offline_cache() {
     assert_eq!(tok.encode("Hello world").unwrap(), vec![15496, 995]);
 
     // Offline, a model that is not cached is a clear error, not a download attempt.
-    let e = load_model(Some("hooklens/not-cached"), &LoadOptions::default()).err().unwrap();
-    assert!(matches!(e, Error::Hub(_)) && e.to_string().contains("HF_HUB_OFFLINE"), "{e}");
+    let e = load_model(Some("hooklens/not-cached"), &LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, Error::Hub(_)) && e.to_string().contains("HF_HUB_OFFLINE"),
+        "{e}"
+    );
 }
