@@ -6,9 +6,15 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use hooklens::train::{embedded_config, train_induction_model, TrainConfig};
+use hooklens::config::Positional;
+use hooklens::detectors::{all_head_scores, HeadKind};
+use hooklens::train::{
+    embedded_config, repeated_random_tokens, train_induction_model, Layout, TrainConfig, BYTE_BOS,
+    DATA_TOKENS,
+};
 use hooklens::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::{rngs::StdRng, SeedableRng};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -16,7 +22,7 @@ use std::path::PathBuf;
 #[command(about = "Train the embedded 2-layer attention-only induction model")]
 struct Args {
     /// Optimiser steps.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 4000)]
     steps: usize,
     /// Sequences per batch.
     #[arg(long, default_value_t = 32)]
@@ -29,9 +35,16 @@ struct Args {
     /// Attention-only layers.
     #[arg(long, default_value_t = 2)]
     layers: usize,
-    /// Put random tokens before and between the two copies (no positional shortcut).
-    #[arg(long)]
-    shifted: bool,
+    /// Where the copies sit: `shifted` puts random tokens before and between them (no
+    /// positional shortcut); `adjacent` puts them right after BOS, back to back.
+    #[arg(long, value_enum, default_value = "shifted")]
+    layout: DataLayout,
+    /// Positional embeddings: `rotary`, or learned absolute (`standard`).
+    #[arg(long, value_enum, default_value = "rotary")]
+    positional: Pos,
+    /// Print the best induction score (repeated random tokens, half 12) every N steps; 0: never.
+    #[arg(long, default_value_t = 250)]
+    eval_every: usize,
     /// Tokens per training sequence.
     #[arg(long, default_value_t = 32)]
     seq_len: usize,
@@ -40,33 +53,73 @@ struct Args {
     out: PathBuf,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Pos {
+    Rotary,
+    Standard,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DataLayout {
+    Shifted,
+    Adjacent,
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let cfg = ModelConfig {
         n_layers: a.layers,
+        positional_embedding_type: match a.positional {
+            Pos::Standard => Positional::Standard,
+            Pos::Rotary => Positional::Rotary,
+        },
         ..embedded_config()
     };
+    // A fixed probe batch, so that scores at different steps compare.
+    let probe = repeated_random_tokens(
+        &mut StdRng::seed_from_u64(12345),
+        32,
+        12,
+        Some(BYTE_BOS),
+        DATA_TOKENS,
+        &candle_core::Device::Cpu,
+    )?;
     let tc = TrainConfig {
         steps: a.steps,
         batch: a.batch,
         lr: a.lr,
         seed: a.seed,
         seq_len: a.seq_len,
-        shifted: a.shifted,
+        layout: match a.layout {
+            DataLayout::Shifted => Layout::Shifted,
+            DataLayout::Adjacent => Layout::Adjacent,
+        },
     };
     let bar = ProgressBar::new(tc.steps as u64);
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
     )?);
     let mut avg = None;
-    let w = train_induction_model(&cfg, &tc, |step, loss| {
-        let a: f32 = avg.map_or(loss, |m: f32| 0.98 * m + 0.02 * loss);
-        avg = Some(a);
-        bar.set_message(format!("loss {a:.3}"));
+    let w = train_induction_model(&cfg, &tc, |step, loss, model| {
+        let avg_loss: f32 = avg.map_or(loss, |m: f32| 0.98 * m + 0.02 * loss);
+        avg = Some(avg_loss);
+        bar.set_message(format!("loss {avg_loss:.3}"));
         bar.inc(1);
-        if step % 100 == 0 {
-            bar.suspend(|| eprintln!("step {step:5} loss {a:.4}"));
+        if a.eval_every > 0 && (step % a.eval_every == 0 || step + 1 == tc.steps) {
+            let scores = all_head_scores(model, &probe, 12)?;
+            let best = |k: HeadKind| -> hooklens::Result<String> {
+                let s = scores[&k].to_vec2::<f32>()?;
+                let (l, h, v) = s
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (l, h, v)))
+                    .fold((0, 0, f32::MIN), |x, y| if y.2 > x.2 { y } else { x });
+                Ok(format!("{} L{l}H{h} {v:.3}", k.name()))
+            };
+            let (ind, prev) = (best(HeadKind::Induction)?, best(HeadKind::PreviousToken)?);
+            bar.suspend(|| eprintln!("step {step:5} loss {avg_loss:.4}  best {ind}, {prev}"));
         }
+        Ok(())
     })?;
     bar.finish();
     let tensors: HashMap<String, _> = w.tensors.into_iter().collect();

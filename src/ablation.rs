@@ -14,9 +14,16 @@ pub fn head_mask(z: &Tensor, head: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (n_heads, 1), z.device())?.to_dtype(z.dtype())?)
 }
 
-/// Hooks that zero-ablate `head` of `layer` (its `hook_z`) at every position.
-pub fn zero_ablate_head<'a>(layer: usize, head: usize) -> Hooks<'a> {
-    Hooks::none().add(HookPoint::Block(layer, BlockHook::Z), move |z, _| {
-        Ok(Some(z.broadcast_mul(&head_mask(z, head)?)?))
+/// Hooks that zero-ablate each (layer, head) in `heads` (its `hook_z`) at every position.
+///
+/// ```
+/// // Knock out L1H0 and L1H2 together.
+/// let hooks = hooklens::ablation::zero_ablate_heads(&[(1, 0), (1, 2)]);
+/// ```
+pub fn zero_ablate_heads<'a>(heads: &[(usize, usize)]) -> Hooks<'a> {
+    heads.iter().fold(Hooks::none(), |hooks, &(layer, head)| {
+        hooks.add(HookPoint::Block(layer, BlockHook::Z), move |z, _| {
+            Ok(Some(z.broadcast_mul(&head_mask(z, head)?)?))
+        })
     })
 }

@@ -1,5 +1,12 @@
 //! Training the embedded default model: a small attention-only transformer that learns
 //! induction ("… A B … A → B") from sequences of random tokens with repeated segments.
+//!
+//! Two choices make a classic induction circuit (a layer-0 previous-token head feeding a layer-1
+//! induction head by K-composition) form within a few thousand steps: rotary positions, which keep
+//! position out of the residual stream (TransformerLens's shortformer positions serve the same
+//! purpose), and data in which the copies sit at random offsets ([`Layout::Shifted`]), so that no
+//! positional shortcut predicts them. With learned absolute positions or the [`Layout::Adjacent`]
+//! layout the model instead learns heads that attend a fixed distance back.
 
 use crate::config::{Activation, ModelConfig, Normalization, Positional};
 use crate::error::Result;
@@ -16,7 +23,8 @@ pub const DATA_TOKENS: std::ops::Range<u32> = 32..127;
 /// The byte tokenizer's `<|endoftext|>`, used as BOS.
 pub const BYTE_BOS: u32 = 256;
 
-/// The embedded model's shape: 2 attention-only layers over the 257-token byte vocabulary.
+/// The embedded model's shape: 2 attention-only layers with rotary positions over the 257-token
+/// byte vocabulary.
 pub fn embedded_config() -> ModelConfig {
     ModelConfig {
         n_layers: 2,
@@ -29,7 +37,7 @@ pub fn embedded_config() -> ModelConfig {
         n_ctx: 128,
         act_fn: Activation::GeluNew,
         normalization_type: Normalization::LN,
-        positional_embedding_type: Positional::Standard,
+        positional_embedding_type: Positional::Rotary,
         rotary_base: 10000.0,
         gated_mlp: false,
         attn_only: true,
@@ -50,33 +58,42 @@ pub struct TrainConfig {
     pub seq_len: usize,
     pub lr: f64,
     pub seed: u64,
-    /// Train on the shifted layout of [`repeated_segments_batch`].
-    pub shifted: bool,
+    pub layout: Layout,
+}
+
+/// Where the two copies of a segment sit in a training sequence (see [`repeated_segments_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// BOS, the segment, the segment again, random tokens.
+    Adjacent,
+    /// BOS, random tokens, the segment, random tokens, the segment again, random tokens.
+    Shifted,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            steps: 5000,
+            steps: 4000,
             batch: 32,
             seq_len: 32,
             lr: 3e-3,
             seed: 0,
-            shifted: false,
+            layout: Layout::Shifted,
         }
     }
 }
 
 /// A batch [batch, seq_len] of BOS, a random segment of L printable-ASCII tokens, the same
-/// segment again, and random tokens to the end. Unshifted (the embedded model's data), the first
-/// copy starts right after BOS and the second right after it, L in 8..=(seq_len-1)/2. Shifted, L
-/// is 3..=(seq_len-1)/2 and random tokens of random length come before and between the copies,
-/// so that no positional shortcut predicts the second copy: only induction does.
+/// segment again, and random tokens to the end. [`Layout::Adjacent`]: the first copy starts right
+/// after BOS and the second right after it, L in 8..=(seq_len-1)/2. [`Layout::Shifted`] (the
+/// embedded model's data): L is 3..=(seq_len-1)/2 and random tokens of random length come before
+/// and between the copies, so that no positional shortcut predicts the second copy: only
+/// induction does.
 pub fn repeated_segments_batch(
     rng: &mut StdRng,
     batch: usize,
     seq_len: usize,
-    shifted: bool,
+    layout: Layout,
     device: &Device,
 ) -> Result<Tensor> {
     let body = seq_len.saturating_sub(1);
@@ -89,15 +106,16 @@ pub fn repeated_segments_batch(
         (0..n).map(|_| rng.random_range(DATA_TOKENS)).collect()
     };
     let mut data = Vec::with_capacity(batch * seq_len);
+    let shifted = layout == Layout::Shifted;
     for _ in 0..batch {
         let len = rng.random_range(if shifted { 3 } else { 8.min(body / 2) }..=body / 2);
         let slack = body - 2 * len;
-        let (lead, gap) = match shifted {
-            true => {
+        let (lead, gap) = match layout {
+            Layout::Shifted => {
                 let lead = rng.random_range(0..=slack);
                 (lead, rng.random_range(0..=slack - lead))
             }
-            false => (0, 0),
+            Layout::Adjacent => (0, 0),
         };
         let seg = random(rng, len);
         let mut row = vec![BYTE_BOS];
@@ -144,12 +162,13 @@ pub fn next_token_loss(model: &HookedTransformer, tokens: &Tensor) -> Result<Ten
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
-/// Trains a model of shape `cfg` from random initialisation; `progress(step, loss)` is called
-/// after every step. Returns the canonical (unprocessed) weights.
+/// Trains a model of shape `cfg` from random initialisation; `progress(step, loss, model)` is
+/// called after every step with the model that step evaluated (for monitoring, e.g. induction
+/// scores). Returns the canonical (unprocessed) weights.
 pub fn train_induction_model(
     cfg: &ModelConfig,
     tc: &TrainConfig,
-    mut progress: impl FnMut(usize, f32),
+    mut progress: impl FnMut(usize, f32, &HookedTransformer) -> Result<()>,
 ) -> Result<Weights> {
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(tc.seed);
@@ -174,9 +193,11 @@ pub fn train_induction_model(
     };
     let std = 1.0 / (d as f64).sqrt();
     param("embed.W_E", randn(&[v, d], 1.0))?;
-    // Sinusoidal start for the learned positions: relative offsets are then linear maps of the
-    // embedding, so a previous-token head (and with it induction) forms much sooner.
-    param("pos_embed.W_pos", sinusoidal(cfg.n_ctx, d, &dev))?;
+    if cfg.positional_embedding_type == Positional::Standard {
+        // Sinusoidal start for the learned positions: relative offsets are then linear maps of
+        // the embedding, so a previous-token head (and with it induction) forms sooner.
+        param("pos_embed.W_pos", sinusoidal(cfg.n_ctx, d, &dev))?;
+    }
     for l in 0..cfg.n_layers {
         let p = |n: &str| format!("blocks.{l}.{n}");
         param(&p("ln1.w"), full(&[d], 1.0))?;
@@ -218,10 +239,10 @@ pub fn train_induction_model(
             tc.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())),
         );
         let model = HookedTransformer::new(cfg.clone(), &weights(&vars))?;
-        let tokens = repeated_segments_batch(&mut rng, tc.batch, tc.seq_len, tc.shifted, &dev)?;
+        let tokens = repeated_segments_batch(&mut rng, tc.batch, tc.seq_len, tc.layout, &dev)?;
         let loss = next_token_loss(&model, &tokens)?;
         opt.backward_step(&loss)?;
-        progress(step, loss.to_scalar::<f32>()?);
+        progress(step, loss.to_scalar::<f32>()?, &model)?;
     }
     let w = weights(&vars);
     // Detach from the autograd graph.

@@ -173,3 +173,46 @@ fn hook_result_sums_to_attn_out_and_is_opt_in() {
         ) < 1e-5
     );
 }
+
+#[test]
+fn sharded_checkpoint_loads_like_the_single_file() {
+    let dir = gpt2_dir();
+    let (single, tok) = load_gpt2(dir.path(), Processing::none());
+    // Split the weights over two shards with an index, as large Hub checkpoints come.
+    let file = dir.path().join("model.safetensors");
+    let all = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let shard = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let part: std::collections::HashMap<_, _> =
+            chunk.iter().map(|&n| (n.clone(), all[n].clone())).collect();
+        candle_core::safetensors::save(&part, dir.path().join(&shard)).unwrap();
+        for &n in chunk {
+            weight_map.insert(n.clone(), shard.clone().into());
+        }
+    }
+    std::fs::remove_file(&file).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let (sharded, _) = load_gpt2(dir.path(), Processing::none());
+    let tokens = tok
+        .to_tokens(
+            &["Sharded checkpoints load the same."],
+            true,
+            single.device(),
+        )
+        .unwrap();
+    let a = single
+        .forward(&tokens, &mut hooklens::Hooks::none())
+        .unwrap();
+    let b = sharded
+        .forward(&tokens, &mut hooklens::Hooks::none())
+        .unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}

@@ -2,24 +2,36 @@
 //! finite differences, and training lowers the loss.
 
 use candle_core::{DType, Device, Tensor, Var};
+use hooklens::config::Positional;
 use hooklens::train::{
-    embedded_config, next_token_loss, repeated_segments_batch, train_induction_model, TrainConfig,
+    embedded_config, next_token_loss, repeated_segments_batch, train_induction_model, Layout,
+    TrainConfig,
 };
 use hooklens::{HookedTransformer, Weights};
 use rand::SeedableRng;
 
 #[test]
-fn gradients_match_finite_differences() {
+fn gradients_match_finite_differences_rotary() {
+    check_gradients(Positional::Rotary);
+}
+
+#[test]
+fn gradients_match_finite_differences_learned_positions() {
+    check_gradients(Positional::Standard);
+}
+
+fn check_gradients(positional: Positional) {
     let dev = Device::Cpu;
     let mut cfg = embedded_config();
     cfg.n_ctx = 16;
+    cfg.positional_embedding_type = positional;
     let tc = TrainConfig {
         steps: 0,
         ..Default::default()
     };
-    let w32 = train_induction_model(&cfg, &tc, |_, _| {}).unwrap(); // the random initialisation
+    let w32 = train_induction_model(&cfg, &tc, |_, _, _| Ok(())).unwrap(); // the random initialisation
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let tokens = repeated_segments_batch(&mut rng, 2, 16, true, &dev).unwrap();
+    let tokens = repeated_segments_batch(&mut rng, 2, 16, Layout::Shifted, &dev).unwrap();
     // f64 so that finite differences are exact to ~1e-9.
     let vars: Vec<(String, Var)> = w32
         .tensors
@@ -55,7 +67,10 @@ fn gradients_match_finite_differences() {
         "embed.W_E",
         "blocks.1.ln1.w",
     ] {
-        let var = &vars.iter().find(|(k, _)| k == name).unwrap().1;
+        let Some((_, var)) = vars.iter().find(|(k, _)| k == name) else {
+            assert!(name == "pos_embed.W_pos" && positional == Positional::Rotary);
+            continue;
+        };
         let g: Vec<f64> = grads
             .get(var.as_tensor())
             .unwrap()
@@ -96,13 +111,14 @@ fn training_lowers_the_loss() {
         seq_len: 32,
         lr: 3e-3,
         seed: 0,
-        shifted: false,
+        layout: Layout::Adjacent,
     };
-    train_induction_model(&embedded_config(), &tc, |step, loss| {
+    train_induction_model(&embedded_config(), &tc, |step, loss, _| {
         first.get_or_insert(loss);
         if step == tc.steps - 1 {
             last = loss;
         }
+        Ok(())
     })
     .unwrap();
     let first = first.unwrap();
