@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 use std::sync::Once;
 
@@ -57,8 +58,17 @@ pub fn heatmap(
         .map(|l| l.chars().count())
         .max()
         .unwrap_or(1) as u32;
-    let width = (cols as u32 * 60).clamp(480, 1600) + 8 * longest + 140;
-    let height = (rows as u32 * 40).clamp(320, 1200) + 120;
+    let longest_col = col_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(1) as u32;
+    let plot_width = (cols as u32 * 60).clamp(480, 1600);
+    // Column labels wider than their cell are drawn vertically, so that they never overlap.
+    let rotate = 8 * longest_col > plot_width / cols as u32;
+    let x_label_area = if rotate { 8 * longest_col + 40 } else { 48 };
+    let width = plot_width + 8 * longest + 140;
+    let height = (rows as u32 * 40).clamp(320, 1200) + 72 + x_label_area;
     super::atomic_write_with(path, |tmp| {
         let tmp_png = tmp.with_extension("png");
         {
@@ -68,7 +78,7 @@ pub fn heatmap(
             let mut chart = ChartBuilder::on(&main)
                 .caption(title, ("sans-serif", 22))
                 .margin(12)
-                .x_label_area_size(48)
+                .x_label_area_size(x_label_area)
                 .y_label_area_size(8 * longest + 30)
                 .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)
                 .map_err(plot_err)?;
@@ -77,24 +87,39 @@ pub fn heatmap(
                 .disable_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
-                .x_labels(cols.min(60) + 1)
+                // Long column labels are drawn below, vertically.
+                .x_labels(if rotate { 0 } else { cols.min(60) + 1 })
                 .y_labels(rows.min(60) + 1)
                 .x_label_formatter(&|x| label_at(col_labels, *x))
                 .y_label_formatter(&|y| label_at(row_labels, *y))
                 .label_style(("sans-serif", 14))
+                .axis_desc_style(("sans-serif", 15))
                 .draw()
                 .map_err(plot_err)?;
             chart
                 .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
                     row.iter().enumerate().map(move |(c, &v)| {
                         let color = ViridisRGB::get_color_normalized(v, lo, hi);
-                        Rectangle::new(
-                            [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
-                            color.filled(),
-                        )
+                        // Cell (r, c) is centred on (c, r), where its labels sit.
+                        let (x, y) = (c as f64, r as f64);
+                        Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
                     })
                 }))
                 .map_err(plot_err)?;
+            if rotate {
+                // Rotated a quarter turn about their start, so each label hangs below its column.
+                let style = TextStyle::from(
+                    ("sans-serif", 14)
+                        .into_font()
+                        .transform(FontTransform::Rotate90),
+                )
+                .pos(Pos::new(HPos::Left, VPos::Center));
+                for (c, label) in col_labels.iter().enumerate() {
+                    let (x, y) = chart.backend_coord(&(c as f64, rows as f64 - 0.5));
+                    main.draw(&Text::new(label.as_str(), (x, y + 8), style.clone()))
+                        .map_err(plot_err)?;
+                }
+            }
             let mut cb = ChartBuilder::on(&bar)
                 .margin_top(50)
                 .margin_bottom(60)
