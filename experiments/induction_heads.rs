@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use candle_core::IndexOp;
 use clap::Parser;
 use hooklens::cli::ModelArgs;
-use hooklens::detectors::{all_head_scores, scores_frame, HeadKind};
+use hooklens::detectors::{all_head_scores, best_head, scores_frame, HeadKind};
 use hooklens::export::{parquet::write_parquet, plot::heatmap, run::RunDir};
 use hooklens::train::repeated_random_tokens;
 use hooklens::{BlockHook, HookPoint, NameFilter};
@@ -98,11 +98,7 @@ fn main() -> Result<()> {
         "head",
         "layer",
     )?;
-    let (bl, bh, best) = ind
-        .iter()
-        .enumerate()
-        .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &s)| (l, h, s)))
-        .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a });
+    let (bl, bh, best) = best_head(&scores[&HeadKind::Induction])?;
 
     // The best head's pattern on a short example, with token labels on both axes.
     let example = tokens
@@ -143,12 +139,7 @@ fn main() -> Result<()> {
         }),
     )?;
     for kind in HeadKind::ALL {
-        let t = scores[&kind].to_vec2::<f32>()?;
-        let (l, h, s) = t
-            .iter()
-            .enumerate()
-            .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &s)| (l, h, s)))
-            .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a });
+        let (l, h, s) = best_head(&scores[&kind])?;
         println!("top {:<16} head: L{l}H{h}  score {s:.3}", kind.name());
     }
     println!("best induction head: L{bl}H{bh} with score {best:.3}");

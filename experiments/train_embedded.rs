@@ -1,13 +1,13 @@
 //! Trains the embedded default model and writes it to `assets/embedded/`.
 //!
-//!     cargo run --bin train_embedded -- [--steps N] [--out DIR]
+//!     cargo run --bin train_embedded -- [--steps N] [--out DIR]   (about 4.5 minutes on 2 cores)
 //!
 //! Afterwards rebuild: the model is compiled into the `hooklens` library.
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use hooklens::config::Positional;
-use hooklens::detectors::{all_head_scores, HeadKind};
+use hooklens::detectors::{all_head_scores, best_head, HeadKind};
 use hooklens::train::{
     embedded_config, repeated_random_tokens, train_induction_model, Layout, TrainConfig, BYTE_BOS,
     DATA_TOKENS,
@@ -48,6 +48,12 @@ struct Args {
     /// Tokens per training sequence.
     #[arg(long, default_value_t = 32)]
     seq_len: usize,
+    /// Step from which sequences are --long-seq-len tokens (batch scaled to keep tokens per step).
+    #[arg(long, default_value_t = 2500)]
+    long_from: usize,
+    /// Sequence length from --long-from on (at most the model's 128 positions).
+    #[arg(long, default_value_t = 128)]
+    long_seq_len: usize,
     /// Output folder (config.json + model.safetensors).
     #[arg(long, default_value = "assets/embedded")]
     out: PathBuf,
@@ -75,21 +81,24 @@ fn main() -> Result<()> {
         },
         ..embedded_config()
     };
-    // A fixed probe batch, so that scores at different steps compare.
-    let probe = repeated_random_tokens(
-        &mut StdRng::seed_from_u64(12345),
-        32,
-        12,
-        Some(BYTE_BOS),
-        DATA_TOKENS,
-        &candle_core::Device::Cpu,
-    )?;
+    // Fixed probe batches, short and long, so that scores at different steps compare.
+    let probes = [12, 50]
+        .map(|half| {
+            let mut rng = StdRng::seed_from_u64(12345);
+            let dev = candle_core::Device::Cpu;
+            repeated_random_tokens(&mut rng, 16, half, Some(BYTE_BOS), DATA_TOKENS, &dev)
+                .map(|t| (half, t))
+        })
+        .into_iter()
+        .collect::<hooklens::Result<Vec<_>>>()?;
     let tc = TrainConfig {
         steps: a.steps,
         batch: a.batch,
         lr: a.lr,
         seed: a.seed,
         seq_len: a.seq_len,
+        long_from: a.long_from,
+        long_seq_len: a.long_seq_len,
         layout: match a.layout {
             DataLayout::Shifted => Layout::Shifted,
             DataLayout::Adjacent => Layout::Adjacent,
@@ -106,18 +115,15 @@ fn main() -> Result<()> {
         bar.set_message(format!("loss {avg_loss:.3}"));
         bar.inc(1);
         if a.eval_every > 0 && (step % a.eval_every == 0 || step + 1 == tc.steps) {
-            let scores = all_head_scores(model, &probe, 12)?;
-            let best = |k: HeadKind| -> hooklens::Result<String> {
-                let s = scores[&k].to_vec2::<f32>()?;
-                let (l, h, v) = s
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (l, h, v)))
-                    .fold((0, 0, f32::MIN), |x, y| if y.2 > x.2 { y } else { x });
-                Ok(format!("{} L{l}H{h} {v:.3}", k.name()))
-            };
-            let (ind, prev) = (best(HeadKind::Induction)?, best(HeadKind::PreviousToken)?);
-            bar.suspend(|| eprintln!("step {step:5} loss {avg_loss:.4}  best {ind}, {prev}"));
+            let mut line = format!("step {step:5} loss {avg_loss:.4}  best heads:");
+            for (half, probe) in &probes {
+                let scores = all_head_scores(model, probe, *half)?;
+                for kind in [HeadKind::Induction, HeadKind::PreviousToken] {
+                    let (l, h, v) = best_head(&scores[&kind])?;
+                    line += &format!("  {} L{l}H{h} {v:.3} (half {half})", kind.name());
+                }
+            }
+            bar.suspend(|| eprintln!("{line}"));
         }
         Ok(())
     })?;

@@ -108,6 +108,15 @@ pub fn all_head_scores(
     Ok(out)
 }
 
+/// The highest-scoring head of a [n_layers, n_heads] score tensor: (layer, head, score).
+pub fn best_head(scores: &Tensor) -> Result<(usize, usize, f32)> {
+    let s = scores.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok(s.iter()
+        .enumerate()
+        .flat_map(|(l, row)| row.iter().enumerate().map(move |(h, &v)| (l, h, v)))
+        .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a }))
+}
+
 /// A tidy table of scores: one row per (kind, layer, head) with columns
 /// `kind` (str), `layer` (u32), `head` (u32), `label` (str, e.g. `L1H3`), `score` (f32).
 pub fn scores_frame(

@@ -56,6 +56,12 @@ pub struct TrainConfig {
     pub steps: usize,
     pub batch: usize,
     pub seq_len: usize,
+    /// From this step on, every other batch has sequences of `long_seq_len` tokens (with the batch
+    /// shrunk to keep the tokens per step): the circuit forms quickly on short sequences (its
+    /// emergence time grows with their length), then learns to reach across the longer context
+    /// while still seeing short ones.
+    pub long_from: usize,
+    pub long_seq_len: usize,
     pub lr: f64,
     pub seed: u64,
     pub layout: Layout,
@@ -76,6 +82,8 @@ impl Default for TrainConfig {
             steps: 4000,
             batch: 32,
             seq_len: 32,
+            long_from: 2500,
+            long_seq_len: 128,
             lr: 3e-3,
             seed: 0,
             layout: Layout::Shifted,
@@ -239,7 +247,14 @@ pub fn train_induction_model(
             tc.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())),
         );
         let model = HookedTransformer::new(cfg.clone(), &weights(&vars))?;
-        let tokens = repeated_segments_batch(&mut rng, tc.batch, tc.seq_len, tc.layout, &dev)?;
+        let (batch, seq_len) = match step >= tc.long_from && step % 2 == 1 {
+            true => (
+                (tc.batch * tc.seq_len / tc.long_seq_len).max(1),
+                tc.long_seq_len,
+            ),
+            false => (tc.batch, tc.seq_len),
+        };
+        let tokens = repeated_segments_batch(&mut rng, batch, seq_len, tc.layout, &dev)?;
         let loss = next_token_loss(&model, &tokens)?;
         opt.backward_step(&loss)?;
         progress(step, loss.to_scalar::<f32>()?, &model)?;

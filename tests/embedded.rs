@@ -4,7 +4,7 @@
 
 use candle_core::{IndexOp, Tensor, D};
 use hooklens::ablation::zero_ablate_heads;
-use hooklens::detectors::{all_head_scores, HeadKind};
+use hooklens::detectors::{all_head_scores, best_head, HeadKind};
 use hooklens::train::{repeated_random_tokens, BYTE_BOS, DATA_TOKENS};
 use hooklens::{load_model, HookedTransformer, Hooks, LoadOptions};
 use rand::SeedableRng;
@@ -49,18 +49,6 @@ fn copy_losses(model: &HookedTransformer, tokens: &Tensor, mut hooks: Hooks) -> 
     (first, second)
 }
 
-/// (layer, head, score) of the highest-scoring head of `kind`.
-fn best(
-    scores: &std::collections::HashMap<HeadKind, Tensor>,
-    kind: HeadKind,
-) -> (usize, usize, f32) {
-    let s = scores[&kind].to_vec2::<f32>().unwrap();
-    s.iter()
-        .enumerate()
-        .flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (l, h, v)))
-        .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a })
-}
-
 #[test]
 fn embedded_model_predicts_repeated_segments() {
     let (model, tok) = load_model(None, &LoadOptions::default()).unwrap();
@@ -83,8 +71,8 @@ fn embedded_model_has_an_induction_circuit() {
     let (model, _) = load_model(None, &LoadOptions::default()).unwrap();
     let tokens = test_tokens(&model, 32, 7);
     let scores = all_head_scores(&model, &tokens, HALF).unwrap();
-    let (il, ih, ind) = best(&scores, HeadKind::Induction);
-    let (pl, ph, prev) = best(&scores, HeadKind::PreviousToken);
+    let (il, ih, ind) = best_head(&scores[&HeadKind::Induction]).unwrap();
+    let (pl, ph, prev) = best_head(&scores[&HeadKind::PreviousToken]).unwrap();
     eprintln!("induction L{il}H{ih} {ind:.3}, previous-token L{pl}H{ph} {prev:.3}");
     // The standard repeated-random-tokens test: an induction head scores at least 0.5, in layer 1,
     // and composes with a previous-token head in layer 0.

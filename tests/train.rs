@@ -109,6 +109,8 @@ fn training_lowers_the_loss() {
         steps: 40,
         batch: 8,
         seq_len: 32,
+        long_from: 20,
+        long_seq_len: 64,
         lr: 3e-3,
         seed: 0,
         layout: Layout::Adjacent,
