@@ -6,25 +6,14 @@ same token ids (i * 7919 % 49152). Run by benches/run_smollm2_bench.sh with the 
 """
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
+from bench_timing import median_time
 from transformers import AutoModelForCausalLM
 
 NEW_TOKENS = 32
 PROMPT = 16
-
-
-def median_time(f, repeats=3):
-    f()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def ids(n):

@@ -10,10 +10,9 @@ the medians as JSON. Run by benches/run_bench.sh with the peers environment.
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
+from bench_timing import median_time
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -33,16 +32,6 @@ def ensure_model(d):
 
 def tokens(n):
     return torch.tensor([[(i * 7919) % 50257 for i in range(n)]])
-
-
-def median_time(f, repeats):
-    f()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def main():

@@ -53,16 +53,9 @@ pub fn heatmap(
     } else {
         (lo - 0.5, lo + 0.5)
     };
-    let longest = row_labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(1) as u32;
-    let longest_col = col_labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(1) as u32;
+    let longest_of =
+        |labels: &[String]| labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
+    let (longest, longest_col) = (longest_of(row_labels), longest_of(col_labels));
     let plot_width = (cols as u32 * 60).clamp(480, 1600);
     // Column labels wider than their cell are drawn vertically, so that they never overlap.
     let rotate = 8 * longest_col > plot_width / cols as u32;
