@@ -9,4 +9,4 @@ model=${HOOKLENS_BENCH_MODEL:-$HOME/.cache/hooklens/bench-gpt2-small}
 mkdir -p "$model"
 ref=$(mktemp --suffix .json)
 "$venv/bin/python" benches/tl_reference_bench.py "$model" "$ref"
-cargo run -q --bin bench_forward -- --model "$model" --reference "$ref"
+cargo run -q --example bench_forward -- --model "$model" --reference "$ref"

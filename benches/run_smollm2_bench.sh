@@ -7,4 +7,4 @@ venv=${1:-$HOME/.cache/hooklens-peers/venv}
 gguf=$(scripts/fetch_smollm2.sh)
 ref=$(mktemp --suffix .json)
 "$venv/bin/python" benches/hf_smollm2_bench.py "$gguf" "$ref"
-cargo run -q --bin bench_smollm2 -- --reference "$ref"
+cargo run -q --example bench_smollm2 -- --reference "$ref"

@@ -1,50 +1,50 @@
 //! Induction-head detection: score every head as previous-token, duplicate-token and induction
-//! head on repeated random tokens, and write
+//! head on repeated random tokens, and write under `outputs/induction_heads/<run>/`:
 //!
 //! - `head_scores.parquet`: columns kind (str), layer (u32), head (u32), label (str), score (f32);
 //! - `induction_scores.png`: layers x heads heatmap of induction scores;
 //! - `top_head_pattern.png`: the attention pattern of the best induction head on one example;
-//! - `manifest.json`: parameters, files and columns;
-//!
-//! under `outputs/induction_heads/<run>/`.
+//! - `manifest.json`: model, checksum, arguments, timings, table schemas.
 
 use anyhow::{Context, Result};
 use candle_core::IndexOp;
 use clap::Parser;
+use hooklens::analysis::detectors::{
+    all_head_scores, best_head, scores_frame, HeadKind, SCORE_COLUMNS,
+};
 use hooklens::cli::ModelArgs;
-use hooklens::detectors::{all_head_scores, best_head, scores_frame, HeadKind};
-use hooklens::export::{parquet::write_parquet, plot::heatmap, run::RunDir};
-use hooklens::train::repeated_random_tokens;
+use hooklens::data::{random_token_range, repeated_random_tokens};
+use hooklens::export::{manifest::Manifest, plot::heatmap, run::RunDir};
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use rand::SeedableRng;
-use serde_json::json;
+use serde::Serialize;
 use std::path::PathBuf;
 
-#[derive(Parser)]
+#[derive(Parser, Serialize)]
 #[command(about = "Find induction heads: score every attention head on repeated random tokens")]
 struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// Length of the random segment that is repeated (default: 50, or 12 for the embedded model,
     /// which was trained on 32-token sequences).
-    #[arg(long)]
-    half: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    half: Option<u32>,
     /// Number of random sequences.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Lowest token id of the random tokens (default: 32 for byte-level models, else 1000).
     #[arg(long)]
     token_min: Option<u32>,
     /// One past the highest token id (default: 127 for byte-level models, else token_min + 20000,
-    /// capped at the vocabulary).
+    /// at most the vocabulary size).
     #[arg(long)]
     token_max: Option<u32>,
     /// Where runs are written.
     #[arg(long, default_value = "outputs")]
     outputs: PathBuf,
-    /// Run folder name (default: a UTC timestamp).
+    /// Run folder name, one path component (default: a UTC timestamp).
     #[arg(long)]
     run: Option<String>,
     /// Write into an existing run folder.
@@ -54,38 +54,40 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let run = RunDir::create(&a.outputs, "induction_heads", a.run.as_deref(), a.resume)?;
+    let start = std::time::Instant::now();
     let (model, tok) = a.model.load().context("loading the model")?;
     let half = a
         .half
-        .unwrap_or(if a.model.model.is_none() { 12 } else { 50 });
-    let run = RunDir::create(&a.outputs, "induction_heads", a.run.as_deref(), a.resume)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    // Random ordinary tokens: printable ASCII for byte-level models (what the embedded model was
-    // trained on), otherwise ids clear of the special tokens at either end of the vocabulary.
-    let byte_level = model.cfg.d_vocab <= 512;
-    let vocab = model.cfg.d_vocab as u32;
-    let lo = a
-        .token_min
-        .unwrap_or(if byte_level {
-            hooklens::train::DATA_TOKENS.start
-        } else {
-            1000
-        })
-        .min(vocab - 1);
-    let hi = a
-        .token_max
-        .unwrap_or(if byte_level {
-            hooklens::train::DATA_TOKENS.end
-        } else {
-            lo + 20000
-        })
-        .min(vocab)
-        .max(lo + 1);
+        .unwrap_or(if a.model.model.is_none() { 12 } else { 50 }) as usize;
+    let n_ctx = model.cfg.n_ctx;
     let bos = model.cfg.bos_token_id.or(tok.bos_token_id);
-    let tokens = repeated_random_tokens(&mut rng, a.batch, half, bos, lo..hi, model.device())?;
-    let scores = all_head_scores(&model, &tokens, half)?;
+    if 2 * half + bos.is_some() as usize > n_ctx {
+        anyhow::bail!(
+            "--half {half} needs {} positions but the model's context is {n_ctx}; use --half {} or less",
+            2 * half + bos.is_some() as usize,
+            (n_ctx - bos.is_some() as usize) / 2
+        );
+    }
+    let range = random_token_range(&model.cfg, a.token_min, a.token_max)?;
+    let mut manifest = Manifest::new("induction_heads", &model, &a)?;
+    manifest.record_time("load_model", start);
+    manifest.seed = Some(a.seed);
+    manifest.set("half", half)?;
+    manifest.set("token_range", [range.start, range.end])?;
+    manifest.set("bos", bos)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let tokens = repeated_random_tokens(
+        &mut rng,
+        a.batch as usize,
+        half,
+        bos,
+        range.clone(),
+        model.device(),
+    )?;
+    let scores = manifest.time("score_heads", || all_head_scores(&model, &tokens, half))?;
     let mut df = scores_frame(&scores)?;
-    write_parquet(&mut df, &run.file("head_scores.parquet"))?;
+    run.write_table(&mut manifest, "head_scores.parquet", &mut df, SCORE_COLUMNS)?;
 
     let ind = scores[&HeadKind::Induction].to_vec2::<f32>()?;
     let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
@@ -98,14 +100,14 @@ fn main() -> Result<()> {
         "head",
         "layer",
     )?;
+    manifest.add_file(
+        "induction_scores.png",
+        "heatmap layers x heads of the induction score",
+    );
     let (bl, bh, best) = best_head(&scores[&HeadKind::Induction])?;
 
-    // The best head's pattern on a short example, with token labels on both axes.
-    let example = tokens
-        .i((0..1, ..))?
-        .narrow(1, 0, tokens.dim(1)?.min(1 + 2 * half.min(12)))?;
-    let short_half = (example.dim(1)? - 1) / 2;
-    let example = repeated_random_tokens(&mut rng, 1, short_half, bos, lo..hi, model.device())?;
+    // The best head's pattern on a short example (at most 12 repeated tokens), labelled.
+    let example = repeated_random_tokens(&mut rng, 1, half.min(12), bos, range, model.device())?;
     let point = HookPoint::Block(bl, BlockHook::Pattern);
     let (_, cache) = model.run_with_cache(&example, NameFilter::Points(vec![point]))?;
     let pattern = cache
@@ -129,15 +131,11 @@ fn main() -> Result<()> {
         "key (attended-to token)",
         "query token",
     )?;
-
-    run.write_manifest(
-        json!({"model": a.model.model.as_deref().unwrap_or(hooklens::loading::EMBEDDED_NAME), "half": half, "batch": a.batch, "seed": a.seed, "processing": !a.model.no_processing}),
-        json!({
-            "head_scores.parquet": {"columns": {"kind": "str: previous_token | duplicate_token | induction", "layer": "u32", "head": "u32", "label": "str, e.g. L1H3", "score": "f32: mean attention on the kind's stripe, 0..1"}},
-            "induction_scores.png": "heatmap layers x heads of the induction score",
-            "top_head_pattern.png": "attention pattern of the best induction head on one example",
-        }),
-    )?;
+    manifest.add_file(
+        "top_head_pattern.png",
+        "attention pattern of the best induction head on one example",
+    );
+    run.write_manifest(&manifest)?;
     for kind in HeadKind::ALL {
         let (l, h, s) = best_head(&scores[&kind])?;
         println!("top {:<16} head: L{l}H{h}  score {s:.3}", kind.name());

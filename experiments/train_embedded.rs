@@ -1,17 +1,17 @@
-//! Trains the embedded default model and writes it to `assets/embedded/`.
+//! Trains the embedded default model and writes it as a model directory.
 //!
 //!     cargo run --bin train_embedded -- [--steps N] [--out DIR]   (about 4.5 minutes on 2 cores)
 //!
-//! Afterwards rebuild: the model is compiled into the `hooklens` library.
+//! To replace the shipped model: `--out assets/embedded --force`, then rebuild (the model is
+//! compiled into the `hooklens` library).
 
+use anyhow::bail;
 use anyhow::{Context, Result};
 use clap::Parser;
+use hooklens::analysis::detectors::{all_head_scores, best_head, HeadKind};
 use hooklens::config::Positional;
-use hooklens::detectors::{all_head_scores, best_head, HeadKind};
-use hooklens::train::{
-    embedded_config, repeated_random_tokens, train_induction_model, Layout, TrainConfig, BYTE_BOS,
-    DATA_TOKENS,
-};
+use hooklens::data::{repeated_random_tokens, PRINTABLE_ASCII};
+use hooklens::train::{embedded_config, train_induction_model, Layout, TrainConfig, BYTE_BOS};
 use hooklens::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, SeedableRng};
@@ -54,9 +54,12 @@ struct Args {
     /// Sequence length from --long-from on (at most the model's 128 positions).
     #[arg(long, default_value_t = 128)]
     long_seq_len: usize,
-    /// Output folder (config.json + model.safetensors).
-    #[arg(long, default_value = "assets/embedded")]
+    /// Output folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, default_value = "outputs/train_embedded/model")]
     out: PathBuf,
+    /// Replace a model already in --out (needed to overwrite the shipped assets/embedded).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -73,6 +76,19 @@ enum DataLayout {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if a.out.join("model.safetensors").exists() && !a.force {
+        bail!(
+            "{} already holds a model; pass --force to replace it or --out DIR for another folder",
+            a.out.display()
+        );
+    }
+    if a.long_seq_len > embedded_config().n_ctx {
+        bail!(
+            "--long-seq-len {} exceeds the model's {} positions",
+            a.long_seq_len,
+            embedded_config().n_ctx
+        );
+    }
     let cfg = ModelConfig {
         n_layers: a.layers,
         positional_embedding_type: match a.positional {
@@ -86,7 +102,7 @@ fn main() -> Result<()> {
         .map(|half| {
             let mut rng = StdRng::seed_from_u64(12345);
             let dev = candle_core::Device::Cpu;
-            repeated_random_tokens(&mut rng, 16, half, Some(BYTE_BOS), DATA_TOKENS, &dev)
+            repeated_random_tokens(&mut rng, 16, half, Some(BYTE_BOS), PRINTABLE_ASCII, &dev)
                 .map(|t| (half, t))
         })
         .into_iter()

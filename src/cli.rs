@@ -9,10 +9,11 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
 /// Which model to load and how.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct ModelArgs {
-    /// A Hugging Face model id (e.g. `gpt2`), a model directory, or a .safetensors file.
-    /// Without it, the embedded 2-layer induction model.
+    /// A Hugging Face model id (e.g. `gpt2`), a model directory, a .safetensors or llama .gguf
+    /// file, or the alias `smollm2` (fetched by scripts/fetch_smollm2.sh). Without it, the
+    /// embedded 2-layer induction model.
     #[arg(long)]
     pub model: Option<String>,
     /// Use the checkpoint's weights as they are (no fold_ln, centring or value-bias folding).
@@ -24,14 +25,16 @@ pub struct ModelArgs {
     pub dtype: DTypeArg,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceArg {
     Cpu,
     /// The first CUDA GPU (needs a build with `--features cuda`).
     Cuda,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DTypeArg {
     F32,
     F16,
@@ -72,7 +75,7 @@ impl ModelArgs {
 }
 
 /// The prompt(s) to run.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct PromptArgs {
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]

@@ -46,6 +46,22 @@ pub enum Error {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+    #[error("{point} is not in the cache, which holds {held}; record it with a filter that matches it, e.g. `NameFilter::Points(vec![\"{point}\".parse()?])` (CLI: `--names '{point}'`)")]
+    NotCached { point: String, held: String },
+    #[error("{what} is never reached: {reason}")]
+    NotReached { what: String, reason: String },
+    #[error("{what} did not fire in this forward pass; check its site")]
+    NotFired { what: String },
+    #[error("bad site {site}: {reason}")]
+    BadSite { site: String, reason: String },
+    #[error("{path}: the checkpoint has tensors the model does not use: {}; this architecture or option is not supported, or the file is not the model the config describes", .names.join(", "))]
+    UnusedWeights { path: PathBuf, names: Vec<String> },
+    #[error("{source_name}{}: {reason}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    BadPair {
+        source_name: String,
+        line: Option<usize>,
+        reason: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("Hugging Face Hub: {0}")]

@@ -94,6 +94,8 @@ pub fn generate(
             break;
         }
     }
+    // A hook at a position the generation never reached did nothing: say so.
+    hooks.check_all_fired()?;
     Ok(new)
 }
 

@@ -2,20 +2,24 @@
 //!
 //! A [`HookedTransformer`] records, and lets you replace, every intermediate activation under
 //! TransformerLens's hook names. Load one with [`load_model`], tokenize with
-//! [`Tokenizer::to_tokens`], then call [`HookedTransformer::run_with_cache`] or
-//! [`HookedTransformer::run_with_hooks`].
+//! [`Tokenizer::to_tokens`], then call [`HookedTransformer::run`] with [`Hooks`] that record
+//! activations and apply [`Intervention`]s at [`Site`]s in one pass (or TransformerLens's
+//! [`HookedTransformer::run_with_cache`] and [`HookedTransformer::run_with_hooks`]).
 
-pub mod ablation;
+// The library reports errors; it does not panic on them.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod analysis;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod detectors;
+pub mod data;
 pub mod error;
 pub mod export;
 pub mod generate;
 pub mod hooks;
+pub mod intervention;
 pub mod loading;
-pub mod metrics;
 pub mod model;
 pub mod tokenizer;
 pub mod train;
@@ -25,7 +29,13 @@ pub use cache::ActivationCache;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use hooks::{BlockHook, HookPoint, Hooks, NameFilter};
+pub use intervention::{Fired, Intervention, InterventionSpec, Site};
 pub use loading::{load_model, LoadOptions, Processing};
-pub use model::HookedTransformer;
+pub use model::{HookedTransformer, Run};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
+
+/// The README's Rust snippets, compiled by `cargo test` so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

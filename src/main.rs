@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, IndexOp, D};
 use clap::{Parser, Subcommand};
+use hooklens::analysis::metrics;
 use hooklens::cli::{ModelArgs, PromptArgs};
 use hooklens::generate::{generate, GenerateOptions};
-use hooklens::{metrics, NameFilter};
+use hooklens::NameFilter;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -159,10 +160,8 @@ fn run(margs: ModelArgs, pargs: PromptArgs, top_k: usize, answer: Option<String>
         let lp = candle_nn::ops::log_softmax(&logits.i(0)?, D::Minus1)?;
         println!("Tokenized prompt: {:?}", tok.to_str_tokens(&ids)?);
         if ids.len() > 1 {
-            println!(
-                "Loss (mean next-token cross-entropy): {:.4}",
-                metrics::mean_next_token_loss(&lp, &ids)?
-            );
+            let loss = metrics::mean_next_token_loss(&logits, &tokens)?.to_scalar::<f32>()?;
+            println!("Loss (mean next-token cross-entropy): {loss:.4}");
         }
         let last: Vec<f32> = lp.i(ids.len() - 1)?.to_vec1()?;
         if let Some(ans) = &answer {

@@ -178,10 +178,11 @@ fn byte_char(b: u8) -> char {
     let printable =
         |c: u32| (33..=126).contains(&c) || (161..=172).contains(&c) || (174..=255).contains(&c);
     if printable(b as u32) {
-        return char::from_u32(b as u32).unwrap();
+        return char::from(b);
     }
     let n = (0..b as u32).filter(|&c| !printable(c)).count() as u32;
-    char::from_u32(256 + n).unwrap()
+    // 256 + n < 512 is always a valid scalar value.
+    char::from_u32(256 + n).unwrap_or(char::REPLACEMENT_CHARACTER)
 }
 
 /// The tokenizer.json of a byte-level BPE (GPT-2's layout). `special` tokens are matched whole;

@@ -12,14 +12,14 @@ use crate::config::{Activation, ModelConfig, Normalization, Positional};
 use crate::error::Result;
 use crate::model::HookedTransformer;
 use crate::weights::Weights;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Token ids the training data draws from: printable ASCII, so that typed prompts are in
 /// distribution for the byte-level tokenizer.
-pub const DATA_TOKENS: std::ops::Range<u32> = 32..127;
+const DATA_TOKENS: std::ops::Range<u32> = crate::data::PRINTABLE_ASCII;
 /// The byte tokenizer's `<|endoftext|>`, used as BOS.
 pub const BYTE_BOS: u32 = 256;
 
@@ -137,37 +137,10 @@ pub fn repeated_segments_batch(
     Ok(Tensor::from_vec(data, (batch, seq_len), device)?)
 }
 
-/// The standard induction test input: BOS, `half` random tokens, the same tokens again.
-pub fn repeated_random_tokens(
-    rng: &mut StdRng,
-    batch: usize,
-    half: usize,
-    bos: Option<u32>,
-    vocab: std::ops::Range<u32>,
-    device: &Device,
-) -> Result<Tensor> {
-    let mut data = Vec::new();
-    for _ in 0..batch {
-        let r: Vec<u32> = (0..half).map(|_| rng.random_range(vocab.clone())).collect();
-        data.extend(bos);
-        data.extend(&r);
-        data.extend(&r);
-    }
-    let p = 2 * half + bos.is_some() as usize;
-    Ok(Tensor::from_vec(data, (batch, p), device)?)
-}
-
-/// Mean next-token cross-entropy of `model` on `tokens` [batch, pos].
+/// Mean next-token cross-entropy of `model` on `tokens` [batch, pos] (differentiable).
 pub fn next_token_loss(model: &HookedTransformer, tokens: &Tensor) -> Result<Tensor> {
     let logits = model.forward(tokens, &mut crate::Hooks::none())?;
-    let (b, p, v) = logits.dims3()?;
-    let logits = logits.narrow(1, 0, p - 1)?.reshape((b * (p - 1), v))?;
-    let targets = tokens.narrow(1, 1, p - 1)?.flatten_all()?;
-    let logits = match logits.dtype() {
-        DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
-        _ => logits,
-    };
-    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    crate::analysis::metrics::mean_next_token_loss(&logits, tokens)
 }
 
 /// Trains a model of shape `cfg` from random initialisation; `progress(step, loss, model)` is

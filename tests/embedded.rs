@@ -2,10 +2,12 @@
 //! random segment, and does so with a classic induction circuit (a layer-0 previous-token head
 //! feeding a layer-1 induction head) that the hooks find and ablation confirms.
 
-use candle_core::{IndexOp, Tensor, D};
-use hooklens::ablation::zero_ablate_heads;
-use hooklens::detectors::{all_head_scores, best_head, HeadKind};
-use hooklens::train::{repeated_random_tokens, BYTE_BOS, DATA_TOKENS};
+use candle_core::{IndexOp, Tensor};
+use hooklens::analysis::ablation::zero_ablate_heads;
+use hooklens::analysis::detectors::{all_head_scores, best_head, HeadKind};
+use hooklens::analysis::metrics::next_token_losses;
+use hooklens::data::{repeated_random_tokens, PRINTABLE_ASCII};
+use hooklens::train::BYTE_BOS;
 use hooklens::{load_model, HookedTransformer, Hooks, LoadOptions};
 use rand::SeedableRng;
 
@@ -18,7 +20,7 @@ fn test_tokens(model: &HookedTransformer, batch: usize, seed: u64) -> Tensor {
         batch,
         HALF,
         Some(BYTE_BOS),
-        DATA_TOKENS,
+        PRINTABLE_ASCII,
         model.device(),
     )
     .unwrap()
@@ -27,15 +29,11 @@ fn test_tokens(model: &HookedTransformer, batch: usize, seed: u64) -> Tensor {
 /// Mean next-token loss (nats) over the first copy's and the second copy's predictions.
 fn copy_losses(model: &HookedTransformer, tokens: &Tensor, mut hooks: Hooks) -> (f32, f32) {
     let logits = model.forward(tokens, &mut hooks).unwrap();
-    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-    // Loss of predicting token i + 1 from position i, averaged over the batch.
+    // [batch, pos - 1]: entry i is the loss of predicting token i + 1 from position i.
+    let losses = next_token_losses(&logits, tokens).unwrap();
     let loss_at = |i: usize| -> f32 {
-        let next = tokens.i((.., i + 1)).unwrap().unsqueeze(1).unwrap();
-        -lp.i((.., i))
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .gather(&next.contiguous().unwrap(), 1)
+        losses
+            .i((.., i))
             .unwrap()
             .mean_all()
             .unwrap()

@@ -314,3 +314,24 @@ fn unsupported_architecture_and_quantization() {
         "{e}"
     );
 }
+
+#[test]
+fn ioi_pairs_have_single_token_answers_on_smollm2() {
+    let (model, tok) = smollm2(true);
+    let pairs = hooklens::data::ioi_pairs(tok, 30, 1).unwrap();
+    let t =
+        hooklens::data::tokenize_pairs(&pairs, tok, model.cfg.default_prepend_bos, "ioi").unwrap();
+    assert!(t.iter().all(|p| p.clean.len() == p.corrupted.len()));
+    // The model prefers the indirect object on the clean prompts, on average.
+    let batch = hooklens::data::PairBatch::new(&t, 0, model.device()).unwrap();
+    let logits = model.forward(&batch.clean, &mut Hooks::none()).unwrap();
+    let mut diff = 0f32;
+    for (i, p) in t.iter().enumerate() {
+        let last = logits.i((i, p.clean.len() - 1)).unwrap();
+        let l: Vec<f32> = last.to_vec1().unwrap();
+        diff += l[p.answer as usize] - l[p.wrong as usize];
+    }
+    diff /= t.len() as f32;
+    eprintln!("SmolLM2 mean IOI logit difference (answer - wrong): {diff:.3}");
+    assert!(diff > 0.0, "{diff}");
+}

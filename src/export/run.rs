@@ -1,7 +1,13 @@
 //! Run folders `outputs/<experiment>/<run>/` with a `manifest.json`, never overwritten silently.
+//!
+//! The folder appears with the run's first file, so a run that fails before producing anything
+//! leaves nothing behind; one that fails later has no `manifest.json` (written last), which
+//! marks it incomplete.
 
+use super::manifest::Manifest;
+use super::parquet::write_parquet;
 use crate::error::{Error, Result};
-use serde_json::{json, Value};
+use polars::prelude::DataFrame;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,22 +19,42 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates `base/experiment/run` (run defaults to a UTC timestamp). An existing folder is an
-    /// error unless `resume` is set, so that an earlier run is never overwritten by accident.
+    /// The folder `base/experiment/run` (run defaults to a UTC timestamp). The run name must be
+    /// one plain path component. An existing folder is an error unless `resume` is set, and
+    /// `resume` needs an existing folder, so an earlier run is never overwritten by accident.
     pub fn create(base: &Path, experiment: &str, run: Option<&str>, resume: bool) -> Result<Self> {
         let run = run.map_or_else(timestamp, str::to_string);
-        let path = base.join(experiment).join(&run);
-        if path.exists() && !resume {
+        let plain = !run.is_empty()
+            && run != "."
+            && run != ".."
+            && !run.contains(['/', '\\'])
+            && !run.starts_with('.');
+        if !plain {
             return Err(Error::Invalid(format!(
-                "{} already exists; pass --resume to continue it or --run NAME for a new run",
-                path.display()
+                "--run {run:?} must be a plain folder name (no `/`, `\\`, or leading `.`); runs are written under {}",
+                base.join(experiment).display()
             )));
         }
-        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Self {
-            path,
-            experiment: experiment.into(),
-        })
+        let path = base.join(experiment).join(&run);
+        let complete = path.join("manifest.json").is_file();
+        match (path.exists(), resume) {
+            (true, false) if complete => Err(Error::Invalid(format!(
+                "{} already exists; pass --resume to continue it or --run NAME for a new run",
+                path.display()
+            ))),
+            (true, false) => Err(Error::Invalid(format!(
+                "{} exists but is incomplete (no manifest.json: an earlier run stopped); pass --resume to continue it, delete it, or pass --run NAME for a new run",
+                path.display()
+            ))),
+            (false, true) => Err(Error::Invalid(format!(
+                "--resume: there is no run {} to continue; leave out --resume to start it",
+                path.display()
+            ))),
+            _ => Ok(Self {
+                path,
+                experiment: experiment.into(),
+            }),
+        }
     }
 
     /// Path of `file` inside the run folder.
@@ -36,20 +62,23 @@ impl RunDir {
         self.path.join(file)
     }
 
-    /// Writes `manifest.json`: the experiment, its parameters, the files it wrote and the
-    /// columns of each table, so a notebook can find everything from the folder alone.
-    pub fn write_manifest(&self, params: Value, files: Value) -> Result<()> {
-        let m = json!({
-            "experiment": self.experiment,
-            "created_utc": timestamp(),
-            "hooklens_version": env!("CARGO_PKG_VERSION"),
-            "params": params,
-            "files": files,
-        });
-        super::atomic_write(
-            &self.file("manifest.json"),
-            serde_json::to_string_pretty(&m).expect("json").as_bytes(),
-        )
+    /// Writes `df` as `file` (parquet) and records its schema, with `docs` for each column.
+    pub fn write_table(
+        &self,
+        manifest: &mut Manifest,
+        file: &str,
+        df: &mut DataFrame,
+        docs: &[(&str, &str)],
+    ) -> Result<()> {
+        manifest.add_table(file, df, docs)?;
+        write_parquet(df, &self.file(file))
+    }
+
+    /// Writes `manifest.json`, last: its presence marks the run complete.
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let text = serde_json::to_string_pretty(manifest)
+            .map_err(|e| Error::Invalid(format!("serialising the manifest: {e}")))?;
+        super::atomic_write(&self.file("manifest.json"), text.as_bytes())
     }
 }
 
@@ -75,4 +104,26 @@ pub fn timestamp() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_are_one_component_and_folders_appear_lazily() {
+        let base = tempfile::tempdir().unwrap();
+        for bad in ["../../x", "a/b", "..", ".hidden", ""] {
+            let e = RunDir::create(base.path(), "exp", Some(bad), false).unwrap_err();
+            assert!(e.to_string().contains("plain folder name"), "{bad}: {e}");
+        }
+        let run = RunDir::create(base.path(), "exp", Some("r1"), false).unwrap();
+        assert!(!run.path.exists(), "nothing written yet, no folder");
+        let e = RunDir::create(base.path(), "exp", Some("r1"), true).unwrap_err();
+        assert!(e.to_string().contains("no run"), "{e}");
+        super::super::atomic_write(&run.file("a.txt"), b"x").unwrap();
+        let e = RunDir::create(base.path(), "exp", Some("r1"), false).unwrap_err();
+        assert!(e.to_string().contains("incomplete"), "{e}");
+        assert!(RunDir::create(base.path(), "exp", Some("r1"), true).is_ok());
+    }
 }

@@ -126,7 +126,8 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
                 info.ggml_dtype
             )));
         }
-        let Some(hf) = hf_name(name) else { continue };
+        // Unknown tensors keep their GGUF name, so the unused-tensor check names them.
+        let hf = hf_name(name).unwrap_or_else(|| name.clone());
         let q = content
             .tensor(&mut f, name, &Device::Cpu)
             .map_err(|e| corrupt(format!("{name}: {e}")))?;

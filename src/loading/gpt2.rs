@@ -7,6 +7,10 @@ use crate::error::Result;
 use crate::weights::Weights;
 use candle_core::Tensor;
 
+/// Checkpoint tensors deliberately not read: the causal-mask buffers older checkpoints carry,
+/// and the output layer, which GPT-2 ties to the token embedding.
+pub const IGNORED: &[&str] = &["h.*.attn.bias", "h.*.attn.masked_bias", "lm_head.weight"];
+
 pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
     let (d, h, dh, m, v) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab);
     let mut w = Weights::default();

@@ -6,6 +6,10 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::weights::Weights;
 
+/// Checkpoint tensors deliberately not read: rotary frequency buffers (recomputed from the
+/// config). A tied checkpoint's `lm_head.weight` is skipped by [`to_canonical`].
+pub const IGNORED: &[&str] = &["model.layers.*.self_attn.rotary_emb.inv_freq"];
+
 pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
     let (d, h, kv, dh, m, v) = (
         cfg.d_model,
@@ -62,6 +66,11 @@ pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
     w.insert("ln_final.w", raw.get("model.norm.weight", &[d])?);
     let w_u = match (cfg.tie_word_embeddings, raw.has("lm_head.weight")) {
         (false, true) => raw.get("lm_head.weight", &[v, d])?,
+        (true, true) => {
+            // A copy of the embedding the config says to tie to.
+            raw.skip("lm_head.weight");
+            w_e
+        }
         _ => w_e,
     };
     w.insert("unembed.W_U", w_u.t()?.contiguous()?);

@@ -17,7 +17,8 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// How to load: weight processing, device and dtype.
@@ -38,6 +39,18 @@ impl Default for LoadOptions {
     }
 }
 
+/// Where a model's weights came from, for run manifests.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// What the caller asked for: a Hub id, path, alias, or [`EMBEDDED_NAME`].
+    pub name: String,
+    /// The weight files read.
+    pub files: Vec<PathBuf>,
+    /// The weights' bytes, for the embedded model (which has no file).
+    pub embedded: Option<&'static [u8]>,
+    pub processing: Processing,
+}
+
 /// The embedded default model (trained in-repo by `cargo run --release --bin train_embedded`).
 pub const EMBEDDED_NAME: &str = "embedded-induction-2l";
 const EMBEDDED_CONFIG: &str = include_str!("../../assets/embedded/config.json");
@@ -56,6 +69,21 @@ pub fn load_model(
     let Some(spec) = spec else {
         return load_embedded(opts);
     };
+    let (model, tok) = load_spec(spec, opts)?;
+    let files = match model.source() {
+        Some(s) => s.files.clone(),
+        None => vec![],
+    };
+    let source = ModelSource {
+        name: spec.into(),
+        files,
+        embedded: None,
+        processing: opts.processing,
+    };
+    Ok((model.with_source(source), tok))
+}
+
+fn load_spec(spec: &str, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
     let path = Path::new(spec);
     if path.is_dir() {
         return load_dir(path, opts);
@@ -113,7 +141,9 @@ pub fn alias_path(spec: &str) -> Option<PathBuf> {
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
     let (cfg, tok, raw) = read_gguf(path)?;
     let w = llama::to_canonical(&raw, &cfg)?;
-    Ok((build(cfg, w, opts)?, tok))
+    raw.check_all_used(llama::IGNORED)?;
+    let source = file_source(path.display().to_string(), raw.files.clone(), opts);
+    Ok((build(cfg, w, opts)?.with_source(source), tok))
 }
 
 /// The embedded model and its byte-level tokenizer.
@@ -129,7 +159,16 @@ pub fn load_embedded(opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer
     let w = Weights {
         tensors: tensors.into_iter().collect(),
     };
-    Ok((build(cfg, w, opts)?, Tokenizer::bytes()?))
+    let source = ModelSource {
+        name: EMBEDDED_NAME.into(),
+        files: vec![],
+        embedded: Some(EMBEDDED_WEIGHTS),
+        processing: opts.processing,
+    };
+    Ok((
+        build(cfg, w, opts)?.with_source(source),
+        Tokenizer::bytes()?,
+    ))
 }
 
 /// Loads a model directory laid out like a Hugging Face model repo.
@@ -144,13 +183,24 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, To
     })?;
     let cfg = ModelConfig::from_hf_json(&text)?;
     let raw = RawTensors::open(dir)?;
-    let w = match cfg.original_architecture.as_str() {
-        "GPT2LMHeadModel" => gpt2::to_canonical(&raw, &cfg)?,
-        "LlamaForCausalLM" => llama::to_canonical(&raw, &cfg)?,
-        _ => raw.canonical_as_is()?,
+    let (w, ignored) = match cfg.original_architecture.as_str() {
+        "GPT2LMHeadModel" => (gpt2::to_canonical(&raw, &cfg)?, gpt2::IGNORED),
+        "LlamaForCausalLM" => (llama::to_canonical(&raw, &cfg)?, llama::IGNORED),
+        _ => (raw.canonical_as_is()?, &[][..]),
     };
-    let model = build(cfg, w, opts)?;
+    raw.check_all_used(ignored)?;
+    let source = file_source(dir.display().to_string(), raw.files.clone(), opts);
+    let model = build(cfg, w, opts)?.with_source(source);
     Ok((model, load_tokenizer(dir)?))
+}
+
+fn file_source(name: String, files: Vec<PathBuf>, opts: &LoadOptions) -> ModelSource {
+    ModelSource {
+        name,
+        files,
+        embedded: None,
+        processing: opts.processing,
+    }
 }
 
 /// Processes canonical weights, moves them to the device and dtype, and builds the model.
@@ -185,6 +235,10 @@ pub struct RawTensors {
     /// Name prefix to strip (GPT-2 checkpoints saved from `GPT2LMHeadModel` use `transformer.`).
     prefix: String,
     path: PathBuf,
+    /// Every file the tensors come from.
+    pub files: Vec<PathBuf>,
+    /// Full names of the tensors read so far, to find the ones no loader used.
+    used: RefCell<HashSet<String>>,
 }
 
 enum Source {
@@ -234,6 +288,7 @@ impl RawTensors {
             }
         }
         // SAFETY: the files are opened read-only and not modified while mapped.
+        #[allow(unsafe_code)]
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::CorruptFile {
             path: files[0].clone(),
             reason: e.to_string(),
@@ -247,6 +302,8 @@ impl RawTensors {
             source: Source::Mmap(st),
             prefix: prefix.into(),
             path: files[0].clone(),
+            files,
+            used: RefCell::default(),
         })
     }
 
@@ -256,6 +313,8 @@ impl RawTensors {
             source: Source::Memory(map),
             prefix: String::new(),
             path: path.into(),
+            files: vec![path.into()],
+            used: RefCell::default(),
         }
     }
 
@@ -274,6 +333,7 @@ impl RawTensors {
         if !self.has(name) {
             return Err(Error::MissingWeight(full));
         }
+        self.used.borrow_mut().insert(full.clone());
         let t = match &self.source {
             Source::Mmap(st) => st
                 .load(&full, &Device::Cpu)
@@ -293,15 +353,53 @@ impl RawTensors {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    /// All tensors, for checkpoints already in canonical names (hooklens's own format).
-    fn canonical_as_is(&self) -> Result<Weights> {
-        let names: Vec<String> = match &self.source {
+    /// Marks tensor `name` as deliberately not read.
+    pub fn skip(&self, name: &str) {
+        self.used
+            .borrow_mut()
+            .insert(format!("{}{name}", self.prefix));
+    }
+
+    /// Every tensor name in the checkpoint.
+    fn names(&self) -> Vec<String> {
+        match &self.source {
             Source::Mmap(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
             Source::Memory(m) => m.keys().cloned().collect(),
-        };
-        let tensors = names
+        }
+    }
+
+    /// Errors naming every tensor that no loader read and that does not match one of the
+    /// `ignored` patterns (`*` stands for a layer number): buffers such as GPT-2's causal-mask
+    /// `attn.bias`, or an `lm_head.weight` tied to the embedding. A tensor left over means the
+    /// model would silently differ from the checkpoint (llama attention biases, say).
+    pub fn check_all_used(&self, ignored: &[&str]) -> Result<()> {
+        let used = self.used.borrow();
+        let mut unused: Vec<String> = self
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(n))
+            .filter(|n| {
+                let bare = n.strip_prefix(&self.prefix).unwrap_or(n);
+                !ignored.iter().any(|pat| matches_layer_pattern(pat, bare))
+            })
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        Err(Error::UnusedWeights {
+            path: self.path.clone(),
+            names: unused,
+        })
+    }
+
+    /// All tensors, for checkpoints already in canonical names (hooklens's own format).
+    fn canonical_as_is(&self) -> Result<Weights> {
+        let tensors = self
+            .names()
             .into_iter()
             .map(|n| {
+                self.used.borrow_mut().insert(n.clone());
                 let t = match &self.source {
                     Source::Mmap(st) => st.load(&n, &Device::Cpu)?,
                     Source::Memory(m) => m[&n].clone(),
@@ -310,5 +408,28 @@ impl RawTensors {
             })
             .collect::<Result<_>>()?;
         Ok(Weights { tensors })
+    }
+}
+
+/// Whether `name` matches `pattern`, where a `*` in the pattern stands for a decimal number.
+fn matches_layer_pattern(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((pre, post)) => name.strip_prefix(pre).is_some_and(|rest| {
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            digits > 0 && matches_layer_pattern(post, &rest[digits..])
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn layer_patterns() {
+        use super::matches_layer_pattern as m;
+        assert!(m("h.*.attn.bias", "h.11.attn.bias"));
+        assert!(!m("h.*.attn.bias", "h.x.attn.bias"));
+        assert!(!m("h.*.attn.bias", "h.1.attn.bias2"));
+        assert!(m("lm_head.weight", "lm_head.weight"));
     }
 }

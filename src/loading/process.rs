@@ -10,7 +10,7 @@ use candle_core::{Tensor, D};
 
 /// Which processing steps to apply. The default is TransformerLens's
 /// `enable_compatibility_mode()` / `from_pretrained` defaults: all on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Processing {
     pub fold_ln: bool,
     pub center_writing_weights: bool,

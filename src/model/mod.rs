@@ -12,6 +12,8 @@ use crate::cache::ActivationCache;
 use crate::config::{ModelConfig, Normalization, Positional};
 use crate::error::{Error, Result};
 use crate::hooks::{BlockHook, HookPoint, Hooks, NameFilter};
+use crate::intervention::Fired;
+use crate::loading::ModelSource;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 
@@ -85,6 +87,18 @@ impl Block {
     }
 }
 
+/// What one forward pass produced.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The logits [batch, pos, d_vocab]; for a pass with `stop_at_layer`, the residual stream
+    /// [batch, pos, d_model] entering that layer.
+    pub output: Tensor,
+    /// The activations the hooks' cache recorded (empty if none was asked for).
+    pub cache: ActivationCache,
+    /// Each hook and intervention with the number of times it fired, in the order added.
+    pub fired: Vec<Fired>,
+}
+
 /// A transformer language model with TransformerLens's hook points.
 ///
 /// ```no_run
@@ -110,6 +124,7 @@ pub struct HookedTransformer {
     /// [d_vocab]
     pub b_u: Option<Tensor>,
     device: Device,
+    source: Option<ModelSource>,
 }
 
 impl HookedTransformer {
@@ -134,7 +149,19 @@ impl HookedTransformer {
             blocks,
             cfg,
             device,
+            source: None,
         })
+    }
+
+    /// Records where the weights came from (set by the loaders; read by run manifests).
+    pub fn with_source(mut self, source: ModelSource) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Where the weights came from, if loaded from files or the embedded model.
+    pub fn source(&self) -> Option<&ModelSource> {
+        self.source.as_ref()
     }
 
     pub fn device(&self) -> &Device {
@@ -145,8 +172,45 @@ impl HookedTransformer {
         self.w_e.dtype()
     }
 
+    /// One forward pass that records and intervenes: `hooks` may patch some hook points while
+    /// its cache records others. Every hook must fire, or the run is an error.
+    ///
+    /// ```
+    /// # fn main() -> hooklens::Result<()> {
+    /// use hooklens::{load_model, BlockHook, HookPoint, Hooks, Intervention, LoadOptions, NameFilter, Site};
+    /// let (model, tok) = load_model(None, &LoadOptions::default())?;
+    /// let tokens = tok.to_tokens(&["abcd abcd"], true, model.device())?;
+    /// let hooks = Hooks::none()
+    ///     .intervene(Site::head(HookPoint::block(0, BlockHook::Z), 1), Intervention::Zero)
+    ///     .with_cache(NameFilter::regex("blocks.1.attn.hook_pattern")?);
+    /// let run = model.run(&tokens, hooks)?;
+    /// let pattern = run.cache.block(1, BlockHook::Pattern)?; // with L0H1 ablated
+    /// assert_eq!(run.fired[0].count, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn run(&self, tokens: &Tensor, hooks: Hooks) -> Result<Run> {
+        self.run_range(tokens, 0, None, hooks)
+    }
+
+    /// [`Self::run`] over layers `start_at_layer..stop_at_layer` (see [`Self::forward_range`]).
+    pub fn run_range(
+        &self,
+        input: &Tensor,
+        start_at_layer: usize,
+        stop_at_layer: Option<usize>,
+        mut hooks: Hooks,
+    ) -> Result<Run> {
+        let output = self.forward_range(input, start_at_layer, stop_at_layer, &mut hooks)?;
+        Ok(Run {
+            output,
+            cache: hooks.take_cache(),
+            fired: hooks.fired(),
+        })
+    }
+
     /// Logits [batch, pos, d_vocab] for token ids [batch, pos], with `hooks` reading or
-    /// replacing activations on the way.
+    /// replacing activations on the way. `hooks` keeps its cache and fire counts, so one set of
+    /// hooks can serve several passes.
     pub fn forward(&self, tokens: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         self.forward_range(tokens, 0, None, hooks)
     }
@@ -154,7 +218,8 @@ impl HookedTransformer {
     /// Runs layers `start_at_layer..stop_at_layer` (TransformerLens's `start_at_layer` /
     /// `stop_at_layer`). With `start_at_layer == 0`, `input` is token ids [batch, pos]; otherwise it
     /// is the residual stream [batch, pos, d_model] entering that layer. With a stop layer the
-    /// result is the residual stream entering it; without one, the logits.
+    /// result is the residual stream entering it; without one, the logits. A hook whose site
+    /// this range never reaches, or that does not fire, is an error.
     pub fn forward_range(
         &self,
         input: &Tensor,
@@ -162,7 +227,6 @@ impl HookedTransformer {
         stop_at_layer: Option<usize>,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
-        self.check_hooks(hooks)?;
         let n = self.cfg.n_layers;
         let stop = stop_at_layer.unwrap_or(n);
         if start_at_layer > n {
@@ -176,6 +240,8 @@ impl HookedTransformer {
                 "stop_at_layer {stop} must lie in {start_at_layer}..={n}"
             )));
         }
+        self.check_hooks(hooks, start_at_layer, stop)?;
+        hooks.set_window(0, false);
         let resid = if start_at_layer == 0 {
             self.embed(input, 0, hooks)?
         } else {
@@ -190,7 +256,10 @@ impl HookedTransformer {
             input.to_dtype(self.dtype())?
         };
         let p = resid.dim(1)?;
-        self.run_blocks(resid, start_at_layer, stop, 0, p, None, hooks)
+        let before = hooks.counts();
+        let out = self.run_blocks(resid, start_at_layer, stop, 0, p, None, hooks)?;
+        hooks.check_fired_since(&before)?;
+        Ok(out)
     }
 
     /// Token + position embeddings for `tokens` starting at position `offset`.
@@ -267,7 +336,7 @@ impl HookedTransformer {
         kv: &mut [LayerKv],
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
-        self.check_hooks(hooks)?;
+        self.check_hooks(hooks, 0, self.cfg.n_layers)?;
         if kv.len() != self.cfg.n_layers {
             return Err(Error::Invalid(format!(
                 "the KV cache has {} layers, the model {}",
@@ -276,6 +345,7 @@ impl HookedTransformer {
             )));
         }
         let offset = kv[0].k.as_ref().map_or(Ok(0), |k| k.dim(2))?;
+        hooks.set_window(offset, true);
         let resid = self.embed(tokens, offset, hooks)?;
         let p = resid.dim(1)?;
         self.run_blocks(resid, 0, self.cfg.n_layers, offset, p, Some(kv), hooks)
@@ -287,12 +357,8 @@ impl HookedTransformer {
         tokens: &Tensor,
         filter: NameFilter,
     ) -> Result<(Tensor, ActivationCache)> {
-        let mut hooks = Hooks::none().with_cache(filter);
-        let logits = self.forward(tokens, &mut hooks)?;
-        Ok((
-            logits,
-            ActivationCache::new(std::mem::take(&mut hooks.cached)),
-        ))
+        let run = self.run(tokens, Hooks::none().with_cache(filter))?;
+        Ok((run.output, run.cache))
     }
 
     /// Logits with `hooks` applied (TransformerLens's `run_with_hooks`).
@@ -302,10 +368,9 @@ impl HookedTransformer {
     /// # use hooklens::{load_model, LoadOptions, Hooks, HookPoint, BlockHook};
     /// # let (model, tok) = load_model(None, &LoadOptions::default())?;
     /// # let tokens = tok.to_tokens(&["ab ab"], true, model.device())?;
-    /// // Zero head 0's output (hook_z) at every position of layer 1.
-    /// let hooks = Hooks::none().add(HookPoint::Block(1, BlockHook::Z), |z, _| {
-    ///     let mask = hooklens::ablation::head_mask(z, 0)?;
-    ///     Ok(Some(z.broadcast_mul(&mask)?))
+    /// // Double layer 1's attention output with a closure.
+    /// let hooks = Hooks::none().add(HookPoint::Block(1, BlockHook::AttnOut), |x, _| {
+    ///     Ok(Some((x * 2.0)?))
     /// });
     /// let logits = model.run_with_hooks(&tokens, hooks)?;
     /// # Ok(()) }
@@ -399,8 +464,30 @@ impl HookedTransformer {
         scored.into_iter().take(3).map(|(_, s)| s).collect()
     }
 
-    fn check_hooks(&self, hooks: &Hooks) -> Result<()> {
-        hooks.points().try_for_each(|p| self.check_hook(p))
+    /// Checks that every hook's point exists in this model and lies in the layers
+    /// `start..stop` a pass runs: a hook beyond `stop_at_layer` would never fire.
+    fn check_hooks(&self, hooks: &Hooks, start: usize, stop: usize) -> Result<()> {
+        let n = self.cfg.n_layers;
+        for site in hooks.sites() {
+            self.check_hook(&site.point)?;
+            let reason = match site.point {
+                HookPoint::Embed | HookPoint::PosEmbed if start > 0 => {
+                    format!("this pass starts at layer {start} from a given residual stream")
+                }
+                HookPoint::Block(l, _) if l < start || l >= stop => {
+                    format!("this pass runs layers {start}..{stop} of {n}")
+                }
+                HookPoint::LnFinalScale | HookPoint::LnFinalNormalized if stop < n => {
+                    format!("this pass stops at layer {stop}, before ln_final")
+                }
+                _ => continue,
+            };
+            return Err(Error::NotReached {
+                what: format!("the hook at {site}"),
+                reason,
+            });
+        }
+        Ok(())
     }
 
     /// Checks token ids: non-empty, within the vocabulary and the context.

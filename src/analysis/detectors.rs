@@ -117,6 +117,18 @@ pub fn best_head(scores: &Tensor) -> Result<(usize, usize, f32)> {
         .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a }))
 }
 
+/// The columns of [`scores_frame`] and what they mean (for the run manifest).
+pub const SCORE_COLUMNS: &[(&str, &str)] = &[
+    ("kind", "previous_token | duplicate_token | induction"),
+    ("layer", "layer of the head, from 0"),
+    ("head", "head within the layer, from 0"),
+    ("label", "the head as L{layer}H{head}"),
+    (
+        "score",
+        "mean attention on the kind's stripe over the second copy, 0..1",
+    ),
+];
+
 /// A tidy table of scores: one row per (kind, layer, head) with columns
 /// `kind` (str), `layer` (u32), `head` (u32), `label` (str, e.g. `L1H3`), `score` (f32).
 pub fn scores_frame(

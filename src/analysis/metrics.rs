@@ -1,0 +1,87 @@
+//! Metrics on model outputs: next-token loss, top-k, logit differences.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, IndexOp, Tensor, D};
+
+/// Next-token cross-entropy (nats) at each position: entry [b, i] is the loss of predicting
+/// `tokens[b, i + 1]` from `logits[b, i]`, so the result is [batch, pos - 1]. Half-precision
+/// logits are upcast to f32 first; the computation is differentiable (the trainer's loss).
+pub fn next_token_losses(logits: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+    let (b, p, _) = logits.dims3()?;
+    if p < 2 || tokens.dims() != [b, p] {
+        return Err(Error::Invalid(format!(
+            "the next-token loss needs logits [batch, pos >= 2, vocab] and tokens [batch, pos]; got {:?} and {:?}",
+            logits.dims(),
+            tokens.dims()
+        )));
+    }
+    let logits = match logits.dtype() {
+        DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
+        _ => logits.clone(),
+    };
+    let log_probs = candle_nn::ops::log_softmax(&logits.narrow(1, 0, p - 1)?, D::Minus1)?;
+    // [batch, pos - 1, 1]: the id each position should predict.
+    let next = tokens
+        .narrow(1, 1, p - 1)?
+        .to_dtype(DType::U32)?
+        .unsqueeze(2)?
+        .contiguous()?;
+    Ok(log_probs.gather(&next, 2)?.squeeze(2)?.neg()?)
+}
+
+/// The mean of [`next_token_losses`] over batch and positions, as a scalar tensor.
+pub fn mean_next_token_loss(logits: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+    Ok(next_token_losses(logits, tokens)?.mean_all()?)
+}
+
+/// The `k` largest entries of `values` as (index, value), largest first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<(u32, f32)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v))
+        .collect();
+    idx.sort_by(|a, b| b.1.total_cmp(&a.1));
+    idx.truncate(k);
+    idx
+}
+
+/// Logit difference `logits[.., pos, a] - logits[.., pos, b]` for logits [batch, pos, vocab]
+/// at the last position, averaged over the batch: the usual patching metric.
+pub fn logit_diff(logits: &Tensor, a: u32, b: u32) -> Result<f32> {
+    let p = logits.dim(1)?;
+    let last = logits.i((.., p - 1))?;
+    let d = (last.i((.., a as usize))? - last.i((.., b as usize))?)?;
+    Ok(d.mean_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn next_token_loss_is_minus_the_log_prob_of_the_next_token() {
+        // Two positions over a vocabulary of 3; position 0 predicts token 2.
+        let logits = Tensor::new(&[[[0f32, 1., 2.], [5., 5., 5.]]], &Device::Cpu).unwrap();
+        let tokens = Tensor::new(&[[0u32, 2]], &Device::Cpu).unwrap();
+        let l = next_token_losses(&logits, &tokens).unwrap();
+        assert_eq!(l.dims(), &[1, 1]);
+        let want = -(2f32 - (1f32.exp() + 2f32.exp() + 1.0).ln());
+        let got = l.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        assert!(next_token_losses(&logits.narrow(1, 0, 1).unwrap(), &tokens).is_err());
+    }
+
+    #[test]
+    fn top_k_is_sorted_and_truncated() {
+        assert_eq!(top_k(&[0.1, 3.0, -1.0, 2.0], 2), vec![(1, 3.0), (3, 2.0)]);
+        assert_eq!(top_k(&[1.0], 5).len(), 1);
+    }
+
+    #[test]
+    fn logit_diff_reads_the_last_position() {
+        let logits = Tensor::new(&[[[9f32, 9.], [1., 4.]]], &Device::Cpu).unwrap();
+        assert_eq!(logit_diff(&logits, 1, 0).unwrap(), 3.0);
+    }
+}

@@ -1,0 +1,5 @@
+//! Analyses built on the hooked model, one idea per file.
+
+pub mod ablation;
+pub mod detectors;
+pub mod metrics;
