@@ -197,14 +197,6 @@ impl ModelConfig {
     pub fn group_size(&self) -> usize {
         self.n_heads / self.n_key_value_heads
     }
-
-    /// Whether the model normalises with RMSNorm (folded or not).
-    pub fn is_rms(&self) -> bool {
-        matches!(
-            self.normalization_type,
-            Normalization::RMS | Normalization::RMSPre
-        )
-    }
 }
 
 fn req(v: &Value, key: &str) -> Result<usize> {

@@ -63,21 +63,10 @@ fn stripe_mask(
     Ok(Tensor::from_vec(m, (p, p), device)?)
 }
 
-/// Scores [n_layers, n_heads] of `kind` on `tokens` [batch, pos] = (BOS +) r + r, where
-/// `half` = |r|: the attention each head puts on the stripe, averaged over the second copy's
-/// positions and the batch. An induction score near 1 means a clean induction head.
-pub fn head_scores(
-    model: &HookedTransformer,
-    tokens: &Tensor,
-    half: usize,
-    kind: HeadKind,
-) -> Result<Tensor> {
-    Ok(all_head_scores(model, tokens, half)?
-        .remove(&kind)
-        .expect("all kinds scored"))
-}
-
-/// Every [`HeadKind`]'s scores [n_layers, n_heads] from one forward pass.
+/// Every [`HeadKind`]'s scores [n_layers, n_heads] on `tokens` [batch, pos] = (BOS +) r + r,
+/// where `half` = |r|, from one forward pass: the attention each head puts on the kind's stripe,
+/// averaged over the second copy's positions and the batch. An induction score near 1 means a
+/// clean induction head.
 pub fn all_head_scores(
     model: &HookedTransformer,
     tokens: &Tensor,

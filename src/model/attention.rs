@@ -6,12 +6,12 @@
 //! each is shared by `n_heads / n_key_value_heads` consecutive query heads. `hook_q`,
 //! `hook_attn_scores`, `hook_pattern`, `hook_z` and `hook_result` are per query head.
 
-use super::linear;
+use super::{linear, norm::upcast};
 use crate::config::{ModelConfig, Positional};
 use crate::error::Result;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
 use crate::weights::Weights;
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 
 /// One attention layer. Weights are stored flat for fast matmuls; the per-head
 /// TransformerLens views (`W_Q` [H, d_model, d_head], ...) are derived without copies.
@@ -110,21 +110,19 @@ impl Attention {
             kv.v = Some(v.clone());
         }
         let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
-        let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
+        // Scores, softmax and pattern in f32 for half-precision models (as TransformerLens):
+        // q.k overflows f16 and rounds badly in bf16. Their hooks see f32.
+        let (q32, k32) = (upcast(&q)?, upcast(&k)?);
+        let scores = (q32.matmul(&k32.t()?)? / (dh as f64).sqrt())?;
         let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
         let scores = hooks.apply(hp(BlockHook::AttnScores), scores)?;
-        // Half-precision scores are upcast so that patterns stay normalised.
-        let scores32 = match scores.dtype() {
-            DType::F16 | DType::BF16 => scores.to_dtype(DType::F32)?,
-            _ => scores.clone(),
-        };
         // The fused softmax has no backward pass; use the composed one when training.
-        let pattern = match scores32.track_op() {
-            true => candle_nn::ops::softmax(&scores32, D::Minus1)?,
-            false => candle_nn::ops::softmax_last_dim(&scores32)?,
+        let pattern = match scores.track_op() {
+            true => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            false => candle_nn::ops::softmax_last_dim(&scores)?,
         };
-        let pattern = pattern.to_dtype(scores.dtype())?;
         let pattern = hooks.apply(hp(BlockHook::Pattern), pattern)?;
+        let pattern = pattern.to_dtype(v.dtype())?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
         let z = hooks.apply(hp(BlockHook::Z), z)?;
         let out = if hooks.wants(hp(BlockHook::Result)) {

@@ -6,7 +6,7 @@ mod norm;
 
 pub use attention::{apply_rotary, rotary_tables, Attention, LayerKv};
 pub use mlp::Mlp;
-pub use norm::Norm;
+pub use norm::{upcast, Norm};
 
 use crate::cache::ActivationCache;
 use crate::config::{ModelConfig, Normalization, Positional};
@@ -324,7 +324,9 @@ impl HookedTransformer {
             HookPoint::LnFinalNormalized,
             hooks,
         )?;
-        linear(&x, &self.w_u, self.b_u.as_ref())
+        // Logits in f32 for half-precision models: a bf16 logit of 25 is only good to 0.1.
+        let b_u = self.b_u.as_ref().map(upcast).transpose()?;
+        linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())
     }
 
     /// One generation step: runs `tokens` [batch, new] at positions after those already in

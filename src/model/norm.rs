@@ -4,7 +4,7 @@ use crate::config::Normalization;
 use crate::error::Result;
 use crate::hooks::{HookPoint, Hooks};
 use crate::weights::Weights;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// One normalisation layer (`ln1`, `ln2` or `ln_final`).
 #[derive(Debug, Clone)]
@@ -40,7 +40,10 @@ impl Norm {
         })
     }
 
-    /// Normalises the last dimension of `x` [batch, pos, d_model].
+    /// Normalises the last dimension of `x` [batch, pos, d_model]. Half-precision input is
+    /// normalised in f32, as TransformerLens does: the mean of squares of a large residual
+    /// stream overflows f16 (SmolLM2's reaches the thousands). `hook_scale` and
+    /// `hook_normalized` then see f32; the result is cast back to `x`'s dtype.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -48,23 +51,35 @@ impl Norm {
         normalized_hook: HookPoint,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
+        if self.kind == Normalization::None {
+            return Ok(x.clone());
+        }
+        let dtype = x.dtype();
+        let x = upcast(x)?;
         let x = match self.kind {
-            Normalization::None => return Ok(x.clone()),
             Normalization::LN | Normalization::LNPre => {
                 x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
             }
-            Normalization::RMS | Normalization::RMSPre => x.clone(),
+            _ => x,
         };
         let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
         let scale = hooks.apply(scale_hook, scale)?;
         // As in TransformerLens, hook_normalized sees x / scale before the weight and bias.
         let mut y = hooks.apply(normalized_hook, x.broadcast_div(&scale)?)?;
         if let Some(w) = &self.w {
-            y = y.broadcast_mul(w)?;
+            y = y.broadcast_mul(&upcast(w)?)?;
         }
         if let Some(b) = &self.b {
-            y = y.broadcast_add(b)?;
+            y = y.broadcast_add(&upcast(b)?)?;
         }
-        Ok(y)
+        Ok(y.to_dtype(dtype)?)
     }
+}
+
+/// `x` in f32 if it is f16 or bf16; other dtypes (f32, f64) unchanged.
+pub fn upcast(x: &Tensor) -> Result<Tensor> {
+    Ok(match x.dtype() {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    })
 }

@@ -1,0 +1,119 @@
+//! Half precision gives the f32 answer to within its precision: f16 and bf16 against f32 on the
+//! embedded model, the random GPT-2 and SmolLM2 (whose residual stream reaches the thousands,
+//! where an f16 mean of squares overflows). Tolerances are in the README.
+
+mod common;
+
+use candle_core::{DType, IndexOp, Tensor, D};
+use common::*;
+use hooklens::{
+    load_model, HookPoint, HookedTransformer, Hooks, LoadOptions, NameFilter, Tokenizer,
+};
+
+const PROMPTS: [&str; 3] = [
+    "The capital of France is a city that",
+    "One, two, three, four, five, six, seven",
+    "abcdefg abcdefg abcd xyz xyz xy",
+];
+
+/// (largest |Δ log-prob| over the f32 top-10 tokens of every position, share of positions whose
+/// top-1 token agrees, largest |loss difference|) of `dtype` against f32.
+fn compare(spec: Option<&str>, dtype: DType) -> (f32, f32, f32) {
+    let load = |dtype| {
+        let opts = LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        load_model(spec, &opts).unwrap()
+    };
+    let (full, tok): (HookedTransformer, Tokenizer) = load(DType::F32);
+    let (half, _) = load(dtype);
+    assert_eq!(half.dtype(), dtype);
+    let (mut worst, mut agree, mut n, mut loss_diff) = (0f32, 0usize, 0usize, 0f32);
+    for prompt in PROMPTS {
+        let t = tok
+            .to_tokens(&[prompt], full.cfg.default_prepend_bos, full.device())
+            .unwrap();
+        let lp = |m: &HookedTransformer| -> Tensor {
+            let logits = m.forward(&t, &mut Hooks::none()).unwrap();
+            let logits = logits.to_dtype(DType::F32).unwrap();
+            candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap()
+        };
+        let (a, b) = (lp(&full), lp(&half));
+        let loss = |m: &HookedTransformer| {
+            let logits = m.forward(&t, &mut Hooks::none()).unwrap();
+            hooklens::analysis::metrics::mean_next_token_loss(&logits, &t)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        loss_diff = loss_diff.max((loss(&full) - loss(&half)).abs());
+        for p in 0..a.dim(0).unwrap() {
+            let (ra, rb): (Vec<f32>, Vec<f32>) = (
+                a.i(p).unwrap().to_vec1().unwrap(),
+                b.i(p).unwrap().to_vec1().unwrap(),
+            );
+            let top = hooklens::analysis::metrics::top_k(&ra, 10);
+            for (id, v) in &top {
+                worst = worst.max((v - rb[*id as usize]).abs());
+            }
+            let best_b = hooklens::analysis::metrics::top_k(&rb, 1)[0].0;
+            agree += (best_b == top[0].0) as usize;
+            n += 1;
+        }
+    }
+    (worst, agree as f32 / n as f32, loss_diff)
+}
+
+/// Asserts the README's tolerances: f16 within 0.05 nats on the top-10 log-probs, bf16 within
+/// 0.5; top-1 agreement at least 95 % (f16) and 85 % (bf16); the loss within 0.01 / 0.05 nats.
+fn check(name: &str, spec: Option<&str>) {
+    for (dtype, lp_tol, top1, loss_tol) in [
+        (DType::F16, 0.05, 0.95, 0.01),
+        (DType::BF16, 0.5, 0.85, 0.05),
+    ] {
+        let (worst, agree, loss) = compare(spec, dtype);
+        eprintln!(
+            "{name} {dtype:?}: max |Δ log-prob| (top-10) {worst:.4}, top-1 agreement {:.0} %, |Δ loss| {loss:.4}",
+            100.0 * agree
+        );
+        assert!(worst < lp_tol, "{name} {dtype:?}: {worst}");
+        assert!(agree >= top1, "{name} {dtype:?}: {agree}");
+        assert!(loss < loss_tol, "{name} {dtype:?}: {loss}");
+    }
+}
+
+#[test]
+fn embedded_half_matches_f32() {
+    check("embedded", None);
+}
+
+#[test]
+fn gpt2_half_matches_f32() {
+    let dir = gpt2_dir();
+    check("gpt2-random", Some(dir.path().to_str().unwrap()));
+}
+
+#[test]
+fn smollm2_half_matches_f32() {
+    check("smollm2", Some(smollm2_path().to_str().unwrap()));
+}
+
+#[test]
+fn half_precision_norm_scales_are_finite() {
+    // Before norms ran in f32, ln_final.hook_scale was inf on the embedded model in f16.
+    let opts = LoadOptions {
+        dtype: DType::F16,
+        ..Default::default()
+    };
+    let (model, tok) = load_model(None, &opts).unwrap();
+    let t = tok.to_tokens(&[PROMPTS[2]], true, model.device()).unwrap();
+    let (_, cache) = model
+        .run_with_cache(&t, NameFilter::regex("hook_scale").unwrap())
+        .unwrap();
+    for (p, s) in cache.iter() {
+        let m = max_abs(s);
+        assert!(m.is_finite(), "{p}: {m}");
+    }
+    assert!(cache.get(HookPoint::LnFinalScale).is_ok());
+}
