@@ -18,6 +18,7 @@ use hooklens::export::{manifest::Manifest, plot::heatmap, run::RunDir};
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use rand::SeedableRng;
 use serde::Serialize;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser, Serialize)]
@@ -52,8 +53,11 @@ struct Args {
     resume: bool,
 }
 
-fn main() -> Result<()> {
-    let a = Args::parse();
+fn main() -> std::process::ExitCode {
+    hooklens::cli::finish(run(Args::parse()))
+}
+
+fn run(a: Args) -> Result<()> {
     let run = RunDir::create(&a.outputs, "induction_heads", a.run.as_deref(), a.resume)?;
     let start = std::time::Instant::now();
     let (model, tok) = a.model.load().context("loading the model")?;
@@ -85,7 +89,9 @@ fn main() -> Result<()> {
         range.clone(),
         model.device(),
     )?;
+    let bar = hooklens::cli::spinner("scoring heads");
     let scores = manifest.time("score_heads", || all_head_scores(&model, &tokens, half))?;
+    bar.finish_and_clear();
     let mut df = scores_frame(&scores)?;
     run.write_table(&mut manifest, "head_scores.parquet", &mut df, SCORE_COLUMNS)?;
 
@@ -136,11 +142,12 @@ fn main() -> Result<()> {
         "attention pattern of the best induction head on one example",
     );
     run.write_manifest(&manifest)?;
+    let mut out = std::io::stdout().lock();
     for kind in HeadKind::ALL {
         let (l, h, s) = best_head(&scores[&kind])?;
-        println!("top {:<16} head: L{l}H{h}  score {s:.3}", kind.name());
+        writeln!(out, "top {:<16} head: L{l}H{h}  score {s:.3}", kind.name())?;
     }
-    println!("best induction head: L{bl}H{bh} with score {best:.3}");
-    println!("wrote {}", run.path.display());
+    writeln!(out, "best induction head: L{bl}H{bh} with score {best:.3}")?;
+    writeln!(out, "wrote {}", run.path.display())?;
     Ok(())
 }

@@ -22,19 +22,19 @@ use std::path::PathBuf;
 #[command(about = "Train the embedded 2-layer attention-only induction model")]
 struct Args {
     /// Optimiser steps.
-    #[arg(long, default_value_t = 4000)]
-    steps: usize,
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
     /// Sequences per batch.
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Attention-only layers.
-    #[arg(long, default_value_t = 2)]
-    layers: usize,
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    layers: u64,
     /// Where the copies sit: `shifted` puts random tokens before and between them (no
     /// positional shortcut); `adjacent` puts them right after BOS, back to back.
     #[arg(long, value_enum, default_value = "shifted")]
@@ -74,8 +74,14 @@ enum DataLayout {
     Adjacent,
 }
 
-fn main() -> Result<()> {
-    let a = Args::parse();
+fn main() -> std::process::ExitCode {
+    hooklens::cli::finish(run(Args::parse()))
+}
+
+fn run(a: Args) -> Result<()> {
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        bail!("--lr {}: must be a finite number > 0", a.lr);
+    }
     if a.out.join("model.safetensors").exists() && !a.force {
         bail!(
             "{} already holds a model; pass --force to replace it or --out DIR for another folder",
@@ -90,7 +96,7 @@ fn main() -> Result<()> {
         );
     }
     let cfg = ModelConfig {
-        n_layers: a.layers,
+        n_layers: a.layers as usize,
         positional_embedding_type: match a.positional {
             Pos::Standard => Positional::Standard,
             Pos::Rotary => Positional::Rotary,
@@ -108,8 +114,8 @@ fn main() -> Result<()> {
         .into_iter()
         .collect::<hooklens::Result<Vec<_>>>()?;
     let tc = TrainConfig {
-        steps: a.steps,
-        batch: a.batch,
+        steps: a.steps as usize,
+        batch: a.batch as usize,
         lr: a.lr,
         seed: a.seed,
         seq_len: a.seq_len,

@@ -68,9 +68,16 @@ impl ModelArgs {
         })
     }
 
-    /// Loads the model and tokenizer these arguments name.
+    /// Loads the model and tokenizer these arguments name, with a spinner on a terminal.
     pub fn load(&self) -> Result<(HookedTransformer, Tokenizer)> {
-        load_model(self.model.as_deref(), &self.options()?)
+        let name = self
+            .model
+            .as_deref()
+            .unwrap_or(crate::loading::EMBEDDED_NAME);
+        let bar = spinner(&format!("loading {name}"));
+        let loaded = load_model(self.model.as_deref(), &self.options()?);
+        bar.finish_and_clear();
+        loaded
     }
 }
 
@@ -83,8 +90,9 @@ pub struct PromptArgs {
     /// A file whose non-empty lines are prompts (run as one padded batch).
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
-    /// Prepend the BOS token (the model's default; TransformerLens's `prepend_bos=True`).
-    #[arg(long, overrides_with = "no_prepend_bos")]
+    /// Prepend the BOS token (TransformerLens's `prepend_bos=True`). Without either flag, the
+    /// model's default.
+    #[arg(long, conflicts_with = "no_prepend_bos")]
     pub prepend_bos: bool,
     /// Do not prepend the BOS token.
     #[arg(long)]
@@ -120,6 +128,34 @@ impl PromptArgs {
             (_, true) => false,
             (true, _) => true,
             _ => model.cfg.default_prepend_bos,
+        }
+    }
+}
+
+/// A spinner with `msg` on stderr for work of unknown length; hidden when stderr is not a
+/// terminal. Call `finish_and_clear` when done.
+pub fn spinner(msg: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(msg.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// The exit code for a binary's result: errors are printed with their context; output cut
+/// short by a closed pipe (`hooklens hooks | head -1`) ends quietly, as Unix tools do.
+pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -68,6 +68,12 @@ pub enum Error {
     Hub(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    #[error("{name} {value}: {valid}")]
+    BadParameter {
+        name: String,
+        value: String,
+        valid: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -86,6 +92,20 @@ fn suggest(s: &[String]) -> String {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// A [`Error::BadParameter`]: `name` (as the command line spells it) got `value`; `valid`
+    /// says what it accepts.
+    pub fn bad_parameter(
+        name: &str,
+        value: impl std::fmt::Display,
+        valid: impl Into<String>,
+    ) -> Self {
+        Error::BadParameter {
+            name: name.into(),
+            value: value.to_string(),
+            valid: valid.into(),
+        }
+    }
+
     /// An [`Error::Io`] naming the file involved.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -39,6 +39,48 @@ impl Default for GenerateOptions {
     }
 }
 
+impl GenerateOptions {
+    /// Refuses settings that are out of range or would have no effect, naming the parameter
+    /// as the command line spells it.
+    pub fn validate(&self, d_vocab: usize) -> Result<()> {
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(Error::bad_parameter(
+                "--temperature",
+                t,
+                "must be a finite number >= 0 (0 is greedy)",
+            ));
+        }
+        if let Some(k) = self.top_k {
+            if k == 0 || k > d_vocab {
+                return Err(Error::bad_parameter(
+                    "--top-k",
+                    k,
+                    format!("must lie in 1..={d_vocab} (the vocabulary size)"),
+                ));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::bad_parameter("--top-p", p, "must lie in (0, 1]"));
+            }
+        }
+        if t == 0.0 && (self.top_k.is_some() || self.top_p.is_some()) {
+            return Err(Error::Invalid(
+                "--top-k and --top-p only shape sampling, and --temperature 0 is greedy; give a --temperature above 0 or leave them out".into(),
+            ));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(Error::bad_parameter(
+                "--max-new-tokens",
+                0,
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Continues `prompt` (token ids) and returns the new ids.
 ///
 /// ```no_run
@@ -56,14 +98,38 @@ pub fn generate(
     opts: &GenerateOptions,
     hooks: &mut Hooks,
 ) -> Result<Vec<u32>> {
+    generate_streaming(model, prompt, opts, hooks, |_| Ok(()))
+}
+
+/// [`generate`], calling `on_token` with each new id as soon as it is chosen.
+pub fn generate_streaming(
+    model: &HookedTransformer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    hooks: &mut Hooks,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    opts.validate(model.cfg.d_vocab)?;
     if prompt.is_empty() {
         return Err(Error::EmptyPrompt);
     }
-    if prompt.len() + opts.max_new_tokens > model.cfg.n_ctx {
+    let n_ctx = model.cfg.n_ctx;
+    if prompt.len() > n_ctx {
         return Err(Error::PromptTooLong {
-            len: prompt.len() + opts.max_new_tokens,
-            n_ctx: model.cfg.n_ctx,
+            len: prompt.len(),
+            n_ctx,
         });
+    }
+    if prompt.len() + opts.max_new_tokens > n_ctx {
+        return Err(Error::bad_parameter(
+            "--max-new-tokens",
+            opts.max_new_tokens,
+            format!(
+                "the prompt's {} tokens plus the new ones must fit the model's context of {n_ctx}; use at most {}",
+                prompt.len(),
+                n_ctx - prompt.len()
+            ),
+        ));
     }
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut kv = vec![LayerKv::default(); model.cfg.n_layers];
@@ -90,6 +156,7 @@ pub fn generate(
         let next = pick(&last, opts, &mut rng);
         ids.push(next);
         new.push(next);
+        on_token(next)?;
         if opts.stop_at_eos && Some(next) == model.cfg.eos_token_id {
             break;
         }

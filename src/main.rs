@@ -5,8 +5,9 @@ use candle_core::{DType, IndexOp, D};
 use clap::{Parser, Subcommand};
 use hooklens::analysis::metrics;
 use hooklens::cli::{ModelArgs, PromptArgs};
-use hooklens::generate::{generate, GenerateOptions};
+use hooklens::generate::{generate_streaming, GenerateOptions};
 use hooklens::NameFilter;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -33,9 +34,9 @@ enum Cmd {
         model: ModelArgs,
         #[command(flatten)]
         prompt: PromptArgs,
-        /// How many next-token candidates to show.
-        #[arg(long, default_value_t = 10)]
-        top_k: usize,
+        /// How many next-token candidates to show (at most the vocabulary size).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        top_k: u32,
         /// An expected answer: its log-prob and rank are shown.
         #[arg(long)]
         answer: Option<String>,
@@ -63,32 +64,41 @@ enum Cmd {
         model: ModelArgs,
         #[command(flatten)]
         prompt: PromptArgs,
+        /// How many tokens to add (at most; generation stops early at end-of-sequence).
         #[arg(long, default_value_t = 20)]
         max_new_tokens: usize,
-        /// 0 = greedy.
-        #[arg(long, default_value_t = 0.0)]
+        /// Sampling temperature, >= 0; 0 is greedy (argmax), higher is more random.
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         temperature: f64,
+        /// Sample only among the k most likely tokens (1..=vocabulary size; needs --temperature > 0).
         #[arg(long)]
         top_k: Option<usize>,
-        #[arg(long)]
+        /// Sample only among the most likely tokens whose probabilities sum to p, in (0, 1]
+        /// (nucleus sampling; needs --temperature > 0).
+        #[arg(long, allow_negative_numbers = true)]
         top_p: Option<f64>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// Seed of the sampling RNG (needs --temperature > 0; default 0).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Recompute the whole prefix each step instead of using the KV cache.
         #[arg(long)]
         no_kv_cache: bool,
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
+fn main() -> std::process::ExitCode {
+    hooklens::cli::finish(run_cli(Cli::parse()))
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
+    match cli.cmd {
         Cmd::Hooks { model, prompt } => hooks(model, &prompt),
         Cmd::Run {
             model,
             prompt,
             top_k,
             answer,
-        } => run(model, prompt, top_k, answer),
+        } => run(model, prompt, top_k as usize, answer),
         Cmd::Cache {
             model,
             prompt,
@@ -106,12 +116,15 @@ fn main() -> Result<()> {
             seed,
             no_kv_cache,
         } => {
+            if seed.is_some() && temperature == 0.0 {
+                bail!("--seed only matters when sampling; give a --temperature above 0 or leave it out");
+            }
             let opts = GenerateOptions {
                 max_new_tokens,
                 temperature,
                 top_k,
                 top_p,
-                seed,
+                seed: seed.unwrap_or(0),
                 use_kv_cache: !no_kv_cache,
                 stop_at_eos: true,
             };
@@ -121,12 +134,34 @@ fn main() -> Result<()> {
 }
 
 fn generate_cmd(margs: ModelArgs, pargs: PromptArgs, opts: GenerateOptions) -> Result<()> {
+    let prompts = pargs.prompts()?;
     let (model, tok) = margs.load().context("loading the model")?;
+    opts.validate(model.cfg.d_vocab)?;
     let bos = pargs.prepend_bos(&model);
-    for prompt in pargs.prompts()? {
+    let mut out = std::io::stdout().lock();
+    for prompt in prompts {
         let ids = tok.encode_prompt(&prompt, bos)?;
-        let new = generate(&model, &ids, &opts, &mut hooklens::Hooks::none())?;
-        println!("{}", tok.decode(&new)?);
+        // Stream: print what the new ids decode to beyond what is already printed (a token
+        // may complete a character that the previous one started).
+        let (mut new, mut shown) = (vec![], 0);
+        let mut io_error = None;
+        let result = generate_streaming(&model, &ids, &opts, &mut hooklens::Hooks::none(), |id| {
+            new.push(id);
+            let text = tok.decode(&new)?;
+            if text.len() > shown && text.is_char_boundary(shown) && !text.ends_with('\u{fffd}') {
+                if let Err(e) = write!(out, "{}", &text[shown..]).and_then(|_| out.flush()) {
+                    io_error = Some(e);
+                    return Err(hooklens::Error::Invalid("the output was closed".into()));
+                }
+                shown = text.len();
+            }
+            Ok(())
+        });
+        if let Some(e) = io_error {
+            return Err(e.into());
+        }
+        result?;
+        writeln!(out)?;
     }
     Ok(())
 }
@@ -136,20 +171,35 @@ fn hooks(margs: ModelArgs, prompt: &str) -> Result<()> {
     let tokens = tok.to_tokens(&[prompt], model.cfg.default_prepend_bos, model.device())?;
     // Every hook point, the optional attn.hook_result included.
     let (_, cache) = model.run_with_cache(&tokens, NameFilter::regex(".")?)?;
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{} hook points (batch 1, {} tokens of {prompt:?}):",
         cache.len(),
         tokens.dim(1)?
-    );
+    )?;
     for (p, t) in cache.iter() {
-        println!("  {:<36} {:?}", p.to_string(), t.dims());
+        writeln!(
+            out,
+            "  {:<36} {:?} {:?}",
+            p.to_string(),
+            t.dims(),
+            t.dtype()
+        )?;
     }
     Ok(())
 }
 
 fn run(margs: ModelArgs, pargs: PromptArgs, top_k: usize, answer: Option<String>) -> Result<()> {
-    let (model, tok) = margs.load().context("loading the model")?;
     let prompts = pargs.prompts()?;
+    let (model, tok) = margs.load().context("loading the model")?;
+    if top_k > model.cfg.d_vocab {
+        bail!(
+            "--top-k {top_k}: must lie in 1..={} (the vocabulary size)",
+            model.cfg.d_vocab
+        );
+    }
+    let mut out = std::io::stdout().lock();
     let bos = pargs.prepend_bos(&model);
     for prompt in &prompts {
         let tokens = tok.to_tokens(&[prompt.as_str()], bos, model.device())?;
@@ -158,10 +208,10 @@ fn run(margs: ModelArgs, pargs: PromptArgs, top_k: usize, answer: Option<String>
             .forward(&tokens, &mut hooklens::Hooks::none())?
             .to_dtype(DType::F32)?;
         let lp = candle_nn::ops::log_softmax(&logits.i(0)?, D::Minus1)?;
-        println!("Tokenized prompt: {:?}", tok.to_str_tokens(&ids)?);
+        writeln!(out, "Tokenized prompt: {:?}", tok.to_str_tokens(&ids)?)?;
         if ids.len() > 1 {
             let loss = metrics::mean_next_token_loss(&logits, &tokens)?.to_scalar::<f32>()?;
-            println!("Loss (mean next-token cross-entropy): {loss:.4}");
+            writeln!(out, "Loss (mean next-token cross-entropy): {loss:.4}")?;
         }
         let last: Vec<f32> = lp.i(ids.len() - 1)?.to_vec1()?;
         if let Some(ans) = &answer {
@@ -170,23 +220,25 @@ fn run(margs: ModelArgs, pargs: PromptArgs, top_k: usize, answer: Option<String>
                 bail!("--answer is empty")
             };
             let rank = last.iter().filter(|&&x| x > last[first as usize]).count();
-            println!(
+            writeln!(
+                out,
                 "Answer {:?} (first token {:?}): log-prob {:.4}, prob {:.2}%, rank {}",
                 ans,
                 tok.decode(&[first])?,
                 last[first as usize],
                 100.0 * last[first as usize].exp(),
                 rank
-            );
+            )?;
         }
-        println!("Top {top_k} next tokens:");
+        writeln!(out, "Top {top_k} next tokens:")?;
         for (rank, (id, l)) in metrics::top_k(&last, top_k).into_iter().enumerate() {
-            println!(
+            writeln!(
+                out,
                 "  {rank:>3}. {:<20} prob {:6.2}%  log-prob {:.4}",
                 format!("{:?}", tok.decode(&[id])?),
                 100.0 * l.exp(),
                 l
-            );
+            )?;
         }
     }
     Ok(())
@@ -205,15 +257,19 @@ fn cache(
             out.display()
         );
     }
-    let (model, tok) = margs.load().context("loading the model")?;
-    let prompts = pargs.prompts()?;
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let tokens = tok.to_tokens(&refs, pargs.prepend_bos(&model), model.device())?;
     let filter = match &names {
         Some(r) => NameFilter::regex(r)?,
         None => NameFilter::All,
     };
-    let (_, cache) = model.run_with_cache(&tokens, filter)?;
+    let prompts = pargs.prompts()?;
+    let (model, tok) = margs.load().context("loading the model")?;
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let bos = pargs.prepend_bos(&model);
+    let tokens = tok.to_tokens(&refs, bos, model.device())?;
+    let bar = hooklens::cli::spinner(&format!("running {} prompt(s)", prompts.len()));
+    let (_, mut cache) = model.run_with_cache(&tokens, filter)?;
+    bar.finish_and_clear();
+    cache.set_tokens(&tokens, tok.lengths(&refs, bos)?)?;
     if cache.is_empty() {
         bail!(
             "--names {:?} matches no hook point; run `hooklens hooks` to list them",
@@ -223,12 +279,13 @@ fn cache(
     cache
         .save(&out)
         .with_context(|| format!("writing {}", out.display()))?;
-    println!(
-        "wrote {} activations ({:.1} MB, tokens {:?}) to {}",
+    writeln!(
+        std::io::stdout(),
+        "wrote {} activations ({:.1} MB, tokens {:?}, with `tokens` and `lengths`) to {}",
         cache.len(),
         cache.size_bytes() as f64 / 1e6,
         tokens.dims(),
         out.display()
-    );
+    )?;
     Ok(())
 }

@@ -1,0 +1,234 @@
+//! The binaries as a user meets them: every meaningless parameter is refused with a message that
+//! names it and its valid range, failed runs leave nothing on disk, a closed pipe ends quietly,
+//! and the cache file carries the tokens.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Runs binary `bin` with `args` in `dir`; returns (exit code, stdout, stderr).
+fn run(bin: &str, args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Asserts that `args` fail cleanly (exit code 1 or clap's 2, never a panic's 101), that the
+/// message names every string in `named`, and that the working folder stays empty.
+fn refused(bin: &str, args: &[&str], named: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(bin, args, dir.path());
+    assert!(
+        code == 1 || code == 2,
+        "{args:?}: exit code {code}, stderr {err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    for n in named {
+        assert!(
+            err.contains(n),
+            "{args:?}: the message should name {n:?}: {err}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{args:?} left {left:?} behind");
+}
+
+const HOOKLENS: &str = env!("CARGO_BIN_EXE_hooklens");
+const INDUCTION: &str = env!("CARGO_BIN_EXE_induction_heads");
+const TRAIN: &str = env!("CARGO_BIN_EXE_train_embedded");
+
+#[test]
+fn generate_refuses_meaningless_sampling_parameters() {
+    let g = |extra: &[&'static str]| [&["generate", "--prompt", "abc"][..], extra].concat();
+    refused(
+        HOOKLENS,
+        &g(&["--temperature", "-1"]),
+        &["--temperature -1", ">= 0"],
+    );
+    refused(
+        HOOKLENS,
+        &g(&["--temperature", "NaN"]),
+        &["--temperature NaN"],
+    );
+    refused(
+        HOOKLENS,
+        &g(&["--temperature", "1", "--top-p", "0"]),
+        &["--top-p 0", "(0, 1]"],
+    );
+    refused(
+        HOOKLENS,
+        &g(&["--temperature", "1", "--top-p", "1.5"]),
+        &["--top-p 1.5"],
+    );
+    refused(
+        HOOKLENS,
+        &g(&["--temperature", "1", "--top-k", "0"]),
+        &["--top-k 0", "1..=257"],
+    );
+    refused(
+        HOOKLENS,
+        &g(&["--temperature", "1", "--top-k", "1000"]),
+        &["--top-k 1000", "1..=257"],
+    );
+    refused(
+        HOOKLENS,
+        &g(&["--top-k", "5"]),
+        &["--top-k", "--temperature"],
+    );
+    refused(HOOKLENS, &g(&["--seed", "3"]), &["--seed", "--temperature"]);
+    // The context overflow blames --max-new-tokens, not the prompt.
+    refused(
+        HOOKLENS,
+        &g(&["--max-new-tokens", "1000000"]),
+        &["--max-new-tokens 1000000", "at most 124"],
+    );
+    refused(
+        HOOKLENS,
+        &g(&["--max-new-tokens", "0"]),
+        &["--max-new-tokens 0"],
+    );
+}
+
+#[test]
+fn run_refuses_bad_flags() {
+    let r = |extra: &[&'static str]| [&["run", "--prompt", "abc"][..], extra].concat();
+    refused(
+        HOOKLENS,
+        &r(&["--top-k", "1000"]),
+        &["--top-k 1000", "1..=257"],
+    );
+    refused(HOOKLENS, &r(&["--top-k", "0"]), &["--top-k"]);
+    refused(
+        HOOKLENS,
+        &r(&["--prepend-bos", "--no-prepend-bos"]),
+        &["--prepend-bos", "--no-prepend-bos"],
+    );
+    refused(HOOKLENS, &["run"], &["--prompt"]);
+    refused(HOOKLENS, &r(&["--model", "./nowhere"]), &["nowhere"]);
+}
+
+#[test]
+fn induction_refuses_bad_ranges_and_run_names_and_leaves_nothing() {
+    let i = |extra: &[&'static str]| [&["--outputs", "out"][..], extra].concat();
+    refused(
+        INDUCTION,
+        &i(&["--token-min", "300"]),
+        &["--token-min 300", "0..257"],
+    );
+    refused(
+        INDUCTION,
+        &i(&["--token-max", "1000"]),
+        &["--token-max 1000", "257"],
+    );
+    refused(
+        INDUCTION,
+        &i(&["--token-min", "60", "--token-max", "50"]),
+        &["--token-max 50", "--token-min 60"],
+    );
+    refused(
+        INDUCTION,
+        &i(&["--half", "100"]),
+        &["--half 100", "--half 63"],
+    );
+    refused(INDUCTION, &i(&["--half", "0"]), &["--half"]);
+    refused(INDUCTION, &i(&["--batch", "0"]), &["--batch"]);
+    refused(
+        INDUCTION,
+        &i(&["--run", "../../x"]),
+        &["--run", "plain folder name"],
+    );
+    refused(
+        INDUCTION,
+        &i(&["--run", "r", "--resume"]),
+        &["--resume", "no run"],
+    );
+}
+
+#[test]
+fn train_embedded_refuses_bad_settings_and_never_overwrites_by_default() {
+    refused(TRAIN, &["--lr", "0"], &["--lr 0"]);
+    refused(TRAIN, &["--steps", "0"], &["--steps"]);
+    refused(TRAIN, &["--long-seq-len", "500"], &["--long-seq-len 500"]);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("model.safetensors"), b"keep").unwrap();
+    let (code, _, err) = run(TRAIN, &["--out", "m"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        b"keep"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let mut child = Command::new(HOOKLENS)
+        .args(["hooks"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the rest of the output meets a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(first.contains("hook points"), "{first}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_successful_run_completes_its_folder_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(INDUCTION, &["--outputs", "out", "--run", "a"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("best induction head: L1H2"), "{out}");
+    let run_dir = dir.path().join("out/induction_heads/a");
+    assert!(run_dir.join("manifest.json").is_file());
+    let (code, _, err) = run(INDUCTION, &["--outputs", "out", "--run", "a"], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("already exists") && err.contains("--resume"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_cache_file_records_tokens_and_real_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.txt"), "abc abc\nab\n").unwrap();
+    let args = [
+        "cache",
+        "--prompt-file",
+        "p.txt",
+        "--names",
+        "hook_z",
+        "--out",
+        "c.safetensors",
+    ];
+    let (code, _, err) = run(HOOKLENS, &args, dir.path());
+    assert_eq!(code, 0, "{err}");
+    let t =
+        candle_core::safetensors::load(dir.path().join("c.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let lengths: Vec<u32> = t["lengths"].to_vec1().unwrap();
+    assert_eq!(lengths, vec![8, 3], "BOS + the bytes of each line");
+    assert_eq!(t["tokens"].dims(), &[2, 8]);
+    assert_eq!(t["blocks.1.attn.hook_z"].dims()[..2], [2, 8]);
+    // A second run does not overwrite it.
+    let (code, _, err) = run(HOOKLENS, &args, dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("--force"), "{err}");
+}
