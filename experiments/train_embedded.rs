@@ -45,15 +45,15 @@ struct Args {
     /// Print the best induction score (repeated random tokens, half 12) every N steps; 0: never.
     #[arg(long, default_value_t = 250)]
     eval_every: usize,
-    /// Tokens per training sequence.
-    #[arg(long, default_value_t = 32)]
-    seq_len: usize,
+    /// Tokens per training sequence (7 to the model's 128 positions).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(7..=128))]
+    seq_len: u64,
     /// Step from which sequences are --long-seq-len tokens (batch scaled to keep tokens per step).
     #[arg(long, default_value_t = 2500)]
     long_from: usize,
-    /// Sequence length from --long-from on (at most the model's 128 positions).
-    #[arg(long, default_value_t = 128)]
-    long_seq_len: usize,
+    /// Sequence length from --long-from on (7 to the model's 128 positions).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(7..=128))]
+    long_seq_len: u64,
     /// Output folder (config.json, model.safetensors, tokenizer.json).
     #[arg(long, default_value = "outputs/train_embedded/model")]
     out: PathBuf,
@@ -88,13 +88,6 @@ fn run(a: Args) -> Result<()> {
             a.out.display()
         );
     }
-    if a.long_seq_len > embedded_config().n_ctx {
-        bail!(
-            "--long-seq-len {} exceeds the model's {} positions",
-            a.long_seq_len,
-            embedded_config().n_ctx
-        );
-    }
     let cfg = ModelConfig {
         n_layers: a.layers as usize,
         positional_embedding_type: match a.positional {
@@ -118,9 +111,9 @@ fn run(a: Args) -> Result<()> {
         batch: a.batch as usize,
         lr: a.lr,
         seed: a.seed,
-        seq_len: a.seq_len,
+        seq_len: a.seq_len as usize,
         long_from: a.long_from,
-        long_seq_len: a.long_seq_len,
+        long_seq_len: a.long_seq_len as usize,
         layout: match a.layout {
             DataLayout::Shifted => Layout::Shifted,
             DataLayout::Adjacent => Layout::Adjacent,

@@ -155,7 +155,12 @@ fn induction_refuses_bad_ranges_and_run_names_and_leaves_nothing() {
 fn train_embedded_refuses_bad_settings_and_never_overwrites_by_default() {
     refused(TRAIN, &["--lr", "0"], &["--lr 0"]);
     refused(TRAIN, &["--steps", "0"], &["--steps"]);
-    refused(TRAIN, &["--long-seq-len", "500"], &["--long-seq-len 500"]);
+    refused(
+        TRAIN,
+        &["--long-seq-len", "500"],
+        &["--long-seq-len", "500", "7..=128"],
+    );
+    refused(TRAIN, &["--seq-len", "3"], &["--seq-len", "7..=128"]);
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m");
     std::fs::create_dir(&model).unwrap();

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Executes every notebook in notebooks/ against the runs under $1 (default: outputs), in a
+# virtual environment with polars, matplotlib and nbclient (created once in ~/.cache/hooklens).
+#   scripts/run_notebooks.sh [OUTPUTS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+outputs=$(realpath "${1:-outputs}")
+venv=${HOOKLENS_NB_VENV:-$HOME/.cache/hooklens/nb-venv}
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import polars, matplotlib, nbclient, ipykernel" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "polars>=1,<3" "matplotlib>=3.8,<4" "nbclient>=0.10,<1" "nbformat>=5.10,<6" "ipykernel>=6,<8"
+fi
+cd notebooks
+for nb in *.ipynb; do
+  HOOKLENS_OUTPUTS="$outputs" MPLBACKEND=Agg "$venv/bin/python" - "$nb" <<'PY'
+import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+print(f"{sys.argv[1]}: executed, {len(nb.cells)} cells")
+PY
+done
