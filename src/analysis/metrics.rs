@@ -34,15 +34,21 @@ pub fn mean_next_token_loss(logits: &Tensor, tokens: &Tensor) -> Result<Tensor> 
     Ok(next_token_losses(logits, tokens)?.mean_all()?)
 }
 
-/// The `k` largest entries of `values` as (index, value), largest first.
+/// The `k` largest entries of `values` as (index, value), largest first (ties: lower index
+/// first).
 pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut idx: Vec<(u32, f32)> = values
         .iter()
         .enumerate()
         .map(|(i, &v)| (i as u32, v))
         .collect();
-    idx.sort_by(|a, b| b.1.total_cmp(&a.1));
-    idx.truncate(k);
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    // Partial selection first: a 50k-token vocabulary need not be sorted for five entries.
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, order);
+        idx.truncate(k);
+    }
+    idx.sort_by(order);
     idx
 }
 

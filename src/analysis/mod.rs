@@ -2,4 +2,6 @@
 
 pub mod ablation;
 pub mod detectors;
+pub mod lens;
 pub mod metrics;
+pub mod resid;

@@ -1,0 +1,302 @@
+//! The residual stream against TransformerLens 4.3 (tests/reference/make_resid_reference.py) on
+//! the IOI prompt, for the random GPT-2 and SmolLM2, unprocessed and processed; and the
+//! invariants that make the decompositions trustworthy.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use common::*;
+use hooklens::analysis::lens::{logit_lens, LensOpts};
+use hooklens::analysis::resid::{Mode, Positions, ResidOpts};
+use hooklens::{BlockHook, HookedTransformer, NameFilter, Processing};
+use std::collections::HashMap;
+
+fn reference() -> (HashMap<String, Tensor>, serde_json::Value) {
+    let r = candle_core::safetensors::load(
+        root().join("tests/reference/resid_ref.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(root().join("tests/reference/resid_labels.json")).unwrap();
+    (r, serde_json::from_str(&text).unwrap())
+}
+
+/// Asserts `ours` equals `theirs` within 1e-4 of the reference's scale (at least 1).
+fn close(what: &str, ours: &Tensor, theirs: &Tensor) {
+    let ours = ours.to_dtype(DType::F32).unwrap();
+    assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
+    let tol = 1e-4 * max_abs(theirs).max(1.0);
+    let diff = max_abs_diff(&ours, theirs);
+    assert!(diff <= tol, "{what}: max |diff| {diff} > {tol}");
+}
+
+fn labels(l: &serde_json::Value, key: &str) -> Vec<String> {
+    l[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `[c, b, 1, d]` (our stacks keep the position axis) -> `[c, b, d]` (TransformerLens's int slice).
+fn squeeze_pos(t: &Tensor) -> Tensor {
+    t.squeeze(2).unwrap()
+}
+
+fn check(model: &HookedTransformer, key: &str, expand_neurons: bool) {
+    let (r, l) = reference();
+    let tokens = r[&format!("{key}.tokens")]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ans: Vec<u32> = r[&format!("{key}.answers")]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (a, w) = ([ans[0]], [ans[1]]);
+    let (_, cache) = model.run_with_cache(&tokens, NameFilter::All).unwrap();
+    let last = ResidOpts {
+        pos: Positions::Last,
+        ..Default::default()
+    };
+    let with_ln = ResidOpts {
+        apply_ln: true,
+        ..last
+    };
+    let attrs = |stack: &Tensor| {
+        cache
+            .logit_attrs(model, stack, &a, Some(&w), Positions::Last)
+            .unwrap()
+            .squeeze(2)
+            .unwrap()
+    };
+
+    let acc = cache.accumulated_resid(model, &last, false).unwrap();
+    assert_eq!(acc.labels, labels(&l, &format!("{key}.accumulated")));
+    close(
+        "accumulated",
+        &squeeze_pos(&acc.stack),
+        &r[&format!("{key}.accumulated")],
+    );
+    close(
+        "accumulated attrs",
+        &attrs(&acc.stack),
+        &r[&format!("{key}.accumulated.attrs")],
+    );
+    let acc_ln = cache.accumulated_resid(model, &with_ln, false).unwrap();
+    close(
+        "accumulated apply_ln",
+        &squeeze_pos(&acc_ln.stack),
+        &r[&format!("{key}.accumulated_ln")],
+    );
+
+    let dec = cache
+        .decompose_resid(model, &last, Mode::All, true)
+        .unwrap();
+    assert_eq!(dec.labels, labels(&l, &format!("{key}.decomposed")));
+    close(
+        "decomposed",
+        &squeeze_pos(&dec.stack),
+        &r[&format!("{key}.decomposed")],
+    );
+    close(
+        "decomposed attrs",
+        &attrs(&dec.stack),
+        &r[&format!("{key}.decomposed.attrs")],
+    );
+    let dec_ln = cache
+        .decompose_resid(model, &with_ln, Mode::All, true)
+        .unwrap();
+    close(
+        "decomposed apply_ln",
+        &squeeze_pos(&dec_ln.stack),
+        &r[&format!("{key}.decomposed_ln")],
+    );
+
+    let heads = cache.stack_head_results(model, &last).unwrap();
+    assert_eq!(heads.labels, labels(&l, &format!("{key}.heads")));
+    close(
+        "heads",
+        &squeeze_pos(&heads.stack),
+        &r[&format!("{key}.heads")],
+    );
+    close(
+        "heads attrs",
+        &attrs(&heads.stack),
+        &r[&format!("{key}.heads.attrs")],
+    );
+
+    let full = cache
+        .get_full_resid_decomposition(model, &last, expand_neurons)
+        .unwrap();
+    assert_eq!(full.labels, labels(&l, &format!("{key}.full")));
+    close(
+        "full decomposition",
+        &squeeze_pos(&full.stack),
+        &r[&format!("{key}.full")],
+    );
+    close(
+        "full attrs",
+        &attrs(&full.stack),
+        &r[&format!("{key}.full.attrs")],
+    );
+    let neurons = cache
+        .get_full_resid_decomposition(model, &last, true)
+        .unwrap();
+    assert_eq!(neurons.labels, labels(&l, &format!("{key}.full_neurons")));
+    close(
+        "full (neurons) attrs",
+        &attrs(&neurons.stack),
+        &r[&format!("{key}.full_neurons.attrs")],
+    );
+    // The projected neuron attributions equal those of the materialised neuron stack.
+    let (na, nl) = cache
+        .neuron_logit_attrs(model, &last, &a, Some(&w))
+        .unwrap();
+    let n_heads = heads.labels.len();
+    assert_eq!(nl, neurons.labels[n_heads..n_heads + nl.len()]);
+    close(
+        "neuron_logit_attrs",
+        &na.squeeze(2).unwrap(),
+        &attrs(&neurons.stack).narrow(0, n_heads, nl.len()).unwrap(),
+    );
+
+    // Logit lens at every position.
+    let cells = logit_lens(
+        model,
+        &cache,
+        &LensOpts {
+            k: 5,
+            target: Some(a[0]),
+            pos: Positions::All,
+            incl_mid: false,
+        },
+    )
+    .unwrap();
+    let ids = r[&format!("{key}.lens.top_ids")].squeeze(1).unwrap(); // [c, p, 5]
+    let lps = r[&format!("{key}.lens.top_logprobs")].squeeze(1).unwrap();
+    let ent = r[&format!("{key}.lens.entropy")].squeeze(1).unwrap(); // [c, p]
+    let rank = r[&format!("{key}.lens.target_rank")].squeeze(1).unwrap(); // [c, p, 1]
+    let tlp = r[&format!("{key}.lens.target_logprob")].squeeze(1).unwrap();
+    let lens_labels = labels(&l, &format!("{key}.lens"));
+    let (mut worst, mut swaps) = (0f32, 0);
+    for c in &cells {
+        assert_eq!(c.label, lens_labels[c.entry]);
+        let want_ids: Vec<i64> = ids.i((c.entry, c.pos)).unwrap().to_vec1().unwrap();
+        let want_lp: Vec<f32> = lps.i((c.entry, c.pos)).unwrap().to_vec1().unwrap();
+        for (j, &(id, lp)) in c.top.iter().enumerate() {
+            // Two near-equal log-probs may come out in either order.
+            if id as i64 != want_ids[j] {
+                swaps += 1;
+                assert!(
+                    (lp - want_lp[j]).abs() < 1e-4,
+                    "{key} {}: top {j} {id} vs {}",
+                    c.label,
+                    want_ids[j]
+                );
+            }
+            worst = worst.max((lp - want_lp[j]).abs());
+        }
+        let e: f32 = ent.i((c.entry, c.pos)).unwrap().to_scalar().unwrap();
+        worst = worst.max((c.entropy - e).abs() / e.max(1.0));
+        let (tr, tl) = c.target.unwrap();
+        let want_rank: i64 = rank.i((c.entry, c.pos, 0)).unwrap().to_scalar().unwrap();
+        assert!(
+            (tr as i64 - want_rank).abs() <= 1,
+            "{key} {} pos {}: rank {tr} vs {want_rank}",
+            c.label,
+            c.pos
+        );
+        let want_tl: f32 = tlp.i((c.entry, c.pos, 0)).unwrap().to_scalar().unwrap();
+        worst = worst.max((tl - want_tl).abs());
+    }
+    eprintln!(
+        "{key}: logit lens worst |diff| {worst:.2e}, {swaps} tie swaps over {} cells",
+        cells.len()
+    );
+    assert!(worst < 2e-4, "{key}: logit lens differs by {worst}");
+}
+
+#[test]
+fn gpt2_matches_transformerlens() {
+    let dir = gpt2_dir();
+    for (processing, key) in [
+        (Processing::none(), "gpt2.unprocessed"),
+        (Processing::default(), "gpt2.processed"),
+    ] {
+        let (model, _) = load_gpt2(dir.path(), processing);
+        check(&model, key, true);
+    }
+}
+
+#[test]
+fn smollm2_matches_transformerlens() {
+    for (processed, key) in [(false, "smollm2.unprocessed"), (true, "smollm2.processed")] {
+        check(&smollm2(processed).0, key, false);
+    }
+}
+
+/// The invariants on one model: the full decomposition sums to the final residual stream, and
+/// the final logit-lens entry equals the model's own log-probs.
+fn invariants(model: &HookedTransformer, tokens: &Tensor) {
+    let (logits, cache) = model.run_with_cache(tokens, NameFilter::All).unwrap();
+    let n = model.cfg.n_layers;
+    let all = ResidOpts::default();
+    let full = cache
+        .get_full_resid_decomposition(model, &all, !model.cfg.attn_only)
+        .unwrap();
+    let sum = full.stack.sum(0).unwrap();
+    let resid = cache.block(n - 1, BlockHook::ResidPost).unwrap();
+    let tol = 1e-4 * max_abs(resid).max(1.0);
+    assert!(
+        max_abs_diff(&sum, resid) < tol,
+        "decomposition sums to resid_post"
+    );
+    let cells = logit_lens(
+        model,
+        &cache,
+        &LensOpts {
+            k: 3,
+            target: None,
+            pos: Positions::All,
+            incl_mid: true,
+        },
+    )
+    .unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).unwrap(), D::Minus1).unwrap();
+    let last_entry = cells.iter().map(|c| c.entry).max().unwrap();
+    for c in cells.iter().filter(|c| c.entry == last_entry) {
+        assert_eq!(c.label, "final_post");
+        let row: Vec<f32> = lp.i((c.batch, c.pos)).unwrap().to_vec1().unwrap();
+        for &(id, v) in &c.top {
+            assert!(
+                (row[id as usize] - v).abs() < 1e-4,
+                "final lens entry = model log-probs"
+            );
+        }
+        assert_eq!(c.top[0].0, hooklens::analysis::metrics::top_k(&row, 1)[0].0);
+    }
+}
+
+#[test]
+fn decompositions_sum_back_and_the_lens_ends_at_the_model() {
+    let dir = gpt2_dir();
+    let (gpt2, tok) = load_gpt2(dir.path(), Processing::default());
+    let t = tok
+        .to_tokens(&["Hello there, general Kenobi", "a b"], true, &Device::Cpu)
+        .unwrap();
+    invariants(&gpt2, &t);
+    let (embedded, tok) = hooklens::load_model(None, &Default::default()).unwrap();
+    let t = tok
+        .to_tokens(&["abcabc", "xyz xyz"], true, &Device::Cpu)
+        .unwrap();
+    invariants(&embedded, &t);
+    let (smol, tok) = smollm2(true);
+    let t = tok
+        .to_tokens(&["The capital of France is"], false, &Device::Cpu)
+        .unwrap();
+    invariants(smol, &t);
+}
