@@ -14,7 +14,7 @@ use hooklens::analysis::detectors::{
 };
 use hooklens::cli::ModelArgs;
 use hooklens::data::{random_token_range, repeated_random_tokens};
-use hooklens::export::{manifest::Manifest, plot::heatmap, run::RunDir};
+use hooklens::export::{manifest::Manifest, plot::Heatmap, run::RunDir};
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use rand::SeedableRng;
 use serde::Serialize;
@@ -97,15 +97,16 @@ fn run(a: Args) -> Result<()> {
 
     let ind = scores[&HeadKind::Induction].to_vec2::<f32>()?;
     let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
-    heatmap(
-        &run.file("induction_scores.png"),
-        "Induction score per head",
-        &ind,
-        &(0..nl).map(|l| format!("L{l}")).collect::<Vec<_>>(),
-        &(0..nh).map(|h| format!("H{h}")).collect::<Vec<_>>(),
-        "head",
-        "layer",
-    )?;
+    Heatmap {
+        title: "Induction score per head",
+        values: &ind,
+        row_labels: &(0..nl).map(|l| format!("L{l}")).collect::<Vec<_>>(),
+        col_labels: &(0..nh).map(|h| format!("H{h}")).collect::<Vec<_>>(),
+        x_desc: "head",
+        y_desc: "layer",
+        ..Default::default()
+    }
+    .write(&run.file("induction_scores.png"))?;
     manifest.add_file(
         "induction_scores.png",
         "heatmap layers x heads of the induction score",
@@ -128,15 +129,16 @@ fn run(a: Args) -> Result<()> {
         .enumerate()
         .map(|(i, s)| format!("{i}:{s:?}"))
         .collect();
-    heatmap(
-        &run.file("top_head_pattern.png"),
-        &format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})"),
-        &pattern,
-        &labels,
-        &labels,
-        "key (attended-to token)",
-        "query token",
-    )?;
+    Heatmap {
+        title: &format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})"),
+        values: &pattern,
+        row_labels: &labels,
+        col_labels: &labels,
+        x_desc: "key (attended-to token)",
+        y_desc: "query token",
+        ..Default::default()
+    }
+    .write(&run.file("top_head_pattern.png"))?;
     manifest.add_file(
         "top_head_pattern.png",
         "attention pattern of the best induction head on one example",

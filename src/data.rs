@@ -138,15 +138,9 @@ pub fn tokenize_pairs(
                     tok.to_str_tokens(&corrupted)?
                 )));
             }
-            let one = |text: &str, what: &str| -> Result<u32> {
-                match tok.encode(text)?[..] {
-                    [id] => Ok(id),
-                    ref ids => Err(bad(format!(
-                        "the {what} {text:?} is {} tokens {:?}; it must be exactly one (mind the leading space)",
-                        ids.len(),
-                        tok.to_str_tokens(ids)?
-                    ))),
-                }
+            let one = |text: &str, what: &str| {
+                tok.single_token(text, &format!("the {what}"))
+                    .map_err(|e| bad(e.to_string()))
             };
             Ok(TokenPair {
                 answer: one(&p.answer, "answer")?,

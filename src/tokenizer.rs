@@ -107,6 +107,19 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The id of `text` when it is exactly one token; otherwise an error naming `what` (say
+    /// `--answer`) and the tokens it splits into.
+    pub fn single_token(&self, text: &str, what: &str) -> Result<u32> {
+        match self.encode(text)?[..] {
+            [id] => Ok(id),
+            ref ids => Err(Error::Invalid(format!(
+                "{what} {text:?} is {} tokens {:?}; it must be exactly one (mind the leading space)",
+                ids.len(),
+                self.to_str_tokens(ids)?
+            ))),
+        }
+    }
+
     /// Token ids of `text`, with BOS first when `prepend_bos`. An empty result is an error.
     pub fn encode_prompt(&self, text: &str, prepend_bos: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::new();

@@ -237,3 +237,60 @@ fn the_cache_file_records_tokens_and_real_lengths() {
     assert_eq!(code, 1);
     assert!(err.contains("--force"), "{err}");
 }
+
+const LENS: &str = env!("CARGO_BIN_EXE_logit_lens");
+const DLA: &str = env!("CARGO_BIN_EXE_dla");
+
+#[test]
+fn lens_and_dla_refuse_bad_input_and_leave_nothing() {
+    let o = |extra: &[&'static str]| [&["--outputs", "out"][..], extra].concat();
+    refused(
+        LENS,
+        &o(&["--prompt", "abc", "--target", "xy"]),
+        &["--target \"xy\" is 2 tokens"],
+    );
+    refused(LENS, &o(&["--prompt", ""]), &["empty"]);
+    refused(
+        LENS,
+        &o(&["--prompt", "abc", "--top-k", "300"]),
+        &["--top-k 300"],
+    );
+    refused(
+        DLA,
+        &o(&["--prompt", "abc", "--answer", "xy", "--wrong", "z"]),
+        &["answer \"xy\" is 2 tokens"],
+    );
+    refused(DLA, &o(&["--prompt", "abc"]), &["--answer", "--wrong"]);
+    refused(DLA, &o(&["--ioi", "3"]), &["IOI", "single tokens"]);
+    refused(DLA, &o(&["--model", "nowhere.gguf", "--ioi", "2"]), &["nowhere.gguf"]);
+}
+
+#[test]
+fn lens_and_dla_write_their_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(LENS, &["--outputs", "out", "--run", "r"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("final_post") && out.contains("rank      0"),
+        "{out}"
+    );
+    for f in [
+        "lens.parquet",
+        "top_tokens.png",
+        "target.png",
+        "manifest.json",
+    ] {
+        assert!(dir.path().join("out/logit_lens/r").join(f).is_file(), "{f}");
+    }
+    let (code, out, err) = run(DLA, &["--outputs", "out", "--run", "r"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sum of the 11 contributions"), "{out}");
+    for f in [
+        "dla.parquet",
+        "top_components.png",
+        "heads.png",
+        "manifest.json",
+    ] {
+        assert!(dir.path().join("out/dla/r").join(f).is_file(), "{f}");
+    }
+}

@@ -300,3 +300,106 @@ fn decompositions_sum_back_and_the_lens_ends_at_the_model() {
         .unwrap();
     invariants(smol, &t);
 }
+
+/// DLA parts add up to the model's logit difference (each row at its own last real token).
+fn dla_sums(
+    model: &HookedTransformer,
+    tok: &hooklens::Tokenizer,
+    bos: bool,
+) -> hooklens::analysis::dla::Dla {
+    let pairs = hooklens::data::ioi_pairs(tok, 6, 3).unwrap();
+    let t = hooklens::data::tokenize_pairs(&pairs, tok, bos, "ioi").unwrap();
+    let batch = hooklens::data::PairBatch::new(&t, 0, &Device::Cpu).unwrap();
+    let (logits, cache) = model.run_with_cache(&batch.clean, NameFilter::All).unwrap();
+    let last: Vec<usize> = batch.lengths.iter().map(|l| l - 1).collect();
+    for expand in [true, false] {
+        let d = hooklens::analysis::dla::direct_logit_attribution(
+            model,
+            &cache,
+            &logits,
+            (&batch.answers, &batch.wrong),
+            &last,
+            expand && !model.cfg.attn_only,
+        )
+        .unwrap();
+        let sum: f32 = d.contributions.iter().map(|c| c.value).sum();
+        let tol = 1e-4 * d.logit_diff.abs().max(1.0) * 10.0;
+        assert!(
+            (sum - d.logit_diff).abs() < tol,
+            "sum {sum} vs logit diff {}",
+            d.logit_diff
+        );
+    }
+    hooklens::analysis::dla::direct_logit_attribution(
+        model,
+        &cache,
+        &logits,
+        (&batch.answers, &batch.wrong),
+        &last,
+        false,
+    )
+    .unwrap()
+}
+
+#[test]
+fn dla_parts_add_up_to_the_logit_difference() {
+    let dir = gpt2_dir();
+    for processing in [Processing::none(), Processing::default()] {
+        let (model, tok) = load_gpt2(dir.path(), processing);
+        dla_sums(&model, &tok, true);
+    }
+    let (smol, tok) = smollm2(true);
+    let d = dla_sums(smol, tok, false);
+    let mut heads: Vec<_> = d
+        .contributions
+        .iter()
+        .filter(|c| c.kind == "head")
+        .collect();
+    heads.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+    eprintln!(
+        "SmolLM2 IOI logit diff {:.3}; top heads {:?}",
+        d.logit_diff,
+        &heads[..3]
+            .iter()
+            .map(|c| (&c.component, c.value))
+            .collect::<Vec<_>>()
+    );
+
+    // Where the final norm is folded, head attributions are TransformerLens's logit_attrs.
+    let (r, _) = reference();
+    let (model, _) = load_gpt2(dir.path(), Processing::default());
+    let tokens = r["gpt2.processed.tokens"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ans: Vec<u32> = r["gpt2.processed.answers"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (logits, cache) = model.run_with_cache(&tokens, NameFilter::All).unwrap();
+    let last = tokens.dim(1).unwrap() - 1;
+    let d = hooklens::analysis::dla::direct_logit_attribution(
+        &model,
+        &cache,
+        &logits,
+        (&ans[..1], &ans[1..]),
+        &[last],
+        true,
+    )
+    .unwrap();
+    let heads: Vec<f32> = d
+        .contributions
+        .iter()
+        .filter(|c| c.kind == "head")
+        .map(|c| c.value)
+        .collect();
+    close(
+        "DLA heads",
+        &Tensor::new(heads, &Device::Cpu).unwrap(),
+        &r["gpt2.processed.heads.attrs"].squeeze(1).unwrap(),
+    );
+    let logit_diff: f32 = r["gpt2.processed.logit_diff"].to_vec1::<f32>().unwrap()[0];
+    assert!((d.logit_diff - logit_diff).abs() < 1e-4);
+}

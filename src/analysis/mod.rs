@@ -2,6 +2,7 @@
 
 pub mod ablation;
 pub mod detectors;
+pub mod dla;
 pub mod lens;
 pub mod metrics;
 pub mod resid;

@@ -319,13 +319,27 @@ impl ActivationCache {
         incorrect: Option<&[u32]>,
         pos: Positions,
     ) -> Result<Tensor> {
-        let dirs = logit_directions(model, tokens, incorrect, stack.dim(1)?)?; // [batch, d_model]
+        let dirs = logit_directions(model, tokens, incorrect, stack.dim(1)?)?;
+        self.attrs_along(model, stack, &dirs, pos)
+    }
+
+    /// `stack` [c, batch, pos, d_model] scaled by the cached final norm and dotted with one
+    /// direction per batch row `dirs` [batch, d_model]: [c, batch, pos].
+    pub(crate) fn attrs_along(
+        &self,
+        model: &HookedTransformer,
+        stack: &Tensor,
+        dirs: &Tensor,
+        pos: Positions,
+    ) -> Result<Tensor> {
         let opts = ResidOpts {
             pos,
             ..Default::default()
         };
         let scaled = self.apply_ln_to_stack(model, stack, &opts)?;
-        Ok(scaled.broadcast_mul(&dirs.unsqueeze(1)?)?.sum(D::Minus1)?)
+        Ok(scaled
+            .broadcast_mul(&dirs.unsqueeze(1)?.unsqueeze(0)?)?
+            .sum(D::Minus1)?)
     }
 
     /// [`Self::logit_attrs`] of every neuron of the layers before `opts.layer` without building
@@ -338,12 +352,23 @@ impl ActivationCache {
         tokens: &[u32],
         incorrect: Option<&[u32]>,
     ) -> Result<(Tensor, Vec<String>)> {
+        let b = self.get(HookPoint::LnFinalScale)?.dim(0)?;
+        let dirs = logit_directions(model, tokens, incorrect, b)?;
+        self.neuron_attrs_along(model, opts, &dirs)
+    }
+
+    /// [`Self::neuron_logit_attrs`] along given directions `dirs` [batch, d_model].
+    pub(crate) fn neuron_attrs_along(
+        &self,
+        model: &HookedTransformer,
+        opts: &ResidOpts,
+        dirs: &Tensor,
+    ) -> Result<(Tensor, Vec<String>)> {
         let layer = self.resolve_layer(model, opts.layer)?;
         let scale = opts
             .pos
             .apply(&upcast(self.get(HookPoint::LnFinalScale)?)?)?;
         let b = scale.dim(0)?;
-        let dirs = logit_directions(model, tokens, incorrect, b)?; // [batch, d_model]
         let centre = matches!(
             model.cfg.normalization_type,
             Normalization::LN | Normalization::LNPre
@@ -404,7 +429,7 @@ impl ActivationCache {
 }
 
 /// `W_U[:, token] − W_U[:, incorrect]` per batch row: [batch, d_model].
-fn logit_directions(
+pub fn logit_directions(
     model: &HookedTransformer,
     tokens: &[u32],
     incorrect: Option<&[u32]>,

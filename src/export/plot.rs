@@ -24,119 +24,330 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("plotting: {e}"))
 }
 
-/// A labelled heatmap of `values[row][col]` with a colour bar, written atomically to `path`.
-pub fn heatmap(
+/// A labelled heatmap: `values[row][col]` with row and column labels, axis descriptions, an
+/// optional text in each cell, and a colour scale (viridis over the data's range, or a
+/// blue-white-red scale symmetric about 0 for signed values).
+#[derive(Debug, Clone, Default)]
+pub struct Heatmap<'a> {
+    pub title: &'a str,
+    pub values: &'a [Vec<f32>],
+    pub row_labels: &'a [String],
+    pub col_labels: &'a [String],
+    pub x_desc: &'a str,
+    pub y_desc: &'a str,
+    /// Text drawn in each cell (same shape as `values`).
+    pub cell_text: Option<&'a [Vec<String>]>,
+    /// Blue (negative) - white (0) - red (positive), symmetric about 0.
+    pub diverging: bool,
+    /// The colour scale's range; by default the data's.
+    pub range: Option<(f32, f32)>,
+}
+
+/// Blue-white-red for `v` in [lo, hi] with white at the middle.
+fn diverging_color(v: f32, lo: f32, hi: f32) -> RGBColor {
+    let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0) as f64 * 2.0 - 1.0; // -1..1
+    let mix = |a: u8, w: f64| (255.0 + (a as f64 - 255.0) * w).round() as u8;
+    match t < 0.0 {
+        true => RGBColor(mix(33, -t), mix(102, -t), mix(172, -t)),
+        false => RGBColor(mix(178, t), mix(24, t), mix(43, t)),
+    }
+}
+
+impl Heatmap<'_> {
+    fn color(&self, v: f32, lo: f32, hi: f32) -> RGBColor {
+        match self.diverging {
+            true => diverging_color(v, lo, hi),
+            false => ViridisRGB::get_color_normalized(v, lo, hi),
+        }
+    }
+
+    /// Draws the heatmap to `path` (PNG), written atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        ensure_font();
+        let (values, row_labels, col_labels) = (self.values, self.row_labels, self.col_labels);
+        let rows = values.len();
+        let cols = values.first().map_or(0, Vec::len);
+        if rows == 0 || cols == 0 || row_labels.len() != rows || col_labels.len() != cols {
+            return Err(Error::Invalid(format!(
+                "heatmap needs {rows}x{cols} values with matching labels"
+            )));
+        }
+        let (lo, hi) = self.range.unwrap_or_else(|| {
+            values
+                .iter()
+                .flatten()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                })
+        });
+        let (lo, hi) = match self.diverging {
+            true => {
+                let m = lo.abs().max(hi.abs()).max(1e-6);
+                (-m, m)
+            }
+            false if hi > lo => (lo, hi),
+            false => (lo - 0.5, lo + 0.5),
+        };
+        let longest_of =
+            |labels: &[String]| labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
+        let (longest, longest_col) = (longest_of(row_labels), longest_of(col_labels));
+        // Cells with text are wide enough for it.
+        let cell_w = match self.cell_text {
+            Some(t) => (t
+                .iter()
+                .flatten()
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(1) as u32
+                * 8
+                + 12)
+                .clamp(40, 120),
+            None => 60,
+        };
+        let plot_width = (cols as u32 * cell_w).clamp(480, 2400);
+        // Column labels wider than their cell are drawn vertically, so that they never overlap.
+        let rotate = 8 * longest_col > plot_width / cols as u32;
+        let x_label_area = if rotate { 8 * longest_col + 40 } else { 48 };
+        // Wide enough for the title too (about 11 px a character at 22 px).
+        let width =
+            (plot_width + 8 * longest + 140).max(self.title.chars().count() as u32 * 11 + 150);
+        let height = (rows as u32 * 40).clamp(320, 1600) + 72 + x_label_area;
+        super::atomic_write_with(path, |tmp| {
+            let tmp_png = tmp.with_extension("png");
+            {
+                let root = BitMapBackend::new(&tmp_png, (width, height)).into_drawing_area();
+                root.fill(&WHITE).map_err(plot_err)?;
+                let (main, bar) = root.split_horizontally(width - 110);
+                let mut chart = ChartBuilder::on(&main)
+                    .caption(self.title, ("sans-serif", 22))
+                    .margin(12)
+                    .x_label_area_size(x_label_area)
+                    .y_label_area_size(8 * longest + 30)
+                    .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)
+                    .map_err(plot_err)?;
+                chart
+                    .configure_mesh()
+                    .disable_mesh()
+                    .x_desc(self.x_desc)
+                    .y_desc(self.y_desc)
+                    // Long column labels are drawn below, vertically.
+                    .x_labels(if rotate { 0 } else { cols.min(60) + 1 })
+                    .y_labels(rows.min(60) + 1)
+                    .x_label_formatter(&|x| label_at(col_labels, *x))
+                    .y_label_formatter(&|y| label_at(row_labels, *y))
+                    .label_style(("sans-serif", 14))
+                    .axis_desc_style(("sans-serif", 15))
+                    .draw()
+                    .map_err(plot_err)?;
+                chart
+                    .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
+                        row.iter().enumerate().map(move |(c, &v)| {
+                            let color = self.color(v, lo, hi);
+                            // Cell (r, c) is centred on (c, r), where its labels sit.
+                            let (x, y) = (c as f64, r as f64);
+                            Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
+                        })
+                    }))
+                    .map_err(plot_err)?;
+                if let Some(text) = self.cell_text {
+                    let centred = Pos::new(HPos::Center, VPos::Center);
+                    for (r, row) in text.iter().enumerate() {
+                        for (c, t) in row.iter().enumerate() {
+                            // Dark text on light cells, light text on dark ones.
+                            let RGBColor(red, g, b) = self.color(values[r][c], lo, hi);
+                            let light =
+                                0.299 * red as f32 + 0.587 * g as f32 + 0.114 * b as f32 > 140.0;
+                            let ink = if light { BLACK } else { WHITE };
+                            let style = TextStyle::from(("sans-serif", 13).into_font())
+                                .color(&ink)
+                                .pos(centred);
+                            chart
+                                .draw_series(std::iter::once(Text::new(
+                                    t.clone(),
+                                    (c as f64, r as f64),
+                                    style,
+                                )))
+                                .map_err(plot_err)?;
+                        }
+                    }
+                }
+                if rotate {
+                    // Rotated a quarter turn about their start, so each label hangs below its column.
+                    let style = TextStyle::from(
+                        ("sans-serif", 14)
+                            .into_font()
+                            .transform(FontTransform::Rotate90),
+                    )
+                    .pos(Pos::new(HPos::Left, VPos::Center));
+                    for (c, label) in col_labels.iter().enumerate() {
+                        let (x, y) = chart.backend_coord(&(c as f64, rows as f64 - 0.5));
+                        main.draw(&Text::new(label.as_str(), (x, y + 8), style.clone()))
+                            .map_err(plot_err)?;
+                    }
+                }
+                let mut cb = ChartBuilder::on(&bar)
+                    .margin_top(50)
+                    .margin_bottom(60)
+                    .margin_right(50)
+                    .y_label_area_size(0)
+                    .right_y_label_area_size(45)
+                    .build_cartesian_2d(0.0..1.0, lo as f64..hi as f64)
+                    .map_err(plot_err)?;
+                cb.configure_mesh()
+                    .disable_mesh()
+                    .disable_x_axis()
+                    .label_style(("sans-serif", 12))
+                    .draw()
+                    .map_err(plot_err)?;
+                let steps = 100;
+                cb.draw_series((0..steps).map(|i| {
+                    let a = lo as f64 + (hi - lo) as f64 * i as f64 / steps as f64;
+                    let b = lo as f64 + (hi - lo) as f64 * (i + 1) as f64 / steps as f64;
+                    Rectangle::new([(0.0, a), (1.0, b)], self.color(a as f32, lo, hi).filled())
+                }))
+                .map_err(plot_err)?;
+                root.present().map_err(plot_err)?;
+            }
+            std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+        })
+    }
+}
+
+/// Lines over a shared categorical x axis (`x_labels`), one per (name, values) series, with a
+/// legend: e.g. a target token's log-prob across layers.
+pub fn line_plot(
     path: &Path,
     title: &str,
-    values: &[Vec<f32>],
-    row_labels: &[String],
-    col_labels: &[String],
+    x_labels: &[String],
+    series: &[(String, Vec<f32>)],
     x_desc: &str,
     y_desc: &str,
 ) -> Result<()> {
     ensure_font();
-    let rows = values.len();
-    let cols = values.first().map_or(0, Vec::len);
-    if rows == 0 || cols == 0 || row_labels.len() != rows || col_labels.len() != cols {
+    let n = x_labels.len();
+    if n == 0 || series.iter().any(|(_, v)| v.len() != n) {
         return Err(Error::Invalid(format!(
-            "heatmap needs {rows}x{cols} values with matching labels"
+            "line plot needs {n} values per series"
         )));
     }
-    let (lo, hi) = values
+    let (lo, hi) = series
         .iter()
-        .flatten()
+        .flat_map(|(_, v)| v)
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    let (lo, hi) = if hi > lo {
-        (lo, hi)
-    } else {
-        (lo - 0.5, lo + 0.5)
-    };
-    let longest_of =
-        |labels: &[String]| labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
-    let (longest, longest_col) = (longest_of(row_labels), longest_of(col_labels));
-    let plot_width = (cols as u32 * 60).clamp(480, 1600);
-    // Column labels wider than their cell are drawn vertically, so that they never overlap.
-    let rotate = 8 * longest_col > plot_width / cols as u32;
-    let x_label_area = if rotate { 8 * longest_col + 40 } else { 48 };
-    let width = plot_width + 8 * longest + 140;
-    let height = (rows as u32 * 40).clamp(320, 1200) + 72 + x_label_area;
+    let pad = ((hi - lo) * 0.08).max(0.05);
+    // As many horizontal labels as fit; plotters spaces them evenly.
+    let longest = x_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(1);
+    let fit = (880 / (8 * longest + 16)).clamp(2, n.max(2));
     super::atomic_write_with(path, |tmp| {
         let tmp_png = tmp.with_extension("png");
         {
-            let root = BitMapBackend::new(&tmp_png, (width, height)).into_drawing_area();
+            let root = BitMapBackend::new(&tmp_png, (1000, 560)).into_drawing_area();
             root.fill(&WHITE).map_err(plot_err)?;
-            let (main, bar) = root.split_horizontally(width - 110);
-            let mut chart = ChartBuilder::on(&main)
+            let mut chart = ChartBuilder::on(&root)
                 .caption(title, ("sans-serif", 22))
-                .margin(12)
-                .x_label_area_size(x_label_area)
-                .y_label_area_size(8 * longest + 30)
-                .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(-0.5..n as f64 - 0.5, (lo - pad) as f64..(hi + pad) as f64)
                 .map_err(plot_err)?;
             chart
                 .configure_mesh()
-                .disable_mesh()
+                .x_labels(fit)
+                .x_label_formatter(&|x| label_at(x_labels, *x))
+                .x_label_style(("sans-serif", 13))
                 .x_desc(x_desc)
                 .y_desc(y_desc)
-                // Long column labels are drawn below, vertically.
-                .x_labels(if rotate { 0 } else { cols.min(60) + 1 })
-                .y_labels(rows.min(60) + 1)
-                .x_label_formatter(&|x| label_at(col_labels, *x))
-                .y_label_formatter(&|y| label_at(row_labels, *y))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_err)?;
+            for (i, (name, v)) in series.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                chart
+                    .draw_series(LineSeries::new(
+                        v.iter().enumerate().map(|(x, &y)| (x as f64, y as f64)),
+                        color.stroke_width(3),
+                    ))
+                    .map_err(plot_err)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
+                    });
+                chart
+                    .draw_series(
+                        v.iter()
+                            .enumerate()
+                            .map(|(x, &y)| Circle::new((x as f64, y as f64), 4, color.filled())),
+                    )
+                    .map_err(plot_err)?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(plot_err)?;
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    })
+}
+
+/// Horizontal bars, one per (label, value), top to bottom in the order given; positive values
+/// red, negative blue.
+pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f32)], x_desc: &str) -> Result<()> {
+    ensure_font();
+    if bars.is_empty() {
+        return Err(Error::Invalid("a bar chart needs at least one bar".into()));
+    }
+    let n = bars.len();
+    let (lo, hi) = bars
+        .iter()
+        .fold((0f32, 0f32), |(a, b), (_, v)| (a.min(*v), b.max(*v)));
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let labels: Vec<String> = bars.iter().map(|(l, _)| l.clone()).collect();
+    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
+    let height = (n as u32 * 28 + 140).clamp(300, 1600);
+    super::atomic_write_with(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (1000, height)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(8 * longest + 30)
+                .build_cartesian_2d((lo - pad) as f64..(hi + pad) as f64, n as f64 - 0.5..-0.5)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .light_line_style(WHITE)
+                .y_labels(n + 1)
+                .y_label_formatter(&|y| label_at(&labels, *y))
+                .x_desc(x_desc)
                 .label_style(("sans-serif", 14))
                 .axis_desc_style(("sans-serif", 15))
                 .draw()
                 .map_err(plot_err)?;
             chart
-                .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
-                    row.iter().enumerate().map(move |(c, &v)| {
-                        let color = ViridisRGB::get_color_normalized(v, lo, hi);
-                        // Cell (r, c) is centred on (c, r), where its labels sit.
-                        let (x, y) = (c as f64, r as f64);
-                        Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
-                    })
+                .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+                    let color = if *v >= 0.0 {
+                        RGBColor(178, 24, 43)
+                    } else {
+                        RGBColor(33, 102, 172)
+                    };
+                    let y = i as f64;
+                    Rectangle::new([(0.0, y - 0.35), (*v as f64, y + 0.35)], color.filled())
                 }))
                 .map_err(plot_err)?;
-            if rotate {
-                // Rotated a quarter turn about their start, so each label hangs below its column.
-                let style = TextStyle::from(
-                    ("sans-serif", 14)
-                        .into_font()
-                        .transform(FontTransform::Rotate90),
-                )
-                .pos(Pos::new(HPos::Left, VPos::Center));
-                for (c, label) in col_labels.iter().enumerate() {
-                    let (x, y) = chart.backend_coord(&(c as f64, rows as f64 - 0.5));
-                    main.draw(&Text::new(label.as_str(), (x, y + 8), style.clone()))
-                        .map_err(plot_err)?;
-                }
-            }
-            let mut cb = ChartBuilder::on(&bar)
-                .margin_top(50)
-                .margin_bottom(60)
-                .margin_right(50)
-                .y_label_area_size(0)
-                .right_y_label_area_size(45)
-                .build_cartesian_2d(0.0..1.0, lo as f64..hi as f64)
-                .map_err(plot_err)?;
-            cb.configure_mesh()
-                .disable_mesh()
-                .disable_x_axis()
-                .label_style(("sans-serif", 12))
-                .draw()
-                .map_err(plot_err)?;
-            let steps = 100;
-            cb.draw_series((0..steps).map(|i| {
-                let a = lo as f64 + (hi - lo) as f64 * i as f64 / steps as f64;
-                let b = lo as f64 + (hi - lo) as f64 * (i + 1) as f64 / steps as f64;
-                Rectangle::new(
-                    [(0.0, a), (1.0, b)],
-                    ViridisRGB::get_color_normalized(a as f32, lo, hi).filled(),
-                )
-            }))
-            .map_err(plot_err)?;
             root.present().map_err(plot_err)?;
         }
         std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))

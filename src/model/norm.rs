@@ -40,6 +40,16 @@ impl Norm {
         })
     }
 
+    /// The weight applied after normalising, if any (none once folded).
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.w.as_ref()
+    }
+
+    /// The bias added after the weight, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.b.as_ref()
+    }
+
     /// Normalises the last dimension of `x` [batch, pos, d_model]. Half-precision input is
     /// normalised in f32, as TransformerLens does: the mean of squares of a large residual
     /// stream overflows f16 (SmolLM2's reaches the thousands). `hook_scale` and
