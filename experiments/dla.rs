@@ -10,10 +10,10 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hooklens::analysis::dla::{direct_logit_attribution, dla_frame, DLA_COLUMNS};
-use hooklens::cli::ModelArgs;
+use hooklens::cli::{BosArgs, ModelArgs, RunArgs};
 use hooklens::data::{ioi_pairs, read_pairs, tokenize_pairs, PairBatch, PromptPair};
+use hooklens::export::manifest::Manifest;
 use hooklens::export::plot::{bar_chart, Heatmap};
-use hooklens::export::{manifest::Manifest, run::RunDir};
 use hooklens::NameFilter;
 use serde::Serialize;
 use std::io::Write;
@@ -53,26 +53,9 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
     top: u32,
     #[command(flatten)]
-    prompt_bos: BosArgs,
-    /// Where runs are written.
-    #[arg(long, default_value = "outputs")]
-    outputs: PathBuf,
-    /// Run folder name, one path component (default: a UTC timestamp).
-    #[arg(long)]
-    run: Option<String>,
-    /// Write into an existing run folder.
-    #[arg(long)]
-    resume: bool,
-}
-
-#[derive(clap::Args, Serialize)]
-struct BosArgs {
-    /// Prepend the BOS token (without either flag, the model's default).
-    #[arg(long, conflicts_with = "no_prepend_bos")]
-    prepend_bos: bool,
-    /// Do not prepend the BOS token.
-    #[arg(long)]
-    no_prepend_bos: bool,
+    bos: BosArgs,
+    #[command(flatten)]
+    out: RunArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -106,7 +89,7 @@ fn run(a: Args) -> Result<()> {
         }
         _ => vec![],
     };
-    let run = RunDir::create(&a.outputs, "dla", a.run.as_deref(), a.resume)?;
+    let run = a.out.dir("dla")?;
     let start = std::time::Instant::now();
     let (model, tok) = a.model.load().context("loading the model")?;
     let mut manifest = Manifest::new("dla", &model, &a)?;
@@ -115,11 +98,7 @@ fn run(a: Args) -> Result<()> {
         Some(n) => ioi_pairs(&tok, n as usize, a.seed)?,
         None => pairs,
     };
-    let bos = match (a.prompt_bos.prepend_bos, a.prompt_bos.no_prepend_bos) {
-        (true, _) => true,
-        (_, true) => false,
-        _ => model.cfg.default_prepend_bos,
-    };
+    let bos = a.bos.resolve(&model);
     let source = a
         .pairs
         .as_ref()
@@ -145,6 +124,7 @@ fn run(a: Args) -> Result<()> {
         )
     })?;
     bar.finish_and_clear();
+    manifest.set("logit_diff", dla.logit_diff)?;
     let mut df = dla_frame(&dla)?;
     run.write_table(&mut manifest, "dla.parquet", &mut df, DLA_COLUMNS)?;
 

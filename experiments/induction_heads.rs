@@ -12,14 +12,13 @@ use clap::Parser;
 use hooklens::analysis::detectors::{
     all_head_scores, best_head, scores_frame, HeadKind, SCORE_COLUMNS,
 };
-use hooklens::cli::ModelArgs;
+use hooklens::cli::{ModelArgs, RunArgs};
 use hooklens::data::{random_token_range, repeated_random_tokens};
-use hooklens::export::{manifest::Manifest, plot::Heatmap, run::RunDir};
+use hooklens::export::{manifest::Manifest, plot::Heatmap};
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use rand::SeedableRng;
 use serde::Serialize;
 use std::io::Write;
-use std::path::PathBuf;
 
 #[derive(Parser, Serialize)]
 #[command(about = "Find induction heads: score every attention head on repeated random tokens")]
@@ -42,15 +41,8 @@ struct Args {
     /// at most the vocabulary size).
     #[arg(long)]
     token_max: Option<u32>,
-    /// Where runs are written.
-    #[arg(long, default_value = "outputs")]
-    outputs: PathBuf,
-    /// Run folder name, one path component (default: a UTC timestamp).
-    #[arg(long)]
-    run: Option<String>,
-    /// Write into an existing run folder.
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    out: RunArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,7 +50,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
-    let run = RunDir::create(&a.outputs, "induction_heads", a.run.as_deref(), a.resume)?;
+    let run = a.out.dir("induction_heads")?;
     let start = std::time::Instant::now();
     let (model, tok) = a.model.load().context("loading the model")?;
     let half = a

@@ -13,13 +13,12 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hooklens::analysis::lens::{lens_frame, logit_lens, LensOpts, LENS_COLUMNS};
 use hooklens::analysis::resid::Positions;
-use hooklens::cli::{ModelArgs, PromptArgs};
+use hooklens::cli::{ModelArgs, PromptArgs, RunArgs};
+use hooklens::export::manifest::Manifest;
 use hooklens::export::plot::{line_plot, Heatmap};
-use hooklens::export::{manifest::Manifest, run::RunDir};
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use serde::Serialize;
 use std::io::Write;
-use std::path::PathBuf;
 
 /// The embedded model's default: byte-level text it continues by induction.
 const EMBEDDED_PROMPT: &str = "Hello world! Hello world! Hello w";
@@ -43,15 +42,8 @@ struct Args {
     /// Also read the residual stream between each layer's attention and MLP.
     #[arg(long)]
     incl_mid: bool,
-    /// Where runs are written.
-    #[arg(long, default_value = "outputs")]
-    outputs: PathBuf,
-    /// Run folder name, one path component (default: a UTC timestamp).
-    #[arg(long)]
-    run: Option<String>,
-    /// Write into an existing run folder.
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    out: RunArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,7 +58,7 @@ fn run(mut a: Args) -> Result<()> {
         a.target.get_or_insert(EMBEDDED_TARGET.into());
     }
     let prompts = a.prompt.prompts()?;
-    let run = RunDir::create(&a.outputs, "logit_lens", a.run.as_deref(), a.resume)?;
+    let run = a.out.dir("logit_lens")?;
     let start = std::time::Instant::now();
     let (model, tok) = a.model.load().context("loading the model")?;
     if a.top_k as usize > model.cfg.d_vocab {

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Executes every notebook in notebooks/ against the runs under $1 (default: outputs), in a
-# virtual environment with polars, matplotlib and nbclient (created once in ~/.cache/hooklens).
+# virtual environment with notebooks/requirements.txt (created once in ~/.cache/hooklens, and again
+# when the requirements change).
 #   scripts/run_notebooks.sh [OUTPUTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 outputs=$(realpath "${1:-outputs}")
 venv=${HOOKLENS_NB_VENV:-$HOME/.cache/hooklens/nb-venv}
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import polars, matplotlib, nbclient, ipykernel" 2>/dev/null; then
+if ! cmp -s notebooks/requirements.txt "$venv/requirements.txt"; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "polars>=1,<3" "matplotlib>=3.8,<4" "nbclient>=0.10,<1" "nbformat>=5.10,<6" "ipykernel>=6,<8"
+  "$venv/bin/pip" install -q -r notebooks/requirements.txt
+  cp notebooks/requirements.txt "$venv/requirements.txt"
 fi
 cd notebooks
 for nb in *.ipynb; do

@@ -1,6 +1,7 @@
 //! Command-line arguments shared by the `hooklens` CLI and the experiment binaries.
 
 use crate::error::{Error, Result};
+use crate::export::run::RunDir;
 use crate::loading::{load_model, LoadOptions, Processing};
 use crate::model::HookedTransformer;
 use crate::tokenizer::Tokenizer;
@@ -19,8 +20,11 @@ pub struct ModelArgs {
     /// Use the checkpoint's weights as they are (no fold_ln, centring or value-bias folding).
     #[arg(long)]
     pub no_processing: bool,
+    /// Where to run the model.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Precision of weights and activations. In f16/bf16 the norms, attention scores and
+    /// logits are still computed in f32 (README, "Half precision").
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
 }
@@ -90,13 +94,8 @@ pub struct PromptArgs {
     /// A file whose non-empty lines are prompts (run as one padded batch).
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
-    /// Prepend the BOS token (TransformerLens's `prepend_bos=True`). Without either flag, the
-    /// model's default.
-    #[arg(long, conflicts_with = "no_prepend_bos")]
-    pub prepend_bos: bool,
-    /// Do not prepend the BOS token.
-    #[arg(long)]
-    pub no_prepend_bos: bool,
+    #[command(flatten)]
+    pub bos: BosArgs,
 }
 
 impl PromptArgs {
@@ -124,11 +123,51 @@ impl PromptArgs {
 
     /// Whether to prepend BOS for `model` given the flags.
     pub fn prepend_bos(&self, model: &HookedTransformer) -> bool {
+        self.bos.resolve(model)
+    }
+}
+
+/// `--prepend-bos` / `--no-prepend-bos`.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct BosArgs {
+    /// Prepend the BOS token (TransformerLens's `prepend_bos=True`). Without either flag, the
+    /// model's default.
+    #[arg(long, conflicts_with = "no_prepend_bos")]
+    pub prepend_bos: bool,
+    /// Do not prepend the BOS token.
+    #[arg(long)]
+    pub no_prepend_bos: bool,
+}
+
+impl BosArgs {
+    /// Whether to prepend BOS for `model` given the flags.
+    pub fn resolve(&self, model: &HookedTransformer) -> bool {
         match (self.prepend_bos, self.no_prepend_bos) {
             (_, true) => false,
             (true, _) => true,
             _ => model.cfg.default_prepend_bos,
         }
+    }
+}
+
+/// Where an experiment writes: `--outputs`, `--run`, `--resume`.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct RunArgs {
+    /// Where runs are written.
+    #[arg(long, default_value = "outputs")]
+    pub outputs: PathBuf,
+    /// Run folder name, one path component (default: a UTC timestamp).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Write into an existing run folder.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl RunArgs {
+    /// The run folder `outputs/<experiment>/<run>` (see [`RunDir::create`]).
+    pub fn dir(&self, experiment: &str) -> Result<RunDir> {
+        RunDir::create(&self.outputs, experiment, self.run.as_deref(), self.resume)
     }
 }
 

@@ -262,7 +262,11 @@ fn lens_and_dla_refuse_bad_input_and_leave_nothing() {
     );
     refused(DLA, &o(&["--prompt", "abc"]), &["--answer", "--wrong"]);
     refused(DLA, &o(&["--ioi", "3"]), &["IOI", "single tokens"]);
-    refused(DLA, &o(&["--model", "nowhere.gguf", "--ioi", "2"]), &["nowhere.gguf"]);
+    refused(
+        DLA,
+        &o(&["--model", "nowhere.gguf", "--ioi", "2"]),
+        &["nowhere.gguf"],
+    );
 }
 
 #[test]
