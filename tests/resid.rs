@@ -403,3 +403,54 @@ fn dla_parts_add_up_to_the_logit_difference() {
     let logit_diff: f32 = r["gpt2.processed.logit_diff"].to_vec1::<f32>().unwrap()[0];
     assert!((d.logit_diff - logit_diff).abs() < 1e-4);
 }
+
+#[test]
+fn neuron_stacks_select_all_indices_or_the_strongest() {
+    use hooklens::analysis::resid::Neurons;
+    let dir = gpt2_dir();
+    let (model, tok) = load_gpt2(dir.path(), Processing::default());
+    let t = tok.to_tokens(&["Hello there"], true, &Device::Cpu).unwrap();
+    let (_, cache) = model.run_with_cache(&t, NameFilter::All).unwrap();
+    let last = ResidOpts {
+        pos: Positions::Last,
+        ..Default::default()
+    };
+    let all = cache
+        .stack_neuron_results(&model, &last, &Neurons::All)
+        .unwrap();
+    assert_eq!(all.labels.len(), 3 * model.cfg.d_mlp);
+    let top = cache
+        .stack_neuron_results(&model, &last, &Neurons::TopK(4))
+        .unwrap();
+    assert_eq!(top.stack.dims(), &[12, 1, 1, model.cfg.d_model]);
+    // The top-4 of layer 0 are the four largest |activations| at the last position.
+    let post = cache
+        .block(0, BlockHook::MlpPost)
+        .unwrap()
+        .i((0, 2))
+        .unwrap()
+        .abs()
+        .unwrap();
+    let v: Vec<f32> = post.to_vec1().unwrap();
+    let mut want: Vec<String> = hooklens::analysis::metrics::top_k(&v, 4)
+        .iter()
+        .map(|(n, _)| format!("L0N{n}"))
+        .collect();
+    want.sort_by_key(|s| s[3..].parse::<usize>().unwrap());
+    assert_eq!(top.labels[..4], want[..]);
+    let some = cache
+        .stack_neuron_results(&model, &last, &Neurons::Indices(vec![5, 7]))
+        .unwrap();
+    assert_eq!(
+        some.labels,
+        ["L0N5", "L0N7", "L1N5", "L1N7", "L2N5", "L2N7"]
+    );
+    let i = all.labels.iter().position(|l| l == "L1N7").unwrap();
+    assert_eq!(
+        max_abs_diff(&some.stack.i(3).unwrap(), &all.stack.i(i).unwrap()),
+        0.0
+    );
+    assert!(cache
+        .stack_neuron_results(&model, &last, &Neurons::Indices(vec![999]))
+        .is_err());
+}

@@ -54,6 +54,17 @@ pub struct ResidOpts {
     pub pos: Positions,
 }
 
+/// Which MLP neurons [`ActivationCache::stack_neuron_results`] stacks in each layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Neurons {
+    All,
+    /// These neuron indices in every layer.
+    Indices(Vec<usize>),
+    /// The `k` neurons of each layer with the largest mean |activation| over the batch and the
+    /// selected positions, in index order.
+    TopK(usize),
+}
+
 /// Which residual components [`ActivationCache::decompose_resid`] keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -199,25 +210,46 @@ impl ActivationCache {
     }
 
     /// Each MLP neuron's output (`mlp.hook_post[.., n]` times row `n` of `W_out`) for the
-    /// layers before `opts.layer`, labelled `L{l}N{n}`; `neurons` keeps only those indices in
-    /// every layer. Excludes `b_out`. The stack is neurons × batch × pos × d_model: for many
-    /// neurons over many positions prefer [`Self::neuron_logit_attrs`], which never builds it.
+    /// layers before `opts.layer`, labelled `L{l}N{n}`, for the `neurons` selected in each
+    /// layer. Excludes `b_out`. The stack is neurons × batch × pos × d_model: for every neuron of
+    /// a large model over many positions prefer [`Self::neuron_logit_attrs`], which never builds
+    /// it, or select a few with [`Neurons::TopK`].
     pub fn stack_neuron_results(
         &self,
         model: &HookedTransformer,
         opts: &ResidOpts,
-        neurons: Option<&[usize]>,
+        neurons: &Neurons,
     ) -> Result<ResidStack> {
         let layer = self.resolve_layer(model, opts.layer)?;
-        let all: Vec<usize> = (0..model.cfg.d_mlp).collect();
-        let neurons = neurons.unwrap_or(&all);
+        let d_mlp = model.cfg.d_mlp;
         let (mut parts, mut labels) = (vec![], vec![]);
         for l in 0..layer {
             let post = opts
                 .pos
                 .apply(&upcast(self.block(l, BlockHook::MlpPost)?)?)?;
             let w_out = upcast(&model.block(l)?.mlp.as_ref().ok_or_else(no_mlp)?.w_out)?;
-            for &n in neurons {
+            let chosen: Vec<usize> = match neurons {
+                Neurons::All => (0..d_mlp).collect(),
+                Neurons::Indices(ix) => {
+                    if let Some(&bad) = ix.iter().find(|&&n| n >= d_mlp) {
+                        return Err(Error::Invalid(format!(
+                            "neuron {bad} is out of range: each MLP has {d_mlp} neurons (0..{d_mlp})"
+                        )));
+                    }
+                    ix.clone()
+                }
+                Neurons::TopK(k) => {
+                    // Mean |activation| over batch and the selected positions: [d_mlp].
+                    let strength: Vec<f32> = post.abs()?.mean((0, 1))?.to_vec1()?;
+                    let mut top: Vec<usize> = super::metrics::top_k(&strength, *k)
+                        .into_iter()
+                        .map(|(n, _)| n as usize)
+                        .collect();
+                    top.sort_unstable();
+                    top
+                }
+            };
+            for n in chosen {
                 // [batch, pos, 1] * [d_model]
                 let act = post.narrow(2, n, 1)?;
                 parts.push(act.broadcast_mul(&w_out.get(n)?)?);
@@ -252,7 +284,7 @@ impl ActivationCache {
         let (mut stacks, mut labels) = (vec![heads.stack], heads.labels);
         if !model.cfg.attn_only && layer > 0 {
             let mlp = match expand_neurons {
-                true => self.stack_neuron_results(model, &raw, None)?,
+                true => self.stack_neuron_results(model, &raw, &Neurons::All)?,
                 false => self.decompose_resid(model, &raw, Mode::Mlp, false)?,
             };
             stacks.push(mlp.stack);
