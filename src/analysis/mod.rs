@@ -3,6 +3,7 @@
 pub mod ablation;
 pub mod detectors;
 pub mod dla;
+pub mod factored;
 pub mod lens;
 pub mod metrics;
 pub mod resid;

@@ -1,0 +1,440 @@
+//! `FactoredMatrix`: a matrix kept as the product A·B of two thin factors (A [.., m, r],
+//! B [.., r, n], r small), batched over leading dimensions such as [layers, heads], as in
+//! TransformerLens and "A Mathematical Framework for Transformer Circuits". Per-head QK and OV
+//! circuits over a whole vocabulary stay r-dimensional: products, norms, the SVD and the
+//! eigenvalues all work on the factors, never on the m × n matrix.
+//!
+//! The small dense decompositions (QR, SVD, eigenvalues) run in f64 with nalgebra, a pure-Rust,
+//! well-maintained crate that needs no system BLAS/LAPACK.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor, D};
+use nalgebra::DMatrix;
+
+/// A·B with A [.., m, r] and B [.., r, n] sharing their leading dimensions.
+#[derive(Debug, Clone)]
+pub struct FactoredMatrix {
+    pub a: Tensor,
+    pub b: Tensor,
+}
+
+/// The thin SVD of a [`FactoredMatrix`]: A·B = U · diag(S) · Vᵀ with U [.., m, r], S [.., r]
+/// (descending) and V [.., n, r] (TransformerLens's `U, S, Vh` with `Vh` = V).
+#[derive(Debug, Clone)]
+pub struct Svd {
+    pub u: Tensor,
+    pub s: Tensor,
+    pub v: Tensor,
+}
+
+impl FactoredMatrix {
+    /// Checks that `a` [.., m, r] and `b` [.., r, n] fit together.
+    pub fn new(a: Tensor, b: Tensor) -> Result<Self> {
+        let (da, db) = (a.dims(), b.dims());
+        let ok = da.len() >= 2
+            && da.len() == db.len()
+            && da[..da.len() - 2] == db[..db.len() - 2]
+            && da[da.len() - 1] == db[db.len() - 2];
+        if !ok {
+            return Err(Error::ShapeMismatch {
+                what: "the factors of a FactoredMatrix (A [.., m, r], B [.., r, n])".into(),
+                expected: da.to_vec(),
+                got: db.to_vec(),
+            });
+        }
+        Ok(Self { a, b })
+    }
+
+    /// The leading (batch) dimensions.
+    pub fn leading(&self) -> &[usize] {
+        let d = self.a.dims();
+        &d[..d.len() - 2]
+    }
+
+    /// (m, r, n): rows, inner dimension, columns.
+    pub fn shape(&self) -> Result<(usize, usize, usize)> {
+        Ok((
+            self.a.dim(D::Minus2)?,
+            self.a.dim(D::Minus1)?,
+            self.b.dim(D::Minus1)?,
+        ))
+    }
+
+    /// The full matrix A·B [.., m, n], materialised.
+    pub fn ab(&self) -> Result<Tensor> {
+        Ok(self.a.matmul(&self.b)?)
+    }
+
+    /// B·A [.., r, r] (square matrices only): it has the same nonzero eigenvalues as A·B.
+    pub fn ba(&self) -> Result<Tensor> {
+        let (m, _, n) = self.shape()?;
+        if m != n {
+            return Err(Error::Invalid(format!(
+                "B·A needs a square A·B, got {m} x {n}"
+            )));
+        }
+        Ok(self.b.matmul(&self.a)?)
+    }
+
+    /// (A·B)ᵀ = Bᵀ·Aᵀ.
+    pub fn t(&self) -> Result<Self> {
+        Self::new(
+            self.b.transpose(D::Minus2, D::Minus1)?.contiguous()?,
+            self.a.transpose(D::Minus2, D::Minus1)?.contiguous()?,
+        )
+    }
+
+    /// (A·B)·M = A·(B·M) for M [.., n, k] (or [n, k], broadcast over the leading dims).
+    pub fn matmul(&self, m: &Tensor) -> Result<Self> {
+        Self::new(self.a.clone(), self.b.broadcast_matmul(m)?)
+    }
+
+    /// M·(A·B) = (M·A)·B for M [.., k, m] (or [k, m]).
+    pub fn rmatmul(&self, m: &Tensor) -> Result<Self> {
+        Self::new(m.broadcast_matmul(&self.a)?, self.b.clone())
+    }
+
+    /// (A·B)·(C·D), keeping the smaller of the two inner dimensions. An unbatched (C·D)
+    /// broadcasts over this one's leading dimensions.
+    pub fn matmul_factored(&self, other: &Self) -> Result<Self> {
+        let (r1, r2) = (self.a.dim(D::Minus1)?, other.a.dim(D::Minus1)?);
+        if r1 <= r2 {
+            // A · (B·C·D)
+            return Self::new(self.a.clone(), self.b.broadcast_matmul(&other.ab()?)?);
+        }
+        // (A·B·C) · D, with D broadcast to the product's leading dimensions.
+        let abc = self.ab()?.broadcast_matmul(&other.a)?;
+        let lead = &abc.dims()[..abc.rank() - 2];
+        let d_dims: Vec<usize> = lead
+            .iter()
+            .chain(&other.b.dims()[other.b.rank() - 2..])
+            .copied()
+            .collect();
+        let d = other.b.broadcast_as(d_dims)?.contiguous()?;
+        Self::new(abc, d)
+    }
+
+    /// (A·B)·v for v [.., n] (or [n]): [.., m].
+    pub fn matvec(&self, v: &Tensor) -> Result<Tensor> {
+        let bv = self.b.broadcast_matmul(&v.unsqueeze(D::Minus1)?)?;
+        Ok(self.a.matmul(&bv)?.squeeze(D::Minus1)?)
+    }
+
+    /// ‖A·B‖_F [..], from r × r Gram matrices: trace((AᵀA)(BBᵀ)).
+    pub fn frobenius_norm(&self) -> Result<Tensor> {
+        let ata = self.a.transpose(D::Minus2, D::Minus1)?.matmul(&self.a)?;
+        let bbt = self.b.matmul(&self.b.transpose(D::Minus2, D::Minus1)?)?;
+        Ok((ata * bbt)?.sum((D::Minus2, D::Minus1))?.sqrt()?)
+    }
+
+    /// The thin SVD from the factors: QR of A and of Bᵀ, then the SVD of the r × r core
+    /// R_A·R_Bᵀ. Computed in f64; returned in A's dtype.
+    pub fn svd(&self) -> Result<Svd> {
+        let (m, r, n) = self.shape()?;
+        let (mut us, mut ss, mut vs) = (vec![], vec![], vec![]);
+        for (a, b) in self.matrices()? {
+            let qa = a.qr();
+            let qb = b.transpose().qr();
+            let core = qa.r() * qb.r().transpose(); // [r, r]
+            let svd = core.svd(true, true);
+            let (uc, s, vt) = match (svd.u, svd.v_t) {
+                (Some(u), Some(v_t)) => (u, svd.singular_values, v_t),
+                _ => {
+                    return Err(Error::Invalid(
+                        "the SVD of the core did not converge".into(),
+                    ))
+                }
+            };
+            // nalgebra returns singular values unsorted: order them descending.
+            let mut order: Vec<usize> = (0..s.len()).collect();
+            order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+            let uc = uc.select_columns(&order);
+            let vc = vt.transpose().select_columns(&order);
+            us.extend((qa.q() * uc).transpose().iter().copied());
+            vs.extend((qb.q() * vc).transpose().iter().copied());
+            ss.extend(order.iter().map(|&i| s[i]));
+        }
+        let k = r.min(m).min(n);
+        let lead = self.leading().to_vec();
+        let shaped = |v: Vec<f64>, tail: &[usize]| -> Result<Tensor> {
+            let dims: Vec<usize> = lead.iter().chain(tail).copied().collect();
+            Ok(Tensor::from_vec(v, dims, self.a.device())?.to_dtype(self.a.dtype())?)
+        };
+        Ok(Svd {
+            u: shaped(us, &[m, k])?,
+            s: shaped(ss, &[k])?,
+            v: shaped(vs, &[n, k])?,
+        })
+    }
+
+    /// The eigenvalues of A·B that can be nonzero (those of the r × r B·A), as (real, imaginary)
+    /// parts [.., r] each, ordered by descending magnitude. A·B must be square.
+    pub fn eigenvalues(&self) -> Result<(Tensor, Tensor)> {
+        let ba = self.ba()?;
+        let r = ba.dim(D::Minus1)?;
+        let flat = ba.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let (mut re, mut im) = (vec![], vec![]);
+        for chunk in flat.chunks(r * r) {
+            let mut ev: Vec<(f64, f64)> = DMatrix::from_row_slice(r, r, chunk)
+                .complex_eigenvalues()
+                .iter()
+                .map(|c| (c.re, c.im))
+                .collect();
+            ev.sort_by(|x, y| x.0.hypot(x.1).total_cmp(&y.0.hypot(y.1)).reverse());
+            re.extend(ev.iter().map(|e| e.0));
+            im.extend(ev.iter().map(|e| e.1));
+        }
+        let dims: Vec<usize> = self.leading().iter().copied().chain([r]).collect();
+        let make = |v: Vec<f64>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, dims.clone(), self.a.device())?.to_dtype(self.a.dtype())?)
+        };
+        Ok((make(re)?, make(im)?))
+    }
+
+    /// The same matrix with balanced factors U·√S and √S·Vᵀ (TransformerLens's `make_even`).
+    pub fn make_even(&self) -> Result<Self> {
+        let svd = self.svd()?;
+        let root = svd.s.sqrt()?;
+        let a = svd.u.broadcast_mul(&root.unsqueeze(D::Minus2)?)?;
+        let b = svd
+            .v
+            .broadcast_mul(&root.unsqueeze(D::Minus2)?)?
+            .transpose(D::Minus2, D::Minus1)?
+            .contiguous()?;
+        Self::new(a, b)
+    }
+
+    /// S·Vᵀ [.., r, n]: the factor left when U, which has orthonormal columns, is removed
+    /// from the left (so that A·B = U · collapse_l).
+    pub fn collapse_l(&self) -> Result<Tensor> {
+        let svd = self.svd()?;
+        Ok(svd
+            .v
+            .broadcast_mul(&svd.s.unsqueeze(D::Minus2)?)?
+            .transpose(D::Minus2, D::Minus1)?
+            .contiguous()?)
+    }
+
+    /// U·S [.., m, r]: the factor left when Vᵀ is removed from the right (A·B = collapse_r · Vᵀ).
+    pub fn collapse_r(&self) -> Result<Tensor> {
+        let svd = self.svd()?;
+        Ok(svd.u.broadcast_mul(&svd.s.unsqueeze(D::Minus2)?)?)
+    }
+
+    /// The matrix at index `i` of the first leading dimension (`qk.get(layer)?.get(head)?`).
+    pub fn get(&self, i: usize) -> Result<Self> {
+        let n = self.leading().first().copied().ok_or_else(|| {
+            Error::Invalid("this FactoredMatrix has no leading dimension to index".into())
+        })?;
+        if i >= n {
+            return Err(Error::Invalid(format!("index {i} is out of range 0..{n}")));
+        }
+        Self::new(self.a.get(i)?, self.b.get(i)?)
+    }
+
+    /// Each leading index's factors as f64 nalgebra matrices (A [m, r], B [r, n]).
+    fn matrices(&self) -> Result<Vec<(DMatrix<f64>, DMatrix<f64>)>> {
+        let (m, r, n) = self.shape()?;
+        let a = self
+            .a
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let b = self
+            .b
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        Ok(a.chunks(m * r)
+            .zip(b.chunks(r * n))
+            .map(|(a, b)| {
+                (
+                    DMatrix::from_row_slice(m, r, a),
+                    DMatrix::from_row_slice(r, n, b),
+                )
+            })
+            .collect())
+    }
+}
+
+/// A random f64 tensor of `shape` from `seed` (for property tests).
+#[cfg(test)]
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Tall, wide, square, rank-deficient and batched factorisations.
+    fn cases() -> Vec<FactoredMatrix> {
+        let fm = |a, b| FactoredMatrix::new(a, b).unwrap();
+        let deficient = {
+            let a = randn(&[12, 2], 5);
+            // Four columns spanning only two directions.
+            Tensor::cat(&[&a, &(&a * 2.0).unwrap()], 1).unwrap()
+        };
+        vec![
+            fm(randn(&[20, 3], 1), randn(&[3, 9], 2)),
+            fm(randn(&[6, 4], 3), randn(&[4, 30], 4)),
+            fm(randn(&[10, 3], 6), randn(&[3, 10], 7)),
+            fm(deficient, randn(&[4, 12], 8)),
+            fm(randn(&[2, 3, 8, 4], 9), randn(&[2, 3, 4, 8], 10)),
+        ]
+    }
+
+    #[test]
+    fn svd_reconstructs_and_matches_the_materialised_matrix() {
+        for (i, f) in cases().into_iter().enumerate() {
+            let svd = f.svd().unwrap();
+            let us = svd
+                .u
+                .broadcast_mul(&svd.s.unsqueeze(D::Minus2).unwrap())
+                .unwrap();
+            let rebuilt = us
+                .matmul(&svd.v.transpose(D::Minus2, D::Minus1).unwrap())
+                .unwrap();
+            assert!(max_diff(&rebuilt, &f.ab().unwrap()) < 1e-10, "case {i}");
+            // U has orthonormal columns.
+            let utu = svd
+                .u
+                .transpose(D::Minus2, D::Minus1)
+                .unwrap()
+                .matmul(&svd.u)
+                .unwrap();
+            let k = svd.s.dim(D::Minus1).unwrap();
+            let eye = Tensor::eye(k, DType::F64, &Device::Cpu).unwrap();
+            assert!(
+                max_diff(&utu, &eye.broadcast_as(utu.shape()).unwrap()) < 1e-10,
+                "case {i}"
+            );
+            // Singular values equal the full matrix's leading ones (first batch entry).
+            let first = match f.leading().len() {
+                0 => f.clone(),
+                _ => f.get(0).unwrap().get(0).unwrap(),
+            };
+            let full = first.ab().unwrap();
+            let (m, n) = full.dims2().unwrap();
+            let dense = DMatrix::from_row_slice(
+                m,
+                n,
+                &full.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            );
+            let mut want: Vec<f64> = dense.singular_values().iter().copied().collect();
+            want.sort_by(|a, b| b.total_cmp(a));
+            let got: Vec<f64> = first.svd().unwrap().s.to_vec1().unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-10, "case {i}: {got:?} vs {want:?}");
+            }
+            let norm = first.frobenius_norm().unwrap().to_scalar::<f64>().unwrap();
+            assert!((norm - dense.norm()).abs() < 1e-10, "case {i}");
+        }
+    }
+
+    #[test]
+    fn eigenvalues_are_the_nonzero_ones_of_the_full_matrix() {
+        for f in [
+            cases().swap_remove(2),
+            cases().swap_remove(4).get(1).unwrap().get(2).unwrap(),
+        ] {
+            let (re, im) = f.eigenvalues().unwrap();
+            let (re, im): (Vec<f64>, Vec<f64>) = (re.to_vec1().unwrap(), im.to_vec1().unwrap());
+            let full = f.ab().unwrap();
+            let (m, _) = full.dims2().unwrap();
+            let dense = DMatrix::from_row_slice(
+                m,
+                m,
+                &full.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            );
+            let mut want: Vec<(f64, f64)> = dense
+                .complex_eigenvalues()
+                .iter()
+                .map(|c| (c.re, c.im))
+                .filter(|c| c.0.hypot(c.1) > 1e-9)
+                .collect();
+            want.sort_by(|x, y| y.0.hypot(y.1).total_cmp(&x.0.hypot(x.1)));
+            assert_eq!(want.len(), re.len());
+            for ((r, i), (wr, wi)) in re.iter().zip(&im).zip(&want) {
+                // Conjugate pairs may come in either order: compare magnitudes and real parts.
+                assert!((r.hypot(*i) - wr.hypot(*wi)).abs() < 1e-8 && (r - wr).abs() < 1e-8);
+            }
+        }
+    }
+
+    #[test]
+    fn products_transpose_and_balancing_keep_the_matrix() {
+        for (i, f) in cases().into_iter().enumerate() {
+            let full = f.ab().unwrap();
+            let (m, r, n) = f.shape().unwrap();
+            assert!(
+                max_diff(
+                    &f.t().unwrap().ab().unwrap(),
+                    &full.transpose(D::Minus2, D::Minus1).unwrap()
+                ) < 1e-12
+            );
+            let right = randn(&[n, 5], 20 + i as u64);
+            let want = full.broadcast_matmul(&right).unwrap();
+            assert!(max_diff(&f.matmul(&right).unwrap().ab().unwrap(), &want) < 1e-10);
+            let left = randn(&[4, m], 30 + i as u64);
+            let want = left.broadcast_matmul(&full).unwrap();
+            assert!(max_diff(&f.rmatmul(&left).unwrap().ab().unwrap(), &want) < 1e-10);
+            let v = randn(&[n], 40 + i as u64);
+            let want = full
+                .broadcast_matmul(&v.unsqueeze(1).unwrap())
+                .unwrap()
+                .squeeze(D::Minus1)
+                .unwrap();
+            assert!(max_diff(&f.matvec(&v).unwrap(), &want) < 1e-10);
+            let other =
+                FactoredMatrix::new(randn(&[n, 2], 50 + i as u64), randn(&[2, 7], 60 + i as u64))
+                    .unwrap();
+            let prod = f.matmul_factored(&other).unwrap();
+            assert_eq!(prod.a.dim(D::Minus1).unwrap(), r.min(2));
+            assert!(
+                max_diff(
+                    &prod.ab().unwrap(),
+                    &full.broadcast_matmul(&other.ab().unwrap()).unwrap()
+                ) < 1e-10
+            );
+            let even = f.make_even().unwrap();
+            assert!(max_diff(&even.ab().unwrap(), &full) < 1e-10, "case {i}");
+            let gram_a = even
+                .a
+                .transpose(D::Minus2, D::Minus1)
+                .unwrap()
+                .matmul(&even.a)
+                .unwrap();
+            let gram_b = even
+                .b
+                .matmul(&even.b.transpose(D::Minus2, D::Minus1).unwrap())
+                .unwrap();
+            assert!(max_diff(&gram_a, &gram_b) < 1e-10, "balanced factors");
+            let svd = f.svd().unwrap();
+            assert!(max_diff(&svd.u.matmul(&f.collapse_l().unwrap()).unwrap(), &full) < 1e-10);
+            let vt = svd.v.transpose(D::Minus2, D::Minus1).unwrap();
+            assert!(max_diff(&f.collapse_r().unwrap().matmul(&vt).unwrap(), &full) < 1e-10);
+        }
+        assert!(FactoredMatrix::new(randn(&[3, 2], 0), randn(&[3, 2], 1)).is_err());
+        assert!(cases()[0].get(0).is_err());
+        assert!(cases()[0].ba().is_err());
+    }
+}
