@@ -127,18 +127,27 @@ impl FactoredMatrix {
         Ok((ata * bbt)?.sum((D::Minus2, D::Minus1))?.sqrt()?)
     }
 
-    /// The thin SVD from the factors: QR of A and of Bᵀ, then the SVD of the r × r core
-    /// R_A·R_Bᵀ. Computed in f64; returned in A's dtype.
+    /// The thin SVD from the factors, in f64: each of A and Bᵀ is split as Q·R with Q
+    /// orthonormal and R = Λ^½·Pᵀ from the eigendecomposition P·Λ·Pᵀ of its r × r Gram matrix
+    /// (AᵀA, BBᵀ); the SVD of the r × r core R_A·R_Bᵀ then gives A·B's. The tall products are
+    /// batched matmuls over all leading indices; only r × r problems are decomposed one by one.
+    /// Directions A or B do not span (rank deficiency) get singular value 0 and zero vectors.
     pub fn svd(&self) -> Result<Svd> {
         let (m, r, n) = self.shape()?;
-        let (mut us, mut ss, mut vs) = (vec![], vec![], vec![]);
-        for (a, b) in self.matrices()? {
-            let qa = a.qr();
-            let qb = b.transpose().qr();
-            let core = qa.r() * qb.r().transpose(); // [r, r]
-            let svd = core.svd(true, true);
-            let (uc, s, vt) = match (svd.u, svd.v_t) {
-                (Some(u), Some(v_t)) => (u, svd.singular_values, v_t),
+        let a = self.a.to_dtype(DType::F64)?;
+        let bt = self
+            .b
+            .to_dtype(DType::F64)?
+            .transpose(D::Minus2, D::Minus1)?
+            .contiguous()?;
+        let (pa, ra_inv, ra) = gram_roots(&a)?; // [.., r, r] each
+        let (pb, rb_inv, rb) = gram_roots(&bt)?;
+        let core = ra.matmul(&rb.transpose(D::Minus2, D::Minus1)?)?; // R_A·R_Bᵀ
+        let lead = self.leading().to_vec();
+        let parts = batched(&core, |c| {
+            let svd = c.svd(true, true);
+            let (u, vt) = match (svd.u, svd.v_t) {
+                (Some(u), Some(vt)) => (u, vt),
                 _ => {
                     return Err(Error::Invalid(
                         "the SVD of the core did not converge".into(),
@@ -146,24 +155,29 @@ impl FactoredMatrix {
                 }
             };
             // nalgebra returns singular values unsorted: order them descending.
-            let mut order: Vec<usize> = (0..s.len()).collect();
-            order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
-            let uc = uc.select_columns(&order);
-            let vc = vt.transpose().select_columns(&order);
-            us.extend((qa.q() * uc).transpose().iter().copied());
-            vs.extend((qb.q() * vc).transpose().iter().copied());
-            ss.extend(order.iter().map(|&i| s[i]));
-        }
+            let sv = &svd.singular_values;
+            let mut order: Vec<usize> = (0..sv.len()).collect();
+            order.sort_by(|&i, &j| sv[j].total_cmp(&sv[i]));
+            let s = DMatrix::from_iterator(1, r, order.iter().map(|&i| sv[i]));
+            Ok(vec![
+                u.select_columns(&order),
+                s,
+                vt.transpose().select_columns(&order),
+            ])
+        })?;
+        let [uc, s, vc]: [Tensor; 3] = parts
+            .try_into()
+            .map_err(|_| Error::Invalid("the core SVD has three parts".into()))?;
+        // A = Q_A·R_A with Q_A = A·P·Λ^-½, so U = Q_A·U_c = A·(P·Λ^-½·U_c); likewise V.
+        let u = a.matmul(&pa.matmul(&ra_inv)?.matmul(&uc)?)?;
+        let v = bt.matmul(&pb.matmul(&rb_inv)?.matmul(&vc)?)?;
         let k = r.min(m).min(n);
-        let lead = self.leading().to_vec();
-        let shaped = |v: Vec<f64>, tail: &[usize]| -> Result<Tensor> {
-            let dims: Vec<usize> = lead.iter().chain(tail).copied().collect();
-            Ok(Tensor::from_vec(v, dims, self.a.device())?.to_dtype(self.a.dtype())?)
-        };
+        let s = s.reshape(lead.iter().copied().chain([r]).collect::<Vec<_>>())?;
+        let dtype = self.a.dtype();
         Ok(Svd {
-            u: shaped(us, &[m, k])?,
-            s: shaped(ss, &[k])?,
-            v: shaped(vs, &[n, k])?,
+            u: u.narrow(D::Minus1, 0, k)?.to_dtype(dtype)?,
+            s: s.narrow(D::Minus1, 0, k)?.to_dtype(dtype)?,
+            v: v.narrow(D::Minus1, 0, k)?.to_dtype(dtype)?,
         })
     }
 
@@ -231,30 +245,55 @@ impl FactoredMatrix {
         }
         Self::new(self.a.get(i)?, self.b.get(i)?)
     }
+}
 
-    /// Each leading index's factors as f64 nalgebra matrices (A [m, r], B [r, n]).
-    fn matrices(&self) -> Result<Vec<(DMatrix<f64>, DMatrix<f64>)>> {
-        let (m, r, n) = self.shape()?;
-        let a = self
-            .a
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        let b = self
-            .b
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        Ok(a.chunks(m * r)
-            .zip(b.chunks(r * n))
-            .map(|(a, b)| {
-                (
-                    DMatrix::from_row_slice(m, r, a),
-                    DMatrix::from_row_slice(r, n, b),
-                )
-            })
-            .collect())
+/// For `x` [.., m, r]: P and Λ^-½ of the Gram matrix xᵀx = P·Λ·Pᵀ, and R = Λ^½·Pᵀ (so that
+/// x = (x·P·Λ^-½)·R with orthonormal x·P·Λ^-½ where Λ > 0): three [.., r, r] f64 tensors.
+/// Eigenvalues below 1e-13 of the largest count as 0 (their inverse root is set to 0).
+fn gram_roots(x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let gram = x.transpose(D::Minus2, D::Minus1)?.matmul(x)?;
+    let parts = batched(&gram, |g| {
+        let e = g.symmetric_eigen();
+        let top = e.eigenvalues.iter().fold(0f64, |a, &b| a.max(b));
+        let root = |l: f64| if l > 1e-13 * top { l.sqrt() } else { 0.0 };
+        let inv = |l: f64| if l > 1e-13 * top { 1.0 / l.sqrt() } else { 0.0 };
+        let diag = |f: &dyn Fn(f64) -> f64| DMatrix::from_diagonal(&e.eigenvalues.map(f));
+        let rt = diag(&root) * e.eigenvectors.transpose();
+        Ok(vec![e.eigenvectors.clone(), diag(&inv), rt])
+    })?;
+    let [p, inv, rt]: [Tensor; 3] = parts
+        .try_into()
+        .map_err(|_| Error::Invalid("gram roots".into()))?;
+    Ok((p, inv, rt))
+}
+
+/// Applies `f` to every trailing r × c matrix of `x` [.., r, c] (f64) and stacks each of the
+/// matrices it returns back over the leading dimensions.
+fn batched(
+    x: &Tensor,
+    f: impl Fn(DMatrix<f64>) -> Result<Vec<DMatrix<f64>>>,
+) -> Result<Vec<Tensor>> {
+    let dims = x.dims().to_vec();
+    let (rows, cols) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let lead = &dims[..dims.len() - 2];
+    let flat = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let mut outs: Vec<(Vec<f64>, (usize, usize))> = vec![];
+    for chunk in flat.chunks(rows * cols) {
+        let results = f(DMatrix::from_row_slice(rows, cols, chunk))?;
+        if outs.is_empty() {
+            outs = results.iter().map(|m| (vec![], m.shape())).collect();
+        }
+        for (out, m) in outs.iter_mut().zip(results) {
+            // nalgebra is column-major: its transpose's storage is the row-major order.
+            out.0.extend(m.transpose().iter().copied());
+        }
     }
+    outs.into_iter()
+        .map(|(v, (r, c))| {
+            let shape: Vec<usize> = lead.iter().copied().chain([r, c]).collect();
+            Ok(Tensor::from_vec(v, shape, x.device())?)
+        })
+        .collect()
 }
 
 /// A random f64 tensor of `shape` from `seed` (for property tests).
@@ -314,19 +353,28 @@ mod tests {
                 .matmul(&svd.v.transpose(D::Minus2, D::Minus1).unwrap())
                 .unwrap();
             assert!(max_diff(&rebuilt, &f.ab().unwrap()) < 1e-10, "case {i}");
-            // U has orthonormal columns.
+            // U has orthonormal columns where the singular value is nonzero, zero columns
+            // elsewhere (rank-deficient factors).
             let utu = svd
                 .u
                 .transpose(D::Minus2, D::Minus1)
                 .unwrap()
                 .matmul(&svd.u)
                 .unwrap();
-            let k = svd.s.dim(D::Minus1).unwrap();
-            let eye = Tensor::eye(k, DType::F64, &Device::Cpu).unwrap();
-            assert!(
-                max_diff(&utu, &eye.broadcast_as(utu.shape()).unwrap()) < 1e-10,
-                "case {i}"
-            );
+            let top = svd
+                .s
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let live = svd.s.ge(1e-10 * top).unwrap().to_dtype(DType::F64).unwrap();
+            let eye = Tensor::eye(live.dim(D::Minus1).unwrap(), DType::F64, &Device::Cpu).unwrap();
+            let want = eye
+                .broadcast_mul(&live.unsqueeze(D::Minus2).unwrap())
+                .unwrap();
+            assert!(max_diff(&utu, &want) < 1e-9, "case {i}");
             // Singular values equal the full matrix's leading ones (first batch entry).
             let first = match f.leading().len() {
                 0 => f.clone(),

@@ -1,6 +1,7 @@
 //! Analyses built on the hooked model, one idea per file.
 
 pub mod ablation;
+pub mod circuits;
 pub mod detectors;
 pub mod dla;
 pub mod factored;

@@ -1,0 +1,196 @@
+//! Per-head QK and OV circuits ("A Mathematical Framework for Transformer Circuits", in
+//! TransformerLens's vocabulary), full circuits through the embeddings, copying scores and
+//! composition scores, all on [`FactoredMatrix`] factors.
+//!
+//! With grouped-query attention a query head's circuits use the key/value head it shares
+//! (head h reads key/value head h / (n_heads / n_key_value_heads)), as TransformerLens does by
+//! expanding the key/value heads.
+
+use super::factored::FactoredMatrix;
+use crate::error::{Error, Result};
+use crate::model::{upcast, HookedTransformer};
+use candle_core::{DType, Tensor, D};
+
+/// One per-head weight of every layer, stacked in f32: [L, heads, .., ..].
+fn stack_w(model: &HookedTransformer, w: impl Fn(usize) -> Result<Tensor>) -> Result<Tensor> {
+    let per_layer = (0..model.cfg.n_layers)
+        .map(|l| upcast(&w(l)?)?.contiguous().map_err(Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&per_layer, 0)?)
+}
+
+/// [L, H_kv, ..] -> [L, H, ..]: each query head gets the key/value head it shares.
+fn expand_kv(model: &HookedTransformer, w: Tensor) -> Result<Tensor> {
+    let g = model.cfg.n_heads / model.cfg.n_key_value_heads;
+    if g == 1 {
+        return Ok(w);
+    }
+    let idx: Vec<u32> = (0..model.cfg.n_heads).map(|h| (h / g) as u32).collect();
+    Ok(w.index_select(&Tensor::new(idx, w.device())?, 1)?)
+}
+
+fn w_q(model: &HookedTransformer) -> Result<Tensor> {
+    stack_w(model, |l| model.W_Q(l))
+}
+fn w_k(model: &HookedTransformer) -> Result<Tensor> {
+    expand_kv(model, stack_w(model, |l| model.W_K(l))?)
+}
+fn w_v(model: &HookedTransformer) -> Result<Tensor> {
+    expand_kv(model, stack_w(model, |l| model.W_V(l))?)
+}
+fn w_o(model: &HookedTransformer) -> Result<Tensor> {
+    stack_w(model, |l| model.W_O(l))
+}
+
+fn t(x: &Tensor) -> Result<Tensor> {
+    Ok(x.transpose(D::Minus2, D::Minus1)?.contiguous()?)
+}
+
+/// QK = W_Q·W_Kᵀ of every head: [L, H, d_model, d_model] (query side rows, key side columns).
+pub fn qk(model: &HookedTransformer) -> Result<FactoredMatrix> {
+    FactoredMatrix::new(w_q(model)?, t(&w_k(model)?)?)
+}
+
+/// OV = W_V·W_O of every head: [L, H, d_model, d_model].
+pub fn ov(model: &HookedTransformer) -> Result<FactoredMatrix> {
+    FactoredMatrix::new(w_v(model)?, w_o(model)?)
+}
+
+fn head(
+    model: &HookedTransformer,
+    f: FactoredMatrix,
+    layer: usize,
+    h: usize,
+) -> Result<FactoredMatrix> {
+    model.block(layer)?;
+    model.check_head(h)?;
+    f.get(layer)?.get(h)
+}
+
+/// The full QK circuit W_E·QK·W_Eᵀ of one head: [d_vocab, d_vocab], factored.
+pub fn full_qk(model: &HookedTransformer, layer: usize, h: usize) -> Result<FactoredMatrix> {
+    let w_e = upcast(&model.w_e)?;
+    head(model, qk(model)?, layer, h)?
+        .rmatmul(&w_e)?
+        .matmul(&t(&w_e)?)
+}
+
+/// The positional QK circuit W_pos·QK·W_posᵀ of one head ([n_ctx, n_ctx]); learned-position
+/// models only.
+pub fn pos_qk(model: &HookedTransformer, layer: usize, h: usize) -> Result<FactoredMatrix> {
+    let w_pos = model.w_pos.as_ref().ok_or_else(|| {
+        Error::Unsupported("the positional QK circuit needs learned positions (W_pos)".into())
+    })?;
+    let w_pos = upcast(w_pos)?;
+    head(model, qk(model)?, layer, h)?
+        .rmatmul(&w_pos)?
+        .matmul(&t(&w_pos)?)
+}
+
+/// The full OV circuit W_E·OV·W_U of one head: [d_vocab, d_vocab], factored.
+pub fn full_ov(model: &HookedTransformer, layer: usize, h: usize) -> Result<FactoredMatrix> {
+    let (w_e, w_u) = (upcast(&model.w_e)?, upcast(&model.w_u)?);
+    head(model, ov(model)?, layer, h)?
+        .rmatmul(&w_e)?
+        .matmul(&w_u)
+}
+
+/// Eigenvalues of every head's full OV circuit W_E·OV·W_U, as (real, imaginary) [L, H, d_head],
+/// by descending magnitude: those of W_O·(W_U·W_E)·W_V, a d_head × d_head matrix, so the
+/// vocabulary-sized circuit is never built.
+pub fn full_ov_eigenvalues(model: &HookedTransformer) -> Result<(Tensor, Tensor)> {
+    let g = upcast(&model.w_u)?.matmul(&upcast(&model.w_e)?)?; // [d_model, d_model]
+    FactoredMatrix::new(w_v(model)?, w_o(model)?.broadcast_matmul(&g)?)?.eigenvalues()
+}
+
+/// The copying score of every head, Re(Σλ) / Σ|λ| over the eigenvalues λ of its full OV
+/// circuit: near 1 for a head that copies the tokens it attends to. [L, H].
+pub fn copying_scores(model: &HookedTransformer) -> Result<Tensor> {
+    let (re, im) = full_ov_eigenvalues(model)?;
+    let abs = (re.sqr()? + im.sqr()?)?.sqrt()?;
+    Ok((re.sum(D::Minus1)? / abs.sum(D::Minus1)?)?)
+}
+
+/// Which input of the later (reading) head a composition score measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Composition {
+    /// The reader's queries (QK, query side).
+    Q,
+    /// The reader's keys (QKᵀ).
+    K,
+    /// The reader's values (OV).
+    V,
+}
+
+impl Composition {
+    pub const ALL: [Composition; 3] = [Composition::Q, Composition::K, Composition::V];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Composition::Q => "Q",
+            Composition::K => "K",
+            Composition::V => "V",
+        }
+    }
+}
+
+/// Composition scores ‖OV_w·R_r‖_F / (‖OV_w‖_F ‖R_r‖_F) for every writer head w and reader head
+/// r, where R is the reader's QK (Q), QKᵀ (K) or OV (V): [L, H, L, H], writer first, zero unless
+/// the reader's layer is later (TransformerLens's `all_composition_scores`).
+///
+/// Each head is whitened once from its thin SVD (writer S·Vᵀ, reader U·S, r × d_model each), so
+/// a pair's score is the Frobenius norm of an r × r block of one large product over all heads.
+pub fn composition_scores(model: &HookedTransformer, kind: Composition) -> Result<Tensor> {
+    let (l, h) = (model.cfg.n_layers, model.cfg.n_heads);
+    let writers = ov(model)?;
+    let readers = match kind {
+        Composition::Q => qk(model)?,
+        Composition::K => qk(model)?.t()?,
+        Composition::V => writers.clone(),
+    };
+    let (ws, rs) = (writers.svd()?, readers.svd()?);
+    let r = ws.s.dim(D::Minus1)?;
+    let d = model.cfg.d_model;
+    // Writer rows S·Vᵀ: [L, H, r, d] -> [L·H·r, d]; reader columns U·S: [L, H, d, r] -> [d, L·H·r].
+    let x = t(&ws.v.broadcast_mul(&ws.s.unsqueeze(D::Minus2)?)?)?
+        .reshape((l * h * r, d))?
+        .to_dtype(DType::F32)?;
+    let y =
+        rs.u.broadcast_mul(&rs.s.unsqueeze(D::Minus2)?)?
+            .permute((2, 0, 1, 3))?
+            .contiguous()?
+            .reshape((d, l * h * r))?
+            .to_dtype(DType::F32)?;
+    let norm = |s: &Tensor| -> Result<Vec<f32>> {
+        Ok(s.to_dtype(DType::F32)?
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?
+            .flatten_all()?
+            .to_vec1()?)
+    };
+    let (nw, nr) = (norm(&ws.s)?, norm(&rs.s)?); // L·H each
+                                                 // One writer layer at a time against the later layers only: block (w, r) of the product is
+                                                 // writer w's S·Vᵀ times reader r's U·S, and its Frobenius norm is the unnormalised score.
+    let mut out = vec![0f32; l * h * l * h];
+    for lw in 0..l.saturating_sub(1) {
+        let later = l - lw - 1;
+        let xw = x.narrow(0, lw * h * r, h * r)?;
+        let yr = y.narrow(1, (lw + 1) * h * r, later * h * r)?;
+        let norms: Vec<f32> = xw
+            .matmul(&yr)?
+            .reshape((h, r, later, h, r))?
+            .sqr()?
+            .sum(4)?
+            .sum(1)?
+            .sqrt()?
+            .flatten_all()?
+            .to_vec1()?; // [writer head, later layer, reader head]
+        for (i, v) in norms.into_iter().enumerate() {
+            let (hw, rest) = (i / (later * h), i % (later * h));
+            let (lr, hr) = (lw + 1 + rest / h, rest % h);
+            out[((lw * h + hw) * l + lr) * h + hr] = v / (nw[lw * h + hw] * nr[lr * h + hr]);
+        }
+    }
+    Ok(Tensor::from_vec(out, (l, h, l, h), model.device())?)
+}
