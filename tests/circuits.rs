@@ -11,7 +11,7 @@ use hooklens::analysis::circuits::{
     composition_scores, copying_scores, full_ov, full_ov_eigenvalues, full_qk, ov, pos_qk, qk,
     Composition,
 };
-use hooklens::{HookedTransformer, Processing};
+use hooklens::HookedTransformer;
 use std::collections::HashMap;
 
 fn reference() -> HashMap<String, Tensor> {
@@ -118,12 +118,7 @@ fn check(model: &HookedTransformer, key: &str, positional: bool) {
 
 #[test]
 fn gpt2_circuits_match_transformerlens() {
-    let dir = gpt2_dir();
-    for (processing, key) in [
-        (Processing::none(), "gpt2.unprocessed"),
-        (Processing::default(), "gpt2.processed"),
-    ] {
-        let (model, _) = load_gpt2(dir.path(), processing);
+    for (model, key) in gpt2_both_modes() {
         check(&model, key, true);
     }
 }

@@ -222,12 +222,7 @@ fn check(model: &HookedTransformer, key: &str, expand_neurons: bool) {
 
 #[test]
 fn gpt2_matches_transformerlens() {
-    let dir = gpt2_dir();
-    for (processing, key) in [
-        (Processing::none(), "gpt2.unprocessed"),
-        (Processing::default(), "gpt2.processed"),
-    ] {
-        let (model, _) = load_gpt2(dir.path(), processing);
+    for (model, key) in gpt2_both_modes() {
         check(&model, key, true);
     }
 }

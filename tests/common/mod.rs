@@ -116,3 +116,16 @@ pub fn smollm2(processed: bool) -> &'static (HookedTransformer, Tokenizer) {
         load_model(Some(smollm2_path().to_str().unwrap()), &opts).unwrap()
     })
 }
+
+/// The random GPT-2 unprocessed and processed, each with its key in the reference files
+/// (`gpt2.unprocessed`, `gpt2.processed`).
+pub fn gpt2_both_modes() -> Vec<(HookedTransformer, &'static str)> {
+    let dir = gpt2_dir();
+    [
+        (Processing::none(), "gpt2.unprocessed"),
+        (Processing::default(), "gpt2.processed"),
+    ]
+    .into_iter()
+    .map(|(processing, key)| (load_gpt2(dir.path(), processing).0, key))
+    .collect()
+}
