@@ -298,3 +298,35 @@ fn lens_and_dla_write_their_runs() {
         assert!(dir.path().join("out/dla/r").join(f).is_file(), "{f}");
     }
 }
+
+#[test]
+fn circuits_writes_its_run_and_refuses_bad_flags() {
+    const CIRCUITS: &str = env!("CARGO_BIN_EXE_circuits");
+    refused(
+        CIRCUITS,
+        &["--outputs", "out", "--top-singular", "0"],
+        &["--top-singular"],
+    );
+    refused(
+        CIRCUITS,
+        &["--outputs", "out", "--model", "missing.gguf"],
+        &["missing.gguf"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(CIRCUITS, &["--outputs", "out", "--run", "r"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    // The induction circuit: previous-token head L0H1 writes into the induction head's keys.
+    assert!(
+        out.contains("strongest K-composition: L0H1 -> L1H2"),
+        "{out}"
+    );
+    for f in [
+        "heads.parquet",
+        "composition.parquet",
+        "composition_k.png",
+        "copying_scores.png",
+        "manifest.json",
+    ] {
+        assert!(dir.path().join("out/circuits/r").join(f).is_file(), "{f}");
+    }
+}

@@ -194,3 +194,136 @@ pub fn composition_scores(model: &HookedTransformer, kind: Composition) -> Resul
     }
     Ok(Tensor::from_vec(out, (l, h, l, h), model.device())?)
 }
+
+/// The columns of [`heads_frame`] and what they mean (for the run manifest).
+pub const HEAD_COLUMNS: &[(&str, &str)] = &[
+    ("layer", "layer of the head"),
+    ("head", "head within the layer"),
+    ("circuit", "qk = W_Q W_K^T, ov = W_V W_O (d_model x d_model); full_qk = W_E QK W_E^T, full_ov = W_E OV W_U (vocabulary x vocabulary); pos_qk = W_pos QK W_pos^T (learned positions)"),
+    ("rank", "index of the singular value, 0 = largest"),
+    ("singular_value", "the singular value"),
+    ("copying_score", "the head's copying score Re(sum of eigenvalues) / sum |eigenvalues| of its full OV circuit (same on every row of the head)"),
+    ("top_tokens", "ov: the tokens the right singular vector's direction unembeds to most (V^T W_U); full_ov: the output tokens the right singular vector weighs most; null otherwise"),
+];
+
+/// A tidy per-head table: the top `k` singular values of every head's QK, OV, full QK, full OV
+/// (and positional QK) circuits, its copying score, and for the OV circuits the `n_tokens`
+/// tokens each right singular vector points to; see [`HEAD_COLUMNS`]. `progress` is called
+/// after each head.
+pub fn heads_frame(
+    model: &HookedTransformer,
+    tok: &crate::Tokenizer,
+    k: usize,
+    n_tokens: usize,
+    mut progress: impl FnMut(),
+) -> Result<polars::prelude::DataFrame> {
+    use polars::prelude::*;
+    let (l_n, h_n) = (model.cfg.n_layers, model.cfg.n_heads);
+    let copying: Vec<f32> = copying_scores(model)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let (qk_svd, ov_svd) = (qk(model)?.svd()?, ov(model)?.svd()?);
+    let w_u = upcast(&model.w_u)?;
+    let (mut layer, mut head, mut circuit, mut rank) = (vec![], vec![], vec![], vec![]);
+    let (mut value, mut copy, mut tokens) = (vec![], vec![], vec![]);
+    let decode = |ids: Vec<(u32, f32)>| -> Result<String> {
+        let words = ids
+            .iter()
+            .map(|(id, _)| tok.decode(&[*id]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(words.join(" | "))
+    };
+    for l in 0..l_n {
+        for h in 0..h_n {
+            let mut circuits: Vec<(&str, super::factored::Svd)> = vec![];
+            let pick = |svd: &super::factored::Svd| -> Result<super::factored::Svd> {
+                Ok(super::factored::Svd {
+                    u: svd.u.get(l)?.get(h)?,
+                    s: svd.s.get(l)?.get(h)?,
+                    v: svd.v.get(l)?.get(h)?,
+                })
+            };
+            circuits.push(("qk", pick(&qk_svd)?));
+            circuits.push(("ov", pick(&ov_svd)?));
+            circuits.push(("full_qk", full_qk(model, l, h)?.svd()?));
+            circuits.push(("full_ov", full_ov(model, l, h)?.svd()?));
+            if model.w_pos.is_some() {
+                circuits.push(("pos_qk", pos_qk(model, l, h)?.svd()?));
+            }
+            for (name, svd) in circuits {
+                let s: Vec<f32> = svd.s.to_dtype(DType::F32)?.to_vec1()?;
+                for (i, &sv) in s.iter().enumerate().take(k) {
+                    // Right singular vector i: [n] over d_model (ov) or the vocabulary (full_ov).
+                    let v = svd.v.narrow(1, i, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+                    let top = match name {
+                        "ov" => Some(decode(super::metrics::top_k(
+                            &v.unsqueeze(0)?.matmul(&w_u)?.squeeze(0)?.to_vec1()?,
+                            n_tokens,
+                        ))?),
+                        "full_ov" => Some(decode(super::metrics::top_k(&v.to_vec1()?, n_tokens))?),
+                        _ => None,
+                    };
+                    layer.push(l as u32);
+                    head.push(h as u32);
+                    circuit.push(name);
+                    rank.push(i as u32);
+                    value.push(sv);
+                    copy.push(copying[l * h_n + h]);
+                    tokens.push(top);
+                }
+            }
+            progress();
+        }
+    }
+    df!(
+        "layer" => layer, "head" => head, "circuit" => circuit, "rank" => rank,
+        "singular_value" => value, "copying_score" => copy, "top_tokens" => tokens
+    )
+    .map_err(|e| Error::Invalid(format!("building the circuits table: {e}")))
+}
+
+/// The columns of [`composition_frame`] and what they mean (for the run manifest).
+pub const COMPOSITION_COLUMNS: &[(&str, &str)] = &[
+    (
+        "kind",
+        "Q, K or V: which input of the reader the writer's OV output feeds",
+    ),
+    ("writer_layer", "layer of the earlier (writing) head"),
+    ("writer_head", "the writing head"),
+    ("reader_layer", "layer of the later (reading) head"),
+    ("reader_head", "the reading head"),
+    (
+        "score",
+        "||OV_writer R_reader||_F / (||OV_writer||_F ||R_reader||_F), R = QK, QK^T or OV",
+    ),
+];
+
+/// A tidy table of composition scores [L, H, L, H] per kind, earlier-to-later pairs only.
+pub fn composition_frame(scores: &[(Composition, Tensor)]) -> Result<polars::prelude::DataFrame> {
+    use polars::prelude::*;
+    let (mut kind, mut wl, mut wh, mut rl, mut rh, mut score) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (c, s) in scores {
+        let (l_n, h_n, _, _) = s.dims4()?;
+        let v: Vec<f32> = s.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        for (i, &x) in v.iter().enumerate() {
+            let (l1, h1, l2, h2) = (
+                i / (h_n * l_n * h_n),
+                i / (l_n * h_n) % h_n,
+                i / h_n % l_n,
+                i % h_n,
+            );
+            if l1 < l2 {
+                kind.push(c.name());
+                wl.push(l1 as u32);
+                wh.push(h1 as u32);
+                rl.push(l2 as u32);
+                rh.push(h2 as u32);
+                score.push(x);
+            }
+        }
+    }
+    df!("kind" => kind, "writer_layer" => wl, "writer_head" => wh, "reader_layer" => rl, "reader_head" => rh, "score" => score)
+        .map_err(|e| Error::Invalid(format!("building the composition table: {e}")))
+}
