@@ -8,8 +8,8 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
 use hooklens::analysis::circuits::{
-    composition_scores, copying_scores, full_ov, full_ov_eigenvalues, full_qk, ov, pos_qk, qk,
-    Composition,
+    composition_scores, copying_scores, full_ov, full_ov_eigenvalues, full_ov_gram_svd, full_qk,
+    full_qk_singular_values, ov, pos_qk, pos_qk_singular_values, qk, Composition,
 };
 use hooklens::HookedTransformer;
 use std::collections::HashMap;
@@ -105,7 +105,29 @@ fn check(model: &HookedTransformer, key: &str, positional: bool) {
         &r[&format!("{key}.full_ov0_s")],
         1e-4,
     );
+    // The batched Gram route gives the same singular values for every head at once.
+    let batched_qk = full_qk_singular_values(model).unwrap().get(0).unwrap();
+    close(
+        &format!("{key} full QK singular values (batched)"),
+        &batched_qk,
+        &r[&format!("{key}.full_qk0_s")],
+        1e-4,
+    );
+    let batched_ov = full_ov_gram_svd(model).unwrap().s.get(0).unwrap();
+    close(
+        &format!("{key} full OV singular values (batched)"),
+        &batched_ov,
+        &r[&format!("{key}.full_ov0_s")],
+        1e-4,
+    );
     if positional {
+        let batched_pos = pos_qk_singular_values(model).unwrap().get(0).unwrap();
+        close(
+            &format!("{key} positional QK singular values (batched)"),
+            &batched_pos,
+            &r[&format!("{key}.pos_qk0_s")],
+            1e-4,
+        );
         let pos_s = per_head(&|h| pos_qk(model, 0, h).unwrap().svd().unwrap().s);
         close(
             &format!("{key} positional QK singular values"),

@@ -6,7 +6,7 @@
 //! (head h reads key/value head h / (n_heads / n_key_value_heads)), as TransformerLens does by
 //! expanding the key/value heads.
 
-use super::factored::FactoredMatrix;
+use super::factored::{FactoredMatrix, GramSvd};
 use crate::error::{Error, Result};
 use crate::model::{upcast, HookedTransformer};
 use candle_core::{DType, Tensor, D};
@@ -93,6 +93,49 @@ pub fn full_ov(model: &HookedTransformer, layer: usize, h: usize) -> Result<Fact
     head(model, ov(model)?, layer, h)?
         .rmatmul(&w_e)?
         .matmul(&w_u)
+}
+
+/// xᵀ·x in f64 for x [rows, d]: [d, d].
+fn gram64(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F64)?;
+    Ok(x.t()?.matmul(&x)?)
+}
+
+/// Aᵀ·G·A for A [L, H, d, r] and G [d, d]: [L, H, r, r], in f64.
+fn sandwich(a: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let a = a.to_dtype(DType::F64)?;
+    Ok(t(&a)?.broadcast_matmul(g)?.matmul(&a)?)
+}
+
+/// The singular values of every head's full QK circuit W_E·QK·W_Eᵀ, [L, H, d_head]: from the
+/// d_head × d_head Grams W_Qᵀ(W_EᵀW_E)W_Q and W_Kᵀ(W_EᵀW_E)W_K, one vocabulary-sized product in
+/// all.
+pub fn full_qk_singular_values(model: &HookedTransformer) -> Result<Tensor> {
+    let e = gram64(&model.w_e)?;
+    let svd = GramSvd::new(&sandwich(&w_q(model)?, &e)?, &sandwich(&w_k(model)?, &e)?)?;
+    Ok(svd.s.to_dtype(DType::F32)?)
+}
+
+/// The singular values of every head's positional QK circuit W_pos·QK·W_posᵀ, [L, H, d_head]
+/// (learned-position models).
+pub fn pos_qk_singular_values(model: &HookedTransformer) -> Result<Tensor> {
+    let w_pos = model.w_pos.as_ref().ok_or_else(|| {
+        Error::Unsupported("the positional QK circuit needs learned positions (W_pos)".into())
+    })?;
+    let e = gram64(w_pos)?;
+    let svd = GramSvd::new(&sandwich(&w_q(model)?, &e)?, &sandwich(&w_k(model)?, &e)?)?;
+    Ok(svd.s.to_dtype(DType::F32)?)
+}
+
+/// Every head's full OV circuit W_E·OV·W_U as a [`GramSvd`] (f64): singular values [L, H,
+/// d_head]; its right singular vectors over the vocabulary are W_Uᵀ·W_Oᵀ·`right`.
+pub fn full_ov_gram_svd(model: &HookedTransformer) -> Result<GramSvd> {
+    let e = gram64(&model.w_e)?;
+    let u = gram64(&t(&model.w_u)?)?; // W_U·W_Uᵀ
+    GramSvd::new(
+        &sandwich(&w_v(model)?, &e)?,
+        &sandwich(&t(&w_o(model)?)?, &u)?,
+    )
 }
 
 /// Eigenvalues of every head's full OV circuit W_E·OV·W_U, as (real, imaginary) [L, H, d_head],
@@ -234,34 +277,61 @@ pub fn heads_frame(
             .collect::<Result<Vec<_>>>()?;
         Ok(words.join(" | "))
     };
+    let full_qk_s = full_qk_singular_values(model)?;
+    let pos_qk_s = match model.w_pos.is_some() {
+        true => Some(pos_qk_singular_values(model)?),
+        false => None,
+    };
+    let full_ov = full_ov_gram_svd(model)?;
+    let w_o_all = w_o(model)?; // [L, H, d_head, d_model]
+    let k = k.min(model.cfg.d_head);
     for l in 0..l_n {
+        // Right singular vectors of each head's full OV circuit over the vocabulary, top k:
+        // W_Uᵀ·(W_Oᵀ·right[.., :k]) for the layer's heads at once: [d_vocab, H·k].
+        let right = full_ov
+            .right
+            .get(l)?
+            .narrow(2, 0, k)?
+            .to_dtype(DType::F32)?; // [H, dh, k]
+        let m = t(&w_o_all.get(l)?)?.matmul(&right)?; // [H, d_model, k]
+        let m = m
+            .permute((1, 0, 2))?
+            .contiguous()?
+            .reshape((model.cfg.d_model, h_n * k))?;
+        let vocab_vectors = t(&w_u)?.matmul(&m)?.t()?.contiguous()?; // [H·k, d_vocab]
+                                                                     // The OV circuits' right singular vectors (d_model) read through the unembedding:
+                                                                     // [H, d_model, k] -> [d_model, H·k] -> [H·k, d_vocab].
+        let ov_right = ov_svd.v.get(l)?.narrow(2, 0, k)?.to_dtype(DType::F32)?;
+        let ov_right = ov_right
+            .permute((1, 0, 2))?
+            .contiguous()?
+            .reshape((model.cfg.d_model, h_n * k))?;
+        let ov_logits = t(&ov_right)?.matmul(&w_u)?; // [H·k, d_vocab]
         for h in 0..h_n {
-            let mut circuits: Vec<(&str, super::factored::Svd)> = vec![];
-            let pick = |svd: &super::factored::Svd| -> Result<super::factored::Svd> {
-                Ok(super::factored::Svd {
-                    u: svd.u.get(l)?.get(h)?,
-                    s: svd.s.get(l)?.get(h)?,
-                    v: svd.v.get(l)?.get(h)?,
-                })
+            let heads_s = |s: &Tensor| -> Result<Vec<f32>> {
+                Ok(s.get(l)?.get(h)?.to_dtype(DType::F32)?.to_vec1()?)
             };
-            circuits.push(("qk", pick(&qk_svd)?));
-            circuits.push(("ov", pick(&ov_svd)?));
-            circuits.push(("full_qk", full_qk(model, l, h)?.svd()?));
-            circuits.push(("full_ov", full_ov(model, l, h)?.svd()?));
-            if model.w_pos.is_some() {
-                circuits.push(("pos_qk", pos_qk(model, l, h)?.svd()?));
+            let mut circuits = vec![
+                ("qk", heads_s(&qk_svd.s)?),
+                ("ov", heads_s(&ov_svd.s)?),
+                ("full_qk", heads_s(&full_qk_s)?),
+                ("full_ov", heads_s(&full_ov.s)?),
+            ];
+            if let Some(p) = &pos_qk_s {
+                circuits.push(("pos_qk", heads_s(p)?));
             }
-            for (name, svd) in circuits {
-                let s: Vec<f32> = svd.s.to_dtype(DType::F32)?.to_vec1()?;
+            for (name, s) in circuits {
                 for (i, &sv) in s.iter().enumerate().take(k) {
-                    // Right singular vector i: [n] over d_model (ov) or the vocabulary (full_ov).
-                    let v = svd.v.narrow(1, i, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
                     let top = match name {
-                        "ov" => Some(decode(super::metrics::top_k(
-                            &v.unsqueeze(0)?.matmul(&w_u)?.squeeze(0)?.to_vec1()?,
-                            n_tokens,
-                        ))?),
-                        "full_ov" => Some(decode(super::metrics::top_k(&v.to_vec1()?, n_tokens))?),
+                        // The OV right singular vector (d_model), read through the unembedding.
+                        "ov" => {
+                            let v: Vec<f32> = ov_logits.get(h * k + i)?.to_vec1()?;
+                            Some(decode(super::metrics::top_k(&v, n_tokens))?)
+                        }
+                        "full_ov" => {
+                            let v: Vec<f32> = vocab_vectors.get(h * k + i)?.to_vec1()?;
+                            Some(decode(super::metrics::top_k(&v, n_tokens))?)
+                        }
                         _ => None,
                     };
                     layer.push(l as u32);

@@ -128,56 +128,29 @@ impl FactoredMatrix {
     }
 
     /// The thin SVD from the factors, in f64: each of A and Bᵀ is split as Q·R with Q
-    /// orthonormal and R = Λ^½·Pᵀ from the eigendecomposition P·Λ·Pᵀ of its r × r Gram matrix
-    /// (AᵀA, BBᵀ); the SVD of the r × r core R_A·R_Bᵀ then gives A·B's. The tall products are
-    /// batched matmuls over all leading indices; only r × r problems are decomposed one by one.
-    /// Directions A or B do not span (rank deficiency) get singular value 0 and zero vectors.
+    /// orthonormal and R an r × r square root of its Gram matrix (AᵀA, BBᵀ); the SVD of the
+    /// r × r core R_A·R_Bᵀ then gives A·B's ([`GramSvd`]). The tall products are batched matmuls
+    /// over all leading indices; only r × r problems are decomposed one by one. Directions A or B
+    /// do not span (rank deficiency) get singular value 0 and zero vectors.
     pub fn svd(&self) -> Result<Svd> {
         let (m, r, n) = self.shape()?;
         let a = self.a.to_dtype(DType::F64)?;
-        let bt = self
-            .b
-            .to_dtype(DType::F64)?
-            .transpose(D::Minus2, D::Minus1)?
-            .contiguous()?;
-        let (pa, ra_inv, ra) = gram_roots(&a)?; // [.., r, r] each
-        let (pb, rb_inv, rb) = gram_roots(&bt)?;
-        let core = ra.matmul(&rb.transpose(D::Minus2, D::Minus1)?)?; // R_A·R_Bᵀ
-        let lead = self.leading().to_vec();
-        let parts = batched(&core, |c| {
-            let svd = c.svd(true, true);
-            let (u, vt) = match (svd.u, svd.v_t) {
-                (Some(u), Some(vt)) => (u, vt),
-                _ => {
-                    return Err(Error::Invalid(
-                        "the SVD of the core did not converge".into(),
-                    ))
-                }
-            };
-            // nalgebra returns singular values unsorted: order them descending.
-            let sv = &svd.singular_values;
-            let mut order: Vec<usize> = (0..sv.len()).collect();
-            order.sort_by(|&i, &j| sv[j].total_cmp(&sv[i]));
-            let s = DMatrix::from_iterator(1, r, order.iter().map(|&i| sv[i]));
-            Ok(vec![
-                u.select_columns(&order),
-                s,
-                vt.transpose().select_columns(&order),
-            ])
-        })?;
-        let [uc, s, vc]: [Tensor; 3] = parts
-            .try_into()
-            .map_err(|_| Error::Invalid("the core SVD has three parts".into()))?;
-        // A = Q_A·R_A with Q_A = A·P·Λ^-½, so U = Q_A·U_c = A·(P·Λ^-½·U_c); likewise V.
-        let u = a.matmul(&pa.matmul(&ra_inv)?.matmul(&uc)?)?;
-        let v = bt.matmul(&pb.matmul(&rb_inv)?.matmul(&vc)?)?;
+        let bt = t64(&self.b)?;
+        let core = GramSvd::new(
+            &a.transpose(D::Minus2, D::Minus1)?.matmul(&a)?,
+            &bt.transpose(D::Minus2, D::Minus1)?.matmul(&bt)?,
+        )?;
         let k = r.min(m).min(n);
-        let s = s.reshape(lead.iter().copied().chain([r]).collect::<Vec<_>>())?;
         let dtype = self.a.dtype();
         Ok(Svd {
-            u: u.narrow(D::Minus1, 0, k)?.to_dtype(dtype)?,
-            s: s.narrow(D::Minus1, 0, k)?.to_dtype(dtype)?,
-            v: v.narrow(D::Minus1, 0, k)?.to_dtype(dtype)?,
+            u: a.matmul(&core.left)?
+                .narrow(D::Minus1, 0, k)?
+                .to_dtype(dtype)?,
+            s: core.s.narrow(D::Minus1, 0, k)?.to_dtype(dtype)?,
+            v: bt
+                .matmul(&core.right)?
+                .narrow(D::Minus1, 0, k)?
+                .to_dtype(dtype)?,
         })
     }
 
@@ -247,12 +220,71 @@ impl FactoredMatrix {
     }
 }
 
-/// For `x` [.., m, r]: P and Λ^-½ of the Gram matrix xᵀx = P·Λ·Pᵀ, and R = Λ^½·Pᵀ (so that
+/// `x`ᵀ in f64 and contiguous.
+fn t64(x: &Tensor) -> Result<Tensor> {
+    Ok(x.to_dtype(DType::F64)?
+        .transpose(D::Minus2, D::Minus1)?
+        .contiguous()?)
+}
+
+/// The SVD of a product A·B known through its Gram matrices AᵀA and BBᵀ alone ([.., r, r]):
+/// the singular values and the r × r maps that turn A and Bᵀ into the singular vectors,
+/// U = A·left and V = Bᵀ·right. For L·(A·B)·R with a vocabulary-sized L or R, the Grams are
+/// Aᵀ(LᵀL)A and B(RRᵀ)Bᵀ: a head's full circuit never needs its vocabulary-sized factors.
+#[derive(Debug, Clone)]
+pub struct GramSvd {
+    /// [.., r], descending.
+    pub s: Tensor,
+    /// [.., r, r] each.
+    pub left: Tensor,
+    pub right: Tensor,
+}
+
+impl GramSvd {
+    pub fn new(gram_a: &Tensor, gram_b: &Tensor) -> Result<Self> {
+        let (pa, ra_inv, ra) = gram_roots(&gram_a.to_dtype(DType::F64)?)?;
+        let (pb, rb_inv, rb) = gram_roots(&gram_b.to_dtype(DType::F64)?)?;
+        let core = ra.matmul(&rb.transpose(D::Minus2, D::Minus1)?)?; // R_A·R_Bᵀ
+        let r = core.dim(D::Minus1)?;
+        let parts = batched(&core, |c| {
+            let svd = c.svd(true, true);
+            let (u, vt) = match (svd.u, svd.v_t) {
+                (Some(u), Some(vt)) => (u, vt),
+                _ => {
+                    return Err(Error::Invalid(
+                        "the SVD of the core did not converge".into(),
+                    ))
+                }
+            };
+            // nalgebra returns singular values unsorted: order them descending.
+            let sv = &svd.singular_values;
+            let mut order: Vec<usize> = (0..sv.len()).collect();
+            order.sort_by(|&i, &j| sv[j].total_cmp(&sv[i]));
+            let s = DMatrix::from_iterator(1, r, order.iter().map(|&i| sv[i]));
+            Ok(vec![
+                u.select_columns(&order),
+                s,
+                vt.transpose().select_columns(&order),
+            ])
+        })?;
+        let [uc, s, vc]: [Tensor; 3] = parts
+            .try_into()
+            .map_err(|_| Error::Invalid("the core SVD has three parts".into()))?;
+        // A = Q_A·R_A with Q_A = A·P·Λ^-½, so U = Q_A·U_c = A·(P·Λ^-½·U_c); likewise V.
+        let s_dims: Vec<usize> = core.dims()[..core.rank() - 1].to_vec();
+        Ok(Self {
+            s: s.reshape(s_dims)?,
+            left: pa.matmul(&ra_inv)?.matmul(&uc)?,
+            right: pb.matmul(&rb_inv)?.matmul(&vc)?,
+        })
+    }
+}
+
+/// For a Gram matrix G = xᵀx [.., r, r]: P and Λ^-½ of G = P·Λ·Pᵀ, and R = Λ^½·Pᵀ (so that
 /// x = (x·P·Λ^-½)·R with orthonormal x·P·Λ^-½ where Λ > 0): three [.., r, r] f64 tensors.
 /// Eigenvalues below 1e-13 of the largest count as 0 (their inverse root is set to 0).
-fn gram_roots(x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let gram = x.transpose(D::Minus2, D::Minus1)?.matmul(x)?;
-    let parts = batched(&gram, |g| {
+fn gram_roots(gram: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let parts = batched(gram, |g| {
         let e = g.symmetric_eigen();
         let top = e.eigenvalues.iter().fold(0f64, |a, &b| a.max(b));
         let root = |l: f64| if l > 1e-13 * top { l.sqrt() } else { 0.0 };

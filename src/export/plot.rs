@@ -179,7 +179,9 @@ impl Heatmap<'_> {
                             .transform(FontTransform::Rotate90),
                     )
                     .pos(Pos::new(HPos::Left, VPos::Center));
-                    for (c, label) in col_labels.iter().enumerate() {
+                    // Every label when they fit (16 px each), else every step-th.
+                    let step = (cols as u32 * 16).div_ceil(plot_width).max(1) as usize;
+                    for (c, label) in col_labels.iter().enumerate().step_by(step) {
                         let (x, y) = chart.backend_coord(&(c as f64, rows as f64 - 0.5));
                         main.draw(&Text::new(label.as_str(), (x, y + 8), style.clone()))
                             .map_err(plot_err)?;
