@@ -449,3 +449,43 @@ fn neuron_stacks_select_all_indices_or_the_strongest() {
         .stack_neuron_results(&model, &last, &Neurons::Indices(vec![999]))
         .is_err());
 }
+
+#[test]
+fn dla_over_a_padded_batch_is_the_mean_of_single_prompts() {
+    let dir = gpt2_dir();
+    let (model, tok) = load_gpt2(dir.path(), Processing::default());
+    let pairs = hooklens::data::ioi_pairs(&tok, 4, 11).unwrap();
+    let t = hooklens::data::tokenize_pairs(&pairs, &tok, true, "ioi").unwrap();
+    assert!(
+        t.iter().any(|p| p.clean.len() != t[0].clean.len()),
+        "the batch needs padding"
+    );
+    let dla = |pairs: &[hooklens::data::TokenPair]| {
+        let batch = hooklens::data::PairBatch::new(pairs, 0, &Device::Cpu).unwrap();
+        let (logits, cache) = model.run_with_cache(&batch.clean, NameFilter::All).unwrap();
+        let last: Vec<usize> = batch.lengths.iter().map(|l| l - 1).collect();
+        hooklens::analysis::dla::direct_logit_attribution(
+            &model,
+            &cache,
+            &logits,
+            (&batch.answers, &batch.wrong),
+            &last,
+            true,
+        )
+        .unwrap()
+    };
+    let together = dla(&t);
+    let alone: Vec<_> = t.iter().map(|p| dla(std::slice::from_ref(p))).collect();
+    for (i, c) in together.contributions.iter().enumerate() {
+        let mean: f32 =
+            alone.iter().map(|d| d.contributions[i].value).sum::<f32>() / alone.len() as f32;
+        assert!(
+            (c.value - mean).abs() < 1e-4,
+            "{}: {} vs {mean}",
+            c.component,
+            c.value
+        );
+    }
+    let mean_diff: f32 = alone.iter().map(|d| d.logit_diff).sum::<f32>() / alone.len() as f32;
+    assert!((together.logit_diff - mean_diff).abs() < 1e-4);
+}
