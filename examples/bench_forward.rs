@@ -13,7 +13,7 @@ use clap::Parser;
 use hooklens::{load_model, Hooks, LoadOptions, NameFilter};
 mod common;
 
-use common::{median_secs, peak_rss_mb};
+use common::{matmul_gflops, median_secs, peak_rss_mb};
 
 #[derive(Parser)]
 #[command(about = "Benchmark forward and run_with_cache against TransformerLens")]
@@ -41,11 +41,7 @@ fn main() -> Result<()> {
     let (model, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
     let c = model.cfg.clone();
-    // The f32 matmul rate in this run: the roofline's denominator.
-    let x = Tensor::randn(0f32, 1.0, (1024, 768), &Device::Cpu)?;
-    let w = Tensor::randn(0f32, 1.0, (768, 3072), &Device::Cpu)?;
-    let mm = median_secs(10, || x.matmul(&w).map(drop).map_err(Into::into))?;
-    let gflops = 2.0 * 1024.0 * 768.0 * 3072.0 / mm / 1e9;
+    let gflops = matmul_gflops()?;
     println!(
         "model: {} layers, d_model {}, {} heads, d_mlp {}, vocab {}; threads {}",
         c.n_layers,

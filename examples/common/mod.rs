@@ -1,4 +1,5 @@
 //! Timing helpers shared by the benchmark binaries.
+#![allow(dead_code)] // each benchmark uses a subset of these helpers
 
 use anyhow::Result;
 use std::time::Instant;
@@ -24,4 +25,14 @@ pub fn peak_rss_mb() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|k| k.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The f32 matmul rate of this machine in this run (1024 x 768 x 3072, median of 10), in
+/// GFLOP/s: the roofline's denominator.
+pub fn matmul_gflops() -> Result<f64> {
+    use candle_core::{Device, Tensor};
+    let x = Tensor::randn(0f32, 1.0, (1024, 768), &Device::Cpu)?;
+    let w = Tensor::randn(0f32, 1.0, (768, 3072), &Device::Cpu)?;
+    let mm = median_secs(10, || x.matmul(&w).map(drop).map_err(Into::into))?;
+    Ok(2.0 * 1024.0 * 768.0 * 3072.0 / mm / 1e9)
 }
