@@ -6,7 +6,7 @@
 //! (head h reads key/value head h / (n_heads / n_key_value_heads)), as TransformerLens does by
 //! expanding the key/value heads.
 
-use super::factored::{FactoredMatrix, GramSvd};
+use super::factored::{gram_root, FactoredMatrix, GramSvd};
 use crate::error::{Error, Result};
 use crate::model::{upcast, HookedTransformer};
 use candle_core::{DType, Tensor, D};
@@ -181,40 +181,40 @@ impl Composition {
 /// r, where R is the reader's QK (Q), QKᵀ (K) or OV (V): [L, H, L, H], writer first, zero unless
 /// the reader's layer is later (TransformerLens's `all_composition_scores`).
 ///
-/// Each head is whitened once from its thin SVD (writer S·Vᵀ, reader U·S, r × d_model each), so
-/// a pair's score is the Frobenius norm of an r × r block of one large product over all heads.
+/// Each head is whitened once: with the writer A_w·B_w and the reader A_r·B_r, and square roots
+/// R of the d_head × d_head Grams A_wᵀA_w and B_rB_rᵀ, ‖A_w·B_w·A_r·B_r‖_F =
+/// ‖(R_Aw·B_w)·(A_r·R_Brᵀ)‖_F. So a pair's score is the Frobenius norm of an r × r block of one
+/// large product over all heads, computed one writer layer at a time against the later layers.
 pub fn composition_scores(model: &HookedTransformer, kind: Composition) -> Result<Tensor> {
     let (l, h) = (model.cfg.n_layers, model.cfg.n_heads);
-    let writers = ov(model)?;
-    let readers = match kind {
-        Composition::Q => qk(model)?,
-        Composition::K => qk(model)?.t()?,
-        Composition::V => writers.clone(),
-    };
-    let (ws, rs) = (writers.svd()?, readers.svd()?);
-    let r = ws.s.dim(D::Minus1)?;
     let d = model.cfg.d_model;
-    // Writer rows S·Vᵀ: [L, H, r, d] -> [L·H·r, d]; reader columns U·S: [L, H, d, r] -> [d, L·H·r].
-    let x = t(&ws.v.broadcast_mul(&ws.s.unsqueeze(D::Minus2)?)?)?
-        .reshape((l * h * r, d))?
-        .to_dtype(DType::F32)?;
-    let y =
-        rs.u.broadcast_mul(&rs.s.unsqueeze(D::Minus2)?)?
-            .permute((2, 0, 1, 3))?
-            .contiguous()?
-            .reshape((d, l * h * r))?
-            .to_dtype(DType::F32)?;
-    let norm = |s: &Tensor| -> Result<Vec<f32>> {
-        Ok(s.to_dtype(DType::F32)?
-            .sqr()?
-            .sum(D::Minus1)?
-            .sqrt()?
-            .flatten_all()?
-            .to_vec1()?)
+    let (w_v, w_o) = (w_v(model)?, w_o(model)?);
+    let (a_r, b_r) = match kind {
+        Composition::Q => (w_q(model)?, t(&w_k(model)?)?),
+        Composition::K => (w_k(model)?, t(&w_q(model)?)?),
+        Composition::V => (w_v.clone(), w_o.clone()),
     };
-    let (nw, nr) = (norm(&ws.s)?, norm(&rs.s)?); // L·H each
-                                                 // One writer layer at a time against the later layers only: block (w, r) of the product is
-                                                 // writer w's S·Vᵀ times reader r's U·S, and its Frobenius norm is the unnormalised score.
+    let gram = |x: &Tensor| -> Result<Tensor> {
+        let x = x.to_dtype(DType::F64)?;
+        Ok(t(&x)?.matmul(&x)?)
+    };
+    // Writer rows R_A·B_w [L, H, r, d]; reader columns A_r·R_Bᵀ [L, H, d, r].
+    let r_aw = gram_root(&gram(&w_v)?)?.to_dtype(DType::F32)?;
+    let x = r_aw.matmul(&w_o)?;
+    let r_br = gram_root(&gram(&t(&b_r)?)?)?.to_dtype(DType::F32)?;
+    let y = a_r.matmul(&t(&r_br)?)?;
+    let r = x.dim(2)?;
+    let norm = |m: &Tensor| -> Result<Vec<f32>> {
+        Ok(m.sqr()?.sum((2, 3))?.sqrt()?.flatten_all()?.to_vec1()?)
+    };
+    let (nw, nr) = (norm(&x)?, norm(&y)?); // L·H each: ‖OV_w‖_F, ‖R_r‖_F
+    let x = x.reshape((l * h * r, d))?;
+    let y = y
+        .permute((2, 0, 1, 3))?
+        .contiguous()?
+        .reshape((d, l * h * r))?;
+    // One writer layer at a time against the later layers only: block (w, r) of the product is
+    // writer w's R_A·B_w times reader r's A_r·R_Bᵀ; its Frobenius norm is the unnormalised score.
     let mut out = vec![0f32; l * h * l * h];
     for lw in 0..l.saturating_sub(1) {
         let later = l - lw - 1;

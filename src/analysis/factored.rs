@@ -280,6 +280,12 @@ impl GramSvd {
     }
 }
 
+/// R = Λ^½·Pᵀ [.., r, r] for each Gram matrix G = xᵀx = P·Λ·Pᵀ in `gram` [.., r, r]: a square
+/// root (RᵀR = G), so that x = Q·R with Q orthonormal, and ‖x·M‖_F = ‖R·M‖_F for any M.
+pub fn gram_root(gram: &Tensor) -> Result<Tensor> {
+    Ok(gram_roots(&gram.to_dtype(DType::F64)?)?.2)
+}
+
 /// For a Gram matrix G = xᵀx [.., r, r]: P and Λ^-½ of G = P·Λ·Pᵀ, and R = Λ^½·Pᵀ (so that
 /// x = (x·P·Λ^-½)·R with orthonormal x·P·Λ^-½ where Λ > 0): three [.., r, r] f64 tensors.
 /// Eigenvalues below 1e-13 of the largest count as 0 (their inverse root is set to 0).
