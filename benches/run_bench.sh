@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Runs the forward benchmark: TransformerLens (peers environment) then hooklens, same machine,
-# same random GPT-2-small weights and tokens, and prints both side by side.
-#   benches/run_bench.sh [VENV]   (default VENV: ~/.cache/hooklens-peers/venv, from ../shared/peers/setup.sh)
+# Runs a benchmark: TransformerLens (peers environment) then hooklens, same machine, same random
+# GPT-2-small weights, and prints both side by side.
+#   benches/run_bench.sh [forward|circuits] [VENV]
+#     forward:  forward and run_with_cache at several lengths (the default)
+#     circuits: composition scores, a full-circuit SVD and copying scores
+#   VENV defaults to ~/.cache/hooklens-peers/venv, from ../shared/peers/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=${1:-$HOME/.cache/hooklens-peers/venv}
+which=${1:-forward}
+venv=${2:-$HOME/.cache/hooklens-peers/venv}
+case "$which" in
+  forward) script=benches/tl_reference_bench.py ;;
+  circuits) script=benches/tl_circuits_bench.py ;;
+  *) echo "unknown benchmark '$which': use forward or circuits" >&2; exit 2 ;;
+esac
 model=${HOOKLENS_BENCH_MODEL:-$HOME/.cache/hooklens/bench-gpt2-small}
 mkdir -p "$model"
 ref=$(mktemp --suffix .json)
-"$venv/bin/python" benches/tl_reference_bench.py "$model" "$ref"
-cargo run -q --example bench_forward -- --model "$model" --reference "$ref"
+"$venv/bin/python" "$script" "$model" "$ref"
+cargo run -q --example "bench_$which" -- --model "$model" --reference "$ref"

@@ -3,7 +3,7 @@
 Writes a random GPT-2-small checkpoint (HF format, seeded) to MODEL_DIR if it is not there,
 then times TransformerLens 4.3 (TransformerBridge, compatibility mode) forward and
 run_with_cache on the same token ids hooklens uses (ids i*7919 % 50257, batch 1), and writes
-the medians as JSON. Run by benches/run_bench.sh with the peers environment.
+the medians as JSON. Run by benches/run_bench.sh forward with the peers environment.
 
     python benches/tl_reference_bench.py MODEL_DIR OUT_JSON [--lengths 128,512,1024] [--repeats 3]
 """

@@ -1,6 +1,6 @@
 //! Circuits benchmark: hooklens vs TransformerLens on the same random GPT-2-small weights.
 //!
-//!     benches/run_circuits_bench.sh   # builds the model, runs both, prints the comparison
+//!     benches/run_bench.sh circuits   # builds the model, runs both, prints the comparison
 //!
 //! Times `all_composition_scores('Q')` (with its peak added memory and the fraction of the
 //! matmul roofline: the earlier-to-later blocks are 2·(H·d_head)²·d_model·L(L−1)/2 FLOP), the
@@ -12,14 +12,14 @@ use hooklens::analysis::circuits::{composition_scores, copying_scores, full_qk, 
 use hooklens::{load_model, LoadOptions};
 mod common;
 
-use common::{matmul_gflops, median_secs, peak_rss_mb};
+use common::{matmul_gflops, median_secs, peak_rss_mb, read_reference};
 
 #[derive(Parser)]
 #[command(
     about = "Benchmark composition scores, a full-circuit SVD and copying scores against TransformerLens"
 )]
 struct Args {
-    /// GPT-2-shaped model directory (benches/run_circuits_bench.sh writes a random GPT-2 small).
+    /// GPT-2-shaped model directory (benches/run_bench.sh circuits writes a random GPT-2 small).
     #[arg(long)]
     model: String,
     /// JSON written by benches/tl_circuits_bench.py.
@@ -31,12 +31,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let r: serde_json::Value = match &a.reference {
-        Some(p) => serde_json::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )?,
-        None => serde_json::Value::Null,
-    };
+    let r = read_reference(a.reference.as_deref())?;
     let (model, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
     let c = &model.cfg;

@@ -1,7 +1,7 @@
 //! Forward-pass benchmark: hooklens vs TransformerLens on the same random GPT-2-small weights.
 //!
 //!     benches/run_bench.sh            # builds the model, runs both, prints the table
-//!     cargo run --bin bench_forward -- --model DIR [--reference tl.json]
+//!     cargo run --example bench_forward -- --model DIR [--reference tl.json]
 //!
 //! Prints per length: forward and run_with_cache medians, the full cache's size, peak RSS,
 //! the forward's FLOP count over the f32 matmul rate measured in the same run (roofline), and
@@ -13,7 +13,7 @@ use clap::Parser;
 use hooklens::{load_model, Hooks, LoadOptions, NameFilter};
 mod common;
 
-use common::{matmul_gflops, median_secs, peak_rss_mb};
+use common::{matmul_gflops, median_secs, peak_rss_mb, read_reference};
 
 #[derive(Parser)]
 #[command(about = "Benchmark forward and run_with_cache against TransformerLens")]
@@ -32,12 +32,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let reference: Option<serde_json::Value> = match &a.reference {
-        Some(p) => Some(serde_json::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )?),
-        None => None,
-    };
+    let reference = Some(read_reference(a.reference.as_deref())?).filter(|r| !r.is_null());
     let (model, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
     let c = model.cfg.clone();

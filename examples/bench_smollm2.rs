@@ -2,7 +2,7 @@
 //! without the KV cache, next to transformers on the same weights and tokens.
 //!
 //!     benches/run_smollm2_bench.sh
-//!     cargo run --bin bench_smollm2 -- [--reference hf.json]
+//!     cargo run --example bench_smollm2 -- [--reference hf.json]
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -12,7 +12,7 @@ use hooklens::{load_model, Hooks, LoadOptions};
 
 mod common;
 
-use common::{median_secs, peak_rss_mb};
+use common::{median_secs, peak_rss_mb, read_reference};
 
 /// Must match benches/hf_smollm2_bench.py.
 const NEW_TOKENS: usize = 32;
@@ -32,12 +32,7 @@ fn ids(n: usize) -> Vec<u32> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let reference: serde_json::Value = match &a.reference {
-        Some(p) => serde_json::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )?,
-        None => serde_json::Value::Null,
-    };
+    let reference = read_reference(a.reference.as_deref())?;
     let (model, _) = load_model(Some("smollm2"), &LoadOptions::default())
         .context("loading SmolLM2 (run scripts/fetch_smollm2.sh)")?;
     println!(

@@ -36,3 +36,14 @@ pub fn matmul_gflops() -> Result<f64> {
     let mm = median_secs(10, || x.matmul(&w).map(drop).map_err(Into::into))?;
     Ok(2.0 * 1024.0 * 768.0 * 3072.0 / mm / 1e9)
 }
+
+/// The JSON the Python side of a benchmark wrote, or `null` without `--reference`.
+pub fn read_reference(path: Option<&std::path::Path>) -> Result<serde_json::Value> {
+    use anyhow::Context;
+    match path {
+        Some(p) => Ok(serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?),
+        None => Ok(serde_json::Value::Null),
+    }
+}

@@ -51,13 +51,13 @@ pub fn direct_logit_attribution(
     // The model computes logits = norm(x) ⊙ w · W_U + b · W_U + b_U, so with direction
     // d = W_U[a] − W_U[b] the parts along d ⊙ w add up to the logit difference less b · d and
     // the b_U difference, which form the `unembed bias` component.
-    let mut dirs = logit_directions(model, answers, Some(wrong), b)?;
-    if let Some(w) = model.ln_final.weight() {
-        dirs = dirs.broadcast_mul(&upcast(w)?)?;
-    }
-    let mut constant = Tensor::zeros(b, candle_core::DType::F32, dirs.device())?;
+    let raw = logit_directions(model, answers, Some(wrong), b)?; // [batch, d_model]
+    let dirs = match model.ln_final.weight() {
+        Some(w) => raw.broadcast_mul(&upcast(w)?)?,
+        None => raw.clone(),
+    };
+    let mut constant = Tensor::zeros(b, candle_core::DType::F32, raw.device())?;
     if let Some(bias) = model.ln_final.bias() {
-        let raw = logit_directions(model, answers, Some(wrong), b)?;
         constant = (constant + raw.broadcast_mul(&upcast(bias)?)?.sum(D::Minus1)?)?;
     }
     if let Some(b_u) = &model.b_u {
