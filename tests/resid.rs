@@ -489,3 +489,103 @@ fn dla_over_a_padded_batch_is_the_mean_of_single_prompts() {
     let mean_diff: f32 = alone.iter().map(|d| d.logit_diff).sum::<f32>() / alone.len() as f32;
     assert!((together.logit_diff - mean_diff).abs() < 1e-4);
 }
+
+/// The lens cells at real positions and the DLA of `model` on two prompts of unequal length.
+fn lens_and_dla(
+    model: &HookedTransformer,
+    tok: &hooklens::Tokenizer,
+    texts: &[&str],
+) -> (
+    Vec<hooklens::analysis::lens::LensCell>,
+    hooklens::analysis::dla::Dla,
+) {
+    let t = tok.to_tokens(texts, true, &Device::Cpu).unwrap();
+    let lengths = tok.lengths(texts, true).unwrap();
+    let (logits, cache) = model.run_with_cache(&t, NameFilter::All).unwrap();
+    let opts = LensOpts {
+        k: 3,
+        target: Some(u32::from(b'c')),
+        pos: Positions::All,
+        incl_mid: false,
+    };
+    let cells: Vec<_> = logit_lens(model, &cache, &opts)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.pos < lengths[c.batch])
+        .collect();
+    let last: Vec<usize> = lengths.iter().map(|l| l - 1).collect();
+    let (a, w) = (
+        vec![u32::from(b'c'); texts.len()],
+        vec![u32::from(b'x'); texts.len()],
+    );
+    let dla = hooklens::analysis::dla::direct_logit_attribution(
+        model,
+        &cache,
+        &logits,
+        (&a, &w),
+        &last,
+        false,
+    )
+    .unwrap();
+    (cells, dla)
+}
+
+#[test]
+fn lens_and_dla_agree_across_padding_and_half_precision() {
+    let load = |dtype| {
+        hooklens::load_model(
+            None,
+            &hooklens::LoadOptions {
+                dtype,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let (f32m, tok) = load(DType::F32);
+    let texts = ["abcab", "xyz xyz xyz ab"];
+    let (batch_cells, _) = lens_and_dla(&f32m, &tok, &texts);
+    // The short prompt alone gives the same lens cells as inside the right-padded batch.
+    let (alone, _) = lens_and_dla(&f32m, &tok, &texts[..1]);
+    let in_batch: Vec<_> = batch_cells.iter().filter(|c| c.batch == 0).collect();
+    assert_eq!(alone.len(), in_batch.len());
+    for (a, b) in alone.iter().zip(&in_batch) {
+        assert_eq!((a.entry, a.pos), (b.entry, b.pos));
+        assert_eq!(a.top[0].0, b.top[0].0);
+        assert!(
+            (a.entropy - b.entropy).abs() < 1e-4
+                && (a.target.unwrap().1 - b.target.unwrap().1).abs() < 1e-4
+        );
+    }
+    // f16 and bf16 against f32: lens log-probs and DLA contributions within half precision.
+    let (cells32, dla32) = lens_and_dla(&f32m, &tok, &texts);
+    for (dtype, tol) in [(DType::F16, 0.01f32), (DType::BF16, 0.1)] {
+        let (half, _) = load(dtype);
+        let (cells, dla) = lens_and_dla(&half, &tok, &texts);
+        let worst = cells32
+            .iter()
+            .zip(&cells)
+            .map(|(a, b)| {
+                (a.target.unwrap().1 - b.target.unwrap().1)
+                    .abs()
+                    .max((a.entropy - b.entropy).abs())
+            })
+            .fold(0f32, f32::max);
+        let worst_dla = dla32
+            .contributions
+            .iter()
+            .zip(&dla.contributions)
+            .map(|(a, b)| (a.value - b.value).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{dtype:?}: lens worst |diff| {worst:.4}, DLA worst |diff| {worst_dla:.4}");
+        assert!(
+            worst < tol && worst_dla < tol,
+            "{dtype:?}: {worst} {worst_dla}"
+        );
+        let sum: f32 = dla.contributions.iter().map(|c| c.value).sum();
+        assert!(
+            (sum - dla.logit_diff).abs() < tol,
+            "{dtype:?}: parts add up"
+        );
+    }
+}
