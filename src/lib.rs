@@ -20,6 +20,7 @@ pub mod generate;
 pub mod hooks;
 pub mod intervention;
 pub mod loading;
+pub mod matmul;
 pub mod model;
 pub mod tokenizer;
 pub mod train;

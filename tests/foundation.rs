@@ -193,6 +193,36 @@ fn fired_report_counts_each_pass() {
 }
 
 #[test]
+fn hooks_on_the_embeddings_fire_and_act() {
+    // Regression: the per-pass fired check once started counting after the embeddings, so any
+    // hook on hook_embed or hook_pos_embed was reported as never fired.
+    let dir = gpt2_dir();
+    let (model, _) = load_gpt2(dir.path(), Processing::default());
+    let t = Tensor::new(&[[5u32, 9, 2, 7]], &Device::Cpu).unwrap();
+    let resid_pre0 = HookPoint::block(0, BlockHook::ResidPre);
+    let hooks = Hooks::none()
+        .intervene(HookPoint::Embed, Intervention::Zero)
+        .intervene(HookPoint::PosEmbed, Intervention::Zero)
+        .with_cache(NameFilter::Points(vec![resid_pre0]));
+    let run = model.run(&t, hooks).unwrap();
+    assert_eq!(
+        run.fired.iter().map(|f| f.count).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    let resid = run.cache.get(resid_pre0).unwrap();
+    assert_eq!(
+        resid
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+}
+
+#[test]
 fn zero_head_equals_a_closure_that_zeroes_it() {
     let (model, _) = embedded();
     let t = tokens(&model, 2, 3);

@@ -6,10 +6,11 @@
 //! each is shared by `n_heads / n_key_value_heads` consecutive query heads. `hook_q`,
 //! `hook_attn_scores`, `hook_pattern`, `hook_z` and `hook_result` are per query head.
 
-use super::{linear, norm::upcast};
+use super::{kernels, linear, norm::upcast};
 use crate::config::{ModelConfig, Positional};
 use crate::error::Result;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
+use crate::matmul::{broadcast_matmul, matmul};
 use crate::weights::Weights;
 use candle_core::{Tensor, D};
 
@@ -113,26 +114,30 @@ impl Attention {
         // Scores, softmax and pattern in f32 for half-precision models (as TransformerLens):
         // q.k overflows f16 and rounds badly in bf16. Their hooks see f32.
         let (q32, k32) = (upcast(&q)?, upcast(&k)?);
-        let scores = (q32.matmul(&k32.t()?)? / (dh as f64).sqrt())?;
-        let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
-        let scores = hooks.apply(hp(BlockHook::AttnScores), scores)?;
-        // The fused softmax has no backward pass; use the composed one when training.
-        let pattern = match scores.track_op() {
-            true => candle_nn::ops::softmax(&scores, D::Minus1)?,
-            false => candle_nn::ops::softmax_last_dim(&scores)?,
+        let raw = matmul(&q32, &k32.t()?)?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let pattern = if kernels::applies(&raw) && !hooks.wants(hp(BlockHook::AttnScores)) {
+            // Nothing reads the scores: scale, mask and softmax in one pass.
+            let (p, n) = mask.dims2()?;
+            kernels::causal_softmax(raw, scale, n - p)?
+        } else {
+            let scores = (&raw * scale)?.broadcast_add(&mask.to_dtype(raw.dtype())?)?;
+            let scores = hooks.apply(hp(BlockHook::AttnScores), scores)?;
+            // The fused softmax has no backward pass; use the composed one when training.
+            match scores.track_op() {
+                true => candle_nn::ops::softmax(&scores, D::Minus1)?,
+                false => candle_nn::ops::softmax_last_dim(&scores)?,
+            }
         };
         let pattern = hooks.apply(hp(BlockHook::Pattern), pattern)?;
         let pattern = pattern.to_dtype(v.dtype())?;
-        let z = pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
+        let z = matmul(&pattern, &v)?.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
         let z = hooks.apply(hp(BlockHook::Z), z)?;
         let out = if hooks.wants(hp(BlockHook::Result)) {
             // Per-head outputs [batch, pos, H, d_model]: z[.., h, :] @ W_O[h].
             let w_o = self.w_o.reshape((h, dh, ()))?;
             let zh = z.transpose(1, 2)?.contiguous()?; // [batch, H, pos, d_head]
-            let result = zh
-                .broadcast_matmul(&w_o.unsqueeze(0)?)?
-                .transpose(1, 2)?
-                .contiguous()?;
+            let result = broadcast_matmul(&zh, &w_o)?.transpose(1, 2)?.contiguous()?;
             let out = hooks.apply(hp(BlockHook::Result), result)?.sum(2)?;
             match &self.b_o {
                 Some(b_o) => out.broadcast_add(b_o)?,

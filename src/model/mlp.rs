@@ -68,6 +68,7 @@ impl Mlp {
 fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         // candle's `gelu` is the tanh approximation, which is GPT-2's gelu_new.
+        Activation::GeluNew if super::kernels::applies(x) => super::kernels::gelu_new(x)?,
         Activation::GeluNew => x.gelu()?,
         Activation::Gelu => x.gelu_erf()?,
         Activation::Relu => x.relu()?,

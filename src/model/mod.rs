@@ -1,6 +1,7 @@
 //! `HookedTransformer`: a transformer whose every intermediate activation can be read or replaced.
 
 mod attention;
+mod kernels;
 mod mlp;
 mod norm;
 
@@ -242,6 +243,7 @@ impl HookedTransformer {
         }
         self.check_hooks(hooks, start_at_layer, stop)?;
         hooks.set_window(0, false);
+        let before = hooks.counts();
         let resid = if start_at_layer == 0 {
             self.embed(input, 0, hooks)?
         } else {
@@ -256,7 +258,6 @@ impl HookedTransformer {
             input.to_dtype(self.dtype())?
         };
         let p = resid.dim(1)?;
-        let before = hooks.counts();
         let out = self.run_blocks(resid, start_at_layer, stop, 0, p, None, hooks)?;
         hooks.check_fired_since(&before)?;
         Ok(out)
@@ -582,7 +583,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let d_in = dims[dims.len() - 1];
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("x has a last dimension") = w.dim(1)?;
-    let y = x.contiguous()?.reshape(((), d_in))?.matmul(w)?;
+    let y = crate::matmul::matmul(&x.contiguous()?.reshape(((), d_in))?, w)?;
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,

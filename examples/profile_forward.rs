@@ -1,0 +1,128 @@
+//! Where a forward pass spends its time, part by part, from timestamps taken at every hook point.
+//!
+//!     cargo run --example profile_forward -- --model DIR_OR_NAME [--tokens 512] [--repeats 5]
+//!
+//! A closure at each hook point records the time; the time since the previous hook point is
+//! charged to the part that ends there (`attn.hook_pattern` = q·kᵀ, scale, mask and softmax,
+//! `hook_z` = pattern·V, `hook_attn_out` = W_O, `mlp.hook_pre` = W_in, ...), summed over layers
+//! and repeats. `attn.hook_result` and `attn.hook_attn_scores` get no closure: a hook on either
+//! changes the computation (per-head outputs; the unfused softmax). "unembed" is the time from the
+//! last hook point to the logits. Also prints a forward with no hooks against one whose cache
+//! filter matches nothing, which should cost the same.
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use hooklens::{load_model, BlockHook, HookPoint, Hooks, LoadOptions, NameFilter};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::Instant;
+mod common;
+
+use common::median_secs;
+
+#[derive(Parser)]
+#[command(about = "Time each part of a forward pass from timestamps at the hook points")]
+struct Args {
+    /// Model directory, GGUF file or name (as the hooklens CLI takes).
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 512)]
+    tokens: usize,
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+}
+
+/// The part of the forward a hook point closes: its name without the layer.
+fn part(p: &HookPoint) -> String {
+    match p {
+        HookPoint::Block(_, h) => format!("blocks.*.{}", h.name()),
+        other => other.to_string(),
+    }
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let (model, _) =
+        load_model(Some(&a.model), &LoadOptions::default()).context("loading the model")?;
+    let vocab = model.cfg.d_vocab as u64;
+    let ids: Vec<u32> = (0..a.tokens)
+        .map(|i| (i as u64 * 7919 % vocab) as u32)
+        .collect();
+    let tokens = Tensor::from_vec(ids, (1, a.tokens), &Device::Cpu)?;
+
+    let plain = median_secs(a.repeats, || {
+        model
+            .forward(&tokens, &mut Hooks::none())
+            .map(drop)
+            .map_err(Into::into)
+    })?;
+    let filtered = median_secs(a.repeats, || {
+        let mut hooks = Hooks::none().with_cache(NameFilter::Points(vec![]));
+        model.forward(&tokens, &mut hooks).map(drop)?;
+        Ok(())
+    })?;
+
+    let stamps: RefCell<Vec<(Instant, String)>> = RefCell::new(vec![]);
+    let mut totals: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut order: Vec<String> = vec![];
+    let mut whole = 0.0;
+    for _ in 0..=a.repeats {
+        stamps.borrow_mut().clear();
+        let mut hooks = Hooks::none();
+        for p in model.hook_points() {
+            if matches!(
+                p,
+                HookPoint::Block(_, BlockHook::Result | BlockHook::AttnScores)
+            ) {
+                continue;
+            }
+            hooks = hooks.add(p, |_, p| {
+                stamps.borrow_mut().push((Instant::now(), part(&p)));
+                Ok(None)
+            });
+        }
+        let start = Instant::now();
+        model.forward(&tokens, &mut hooks)?;
+        let end = Instant::now();
+        whole += (end - start).as_secs_f64();
+        let s = stamps.borrow();
+        let mut prev = start;
+        let ends = s.iter().cloned().chain([(end, "unembed".to_string())]);
+        for (t, name) in ends {
+            if !order.contains(&name) {
+                order.push(name.clone());
+            }
+            let e = totals.entry(name).or_default();
+            e.0 += (t - prev).as_secs_f64();
+            e.1 += 1;
+            prev = t;
+        }
+    }
+    let runs = (a.repeats + 1) as f64;
+    println!(
+        "{} x {} tokens, threads {}: forward {plain:.3} s with no hooks, {filtered:.3} s with a cache filter matching nothing ({:+.1} %)\n",
+        a.model,
+        a.tokens,
+        candle_core::utils::get_num_threads(),
+        100.0 * (filtered / plain - 1.0)
+    );
+    println!(
+        "{:<34} {:>9} {:>7}",
+        "part (ends at hook point)", "ms", "share"
+    );
+    for name in &order {
+        let (secs, _) = totals[name];
+        println!(
+            "{name:<34} {:>9.1} {:>6.1}%",
+            1e3 * secs / runs,
+            100.0 * secs / whole
+        );
+    }
+    println!(
+        "{:<34} {:>9.1}",
+        "total (with timestamp hooks)",
+        1e3 * whole / runs
+    );
+    Ok(())
+}
