@@ -65,6 +65,7 @@ mod blas {
 
     #[link(name = "openblas")]
     extern "C" {
+        fn openblas_set_num_threads(n: c_int);
         fn cblas_sgemm(
             order: c_int,
             trans_a: c_int,
@@ -160,15 +161,72 @@ mod blas {
 
     struct Gemm;
 
+    /// A raw pointer that parallel jobs share; each job writes its own block of the output.
+    #[derive(Clone, Copy)]
+    struct Shared<T>(*mut T);
+    // SAFETY: the jobs' output blocks are disjoint and the inputs are only read.
+    unsafe impl<T> Send for Shared<T> {}
+    unsafe impl<T> Sync for Shared<T> {}
+
+    /// One BLAS call: output rows `rows` and columns `cols` of batch element `batch`.
+    struct Job {
+        batch: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+    }
+
+    /// The calls for `batches` products of [m, n]: one per batch element when there are enough
+    /// of them for the threads, otherwise each product split by rows (by columns when it has
+    /// too few rows, as in generation).
+    fn jobs(batches: usize, m: usize, n: usize, threads: usize) -> Vec<Job> {
+        let parts = if batches >= threads {
+            1
+        } else {
+            threads.div_ceil(batches)
+        };
+        let split = |len: usize| -> Vec<(usize, usize)> {
+            let step = len.div_ceil(parts).next_multiple_of(16).max(1);
+            (0..len)
+                .step_by(step)
+                .map(|s| (s, (s + step).min(len)))
+                .collect()
+        };
+        // Rows where there are enough of them: measured faster than columns on every shape of
+        // the forward (512x768x768: 178 against 97 GFLOP/s on two cores).
+        let (row_blocks, col_blocks) = match m >= 16 * parts || m >= n {
+            true => (split(m), vec![(0, n)]),
+            false => (vec![(0, m)], split(n)),
+        };
+        (0..batches)
+            .flat_map(|batch| {
+                let cols = col_blocks.clone();
+                row_blocks.iter().flat_map(move |&rows| {
+                    cols.clone()
+                        .into_iter()
+                        .map(move |cols| Job { batch, rows, cols })
+                })
+            })
+            .collect()
+    }
+
+    /// The calling thread does the BLAS work: the products are split across rayon's threads
+    /// here, so OpenBLAS's own threads would only compete with them (and spin between calls).
+    fn single_threaded_blas() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: sets an integer in the library; no memory is passed.
+        ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
+    }
+
     impl Gemm {
-        #[allow(clippy::too_many_arguments)]
-        fn run<T: Copy + Default>(
+        fn run<T: Copy + Default + Send + Sync>(
             a: &[T],
             la: &Layout,
             b: &[T],
             lb: &Layout,
-            gemm: impl Fn(c_int, c_int, [c_int; 3], *const T, c_int, *const T, c_int, *mut T),
+            gemm: impl Fn(c_int, c_int, [c_int; 3], *const T, c_int, *const T, c_int, *mut T, c_int)
+                + Sync,
         ) -> candle_core::Result<(Vec<T>, Shape)> {
+            use rayon::prelude::*;
             let (da, db) = (la.dims(), lb.dims());
             let r = da.len();
             let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
@@ -180,15 +238,27 @@ mod blas {
             let mut c = vec![T::default(); oa.len() * m * n];
             let int = |x: usize| c_int::try_from(x).map_err(candle_core::Error::wrap);
             let trans = |t: bool| if t { TRANS } else { NO_TRANS };
-            let dims = [int(m)?, int(n)?, int(k)?];
-            let (lda, ldb) = (int(lda)?, int(ldb)?);
+            let (ilda, ildb, ildc) = (int(lda)?, int(ldb)?, int(n)?);
+            int(m.max(n).max(k))?;
             if m * n > 0 && k > 0 {
-                for (i, (&pa, &pb)) in oa.iter().zip(&ob).enumerate() {
-                    // Each batch element reads its own slice: the offsets come from the layouts.
-                    let (a, b) = (a[pa..].as_ptr(), b[pb..].as_ptr());
-                    let ci = c[i * m * n..].as_mut_ptr();
-                    gemm(trans(ta), trans(tb), dims, a, lda, b, ldb, ci);
-                }
+                single_threaded_blas();
+                let out = Shared(c.as_mut_ptr());
+                let (pa, pb) = (Shared(a.as_ptr().cast_mut()), Shared(b.as_ptr().cast_mut()));
+                let jobs = jobs(oa.len(), m, n, rayon::current_num_threads());
+                jobs.par_iter().for_each(|j| {
+                    let (rows, cols) = (j.rows.1 - j.rows.0, j.cols.1 - j.cols.0);
+                    // Where the block's first row of A, first column of B and first element
+                    // of C lie: a transposed operand steps by 1 along its rows.
+                    let a_at = oa[j.batch] + j.rows.0 * if ta { 1 } else { lda };
+                    let b_at = ob[j.batch] + j.cols.0 * if tb { ldb } else { 1 };
+                    let c_at = j.batch * m * n + j.rows.0 * n + j.cols.0;
+                    let (pa, pb, out) = (pa, pb, out);
+                    // SAFETY: `view` and `offsets` keep every element read inside `a` and
+                    // `b`; the blocks of `c` are disjoint and inside it.
+                    let (ap, bp, cp) = unsafe { (pa.0.add(a_at), pb.0.add(b_at), out.0.add(c_at)) };
+                    let dims = [rows as c_int, cols as c_int, k as c_int];
+                    gemm(trans(ta), trans(tb), dims, ap, ilda, bp, ildb, cp, ildc);
+                });
             }
             let mut shape = da[..r - 2].to_vec();
             shape.extend([m, n]);
@@ -211,12 +281,11 @@ mod blas {
             match (s1, s2) {
                 (CpuStorage::F32(a), CpuStorage::F32(b)) => {
                     let (c, shape) =
-                        Self::run(a, l1, b, l2, |ta, tb, [m, n, k], a, lda, b, ldb, c| {
-                            // SAFETY: `view` and `offsets` keep every element BLAS reads inside the
-                            // slices, and `c` holds m·n elements from this batch element on.
+                        Self::run(a, l1, b, l2, |ta, tb, [m, n, k], a, lda, b, ldb, c, ldc| {
+                            // SAFETY: `run` passes pointers to blocks inside the operands.
                             unsafe {
                                 cblas_sgemm(
-                                    ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, n,
+                                    ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc,
                                 )
                             }
                         })?;
@@ -224,11 +293,11 @@ mod blas {
                 }
                 (CpuStorage::F64(a), CpuStorage::F64(b)) => {
                     let (c, shape) =
-                        Self::run(a, l1, b, l2, |ta, tb, [m, n, k], a, lda, b, ldb, c| {
+                        Self::run(a, l1, b, l2, |ta, tb, [m, n, k], a, lda, b, ldb, c, ldc| {
                             // SAFETY: as for f32.
                             unsafe {
                                 cblas_dgemm(
-                                    ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, n,
+                                    ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc,
                                 )
                             }
                         })?;
@@ -311,6 +380,25 @@ mod tests {
                 (x.i((0, 0)).unwrap(), y.i((1, 2)).unwrap()),
             ];
             for (a, b) in &cases {
+                close(&matmul(a, b).unwrap(), &reference(a, b));
+            }
+            // Single products large enough to be split across threads, by rows (tall) and by
+            // columns (wide), with transposed operands so the blocks start mid-row.
+            let tall = Tensor::randn(0f32, 1.0, (100, 37), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let wide = Tensor::randn(0f32, 1.0, (37, 90), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let tall_t = tall.t().unwrap().contiguous().unwrap().t().unwrap();
+            let wide_t = wide.t().unwrap().contiguous().unwrap().t().unwrap();
+            for (a, b) in [
+                (&tall, &wide),
+                (&tall_t, &wide_t),
+                (&wide_t.t().unwrap(), &tall_t.t().unwrap()),
+            ] {
                 close(&matmul(a, b).unwrap(), &reference(a, b));
             }
             // Broadcast: one matrix against a batch.
