@@ -165,6 +165,9 @@ impl Attention {
 /// Rotary embedding in the rotate-half layout (Hugging Face's), on `x` [batch, pos, heads, d_head]
 /// with `cos`/`sin` [pos, d_head].
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if kernels::applies(x) {
+        return kernels::rotary(x, cos, sin);
+    }
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;

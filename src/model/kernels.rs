@@ -91,27 +91,137 @@ fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 /// GPT-2's tanh GELU, ½x(1 + tanh(√(2/π)(x + 0.044715x³))), written as x·σ(2·√(2/π)(x + 0.044715x³))
 /// (the same function: ½(1 + tanh y) = σ(2y)), one `exp` per element, on all cores.
 pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1_no_bwd(&GeluNew)?)
+    const C: f32 = 2.0 * 0.797_884_6; // 2·√(2/π)
+    map(x, "gelu-new", |x| {
+        x / (1.0 + exp(-C * (x + 0.044715 * x * x * x)))
+    })
 }
 
-struct GeluNew;
+/// SiLU x·σ(x) (llama's MLP activation), on all cores.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    map(x, "silu", |x| x / (1.0 + exp(-x)))
+}
 
-impl CustomOp1 for GeluNew {
+fn map(x: &Tensor, name: &'static str, f: fn(f32) -> f32) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1_no_bwd(&Map { name, f })?)
+}
+
+/// An element-wise f32 function applied in parallel chunks.
+struct Map {
+    name: &'static str,
+    f: fn(f32) -> f32,
+}
+
+impl CustomOp1 for Map {
     fn name(&self) -> &'static str {
-        "gelu-new"
+        self.name
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(s), Some((start, end))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("gelu: contiguous f32 input only");
+            candle_core::bail!("{}: contiguous f32 input only", self.name);
         };
-        const C: f32 = 2.0 * 0.797_884_6; // 2·√(2/π)
         let mut out = vec![0f32; end - start];
         out.par_chunks_mut(4096)
             .zip(s[start..end].par_chunks(4096))
             .for_each(|(dst, src)| {
                 for (d, &x) in dst.iter_mut().zip(src) {
-                    *d = x / (1.0 + exp(-C * (x + 0.044715 * x * x * x)));
+                    *d = (self.f)(x);
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// llama's gated MLP activation silu(gate)·up, in one pass.
+pub fn silu_gate(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    Ok(gate.apply_op2_no_bwd(&up, &SiluGate)?)
+}
+
+struct SiluGate;
+
+impl candle_core::CustomOp2 for SiluGate {
+    fn name(&self) -> &'static str {
+        "silu-gate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(g), CpuStorage::F32(u), Some((g0, g1)), Some((u0, u1))) =
+            (s1, s2, l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("silu-gate: contiguous f32 inputs only");
+        };
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("silu-gate: shapes {:?} and {:?}", l1.dims(), l2.dims());
+        }
+        let mut out = vec![0f32; g1 - g0];
+        out.par_chunks_mut(4096)
+            .zip(g[g0..g1].par_chunks(4096).zip(u[u0..u1].par_chunks(4096)))
+            .for_each(|(dst, (g, u))| {
+                for ((d, &g), &u) in dst.iter_mut().zip(g).zip(u) {
+                    *d = g / (1.0 + exp(-g)) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Rotary embedding in the rotate-half layout on `x` [batch, pos, heads, d_head] with `cos`
+/// and `sin` [pos, d_head]: x·cos + rotate_half(x)·sin, where rotate_half(x) = [−x₂, x₁], in one
+/// pass instead of six (narrow, negate, concatenate, two products, a sum).
+pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    let (cos, sin) = (
+        cos.flatten_all()?.to_vec1::<f32>()?,
+        sin.flatten_all()?.to_vec1::<f32>()?,
+    );
+    Ok(x.contiguous()?.apply_op1_no_bwd(&Rotary { cos, sin })?)
+}
+
+struct Rotary {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl CustomOp1 for Rotary {
+    fn name(&self) -> &'static str {
+        "rotary"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(s), Some((start, end)), [_, p, h, d]) =
+            (s, l.contiguous_offsets(), l.dims())
+        else {
+            candle_core::bail!("rotary: contiguous f32 [batch, pos, heads, d_head] only");
+        };
+        let (p, h, d, half) = (*p, *h, *d, *d / 2);
+        if self.cos.len() != p * d || d % 2 != 0 {
+            candle_core::bail!(
+                "rotary: tables for {} values, {p} positions of {d}",
+                self.cos.len()
+            );
+        }
+        let mut out = vec![0f32; end - start];
+        // One chunk per (batch, position): all its heads share that position's angles.
+        out.par_chunks_mut(h * d)
+            .zip(s[start..end].par_chunks(h * d))
+            .enumerate()
+            .for_each(|(bp, (dst, src))| {
+                let at = (bp % p) * d;
+                let (cos, sin) = (&self.cos[at..at + d], &self.sin[at..at + d]);
+                for (y, x) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
+                    let (x1, x2) = x.split_at(half);
+                    for i in 0..half {
+                        y[i] = x1[i] * cos[i] - x2[i] * sin[i];
+                        y[half + i] = x2[i] * cos[half + i] + x1[i] * sin[half + i];
+                    }
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -181,6 +291,23 @@ mod tests {
             let fused = causal_softmax(s.copy().unwrap(), 0.125, offset).unwrap();
             assert!(max_diff(&fused, &composed) < 1e-6, "p {p} offset {offset}");
         }
+    }
+
+    #[test]
+    fn silu_and_rotary_equal_candle() {
+        let x = Tensor::randn(0f32, 4.0, (2, 5, 3, 8), &Device::Cpu).unwrap();
+        assert!(max_diff(&silu(&x).unwrap(), &x.silu().unwrap()) < 1e-5);
+        let up = Tensor::randn(0f32, 1.0, (2, 5, 3, 8), &Device::Cpu).unwrap();
+        let gated = (x.silu().unwrap() * &up).unwrap();
+        assert!(max_diff(&silu_gate(&x, &up).unwrap(), &gated) < 1e-5);
+        let angles = Tensor::randn(0f32, 3.0, (5, 8), &Device::Cpu).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (x1, x2) = (x.narrow(3, 0, 4).unwrap(), x.narrow(3, 4, 4).unwrap());
+        let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], 3).unwrap();
+        let composed = (x.broadcast_mul(&cos.unsqueeze(1).unwrap()).unwrap()
+            + rotated.broadcast_mul(&sin.unsqueeze(1).unwrap()).unwrap())
+        .unwrap();
+        assert!(max_diff(&rotary(&x, &cos, &sin).unwrap(), &composed) < 1e-6);
     }
 
     #[test]

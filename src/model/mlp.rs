@@ -50,7 +50,12 @@ impl Mlp {
                     hp(BlockHook::MlpPreLinear),
                     linear(x, &self.w_in, self.b_in.as_ref())?,
                 )?;
-                (activate(&pre, self.act)? * pre_linear)?
+                match self.act {
+                    Activation::Silu if super::kernels::applies(&pre) => {
+                        super::kernels::silu_gate(&pre, &pre_linear)?
+                    }
+                    _ => (activate(&pre, self.act)? * pre_linear)?,
+                }
             }
             None => {
                 let pre = hooks.apply(
@@ -72,6 +77,7 @@ fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::GeluNew => x.gelu()?,
         Activation::Gelu => x.gelu_erf()?,
         Activation::Relu => x.relu()?,
+        Activation::Silu if super::kernels::applies(x) => super::kernels::silu(x)?,
         Activation::Silu => x.silu()?,
     })
 }
