@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs a benchmark: TransformerLens (peers environment) then hooklens, same machine, same random
-# GPT-2-small weights, and prints both side by side.
+# GPT-2-small weights, and prints both side by side: hooklens's default build, and with
+# OpenBLAS installed (apt install libopenblas-dev) also the `blas` feature.
 #   benches/run_bench.sh [forward|circuits] [VENV]
 #     forward:  forward and run_with_cache at several lengths (the default)
 #     circuits: composition scores, a full-circuit SVD and copying scores
@@ -18,4 +19,11 @@ model=${HOOKLENS_BENCH_MODEL:-$HOME/.cache/hooklens/bench-gpt2-small}
 mkdir -p "$model"
 ref=$(mktemp --suffix .json)
 "$venv/bin/python" "$script" "$model" "$ref"
-cargo run -q --example "bench_$which" -- --model "$model" --reference "$ref"
+# hooklens twice when OpenBLAS is installed: the default build, then the blas feature.
+builds=("")
+if ldconfig -p | grep -q libopenblas.so; then builds+=("--features blas"); fi
+for features in "${builds[@]}"; do
+  echo
+  # shellcheck disable=SC2086 # $features is empty or two words
+  cargo run -q $features --example "bench_$which" -- --model "$model" --reference "$ref"
+done

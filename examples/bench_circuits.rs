@@ -37,8 +37,9 @@ fn main() -> Result<()> {
     let c = &model.cfg;
     let gflops = matmul_gflops()?;
     println!(
-        "model: {} layers, {} heads of {}, d_model {}, vocab {}; threads {}; f32 matmul {gflops:.1} GFLOP/s",
-        c.n_layers, c.n_heads, c.d_head, c.d_model, c.d_vocab, candle_core::utils::get_num_threads()
+        "model: {} layers, {} heads of {}, d_model {}, vocab {}; threads {}; f32 matmul {gflops:.1} GFLOP/s ({})",
+        c.n_layers, c.n_heads, c.d_head, c.d_model, c.d_vocab, candle_core::utils::get_num_threads(),
+        hooklens::matmul::BACKEND
     );
     let before = peak_rss_mb();
     let comp = median_secs(a.repeats, || {

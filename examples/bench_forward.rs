@@ -46,14 +46,17 @@ fn main() -> Result<()> {
         c.d_vocab,
         candle_core::utils::get_num_threads()
     );
-    print!("f32 matmul 1024x768x3072: hooklens/candle {gflops:.1} GFLOP/s");
-    if let Some(r) = &reference {
-        print!(
-            ", torch {:.1} GFLOP/s",
-            r["torch_gflops"].as_f64().unwrap_or(f64::NAN)
-        );
-    }
-    println!("\n");
+    let torch = reference
+        .as_ref()
+        .and_then(|r| r["torch_gflops"].as_f64())
+        .unwrap_or(0.0);
+    println!(
+        "f32 matmul 1024x768x3072: hooklens {gflops:.1} GFLOP/s ({}), torch {torch:.1} GFLOP/s",
+        hooklens::matmul::BACKEND
+    );
+    // The roofline: the forward's matmul FLOPs at the best matmul rate measured in this run.
+    let best = gflops.max(torch);
+    println!("roofline = forward FLOPs / {best:.1} GFLOP/s / forward time\n");
     println!(
         "{:>6} {:>10} {:>8} {:>10} {:>12} {:>10} {:>9} | {:>9} {:>10} {:>10} {:>8}",
         "tokens",
@@ -95,7 +98,7 @@ fn main() -> Result<()> {
         );
         // Matmul FLOPs: QKV+O projections, MLP, attention scores and mixing, unembedding.
         let flop = t * (l * (8.0 * d * d + 4.0 * d * m + 4.0 * t * d) + 2.0 * d * c.d_vocab as f64);
-        let roofline = flop / 1e9 / gflops / fwd;
+        let roofline = flop / 1e9 / best / fwd;
         print!(
             "{n:>6} {:>10.1} {fwd:>8.3} {:>9.0}% {cache_s:>12.3} {cache_mb:>10.1} {:>9.0}",
             flop / 1e9,

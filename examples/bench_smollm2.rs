@@ -36,8 +36,9 @@ fn main() -> Result<()> {
     let (model, _) = load_model(Some("smollm2"), &LoadOptions::default())
         .context("loading SmolLM2 (run scripts/fetch_smollm2.sh)")?;
     println!(
-        "SmolLM2-135M (dequantized f32), threads {}\n",
-        candle_core::utils::get_num_threads()
+        "SmolLM2-135M (dequantized f32), threads {}, matmul {}\n",
+        candle_core::utils::get_num_threads(),
+        hooklens::matmul::BACKEND
     );
     println!(
         "{:<28} {:>12} {:>14} {:>8}",

@@ -11,6 +11,13 @@
 use crate::error::Result;
 use candle_core::Tensor;
 
+/// Which library computes f32 CPU matmuls in this build (for benchmark and run reports).
+pub const BACKEND: &str = if cfg!(feature = "blas") {
+    "OpenBLAS (feature blas)"
+} else {
+    "candle/gemm (default build)"
+};
+
 /// `a @ b` for `a` [.., m, k] and `b` [.., k, n] with the same leading dimensions (as candle's
 /// `matmul`): [.., m, n].
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {

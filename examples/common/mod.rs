@@ -27,13 +27,17 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// The f32 matmul rate of this machine in this run (1024 x 768 x 3072, median of 10), in
-/// GFLOP/s: the roofline's denominator.
+/// The f32 matmul rate of this build's matmul (`hooklens::matmul`, candle's or OpenBLAS's) in
+/// this run (1024 x 768 x 3072, median of 10), in GFLOP/s.
 pub fn matmul_gflops() -> Result<f64> {
     use candle_core::{Device, Tensor};
     let x = Tensor::randn(0f32, 1.0, (1024, 768), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 1.0, (768, 3072), &Device::Cpu)?;
-    let mm = median_secs(10, || x.matmul(&w).map(drop).map_err(Into::into))?;
+    let mm = median_secs(10, || {
+        hooklens::matmul::matmul(&x, &w)
+            .map(drop)
+            .map_err(Into::into)
+    })?;
     Ok(2.0 * 1024.0 * 768.0 * 3072.0 / mm / 1e9)
 }
 

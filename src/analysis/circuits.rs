@@ -8,6 +8,7 @@
 
 use super::factored::{gram_root, FactoredMatrix, GramSvd};
 use crate::error::{Error, Result};
+use crate::matmul::{broadcast_matmul, matmul};
 use crate::model::{upcast, HookedTransformer};
 use candle_core::{DType, Tensor, D};
 
@@ -98,13 +99,13 @@ pub fn full_ov(model: &HookedTransformer, layer: usize, h: usize) -> Result<Fact
 /// xᵀ·x in f64 for x [rows, d]: [d, d].
 fn gram64(x: &Tensor) -> Result<Tensor> {
     let x = x.to_dtype(DType::F64)?;
-    Ok(x.t()?.matmul(&x)?)
+    matmul(&x.t()?, &x)
 }
 
 /// Aᵀ·G·A for A [L, H, d, r] and G [d, d]: [L, H, r, r], in f64.
 fn sandwich(a: &Tensor, g: &Tensor) -> Result<Tensor> {
     let a = a.to_dtype(DType::F64)?;
-    Ok(t(&a)?.broadcast_matmul(g)?.matmul(&a)?)
+    matmul(&broadcast_matmul(&t(&a)?, g)?, &a)
 }
 
 /// The singular values of every head's full QK circuit W_E·QK·W_Eᵀ, [L, H, d_head]: from the
@@ -142,8 +143,8 @@ pub fn full_ov_gram_svd(model: &HookedTransformer) -> Result<GramSvd> {
 /// by descending magnitude: those of W_O·(W_U·W_E)·W_V, a d_head × d_head matrix, so the
 /// vocabulary-sized circuit is never built.
 pub fn full_ov_eigenvalues(model: &HookedTransformer) -> Result<(Tensor, Tensor)> {
-    let g = upcast(&model.w_u)?.matmul(&upcast(&model.w_e)?)?; // [d_model, d_model]
-    FactoredMatrix::new(w_v(model)?, w_o(model)?.broadcast_matmul(&g)?)?.eigenvalues()
+    let g = matmul(&upcast(&model.w_u)?, &upcast(&model.w_e)?)?; // [d_model, d_model]
+    FactoredMatrix::new(w_v(model)?, broadcast_matmul(&w_o(model)?, &g)?)?.eigenvalues()
 }
 
 /// The copying score of every head, Re(Σλ) / Σ|λ| over the eigenvalues λ of its full OV
@@ -196,13 +197,13 @@ pub fn composition_scores(model: &HookedTransformer, kind: Composition) -> Resul
     };
     let gram = |x: &Tensor| -> Result<Tensor> {
         let x = x.to_dtype(DType::F64)?;
-        Ok(t(&x)?.matmul(&x)?)
+        matmul(&x.transpose(D::Minus2, D::Minus1)?, &x)
     };
     // Writer rows R_A·B_w [L, H, r, d]; reader columns A_r·R_Bᵀ [L, H, d, r].
     let r_aw = gram_root(&gram(&w_v)?)?.to_dtype(DType::F32)?;
-    let x = r_aw.matmul(&w_o)?;
+    let x = matmul(&r_aw, &w_o)?;
     let r_br = gram_root(&gram(&t(&b_r)?)?)?.to_dtype(DType::F32)?;
-    let y = a_r.matmul(&t(&r_br)?)?;
+    let y = matmul(&a_r, &t(&r_br)?)?;
     let r = x.dim(2)?;
     let norm = |m: &Tensor| -> Result<Vec<f32>> {
         Ok(m.sqr()?.sum((2, 3))?.sqrt()?.flatten_all()?.to_vec1()?)
@@ -213,26 +214,29 @@ pub fn composition_scores(model: &HookedTransformer, kind: Composition) -> Resul
         .permute((2, 0, 1, 3))?
         .contiguous()?
         .reshape((d, l * h * r))?;
-    // One writer layer at a time against the later layers only: block (w, r) of the product is
-    // writer w's R_A·B_w times reader r's A_r·R_Bᵀ; its Frobenius norm is the unnormalised score.
+    // One (writer layer, later reader layer) pair at a time: block (w, r) of the [H·r, H·r]
+    // product is writer w's R_A·B_w times reader r's A_r·R_Bᵀ, and its Frobenius norm is the
+    // unnormalised score. The reader slice is a column view that the matmul reads in place, and
+    // each product is small enough to reuse freed memory (one product per writer layer against
+    // all later layers was tens of MB of fresh pages each).
     let mut out = vec![0f32; l * h * l * h];
-    for lw in 0..l.saturating_sub(1) {
-        let later = l - lw - 1;
+    for lw in 0..l {
         let xw = x.narrow(0, lw * h * r, h * r)?;
-        let yr = y.narrow(1, (lw + 1) * h * r, later * h * r)?;
-        let norms: Vec<f32> = xw
-            .matmul(&yr)?
-            .reshape((h, r, later, h, r))?
-            .sqr()?
-            .sum(4)?
-            .sum(1)?
-            .sqrt()?
-            .flatten_all()?
-            .to_vec1()?; // [writer head, later layer, reader head]
-        for (i, v) in norms.into_iter().enumerate() {
-            let (hw, rest) = (i / (later * h), i % (later * h));
-            let (lr, hr) = (lw + 1 + rest / h, rest % h);
-            out[((lw * h + hw) * l + lr) * h + hr] = v / (nw[lw * h + hw] * nr[lr * h + hr]);
+        for lr in lw + 1..l {
+            let block = matmul(&xw, &y.narrow(1, lr * h * r, h * r)?)?;
+            let v = block.flatten_all()?.to_vec1::<f32>()?;
+            let mut sq = vec![0f32; h * h]; // [writer head, reader head]
+            for (i, row) in v.chunks_exact(h * r).enumerate() {
+                let hw = i / r;
+                for (hr, part) in row.chunks_exact(r).enumerate() {
+                    sq[hw * h + hr] += part.iter().map(|x| x * x).sum::<f32>();
+                }
+            }
+            for (i, s) in sq.into_iter().enumerate() {
+                let (hw, hr) = (i / h, i % h);
+                out[((lw * h + hw) * l + lr) * h + hr] =
+                    s.sqrt() / (nw[lw * h + hw] * nr[lr * h + hr]);
+            }
         }
     }
     Ok(Tensor::from_vec(out, (l, h, l, h), model.device())?)
