@@ -71,9 +71,10 @@ fn head(
 /// The full QK circuit W_E·QK·W_Eᵀ of one head: [d_vocab, d_vocab], factored.
 pub fn full_qk(model: &HookedTransformer, layer: usize, h: usize) -> Result<FactoredMatrix> {
     let w_e = upcast(&model.w_e)?;
+    // W_Eᵀ as a view: the matmul reads it in place instead of copying the embedding.
     head(model, qk(model)?, layer, h)?
         .rmatmul(&w_e)?
-        .matmul(&t(&w_e)?)
+        .matmul(&w_e.t()?)
 }
 
 /// The positional QK circuit W_pos·QK·W_posᵀ of one head ([n_ctx, n_ctx]); learned-position
@@ -85,7 +86,7 @@ pub fn pos_qk(model: &HookedTransformer, layer: usize, h: usize) -> Result<Facto
     let w_pos = upcast(w_pos)?;
     head(model, qk(model)?, layer, h)?
         .rmatmul(&w_pos)?
-        .matmul(&t(&w_pos)?)
+        .matmul(&w_pos.t()?)
 }
 
 /// The full OV circuit W_E·OV·W_U of one head: [d_vocab, d_vocab], factored.

@@ -99,9 +99,11 @@ impl Attention {
             k = hooks.apply(hp(BlockHook::RotK), apply_rotary(&k, cos, sin)?)?;
         }
         // [batch, heads, pos, d_head]
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let mut k = k.transpose(1, 2)?.contiguous()?;
-        let mut v = v.transpose(1, 2)?.contiguous()?;
+        // Views, not copies: the matmuls read a [batch, pos, heads, d_head] tensor as
+        // [batch, heads, pos, d_head] in place (row stride heads·d_head).
+        let q = q.transpose(1, 2)?;
+        let mut k = k.transpose(1, 2)?;
+        let mut v = v.transpose(1, 2)?;
         if let Some(kv) = kv {
             if let (Some(pk), Some(pv)) = (&kv.k, &kv.v) {
                 k = Tensor::cat(&[pk, &k], 2)?;
