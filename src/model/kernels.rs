@@ -133,6 +133,44 @@ impl CustomOp1 for Map {
     }
 }
 
+/// `y += bias` in place over the rows of `y` [rows, n] (bias [n]): the bias of a linear layer,
+/// added to the matmul's fresh output without allocating a second one. `y` must be a tensor
+/// nothing else holds.
+pub fn add_bias(y: Tensor, bias: &Tensor) -> Result<Tensor> {
+    let bias = bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let y = y.contiguous()?;
+    y.inplace_op1(&AddBias(bias))?;
+    Ok(y)
+}
+
+struct AddBias(Vec<f32>);
+
+impl InplaceOp1 for AddBias {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(s), Some((start, end))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("add-bias: contiguous f32 only");
+        };
+        let n = self.0.len();
+        if l.dims().last() != Some(&n) {
+            candle_core::bail!("add-bias: {} biases for rows of {:?}", n, l.dims());
+        }
+        s[start..end]
+            .par_chunks_mut(n.max(1) * 16)
+            .for_each(|rows| {
+                for row in rows.chunks_exact_mut(n) {
+                    for (y, b) in row.iter_mut().zip(&self.0) {
+                        *y += b;
+                    }
+                }
+            });
+        Ok(())
+    }
+}
+
 /// llama's gated MLP activation silu(gate)·up, in one pass.
 pub fn silu_gate(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let (gate, up) = (gate.contiguous()?, up.contiguous()?);
@@ -308,6 +346,14 @@ mod tests {
             + rotated.broadcast_mul(&sin.unsqueeze(1).unwrap()).unwrap())
         .unwrap();
         assert!(max_diff(&rotary(&x, &cos, &sin).unwrap(), &composed) < 1e-6);
+    }
+
+    #[test]
+    fn add_bias_equals_broadcast_add() {
+        let y = Tensor::randn(0f32, 1.0, (37, 5), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 5, &Device::Cpu).unwrap();
+        let want = y.broadcast_add(&b).unwrap();
+        assert!(max_diff(&add_bias(y.copy().unwrap(), &b).unwrap(), &want) == 0.0);
     }
 
     #[test]

@@ -585,6 +585,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     *out_dims.last_mut().expect("x has a last dimension") = w.dim(1)?;
     let y = crate::matmul::matmul(&x.contiguous()?.reshape(((), d_in))?, w)?;
     let y = match b {
+        Some(b) if kernels::applies(&y) => kernels::add_bias(y, b)?,
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
