@@ -225,13 +225,11 @@ mod blas {
     }
 
     impl Gemm {
-        fn run<T: Copy + Default + Send + Sync>(
+        fn run<T: Blas>(
             a: &[T],
             la: &Layout,
             b: &[T],
             lb: &Layout,
-            gemm: impl Fn(c_int, c_int, [c_int; 3], *const T, c_int, *const T, c_int, *mut T, c_int)
-                + Sync,
         ) -> candle_core::Result<(Vec<T>, Shape)> {
             use rayon::prelude::*;
             let (da, db) = (la.dims(), lb.dims());
@@ -264,12 +262,67 @@ mod blas {
                     // `b`; the blocks of `c` are disjoint and inside it.
                     let (ap, bp, cp) = unsafe { (pa.0.add(a_at), pb.0.add(b_at), out.0.add(c_at)) };
                     let dims = [rows as c_int, cols as c_int, k as c_int];
-                    gemm(trans(ta), trans(tb), dims, ap, ilda, bp, ildb, cp, ildc);
+                    // SAFETY: as above.
+                    unsafe { T::gemm(trans(ta), trans(tb), dims, ap, ilda, bp, ildb, cp, ildc) };
                 });
             }
             let mut shape = da[..r - 2].to_vec();
             shape.extend([m, n]);
             Ok((c, Shape::from(shape)))
+        }
+    }
+
+    /// The BLAS routine for one element type.
+    trait Blas: Copy + Default + Send + Sync {
+        /// C = A·B (row-major) through `cblas_?gemm`.
+        ///
+        /// # Safety
+        /// The pointers must address matrices of the given sizes and leading dimensions.
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn gemm(
+            ta: c_int,
+            tb: c_int,
+            dims: [c_int; 3],
+            a: *const Self,
+            lda: c_int,
+            b: *const Self,
+            ldb: c_int,
+            c: *mut Self,
+            ldc: c_int,
+        );
+    }
+
+    impl Blas for f32 {
+        unsafe fn gemm(
+            ta: c_int,
+            tb: c_int,
+            [m, n, k]: [c_int; 3],
+            a: *const f32,
+            lda: c_int,
+            b: *const f32,
+            ldb: c_int,
+            c: *mut f32,
+            ldc: c_int,
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe { cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc) }
+        }
+    }
+
+    impl Blas for f64 {
+        unsafe fn gemm(
+            ta: c_int,
+            tb: c_int,
+            [m, n, k]: [c_int; 3],
+            a: *const f64,
+            lda: c_int,
+            b: *const f64,
+            ldb: c_int,
+            c: *mut f64,
+            ldc: c_int,
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe { cblas_dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc) }
         }
     }
 
@@ -287,27 +340,11 @@ mod blas {
         ) -> candle_core::Result<(CpuStorage, Shape)> {
             match (s1, s2) {
                 (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                    let (c, shape) =
-                        Self::run(a, l1, b, l2, |ta, tb, [m, n, k], a, lda, b, ldb, c, ldc| {
-                            // SAFETY: `run` passes pointers to blocks inside the operands.
-                            unsafe {
-                                cblas_sgemm(
-                                    ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc,
-                                )
-                            }
-                        })?;
+                    let (c, shape) = Self::run(a, l1, b, l2)?;
                     Ok((CpuStorage::F32(c), shape))
                 }
                 (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                    let (c, shape) =
-                        Self::run(a, l1, b, l2, |ta, tb, [m, n, k], a, lda, b, ldb, c, ldc| {
-                            // SAFETY: as for f32.
-                            unsafe {
-                                cblas_dgemm(
-                                    ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc,
-                                )
-                            }
-                        })?;
+                    let (c, shape) = Self::run(a, l1, b, l2)?;
                     Ok((CpuStorage::F64(c), shape))
                 }
                 _ => candle_core::bail!("blas gemm: f32 or f64 operands of one dtype only"),

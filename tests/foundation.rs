@@ -223,6 +223,22 @@ fn hooks_on_the_embeddings_fire_and_act() {
 }
 
 #[test]
+fn fused_attention_equals_the_hooked_path() {
+    // With nothing reading hook_attn_scores the forward takes the fused in-place causal softmax;
+    // a no-op hook there forces scale, mask and softmax as separate passes. Same logits, batch 2.
+    let dir = gpt2_dir();
+    let (model, _) = load_gpt2(dir.path(), Processing::default());
+    let t = Tensor::new(&[[5u32, 9, 2, 7, 1], [3, 3, 8, 0, 4]], &Device::Cpu).unwrap();
+    let fused = model.forward(&t, &mut Hooks::none()).unwrap();
+    let mut hooks = Hooks::none();
+    for l in 0..model.cfg.n_layers {
+        hooks = hooks.add(HookPoint::block(l, BlockHook::AttnScores), |_, _| Ok(None));
+    }
+    let unfused = model.forward(&t, &mut hooks).unwrap();
+    assert!(max_abs_diff(&fused, &unfused) < 1e-5);
+}
+
+#[test]
 fn zero_head_equals_a_closure_that_zeroes_it() {
     let (model, _) = embedded();
     let t = tokens(&model, 2, 3);

@@ -309,18 +309,7 @@ mod tests {
         for (p, offset) in [(1, 0), (7, 0), (5, 3), (1, 9)] {
             let n = offset + p;
             let s = Tensor::randn(0f32, 3.0, (2, 3, p, n), &Device::Cpu).unwrap();
-            let mask: Vec<f32> = (0..p)
-                .flat_map(|i| {
-                    (0..n).map(move |j| {
-                        if j <= offset + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (p, n), &Device::Cpu).unwrap();
+            let mask = super::super::causal_mask(p, offset, &Device::Cpu).unwrap();
             let composed = candle_nn::ops::softmax(
                 &(&s * 0.125).unwrap().broadcast_add(&mask).unwrap(),
                 D::Minus1,
