@@ -1,5 +1,6 @@
 //! Interventions as data: an [`Intervention`] (zero, mean, resample, patch, scale, add) applied
-//! at a [`Site`] (a hook point, optionally narrowed to one head, position and neuron).
+//! at a [`Site`] (a hook point, optionally narrowed to one head, position and neuron, and to a
+//! range of batch rows).
 //!
 //! They are values, not closures, so a run can list them in its manifest ([`InterventionSpec`])
 //! and report how often each fired ([`Fired`]). Add them to [`crate::Hooks`] with
@@ -12,10 +13,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::ops::Range;
 
 /// Where an intervention applies: a hook point, and optionally one head, one position and one
-/// neuron (the last axis) of its activation. Positions count from the start of the sequence,
-/// also in KV-cached generation. `None` means every index of that axis.
+/// neuron (the last axis) of its activation, and a range of batch rows (a sweep runs many
+/// interventions as one batch, each on its own rows). Positions count from the start of the
+/// sequence, also in KV-cached generation. `None` means every index of that axis.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Site {
     pub point: HookPoint,
@@ -25,6 +28,8 @@ pub struct Site {
     pub pos: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neuron: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Range<usize>>,
 }
 
 impl Site {
@@ -35,6 +40,7 @@ impl Site {
             head: None,
             pos: None,
             neuron: None,
+            rows: None,
         }
     }
 
@@ -63,13 +69,20 @@ impl Site {
         self
     }
 
+    /// Only batch rows `rows` (of every pass this site is in).
+    pub fn with_rows(mut self, rows: Range<usize>) -> Self {
+        self.rows = Some(rows);
+        self
+    }
+
     /// Which part of `x` the site selects: all of it, a 0/1 mask (1 on the selected indices),
     /// or nothing when its position lies in another step of KV-cached generation. `window` is
     /// the position of `x`'s first row and whether this pass is such a step.
     fn select(&self, x: &Tensor, (offset, incremental): (usize, bool)) -> Result<Selection> {
         let axes = self.point.axes();
         let dims = x.dims();
-        let mut picks: Vec<(usize, usize)> = vec![];
+        // (axis, first index, one past the last)
+        let mut picks: Vec<(usize, usize, usize)> = vec![];
         let mut pick = |axis: Option<usize>, index: Option<usize>, what: &str| -> Result<()> {
             let Some(i) = index else { return Ok(()) };
             let axis = axis.ok_or_else(|| Error::BadSite {
@@ -88,7 +101,7 @@ impl Site {
                     },
                 });
             }
-            picks.push((axis, i));
+            picks.push((axis, i, i + 1));
             Ok(())
         };
         pick(axes.head, self.head, "head")?;
@@ -107,14 +120,23 @@ impl Site {
                     true => Ok(Selection::Outside),
                 };
             }
-            picks.push((axis, p - offset));
+            picks.push((axis, p - offset, p - offset + 1));
+        }
+        if let Some(r) = &self.rows {
+            if r.is_empty() || r.end > dims[0] {
+                return Err(Error::BadSite {
+                    site: self.to_string(),
+                    reason: format!("rows {r:?} are not in the batch of {}", dims[0]),
+                });
+            }
+            picks.push((0, r.start, r.end));
         }
         if picks.is_empty() {
             return Ok(Selection::All);
         }
         // Shape [1, .., n_axis, .., 1] with the selected axes at full size, 1 at the picks.
         let shape: Vec<usize> = (0..dims.len())
-            .map(|a| match picks.iter().any(|(pa, _)| *pa == a) {
+            .map(|a| match picks.iter().any(|(pa, ..)| *pa == a) {
                 true => dims[a],
                 false => 1,
             })
@@ -127,7 +149,8 @@ impl Site {
             .map(|flat| {
                 picks
                     .iter()
-                    .all(|&(a, i)| flat / strides[a] % shape[a] == i) as u8
+                    .all(|&(a, lo, hi)| (lo..hi).contains(&(flat / strides[a] % shape[a])))
+                    as u8
             })
             .collect();
         let mask = Tensor::from_vec(mask, shape, x.device())?.broadcast_as(dims)?;
@@ -159,6 +182,9 @@ impl fmt::Display for Site {
             if let Some(v) = v {
                 write!(f, "[{name} {v}]")?;
             }
+        }
+        if let Some(r) = &self.rows {
+            write!(f, "[rows {r:?}]")?;
         }
         Ok(())
     }
@@ -380,6 +406,29 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.flatten_all().unwrap().to_vec1::<f32>().unwrap()[5], 12.0);
+    }
+
+    #[test]
+    fn rows_narrow_a_site_to_part_of_the_batch() {
+        let site = Site::head(HookPoint::block(0, BlockHook::Z), 0).with_rows(1..2);
+        let y = Intervention::Zero
+            .apply(&site, &x(), (0, false))
+            .unwrap()
+            .unwrap();
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, a) in v.iter().enumerate() {
+            let (row, head) = (i / 12, i / 2 % 2);
+            let want = if row == 1 && head == 0 {
+                0.0
+            } else {
+                i as f32 + 1.0
+            };
+            assert_eq!(*a, want, "flat index {i}");
+        }
+        let e = Intervention::Zero
+            .apply(&site.with_rows(1..3), &x(), (0, false))
+            .unwrap_err();
+        assert!(e.to_string().contains("not in the batch of 2"), "{e}");
     }
 
     #[test]

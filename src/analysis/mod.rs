@@ -8,3 +8,4 @@ pub mod factored;
 pub mod lens;
 pub mod metrics;
 pub mod resid;
+pub mod sweep;

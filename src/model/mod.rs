@@ -219,7 +219,8 @@ impl HookedTransformer {
     /// Runs layers `start_at_layer..stop_at_layer` (TransformerLens's `start_at_layer` /
     /// `stop_at_layer`). With `start_at_layer == 0`, `input` is token ids [batch, pos]; otherwise it
     /// is the residual stream [batch, pos, d_model] entering that layer. With a stop layer the
-    /// result is the residual stream entering it; without one, the logits. A hook whose site
+    /// result is the residual stream entering it (`Some(n_layers)`: the final residual stream,
+    /// before `ln_final`, as in TransformerLens); without one, the logits. A hook whose site
     /// this range never reaches, or that does not fire, is an error.
     pub fn forward_range(
         &self,
@@ -241,7 +242,7 @@ impl HookedTransformer {
                 "stop_at_layer {stop} must lie in {start_at_layer}..={n}"
             )));
         }
-        self.check_hooks(hooks, start_at_layer, stop)?;
+        self.check_hooks(hooks, start_at_layer, stop, stop_at_layer.is_none())?;
         hooks.set_window(0, false);
         let before = hooks.counts();
         let resid = if start_at_layer == 0 {
@@ -257,10 +258,74 @@ impl HookedTransformer {
             }
             input.to_dtype(self.dtype())?
         };
-        let p = resid.dim(1)?;
-        let out = self.run_blocks(resid, start_at_layer, stop, 0, p, None, hooks)?;
+        let resid = self.run_blocks(resid, start_at_layer, stop, 0, None, hooks)?;
+        let out = match stop_at_layer {
+            Some(_) => resid,
+            None => self.unembed(&resid, hooks)?,
+        };
         hooks.check_fired_since(&before)?;
         Ok(out)
+    }
+
+    /// The final residual stream [batch, p, d_model] (before `ln_final`) of positions
+    /// `offset..offset + p`, from the residual stream `resid` [batch, p, d_model] entering
+    /// `start_at_layer` at those positions. `past` holds, for every layer (entries before
+    /// `start_at_layer` unused), the keys and values of positions `0..offset` with `resid`'s
+    /// batch size; it is not changed.
+    ///
+    /// This is how a sweep recomputes only what an intervention can change: the layers from
+    /// the intervened one, and (causal attention) the positions from the intervened one.
+    /// Hook sites name absolute positions; a site before `offset` is not in this pass.
+    pub fn forward_suffix(
+        &self,
+        resid: &Tensor,
+        start_at_layer: usize,
+        offset: usize,
+        past: &[LayerKv],
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let n = self.cfg.n_layers;
+        if start_at_layer >= n {
+            return Err(Error::LayerOutOfRange {
+                layer: start_at_layer,
+                n_layers: n,
+            });
+        }
+        if past.len() != n {
+            return Err(Error::Invalid(format!(
+                "the KV cache has {} layers, the model {n}",
+                past.len()
+            )));
+        }
+        let (_, p, d) = resid.dims3()?;
+        if d != self.cfg.d_model || offset + p > self.cfg.n_ctx {
+            return Err(Error::ShapeMismatch {
+                what: format!("residual stream input at positions {offset}.."),
+                expected: vec![0, p, self.cfg.d_model],
+                got: resid.dims().to_vec(),
+            });
+        }
+        self.check_hooks(hooks, start_at_layer, n, false)?;
+        hooks.set_window(offset, true);
+        let before = hooks.counts();
+        let mut kv = past.to_vec();
+        let resid = resid.to_dtype(self.dtype())?;
+        let out = self.run_blocks(resid, start_at_layer, n, offset, Some(&mut kv), hooks)?;
+        hooks.check_fired_since(&before)?;
+        Ok(out)
+    }
+
+    /// `ln_final` and the unembedding: logits [.., d_vocab] from the final residual stream
+    /// [.., d_model], in f32 for half-precision models (a bf16 logit of 25 is only good to 0.1).
+    pub fn unembed(&self, resid: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let x = self.ln_final.forward(
+            resid,
+            HookPoint::LnFinalScale,
+            HookPoint::LnFinalNormalized,
+            hooks,
+        )?;
+        let b_u = self.b_u.as_ref().map(upcast).transpose()?;
+        linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())
     }
 
     /// Token + position embeddings for `tokens` starting at position `offset`.
@@ -290,17 +355,17 @@ impl HookedTransformer {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Blocks `start..stop` over `resid` [batch, p, d_model] at positions `offset..offset + p`.
     fn run_blocks(
         &self,
         mut resid: Tensor,
         start: usize,
         stop: usize,
         offset: usize,
-        p: usize,
         mut kv: Option<&mut [LayerKv]>,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
+        let p = resid.dim(1)?;
         let rope = match self.cfg.positional_embedding_type {
             Positional::Rotary => Some(rotary_tables(
                 offset,
@@ -316,18 +381,7 @@ impl HookedTransformer {
             let layer_kv = kv.as_deref_mut().map(|kv| &mut kv[l]);
             resid = self.blocks[l].forward(resid, rope.as_ref(), &mask, layer_kv, hooks)?;
         }
-        if stop < self.cfg.n_layers {
-            return Ok(resid);
-        }
-        let x = self.ln_final.forward(
-            &resid,
-            HookPoint::LnFinalScale,
-            HookPoint::LnFinalNormalized,
-            hooks,
-        )?;
-        // Logits in f32 for half-precision models: a bf16 logit of 25 is only good to 0.1.
-        let b_u = self.b_u.as_ref().map(upcast).transpose()?;
-        linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())
+        Ok(resid)
     }
 
     /// One generation step: runs `tokens` [batch, new] at positions after those already in
@@ -339,7 +393,7 @@ impl HookedTransformer {
         kv: &mut [LayerKv],
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
-        self.check_hooks(hooks, 0, self.cfg.n_layers)?;
+        self.check_hooks(hooks, 0, self.cfg.n_layers, true)?;
         if kv.len() != self.cfg.n_layers {
             return Err(Error::Invalid(format!(
                 "the KV cache has {} layers, the model {}",
@@ -350,8 +404,8 @@ impl HookedTransformer {
         let offset = kv[0].k.as_ref().map_or(Ok(0), |k| k.dim(2))?;
         hooks.set_window(offset, true);
         let resid = self.embed(tokens, offset, hooks)?;
-        let p = resid.dim(1)?;
-        self.run_blocks(resid, 0, self.cfg.n_layers, offset, p, Some(kv), hooks)
+        let resid = self.run_blocks(resid, 0, self.cfg.n_layers, offset, Some(kv), hooks)?;
+        self.unembed(&resid, hooks)
     }
 
     /// Logits and the activations named by `filter` (TransformerLens's `run_with_cache`).
@@ -468,8 +522,9 @@ impl HookedTransformer {
     }
 
     /// Checks that every hook's point exists in this model and lies in the layers
-    /// `start..stop` a pass runs: a hook beyond `stop_at_layer` would never fire.
-    fn check_hooks(&self, hooks: &Hooks, start: usize, stop: usize) -> Result<()> {
+    /// `start..stop` a pass runs (and `ln_final` only if it `unembeds`): a hook beyond
+    /// `stop_at_layer` would never fire.
+    fn check_hooks(&self, hooks: &Hooks, start: usize, stop: usize, unembeds: bool) -> Result<()> {
         let n = self.cfg.n_layers;
         for site in hooks.sites() {
             self.check_hook(&site.point)?;
@@ -480,7 +535,7 @@ impl HookedTransformer {
                 HookPoint::Block(l, _) if l < start || l >= stop => {
                     format!("this pass runs layers {start}..{stop} of {n}")
                 }
-                HookPoint::LnFinalScale | HookPoint::LnFinalNormalized if stop < n => {
+                HookPoint::LnFinalScale | HookPoint::LnFinalNormalized if !unembeds => {
                     format!("this pass stops at layer {stop}, before ln_final")
                 }
                 _ => continue,

@@ -1,0 +1,206 @@
+//! Ablation and patching sweeps: the fast engine (prefix reuse, causal suffix, batching,
+//! metric-aware unembedding) against the naive loop of full forward passes.
+
+mod common;
+
+use common::*;
+use hooklens::analysis::sweep::{naive, Job, Metric, Sweep, Target};
+use hooklens::data::{ioi_pairs, tokenize_pairs, PairBatch, PromptPair};
+use hooklens::{
+    load_model, BlockHook, HookPoint, HookedTransformer, Intervention, LoadOptions, NameFilter,
+    Processing, Site, Tokenizer,
+};
+
+fn embedded() -> (HookedTransformer, Tokenizer) {
+    load_model(None, &LoadOptions::default()).unwrap()
+}
+
+/// Two pairs for the byte-level embedded model, of unequal length (right-padded).
+fn embedded_batch(model: &HookedTransformer, tok: &Tokenizer) -> PairBatch {
+    let pair = |clean: &str, corrupted: &str| PromptPair {
+        clean: clean.into(),
+        corrupted: corrupted.into(),
+        answer: "o".into(),
+        wrong: "r".into(),
+        line: None,
+    };
+    let pairs = [
+        pair(
+            "Hello world! Hello world! Hello w",
+            "Hello wyrld! Hello wyrld! Hello w",
+        ),
+        pair(
+            "abcd Hello abcd Hello abcd Hell",
+            "abcd Hellr abcd Hellr abcd Hell",
+        ),
+    ];
+    let t = tokenize_pairs(&pairs, tok, true, "test").unwrap();
+    PairBatch::new(&t, 0, model.device()).unwrap()
+}
+
+/// Every kind of job the binaries build: zero and mean ablation of heads, MLPs and neurons
+/// over all positions, and patching from the clean run at single positions and whole heads.
+fn jobs(model: &HookedTransformer, batch: &PairBatch) -> Vec<Job> {
+    let points: Vec<HookPoint> = model.hook_points();
+    let (_, clean) = model
+        .run_with_cache(&batch.clean, NameFilter::Points(points))
+        .unwrap();
+    let (_, corrupted) = model
+        .run_with_cache(&batch.corrupted, NameFilter::All)
+        .unwrap();
+    let p = batch.clean.dim(1).unwrap();
+    let mut jobs = vec![];
+    for l in 0..model.cfg.n_layers {
+        let z = HookPoint::block(l, BlockHook::Z);
+        for h in 0..model.cfg.n_heads {
+            jobs.push(Job {
+                site: Site::head(z, h),
+                intervention: Intervention::Zero,
+            });
+            let mean = Intervention::mean_of(corrupted.get(z).unwrap()).unwrap();
+            jobs.push(Job {
+                site: Site::head(z, h),
+                intervention: mean,
+            });
+            let pattern = HookPoint::block(l, BlockHook::Pattern);
+            jobs.push(Job {
+                site: Site::head(pattern, h),
+                intervention: Intervention::Patch(clean.get(pattern).unwrap().clone()),
+            });
+            jobs.push(Job {
+                site: Site::head(z, h).with_pos((l + 3 * h) % p),
+                intervention: Intervention::Patch(clean.get(z).unwrap().clone()),
+            });
+        }
+        for pos in [0, 1, p / 2, p - 2, p - 1] {
+            for hook in [BlockHook::ResidPre, BlockHook::AttnOut] {
+                let point = HookPoint::block(l, hook);
+                jobs.push(Job {
+                    site: Site::at(point).with_pos(pos),
+                    intervention: Intervention::Patch(clean.get(point).unwrap().clone()),
+                });
+            }
+        }
+        if !model.cfg.attn_only {
+            let out = HookPoint::block(l, BlockHook::MlpOut);
+            jobs.push(Job {
+                site: Site::at(out),
+                intervention: Intervention::Zero,
+            });
+            jobs.push(Job {
+                site: Site::at(out).with_pos(p / 2),
+                intervention: Intervention::Patch(clean.get(out).unwrap().clone()),
+            });
+            jobs.push(Job {
+                site: Site::neuron(HookPoint::block(l, BlockHook::MlpPost), 3),
+                intervention: Intervention::Zero,
+            });
+        }
+    }
+    jobs
+}
+
+fn assert_sweep_equals_naive(model: &HookedTransformer, batch: &PairBatch) {
+    let jobs = jobs(model, batch);
+    for metric in [Metric::LogitDiff, Metric::Loss, Metric::Prob] {
+        let target = Target::new(batch, true).unwrap();
+        let want = naive(model, &target, metric, &jobs).unwrap();
+        // A small budget forces many batches with different offsets; a large one, few.
+        for budget in [40, 100_000] {
+            let sweep = Sweep::new(model, target.clone(), metric, jobs.clone(), budget).unwrap();
+            let got = sweep.run_all().unwrap();
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 2e-5 * scale,
+                    "{metric:?} budget {budget}: job {i} ({}) sweep {g} naive {w}",
+                    jobs[i].site
+                );
+            }
+            let base = naive(model, &target, metric, &[]).unwrap();
+            assert!(base.is_empty());
+        }
+    }
+}
+
+#[test]
+fn sweeps_equal_the_naive_loop_on_the_embedded_model() {
+    let (model, tok) = embedded();
+    assert_sweep_equals_naive(&model, &embedded_batch(&model, &tok));
+}
+
+#[test]
+fn sweeps_equal_the_naive_loop_on_the_random_gpt2() {
+    let dir = gpt2_dir();
+    let (model, tok) = load_gpt2(dir.path(), Processing::default());
+    // Three IOI pairs from different templates: unequal lengths, right-padded.
+    let pairs = ioi_pairs(&tok, 3, 1).unwrap();
+    let t = tokenize_pairs(&pairs, &tok, true, "ioi").unwrap();
+    let batch = PairBatch::new(&t, 0, model.device()).unwrap();
+    assert!(batch.lengths.iter().any(|&l| l != batch.lengths[0]));
+    assert_sweep_equals_naive(&model, &batch);
+}
+
+#[test]
+fn patching_the_whole_residual_stream_recovers_the_clean_metric() {
+    let (model, tok) = embedded();
+    let batch = embedded_batch(&model, &tok);
+    let (clean_logits, clean) = model.run_with_cache(&batch.clean, NameFilter::All).unwrap();
+    let target = Target::new(&batch, true).unwrap();
+    let clean_value = Metric::LogitDiff.of_logits(&clean_logits, &target).unwrap();
+    let clean_value = clean_value.iter().sum::<f32>() / clean_value.len() as f32;
+    let jobs: Vec<Job> = (0..model.cfg.n_layers)
+        .map(|l| {
+            let point = HookPoint::block(l, BlockHook::ResidPre);
+            Job {
+                site: Site::at(point),
+                intervention: Intervention::Patch(clean.get(point).unwrap().clone()),
+            }
+        })
+        .collect();
+    let sweep = Sweep::new(&model, target, Metric::LogitDiff, jobs, 4096).unwrap();
+    assert!(
+        (sweep.baseline() - clean_value).abs() > 0.1,
+        "the pairs differ"
+    );
+    for v in sweep.run_all().unwrap() {
+        assert!((v - clean_value).abs() < 1e-5, "{v} vs {clean_value}");
+    }
+}
+
+#[test]
+fn mean_ablation_over_identical_prompts_changes_nothing() {
+    let (model, tok) = embedded();
+    let text = "Hello world! Hello world! Hello w";
+    let pair = PromptPair {
+        clean: text.into(),
+        corrupted: text.into(),
+        answer: "o".into(),
+        wrong: "r".into(),
+        line: None,
+    };
+    let t = tokenize_pairs(&[pair.clone(), pair.clone(), pair], &tok, true, "t").unwrap();
+    let batch = PairBatch::new(&t, 0, model.device()).unwrap();
+    let (_, cache) = model.run_with_cache(&batch.clean, NameFilter::All).unwrap();
+    let mut jobs = vec![];
+    for l in 0..model.cfg.n_layers {
+        let z = HookPoint::block(l, BlockHook::Z);
+        for h in 0..model.cfg.n_heads {
+            jobs.push(Job {
+                site: Site::head(z, h),
+                intervention: Intervention::mean_of(cache.get(z).unwrap()).unwrap(),
+            });
+        }
+    }
+    for metric in [Metric::Loss, Metric::LogitDiff] {
+        let target = Target::new(&batch, false).unwrap();
+        let sweep = Sweep::new(&model, target, metric, jobs.clone(), 4096).unwrap();
+        for v in sweep.run_all().unwrap() {
+            assert!(
+                (v - sweep.baseline()).abs() < 1e-5,
+                "{v} vs {}",
+                sweep.baseline()
+            );
+        }
+    }
+}
