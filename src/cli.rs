@@ -198,3 +198,237 @@ pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
         }
     }
 }
+
+/// Prompt pairs (clean, corrupted, answer, wrong answer) for the experiments that compare or
+/// ablate: one pair from flags, IOI pairs, or a pair file.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct PairArgs {
+    /// The clean prompt (with --corrupted, --answer and --wrong).
+    #[arg(long, conflicts_with_all = ["ioi", "pairs"], requires_all = ["answer", "wrong"])]
+    pub prompt: Option<String>,
+    /// The corrupted prompt, of the same token length (default: the clean one).
+    #[arg(long, requires = "prompt")]
+    pub corrupted: Option<String>,
+    /// The expected next token of the clean prompt (one token, e.g. " Mary").
+    #[arg(long, requires = "prompt")]
+    pub answer: Option<String>,
+    /// The competing token (one token, e.g. " John").
+    #[arg(long, requires = "prompt")]
+    pub wrong: Option<String>,
+    /// This many IOI pairs from the data module ("When Mary and John went to the store, John
+    /// gave a drink to" / "..., Mary gave a drink to"; answer " Mary", wrong " John").
+    #[arg(long, conflicts_with = "pairs", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ioi: Option<u32>,
+    /// A .tsv or .jsonl file of pairs (columns clean, corrupted, answer, wrong).
+    #[arg(long)]
+    pub pairs: Option<PathBuf>,
+    /// Seed of the IOI pairs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub bos: BosArgs,
+}
+
+/// The embedded model's default pairs: induction prompts whose corrupted twin changes the
+/// repeated token, so the clean run predicts `answer` and the corrupted one `wrong`.
+const EMBEDDED_PAIRS: [(&str, &str, &str, &str); 3] = [
+    ("abc xyz abc xyz abc x", "abc xqz abc xqz abc x", "y", "q"),
+    ("dog cat dog cat dog c", "dog cut dog cut dog c", "a", "u"),
+    ("red sun red sun red s", "red sin red sin red s", "u", "i"),
+];
+
+impl PairArgs {
+    /// The pairs, tokenized and validated, as one right-padded batch; also the text pairs.
+    pub fn load(
+        &self,
+        model: &HookedTransformer,
+        tok: &Tokenizer,
+    ) -> Result<(Vec<crate::data::PromptPair>, crate::data::PairBatch)> {
+        use crate::data::{ioi_pairs, read_pairs, tokenize_pairs, PairBatch, PromptPair};
+        let pair = |c: &str, k: &str, a: &str, w: &str| PromptPair {
+            clean: c.into(),
+            corrupted: k.into(),
+            answer: a.into(),
+            wrong: w.into(),
+            line: None,
+        };
+        let pairs = match (&self.prompt, self.ioi, &self.pairs) {
+            (Some(p), _, _) => vec![pair(
+                p,
+                self.corrupted.as_deref().unwrap_or(p),
+                self.answer.as_deref().unwrap_or_default(),
+                self.wrong.as_deref().unwrap_or_default(),
+            )],
+            (_, Some(n), _) => ioi_pairs(tok, n as usize, self.seed)?,
+            (_, _, Some(f)) => read_pairs(f)?,
+            _ if model.cfg.d_vocab <= 512 => EMBEDDED_PAIRS
+                .iter()
+                .map(|&(c, k, a, w)| pair(c, k, a, w))
+                .collect(),
+            _ => ioi_pairs(tok, 8, self.seed)?,
+        };
+        let source = self
+            .pairs
+            .as_ref()
+            .map_or("the prompt pairs".to_string(), |p| p.display().to_string());
+        let t = tokenize_pairs(&pairs, tok, self.bos.resolve(model), &source)?;
+        let batch = PairBatch::new(&t, 0, model.device())?;
+        Ok((pairs, batch))
+    }
+}
+
+/// Options of the sweep binaries (`ablate`, `patch`).
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct SweepArgs {
+    /// Token positions computed per batched forward pass (interventions × prompts × positions
+    /// recomputed). Larger runs faster until memory runs short.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tokens_per_pass: u64,
+    /// Run slice INDEX of COUNT (0-based; e.g. `--shard $SLURM_ARRAY_TASK_ID/8`) into
+    /// `<run>/shard=INDEX/`. Needs --run NAME, the same for every shard; combine the finished
+    /// shards with --merge.
+    #[arg(long, requires = "run", conflicts_with = "merge")]
+    pub shard: Option<crate::export::progress::Shard>,
+    /// Combine the finished shards of --run NAME into the run's table and plots.
+    #[arg(long, requires = "run")]
+    pub merge: bool,
+}
+
+/// Runs `sweeps` for a sweep binary, or merges its shards, and returns where to write: the
+/// run folder (a shard's own `shard=i` folder), and the values. The arguments are saved in
+/// `args.json`; `--resume` continues from the progress log only with the same arguments (the
+/// error names the ones that differ), and `--merge` checks every shard ran with them.
+pub fn run_sweep(
+    run: &RunArgs,
+    opts: &SweepArgs,
+    experiment: &str,
+    args: &impl serde::Serialize,
+    sweeps: &[crate::analysis::sweep::Sweep],
+) -> Result<(RunDir, crate::export::progress::Outcome)> {
+    use crate::export::progress::{merge_logs, run_sweeps, Shard};
+    let args = comparable_args(args)?;
+    let base = run.outputs.join(experiment);
+    if opts.merge {
+        let root = RunDir::create(&run.outputs, experiment, run.run.as_deref(), true)?;
+        let mut count = None;
+        for entry in std::fs::read_dir(&root.path).map_err(|e| Error::io(&root.path, e))? {
+            let path = entry.map_err(|e| Error::io(&root.path, e))?.path();
+            let is_shard = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("shard="));
+            if !is_shard {
+                continue;
+            }
+            let saved = read_args(&path.join("args.json"))?;
+            check_same_args(&saved, &args, &path)?;
+            let shard: Shard = serde_json::from_value(saved["sweep"]["shard"].clone())
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            if *count.get_or_insert(shard.count) != shard.count {
+                return Err(Error::Invalid(format!(
+                    "{}: the shards of this run disagree on their count",
+                    root.path.display()
+                )));
+            }
+        }
+        let Some(count) = count else {
+            return Err(Error::Invalid(format!(
+                "--merge: {} has no shard=INDEX folders; run the shards with --shard INDEX/COUNT first",
+                root.path.display()
+            )));
+        };
+        let logs: Vec<PathBuf> = (0..count)
+            .map(|i| root.path.join(format!("shard={i}")).join("progress.jsonl"))
+            .collect();
+        return Ok((root, merge_logs(sweeps, &logs)?));
+    }
+    let (dir, shard) = match opts.shard {
+        Some(shard) => {
+            let name = run.run.as_deref().unwrap_or_default();
+            let mut dir = RunDir::create(
+                &base,
+                name,
+                Some(&format!("shard={}", shard.index)),
+                run.resume,
+            )?;
+            dir.experiment = experiment.into();
+            (dir, shard)
+        }
+        None => (run.dir(experiment)?, Shard::WHOLE),
+    };
+    let args_path = dir.file("args.json");
+    match run.resume {
+        true => check_same_args(&read_args(&args_path)?, &args, &dir.path)?,
+        false => {
+            let text =
+                serde_json::to_string_pretty(&args).map_err(|e| Error::Invalid(e.to_string()))?;
+            crate::export::atomic_write(&args_path, text.as_bytes())?;
+        }
+    }
+    let outcome = run_sweeps(sweeps, shard, &dir.file("progress.jsonl"))?;
+    Ok((dir, outcome))
+}
+
+/// The arguments as JSON without those that may differ between a run and its resumption or
+/// its shards: where outputs go, --resume, --merge (the shard is kept: each has its own).
+fn comparable_args(args: &impl serde::Serialize) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(args).map_err(|e| Error::Invalid(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("out");
+        if let Some(s) = o.get_mut("sweep").and_then(|s| s.as_object_mut()) {
+            s.remove("merge");
+        }
+    }
+    Ok(v)
+}
+
+fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Invalid(format!(
+            "{} cannot be read ({e}): this folder is not a sweep run started by this binary",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Errors naming each argument whose value differs between `saved` (the run's) and `now`;
+/// the shard is compared only when resuming (merging reads every shard).
+fn check_same_args(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    dir: &std::path::Path,
+) -> Result<()> {
+    fn flat(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, String)>) {
+        match v.as_object() {
+            Some(o) => o.iter().for_each(|(k, v)| flat(v, k, out)),
+            None => out.push((prefix.replace('_', "-"), v.to_string())),
+        }
+    }
+    let (mut a, mut b) = (vec![], vec![]);
+    flat(saved, "", &mut a);
+    flat(now, "", &mut b);
+    let merging = now["sweep"]["shard"].is_null() && !saved["sweep"]["shard"].is_null();
+    let diffs: Vec<String> = a
+        .iter()
+        .filter(|(k, _)| !(merging && k == "shard"))
+        .filter_map(|(k, v)| {
+            let now = b
+                .iter()
+                .find(|(k2, _)| k2 == k)
+                .map_or("unset", |(_, v)| v.as_str());
+            (now != v).then(|| format!("--{k} was {v}, now {now}"))
+        })
+        .collect();
+    match diffs.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Invalid(format!(
+            "{} was run with other arguments: {}; use the same arguments, or start a new run with --run NAME",
+            dir.display(),
+            diffs.join("; ")
+        ))),
+    }
+}

@@ -1,7 +1,22 @@
-//! Ablation shorthands over [`Intervention`]s.
+//! Ablation: knock out units (attention heads, MLP layers, neurons) by zero, mean or resample
+//! ablation and measure what changes. The sweep itself is [`super::sweep`]; this file says what a
+//! unit is and what each kind of ablation puts in its place.
 
-use crate::hooks::{BlockHook, HookPoint, Hooks};
+use super::dla::direct_logit_attribution;
+use super::metrics::top_k;
+use super::sweep::{Job, Metric};
+use crate::cache::ActivationCache;
+use crate::data::PairBatch;
+use crate::error::{Error, Result};
+use crate::hooks::{BlockHook, HookPoint, Hooks, NameFilter};
 use crate::intervention::{Intervention, Site};
+use crate::model::HookedTransformer;
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
 
 /// Hooks that zero-ablate each (layer, head) in `heads` (its `hook_z`) at every position.
 ///
@@ -12,9 +27,415 @@ use crate::intervention::{Intervention, Site};
 /// ```
 pub fn zero_ablate_heads<'a>(heads: &[(usize, usize)]) -> Hooks<'a> {
     heads.iter().fold(Hooks::none(), |hooks, &(layer, head)| {
-        hooks.intervene(
-            Site::head(HookPoint::Block(layer, BlockHook::Z), head),
-            Intervention::Zero,
-        )
+        hooks.intervene(Unit::Head { layer, head }.site(), Intervention::Zero)
     })
+}
+
+/// Something to ablate, named as on the command line: `L3H2` (head 2 of layer 3, its
+/// `hook_z`), `MLP3` (layer 3's MLP output, `hook_mlp_out`), `L3N42` (neuron 42 of layer 3,
+/// `mlp.hook_post`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Unit {
+    Head { layer: usize, head: usize },
+    Mlp { layer: usize },
+    Neuron { layer: usize, neuron: usize },
+}
+
+impl Unit {
+    /// Where the ablation applies, at every position.
+    pub fn site(self) -> Site {
+        match self {
+            Unit::Head { layer, head } => Site::head(HookPoint::block(layer, BlockHook::Z), head),
+            Unit::Mlp { layer } => Site::at(HookPoint::block(layer, BlockHook::MlpOut)),
+            Unit::Neuron { layer, neuron } => {
+                Site::neuron(HookPoint::block(layer, BlockHook::MlpPost), neuron)
+            }
+        }
+    }
+
+    /// `head`, `mlp` or `neuron`: the table's `unit_kind`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Unit::Head { .. } => "head",
+            Unit::Mlp { .. } => "mlp",
+            Unit::Neuron { .. } => "neuron",
+        }
+    }
+
+    pub fn layer(self) -> usize {
+        match self {
+            Unit::Head { layer, .. } | Unit::Mlp { layer } | Unit::Neuron { layer, .. } => layer,
+        }
+    }
+
+    /// Checks the unit against the model: layer, head and neuron in range, an MLP present.
+    pub fn check(self, model: &HookedTransformer) -> Result<()> {
+        let c = &model.cfg;
+        model.block(self.layer())?;
+        match self {
+            Unit::Head { head, .. } => model.check_head(head),
+            _ if c.attn_only => Err(Error::Invalid(format!(
+                "unit {self}: this model is attention-only and has no MLPs"
+            ))),
+            Unit::Neuron { neuron, .. } if neuron >= c.d_mlp => Err(Error::Invalid(format!(
+                "unit {self}: neuron {neuron} is out of range: each MLP has {} neurons",
+                c.d_mlp
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every head of the model, in layer then head order.
+    pub fn all_heads(model: &HookedTransformer) -> Vec<Unit> {
+        let c = &model.cfg;
+        (0..c.n_layers)
+            .flat_map(|layer| (0..c.n_heads).map(move |head| Unit::Head { layer, head }))
+            .collect()
+    }
+
+    /// Every MLP layer (none for an attention-only model).
+    pub fn all_mlps(model: &HookedTransformer) -> Vec<Unit> {
+        match model.cfg.attn_only {
+            true => vec![],
+            false => (0..model.cfg.n_layers)
+                .map(|layer| Unit::Mlp { layer })
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unit::Head { layer, head } => write!(f, "L{layer}H{head}"),
+            Unit::Mlp { layer } => write!(f, "MLP{layer}"),
+            Unit::Neuron { layer, neuron } => write!(f, "L{layer}N{neuron}"),
+        }
+    }
+}
+
+impl FromStr for Unit {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Invalid(format!(
+                "unknown unit `{s}`: write L<layer>H<head> (a head, e.g. L1H2), MLP<layer> (an MLP layer, e.g. MLP0) or L<layer>N<neuron> (a neuron, e.g. L0N42)"
+            ))
+        };
+        let num = |t: &str| t.parse::<usize>().map_err(|_| bad());
+        if let Some(l) = s.strip_prefix("MLP") {
+            return Ok(Unit::Mlp { layer: num(l)? });
+        }
+        let rest = s.strip_prefix('L').ok_or_else(bad)?;
+        if let Some((l, h)) = rest.split_once('H') {
+            return Ok(Unit::Head {
+                layer: num(l)?,
+                head: num(h)?,
+            });
+        }
+        if let Some((l, n)) = rest.split_once('N') {
+            return Ok(Unit::Neuron {
+                layer: num(l)?,
+                neuron: num(n)?,
+            });
+        }
+        Err(bad())
+    }
+}
+
+/// What replaces an ablated unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Ablation {
+    /// Zero.
+    Zero,
+    /// Its mean over the reference prompts at each position (prompts shorter than the
+    /// position left out).
+    Mean,
+    /// Its value on another prompt of the dataset, drawn with the seed (the same draw for
+    /// every unit).
+    Resample,
+}
+
+impl Ablation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ablation::Zero => "zero",
+            Ablation::Mean => "mean",
+            Ablation::Resample => "resample",
+        }
+    }
+}
+
+/// The hook points whose activations mean and resample ablation of `units` read.
+pub fn source_points(units: &[Unit]) -> Vec<HookPoint> {
+    let mut v: Vec<HookPoint> = units.iter().map(|u| u.site().point).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// One sweep job per unit: `ablation` of the unit at every position. Mean and resample read
+/// the units' activations on the reference prompts from `reference` (a cache with
+/// [`source_points`]) with their `lengths`; resample draws, for prompt i, another prompt
+/// j != i with `seed`.
+pub fn ablation_jobs(
+    units: &[Unit],
+    ablation: Ablation,
+    reference: Option<(&ActivationCache, &[usize])>,
+    seed: u64,
+) -> Result<Vec<Job>> {
+    let source = |unit: &Unit| -> Result<(&Tensor, &[usize])> {
+        let (cache, lengths) = reference.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} ablation needs reference activations",
+                ablation.name()
+            ))
+        })?;
+        Ok((cache.get(unit.site().point)?, lengths))
+    };
+    units
+        .iter()
+        .map(|unit| {
+            let intervention = match ablation {
+                Ablation::Zero => Intervention::Zero,
+                Ablation::Mean => {
+                    let (act, lengths) = source(unit)?;
+                    Intervention::Mean(position_mean(act, lengths)?)
+                }
+                Ablation::Resample => {
+                    let (act, lengths) = source(unit)?;
+                    let rows = resample_rows(lengths.len(), seed)?;
+                    let rows = Tensor::new(rows, act.device())?;
+                    Intervention::Patch(act.index_select(&rows, 0)?)
+                }
+            };
+            Ok(Job {
+                site: unit.site(),
+                intervention,
+            })
+        })
+        .collect()
+}
+
+/// The mean of `act` [batch, pos, ...] over the prompts whose length covers each position:
+/// [1, pos, ...]. Equal lengths give the plain batch mean.
+pub fn position_mean(act: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    let (b, p) = (act.dim(0)?, act.dim(1)?);
+    if lengths.len() != b {
+        return Err(Error::Invalid(format!(
+            "{} prompt lengths for a batch of {b}",
+            lengths.len()
+        )));
+    }
+    let count: Vec<usize> = (0..p)
+        .map(|i| lengths.iter().filter(|&&l| l > i).count())
+        .collect();
+    let w: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&l| (0..p).map(move |i| (i < l) as u8 as f32))
+        .zip(count.iter().cycle())
+        .map(|(m, &c)| if c == 0 { 0.0 } else { m / c as f32 })
+        .collect();
+    // [batch, pos, 1, ..] weights, summed over the batch.
+    let mut shape = vec![b, p];
+    shape.resize(act.rank(), 1);
+    let w = Tensor::from_vec(w, shape, act.device())?;
+    let dtype = act.dtype();
+    let mean = act
+        .to_dtype(DType::F32)?
+        .broadcast_mul(&w)?
+        .sum_keepdim(0)?;
+    Ok(mean.to_dtype(dtype)?)
+}
+
+/// For each of `n` prompts, another prompt's index, drawn with `seed`.
+pub fn resample_rows(n: usize, seed: u64) -> Result<Vec<u32>> {
+    if n < 2 {
+        return Err(Error::Invalid(
+            "resample ablation draws from other prompts of the dataset: give at least 2 prompts"
+                .into(),
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    Ok((0..n)
+        .map(|i| {
+            let j = rng.random_range(0..n - 1);
+            (j + (j >= i) as usize) as u32
+        })
+        .collect())
+}
+
+/// How to pick a layer's top neurons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum NeuronRank {
+    /// Largest mean activation (`mlp.hook_post`) over the prompts' positions.
+    Mean,
+    /// Largest |direct logit attribution| to answer - wrong at the last position.
+    Dla,
+}
+
+/// The `k` top neurons of each of `layers` on the clean prompts of `batch`, by `rank`.
+pub fn top_neurons(
+    model: &HookedTransformer,
+    batch: &PairBatch,
+    layers: &[usize],
+    k: usize,
+    rank: NeuronRank,
+) -> Result<Vec<Unit>> {
+    if model.cfg.attn_only {
+        return Err(Error::Invalid(
+            "this model is attention-only: it has no MLP neurons to rank".into(),
+        ));
+    }
+    for &l in layers {
+        model.block(l)?;
+    }
+    let scores: Vec<(usize, Vec<f32>)> = match rank {
+        NeuronRank::Mean => {
+            let points = layers
+                .iter()
+                .map(|&l| HookPoint::block(l, BlockHook::MlpPost))
+                .collect();
+            let (_, cache) = model.run_with_cache(&batch.clean, NameFilter::Points(points))?;
+            layers
+                .iter()
+                .map(|&l| {
+                    let act = cache.block(l, BlockHook::MlpPost)?;
+                    // [1, pos, d_mlp] -> mean over the covered positions.
+                    let m = position_mean(act, &batch.lengths)?.squeeze(0)?;
+                    let covered = batch.lengths.iter().max().copied().unwrap_or(0);
+                    let m = m.narrow(0, 0, covered)?.to_dtype(DType::F32)?.mean(0)?;
+                    Ok((l, m.to_vec1::<f32>()?))
+                })
+                .collect::<Result<_>>()?
+        }
+        NeuronRank::Dla => {
+            let (logits, cache) = model.run_with_cache(&batch.clean, NameFilter::All)?;
+            let last: Vec<usize> = batch.lengths.iter().map(|l| l - 1).collect();
+            let dla = direct_logit_attribution(
+                model,
+                &cache,
+                &logits,
+                (&batch.answers, &batch.wrong),
+                &last,
+                true,
+            )?;
+            layers
+                .iter()
+                .map(|&l| {
+                    let mut v = vec![0f32; model.cfg.d_mlp];
+                    for c in &dla.contributions {
+                        if let (Some(cl), Some(n)) = (c.layer, c.neuron) {
+                            if cl as usize == l {
+                                v[n as usize] = c.value.abs();
+                            }
+                        }
+                    }
+                    (l, v)
+                })
+                .collect()
+        }
+    };
+    Ok(scores
+        .into_iter()
+        .flat_map(|(layer, s)| {
+            top_k(&s, k).into_iter().map(move |(n, _)| Unit::Neuron {
+                layer,
+                neuron: n as usize,
+            })
+        })
+        .collect())
+}
+
+/// One result of an ablation sweep: a unit, how it was ablated, and the metric before and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AblationRow {
+    pub unit: Unit,
+    pub ablation: Ablation,
+    pub metric: Metric,
+    pub baseline: f32,
+    pub ablated: f32,
+}
+
+/// The columns of the ablation table and what each means.
+pub const ABLATION_COLUMNS: &[(&str, &str)] = &[
+    ("unit", "L{layer}H{head} (a head's hook_z), MLP{layer} (hook_mlp_out) or L{layer}N{neuron} (mlp.hook_post)"),
+    ("unit_kind", "head | mlp | neuron"),
+    ("layer", "the unit's layer"),
+    ("head", "the head (heads only)"),
+    ("neuron", "the MLP neuron (neurons only)"),
+    ("ablation", "zero | mean (position-wise mean over the reference prompts) | resample (another prompt's activation)"),
+    ("metric", "loss (mean next-token cross-entropy, nats) | logit_diff (answer - wrong at the last position) | prob (of the answer at the last position); means over the prompts"),
+    ("baseline", "the metric without ablation"),
+    ("ablated", "the metric with the unit ablated at every position"),
+    ("delta", "ablated - baseline"),
+];
+
+/// A tidy table of ablation results, one row per (unit, ablation, metric); see
+/// [`ABLATION_COLUMNS`].
+pub fn ablation_frame(rows: &[AblationRow]) -> Result<polars::prelude::DataFrame> {
+    use polars::prelude::*;
+    let (head, neuron): (Vec<Option<u32>>, Vec<Option<u32>>) = rows
+        .iter()
+        .map(|r| match r.unit {
+            Unit::Head { head, .. } => (Some(head as u32), None),
+            Unit::Neuron { neuron, .. } => (None, Some(neuron as u32)),
+            Unit::Mlp { .. } => (None, None),
+        })
+        .unzip();
+    df!(
+        "unit" => rows.iter().map(|r| r.unit.to_string()).collect::<Vec<_>>(),
+        "unit_kind" => rows.iter().map(|r| r.unit.kind()).collect::<Vec<_>>(),
+        "layer" => rows.iter().map(|r| r.unit.layer() as u32).collect::<Vec<_>>(),
+        "head" => head,
+        "neuron" => neuron,
+        "ablation" => rows.iter().map(|r| r.ablation.name()).collect::<Vec<_>>(),
+        "metric" => rows.iter().map(|r| r.metric.name()).collect::<Vec<_>>(),
+        "baseline" => rows.iter().map(|r| r.baseline).collect::<Vec<_>>(),
+        "ablated" => rows.iter().map(|r| r.ablated).collect::<Vec<_>>(),
+        "delta" => rows.iter().map(|r| r.ablated - r.baseline).collect::<Vec<_>>()
+    )
+    .map_err(|e| Error::Invalid(format!("building the ablation table: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn units_parse_and_print() {
+        for s in ["L1H2", "MLP0", "L3N42"] {
+            assert_eq!(s.parse::<Unit>().unwrap().to_string(), s);
+        }
+        for bad in ["H1", "L1", "L1X2", "MLP", "LaHb", ""] {
+            let e = bad.parse::<Unit>().unwrap_err().to_string();
+            assert!(e.contains("unknown unit") && e.contains("L1H2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn position_mean_leaves_out_padding() {
+        // Two prompts, lengths 2 and 1: position 1 is the first prompt's alone.
+        let act = Tensor::new(&[[[1f32], [2.]], [[3.], [100.]]], &Device::Cpu).unwrap();
+        let m = position_mean(&act, &[2, 1]).unwrap();
+        assert_eq!(
+            m.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [2.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn resampling_never_draws_the_prompt_itself() {
+        let rows = resample_rows(5, 7).unwrap();
+        assert!(rows
+            .iter()
+            .enumerate()
+            .all(|(i, &j)| j as usize != i && j < 5));
+        assert_eq!(rows, resample_rows(5, 7).unwrap());
+        assert!(resample_rows(1, 0).is_err());
+    }
 }

@@ -7,5 +7,6 @@ pub mod dla;
 pub mod factored;
 pub mod lens;
 pub mod metrics;
+pub mod patching;
 pub mod resid;
 pub mod sweep;

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{HookPoint, Hooks, NameFilter};
 use crate::intervention::{Fired, Intervention, Site};
 use crate::model::{HookedTransformer, LayerKv};
-use candle_core::{DType, IndexOp, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 /// What a sweep measures, averaged over the prompts.
@@ -44,27 +44,43 @@ impl Metric {
 
     /// The metric of each prompt from full logits [batch, pos, d_vocab].
     pub fn of_logits(self, logits: &Tensor, t: &Target) -> Result<Vec<f32>> {
+        Ok(self.per_prompt(logits, t)?.to_vec1::<f32>()?)
+    }
+
+    /// The metric of each prompt as a tensor [batch] (f32), differentiable: attribution
+    /// patching takes its gradient.
+    pub fn per_prompt(self, logits: &Tensor, t: &Target) -> Result<Tensor> {
+        let (b, p, v) = logits.dims3()?;
         let logits = logits.to_dtype(DType::F32)?;
-        (0..t.len())
-            .map(|b| {
-                let last = t.lengths[b] - 1;
-                Ok(match self {
-                    Metric::Loss => {
-                        let tokens = t.tokens.i(b..b + 1)?;
-                        let l = next_token_losses(&logits.i(b..b + 1)?, &tokens)?;
-                        l.i((0, ..last))?.mean_all()?.to_scalar::<f32>()?
-                    }
-                    Metric::LogitDiff => {
-                        let row = logits.i((b, last))?;
-                        let (a, w) = (t.answers[b] as usize, t.wrong[b] as usize);
-                        (row.i(a)? - row.i(w)?)?.to_scalar::<f32>()?
-                    }
-                    Metric::Prob => candle_nn::ops::softmax_last_dim(&logits.i((b, last))?)?
-                        .i(t.answers[b] as usize)?
-                        .to_scalar::<f32>()?,
+        let dev = logits.device();
+        if self == Metric::Loss {
+            // Mean over each prompt's real predictions: weights 1 / (len - 1) on positions
+            // 0..len - 1, 0 on padding.
+            let w: Vec<f32> = (0..b)
+                .flat_map(|r| {
+                    let n = t.lengths[r] - 1;
+                    (0..p - 1).map(move |i| if i < n { 1.0 / n as f32 } else { 0.0 })
                 })
-            })
-            .collect()
+                .collect();
+            let w = Tensor::from_vec(w, (b, p - 1), dev)?;
+            return Ok((next_token_losses(&logits, &t.tokens)? * w)?.sum(1)?);
+        }
+        // [batch, vocab]: each prompt's last position.
+        let last: Vec<u32> = (0..b).map(|r| (r * p + t.lengths[r] - 1) as u32).collect();
+        let last = logits
+            .reshape((b * p, v))?
+            .index_select(&Tensor::new(last, dev)?, 0)?;
+        let ids = |ids: &[u32]| Tensor::new(ids, dev)?.unsqueeze(1);
+        let answer = ids(&t.answers)?;
+        Ok(match self {
+            Metric::LogitDiff => {
+                let wrong = ids(&t.wrong)?;
+                (last.gather(&answer, 1)? - last.gather(&wrong, 1)?)?.squeeze(1)?
+            }
+            _ => candle_nn::ops::softmax(&last, D::Minus1)?
+                .gather(&answer, 1)?
+                .squeeze(1)?,
+        })
     }
 
     /// The metric of each row of `resid` [rows, s, d_model], the final residual stream of
@@ -348,6 +364,11 @@ impl<'m> Sweep<'m> {
     /// The metric of the unintervened run, averaged over the prompts.
     pub fn baseline(&self) -> f32 {
         mean(&self.base.value)
+    }
+
+    /// (layers, positions) of the model and prompts.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.model.cfg.n_layers, self.target.rows[0].len())
     }
 
     pub fn jobs(&self) -> &[Job] {

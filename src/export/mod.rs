@@ -3,6 +3,7 @@
 pub mod manifest;
 pub mod parquet;
 pub mod plot;
+pub mod progress;
 pub mod run;
 
 use crate::error::{Error, Result};

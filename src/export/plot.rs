@@ -356,6 +356,84 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f32)], x_desc: &str)
     })
 }
 
+/// A scatter of (x, y) points in named groups (one colour each, with a legend) and the
+/// diagonal y = x: e.g. attribution estimates against actual patching values.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    groups: &[(String, Vec<(f32, f32)>)],
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<()> {
+    ensure_font();
+    let all = || {
+        groups
+            .iter()
+            .flat_map(|(_, v)| v)
+            .flat_map(|&(x, y)| [x, y])
+    };
+    if all().next().is_none() || all().any(|v| !v.is_finite()) {
+        return Err(Error::Invalid(
+            "a scatter plot needs at least one point, all finite".into(),
+        ));
+    }
+    let (lo, hi) = all().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let pad = ((hi - lo) * 0.06).max(1e-3);
+    let range = (lo - pad) as f64..(hi + pad) as f64;
+    super::atomic_write_with(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (900, 820)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(range.clone(), range.clone())
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_err)?;
+            chart
+                .draw_series(LineSeries::new(
+                    [(range.start, range.start), (range.end, range.end)],
+                    BLACK.mix(0.4).stroke_width(1),
+                ))
+                .map_err(plot_err)?
+                .label("y = x")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+            for (i, (name, points)) in groups.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                chart
+                    .draw_series(points.iter().map(|&(x, y)| {
+                        Circle::new((x as f64, y as f64), 4, color.mix(0.7).filled())
+                    }))
+                    .map_err(plot_err)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(plot_err)?;
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    })
+}
+
 /// The label of the cell centred on `x` (cells sit on whole numbers), or nothing between cells.
 fn label_at(labels: &[String], x: f64) -> String {
     let i = x.round();

@@ -1,0 +1,310 @@
+//! Long sweeps that survive interruption and spread over machines: finished batches are
+//! appended to a progress log as they finish (a resumed run skips them and ends with the same
+//! table), and `--shard i/n` runs a deterministic slice of the batches.
+
+use super::atomic_write;
+use crate::analysis::sweep::Sweep;
+use crate::error::{Error, Result};
+use crate::intervention::Fired;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Slice `index` of `count` (0-based, as Slurm's `--array=0-N` and Kubernetes' indexed Jobs
+/// number their tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// All of the work in one piece.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Which of the batches with these `costs` are this shard's: a contiguous run whose share
+    /// of the total cost is about 1/count (a batch belongs to the shard its cost midpoint
+    /// falls in), the same on every machine.
+    pub fn select(&self, costs: &[f64]) -> Vec<bool> {
+        let total: f64 = costs.iter().sum();
+        let mut before = 0.0;
+        costs
+            .iter()
+            .map(|&c| {
+                let mid = (before + c / 2.0) / total.max(f64::MIN_POSITIVE);
+                before += c;
+                ((mid * self.count as f64) as usize).min(self.count - 1) == self.index
+            })
+            .collect()
+    }
+}
+
+impl FromStr for Shard {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::Invalid(format!("--shard {s}: {why}"));
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| bad("write INDEX/COUNT, e.g. 0/3 for the first of three shards"))?;
+        let (index, count) = match (i.trim().parse::<usize>(), n.trim().parse::<usize>()) {
+            (Ok(i), Ok(n)) => (i, n),
+            _ => return Err(bad("INDEX and COUNT must be whole numbers, e.g. 0/3")),
+        };
+        if count == 0 {
+            return Err(bad("COUNT must be at least 1"));
+        }
+        if index >= count {
+            return Err(bad(&format!(
+                "INDEX counts from 0 and must be less than COUNT: 0/{count} .. {}/{count}",
+                count - 1
+            )));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// One finished batch as the log stores it: values as f32 bit patterns, so a resumed run
+/// reads back exactly what was computed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub sweep: usize,
+    pub batch: usize,
+    /// (job index, f32 bits)
+    pub values: Vec<(usize, u32)>,
+    pub fired: Vec<Fired>,
+}
+
+/// An append-only log of finished batches, one JSON line each, flushed as each is written.
+pub struct ProgressLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl ProgressLog {
+    /// Opens the log at `path` with the entries already there. A line cut short by a kill is
+    /// dropped (the file is rewritten without it), so appending continues cleanly.
+    pub fn open(path: &Path) -> Result<(Self, Vec<Entry>)> {
+        let mut entries = vec![];
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let mut kept = String::new();
+            for line in text.split_inclusive('\n') {
+                let Some(body) = line.strip_suffix('\n') else {
+                    break; // cut short
+                };
+                match serde_json::from_str::<Entry>(body) {
+                    Ok(e) => {
+                        entries.push(e);
+                        kept.push_str(line);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if kept.len() != text.len() {
+                atomic_write(path, kept.as_bytes())?;
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok((
+            Self {
+                path: path.into(),
+                file,
+            },
+            entries,
+        ))
+    }
+
+    pub fn append(&mut self, entry: &Entry) -> Result<()> {
+        let mut line = serde_json::to_string(entry)
+            .map_err(|e| Error::Invalid(format!("serialising progress: {e}")))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// The values of every job of every sweep (`None` where another shard computes it) and every
+/// intervention with its fire count.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub values: Vec<Vec<Option<f32>>>,
+    pub fired: Vec<Fired>,
+}
+
+impl Outcome {
+    fn empty(sweeps: &[Sweep]) -> Self {
+        Outcome {
+            values: sweeps.iter().map(|s| vec![None; s.jobs().len()]).collect(),
+            fired: vec![],
+        }
+    }
+
+    fn add(&mut self, e: Entry) {
+        for (j, bits) in e.values {
+            self.values[e.sweep][j] = Some(f32::from_bits(bits));
+        }
+        self.fired.extend(e.fired);
+    }
+}
+
+/// Each sweep batch's rough cost: rows × recomputed positions × layers left.
+fn costs(sweeps: &[Sweep]) -> Vec<f64> {
+    sweeps
+        .iter()
+        .flat_map(|s| {
+            let (n, p) = s.shape();
+            s.batches()
+                .iter()
+                .map(move |b| (b.jobs.len() * (p - b.offset) * (n - b.layer)) as f64)
+        })
+        .collect()
+}
+
+/// Runs the batches of `sweeps` in `shard` that `log` does not hold yet, appending each as it
+/// finishes, with a progress bar (batches/s and ETA, on a terminal). Returns everything the
+/// shard computed, earlier runs' batches included.
+pub fn run_sweeps(sweeps: &[Sweep], shard: Shard, log: &Path) -> Result<Outcome> {
+    let (mut log, done) = ProgressLog::open(log)?;
+    let mine = shard.select(&costs(sweeps));
+    let plan: Vec<(usize, usize)> = sweeps
+        .iter()
+        .enumerate()
+        .flat_map(|(s, sw)| (0..sw.batches().len()).map(move |b| (s, b)))
+        .collect();
+    let mut out = Outcome::empty(sweeps);
+    let mut finished = std::collections::HashSet::new();
+    for e in done {
+        if e.sweep >= sweeps.len() || e.batch >= sweeps[e.sweep].batches().len() {
+            return Err(Error::Invalid(format!(
+                "the progress log {} does not belong to this sweep (batch {} of sweep {}); start a new run",
+                log.path.display(),
+                e.batch,
+                e.sweep
+            )));
+        }
+        finished.insert((e.sweep, e.batch));
+        out.add(e);
+    }
+    let todo: Vec<(usize, usize)> = plan
+        .iter()
+        .zip(&mine)
+        .filter(|(sb, &m)| m && !finished.contains(sb))
+        .map(|(sb, _)| *sb)
+        .collect();
+    let jobs: usize = todo
+        .iter()
+        .map(|&(s, b)| sweeps[s].batches()[b].jobs.len())
+        .sum();
+    let bar = indicatif::ProgressBar::new(jobs as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} interventions  {per_sec}  ETA {eta}",
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))?,
+    );
+    for (s, b) in todo {
+        let r = sweeps[s].run_batch(b)?;
+        let entry = Entry {
+            sweep: s,
+            batch: b,
+            values: r.values.iter().map(|&(j, v)| (j, v.to_bits())).collect(),
+            fired: r.fired,
+        };
+        log.append(&entry)?;
+        bar.inc(entry.values.len() as u64);
+        out.add(entry);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// The outcome of a sharded sweep, read from the progress logs of every shard (`logs`), each
+/// of which must be complete.
+pub fn merge_logs(sweeps: &[Sweep], logs: &[PathBuf]) -> Result<Outcome> {
+    let mut out = Outcome::empty(sweeps);
+    for path in logs {
+        if !path.is_file() {
+            return Err(Error::Invalid(format!(
+                "{} is missing: run that shard before merging",
+                path.display()
+            )));
+        }
+        let (_, entries) = ProgressLog::open(path)?;
+        for e in entries {
+            out.add(e);
+        }
+    }
+    let missing = out.values.iter().flatten().filter(|v| v.is_none()).count();
+    if missing > 0 {
+        return Err(Error::Invalid(format!(
+            "{missing} interventions have no result in the shards' progress logs: a shard is unfinished; resume it with --resume"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_cover_the_work_once() {
+        assert_eq!(
+            "1/3".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 3 }
+        );
+        for (bad, why) in [
+            ("3/2", "less than COUNT"),
+            ("1", "INDEX/COUNT"),
+            ("a/2", "whole numbers"),
+            ("0/0", "at least 1"),
+        ] {
+            let e = bad.parse::<Shard>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let costs = [5.0, 1.0, 1.0, 3.0, 2.0, 2.0, 8.0];
+        let picks: Vec<Vec<bool>> = (0..3)
+            .map(|i| Shard { index: i, count: 3 }.select(&costs))
+            .collect();
+        for b in 0..costs.len() {
+            assert_eq!(picks.iter().filter(|p| p[b]).count(), 1, "batch {b}");
+        }
+        assert!(Shard::WHOLE.select(&costs).iter().all(|&x| x));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.jsonl");
+        let e = Entry {
+            sweep: 0,
+            batch: 1,
+            values: vec![(3, 1.5f32.to_bits())],
+            fired: vec![],
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        std::fs::write(&path, format!("{line}\n{}", &line[..10])).unwrap();
+        let (mut log, entries) = ProgressLog::open(&path).unwrap();
+        assert_eq!(entries.len(), 1);
+        log.append(&e).unwrap();
+        let (_, entries) = ProgressLog::open(&path).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(f32::from_bits(entries[1].values[0].1), 1.5);
+    }
+}
