@@ -310,6 +310,12 @@ pub fn run_sweep(
     let base = run.outputs.join(experiment);
     if opts.merge {
         let root = RunDir::create(&run.outputs, experiment, run.run.as_deref(), true)?;
+        if root.file("manifest.json").exists() {
+            return Err(Error::Invalid(format!(
+                "{} is merged already; delete its manifest.json to merge again",
+                root.path.display()
+            )));
+        }
         let mut count = None;
         for entry in std::fs::read_dir(&root.path).map_err(|e| Error::io(&root.path, e))? {
             let path = entry.map_err(|e| Error::io(&root.path, e))?.path();

@@ -1,0 +1,216 @@
+//! The sweep binaries (`ablate`, `patch`) as a user meets them: an interrupted sweep resumes to
+//! a byte-identical table, shards merge to the unsharded table, and bad input is a clear error
+//! that leaves nothing half-written.
+
+use std::path::Path;
+use std::process::Command;
+
+const ABLATE: &str = env!("CARGO_BIN_EXE_ablate");
+const PATCH: &str = env!("CARGO_BIN_EXE_patch");
+
+/// Runs `bin` with `args` in `dir`; returns (exit code, stderr).
+fn run(bin: &str, args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn ok(bin: &str, args: &[&str], dir: &Path) {
+    let (code, err) = run(bin, args, dir);
+    assert_eq!(code, 0, "{args:?}: {err}");
+}
+
+/// Every interventions of the embedded model in small batches: many progress-log lines.
+const SWEEP: &[&str] = &[
+    "--ablation",
+    "zero,mean,resample",
+    "--metric",
+    "logit-diff,loss,prob",
+    "--tokens-per-pass",
+    "60",
+];
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn an_interrupted_sweep_resumes_to_the_same_table() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(ABLATE, &[&["--run", "full"], SWEEP].concat(), dir.path());
+    let full = dir.path().join("outputs/ablate/full");
+    let table = read(&full.join("ablate.parquet"));
+    let log = String::from_utf8(read(&full.join("progress.jsonl"))).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 6, "{} batches", lines.len());
+
+    // What a kill leaves: the arguments, part of the log with its last line cut short, no
+    // table and no manifest.
+    let cut = dir.path().join("outputs/ablate/cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    std::fs::copy(full.join("args.json"), cut.join("args.json")).unwrap();
+    let half = lines.len() / 2;
+    let torn = &lines[half][..lines[half].len() / 2];
+    std::fs::write(
+        cut.join("progress.jsonl"),
+        format!("{}\n{torn}", lines[..half].join("\n")),
+    )
+    .unwrap();
+    ok(
+        ABLATE,
+        &[&["--run", "cut", "--resume"], SWEEP].concat(),
+        dir.path(),
+    );
+    assert_eq!(
+        read(&cut.join("ablate.parquet")),
+        table,
+        "resumed table differs"
+    );
+    let resumed = String::from_utf8(read(&cut.join("progress.jsonl"))).unwrap();
+    assert_eq!(resumed.lines().count(), lines.len());
+
+    // A real kill: SIGKILL as soon as the first batch is logged, then resume.
+    let killed = dir.path().join("outputs/ablate/killed");
+    let mut child = Command::new(ABLATE)
+        .args([&["--run", "killed"], SWEEP].concat())
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let log = killed.join("progress.jsonl");
+    while child.try_wait().unwrap().is_none()
+        && std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() == 0)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    ok(
+        ABLATE,
+        &[&["--run", "killed", "--resume"], SWEEP].concat(),
+        dir.path(),
+    );
+    assert_eq!(read(&killed.join("ablate.parquet")), table);
+
+    // Resuming with other arguments is refused, naming the difference, and changes nothing.
+    let (code, err) = run(
+        ABLATE,
+        &["--run", "full", "--resume", "--ablation", "zero"],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--ablation was") && err.contains("other arguments"),
+        "{err}"
+    );
+    assert_eq!(read(&full.join("ablate.parquet")), table);
+}
+
+#[test]
+fn three_shards_merge_to_the_unsharded_table() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        PATCH,
+        &["--run", "whole", "--tokens-per-pass", "60"],
+        dir.path(),
+    );
+    let whole = read(&dir.path().join("outputs/patch/whole/patch.parquet"));
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let args = [
+            "--run",
+            "split",
+            "--tokens-per-pass",
+            "60",
+            "--shard",
+            &shard,
+        ];
+        ok(PATCH, &args, dir.path());
+    }
+    // Merging before every shard has run is refused; here all three have.
+    ok(
+        PATCH,
+        &["--run", "split", "--tokens-per-pass", "60", "--merge"],
+        dir.path(),
+    );
+    let split = dir.path().join("outputs/patch/split");
+    assert_eq!(read(&split.join("patch.parquet")), whole);
+    let rows: usize = (0..3)
+        .map(|i| {
+            let path = split.join(format!("shard={i}/patch.parquet"));
+            hooklens::export::parquet::read_parquet(&path)
+                .unwrap()
+                .height()
+        })
+        .sum();
+    let all = hooklens::export::parquet::read_parquet(&split.join("patch.parquet")).unwrap();
+    // One activation and one attribution row per cell; the shards hold the activation rows.
+    let activation = all.height() / 2;
+    assert_eq!(rows, activation, "the shards hold every patched cell once");
+}
+
+#[test]
+fn a_merge_with_a_missing_shard_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(PATCH, &["--run", "s", "--shard", "0/2"], dir.path());
+    let (code, err) = run(PATCH, &["--run", "s", "--merge"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("shard=1") && err.contains("missing"), "{err}");
+    assert!(!dir.path().join("outputs/patch/s/patch.parquet").exists());
+}
+
+/// Fails with exit code 1 or 2 (clap), names every string of `named`, leaves nothing behind.
+fn refused(bin: &str, args: &[&str], named: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(bin, args, dir.path());
+    assert!(code == 1 || code == 2, "{args:?}: exit {code}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    for n in named {
+        assert!(err.contains(n), "{args:?}: should name {n:?}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{args:?} left {left:?} behind");
+}
+
+#[test]
+fn bad_input_is_refused_cleanly() {
+    let prompt = |answer: &'static str| {
+        vec![
+            "--prompt",
+            "abc abc ab",
+            "--corrupted",
+            "abd abd ab",
+            "--answer",
+            answer,
+            "--wrong",
+            "d",
+        ]
+    };
+    refused(
+        ABLATE,
+        &prompt("cd"),
+        &["answer \"cd\" is 2 tokens", "exactly one"],
+    );
+    let mut unequal = prompt("c");
+    unequal[3] = "abd abd abd";
+    refused(PATCH, &unequal, &["tokens", "equal lengths"]);
+    refused(
+        ABLATE,
+        &["--shard", "3/2", "--run", "x"],
+        &["--shard 3/2", "less than COUNT"],
+    );
+    refused(
+        ABLATE,
+        &["--unit", "L1X2"],
+        &["unknown unit `L1X2`", "L1H2"],
+    );
+    refused(ABLATE, &["--unit", "L7H0"], &["layer 7", "2 layers"]);
+    refused(ABLATE, &["--unit", "L1H9"], &["head 9", "4 heads"]);
+    refused(ABLATE, &["--unit", "MLP0"], &["attention-only"]);
+    refused(ABLATE, &["--shard", "0/2"], &["--run"]);
+}
