@@ -2,9 +2,10 @@
 # Runs a benchmark: TransformerLens (peers environment) then hooklens, same machine, same random
 # GPT-2-small weights, and prints both side by side: hooklens's default build, and with
 # OpenBLAS installed (apt install libopenblas-dev) also the `blas` feature.
-#   benches/run_bench.sh [forward|circuits] [VENV]
+#   benches/run_bench.sh [forward|circuits|sweeps] [VENV]
 #     forward:  forward and run_with_cache at several lengths (the default)
 #     circuits: composition scores, a full-circuit SVD and copying scores
+#     sweeps:   144-head ablation (loss, logit difference) and the resid_pre patching grid
 #   VENV defaults to ~/.cache/hooklens-peers/venv, from ../shared/peers/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,8 @@ venv=${2:-$HOME/.cache/hooklens-peers/venv}
 case "$which" in
   forward) script=benches/tl_reference_bench.py ;;
   circuits) script=benches/tl_circuits_bench.py ;;
-  *) echo "unknown benchmark '$which': use forward or circuits" >&2; exit 2 ;;
+  sweeps) script=benches/tl_sweep_bench.py ;;
+  *) echo "unknown benchmark '$which': use forward, circuits or sweeps" >&2; exit 2 ;;
 esac
 model=${HOOKLENS_BENCH_MODEL:-$HOME/.cache/hooklens/bench-gpt2-small}
 mkdir -p "$model"

@@ -285,8 +285,9 @@ pub struct Sweep<'m> {
 impl<'m> Sweep<'m> {
     /// Runs the target once (caching what the batches start from) and plans the batches:
     /// jobs sorted by (layer, position), a batch holding jobs of one layer up to
-    /// `tokens_per_pass` recomputed token positions (at least one job). The plan depends only
-    /// on the jobs and these numbers, so a resumed or sharded sweep runs the same batches.
+    /// `tokens_per_pass` recomputed token positions (at least one job), whose positions lie
+    /// close enough that recomputing from the first costs little. The plan depends only on the
+    /// jobs and these numbers, so a resumed or sharded sweep runs the same batches.
     pub fn new(
         model: &'m HookedTransformer,
         target: Target,
@@ -315,9 +316,12 @@ impl<'m> Sweep<'m> {
         for (layer, pos, i) in order {
             let rows = target.len();
             match batches.last_mut() {
+                // A job joins a batch at its layer that starts at most 1/8 of the batch's
+                // positions before it: batching must not undo the causal suffix.
                 Some(b)
                     if b.layer == layer
-                        && (b.jobs.len() + 1) * rows * (p - b.offset) <= tokens_per_pass =>
+                        && (b.jobs.len() + 1) * rows * (p - b.offset) <= tokens_per_pass
+                        && (pos - b.offset) * 8 <= p - b.offset =>
                 {
                     b.jobs.push(i)
                 }
