@@ -219,6 +219,10 @@ pub struct PairArgs {
     /// gave a drink to" / "..., Mary gave a drink to"; answer " Mary", wrong " John").
     #[arg(long, conflicts_with = "pairs", value_parser = clap::value_parser!(u32).range(1..))]
     pub ioi: Option<u32>,
+    /// Only IOI template K (0..6; 0 is "When {A} and {B} went to the {place}, {S} gave a
+    /// {object} to"): pairs of one length, so positions line up across them.
+    #[arg(long, value_name = "K", requires = "ioi")]
+    pub ioi_template: Option<usize>,
     /// A .tsv or .jsonl file of pairs (columns clean, corrupted, answer, wrong).
     #[arg(long)]
     pub pairs: Option<PathBuf>,
@@ -244,7 +248,8 @@ impl PairArgs {
         model: &HookedTransformer,
         tok: &Tokenizer,
     ) -> Result<(Vec<crate::data::PromptPair>, crate::data::PairBatch)> {
-        use crate::data::{ioi_pairs, read_pairs, tokenize_pairs, PairBatch, PromptPair};
+        use crate::data::{ioi_pairs, ioi_pairs_with, read_pairs, tokenize_pairs};
+        use crate::data::{PairBatch, PromptPair};
         let pair = |c: &str, k: &str, a: &str, w: &str| PromptPair {
             clean: c.into(),
             corrupted: k.into(),
@@ -259,7 +264,7 @@ impl PairArgs {
                 self.answer.as_deref().unwrap_or_default(),
                 self.wrong.as_deref().unwrap_or_default(),
             )],
-            (_, Some(n), _) => ioi_pairs(tok, n as usize, self.seed)?,
+            (_, Some(n), _) => ioi_pairs_with(tok, n as usize, self.seed, self.ioi_template)?,
             (_, _, Some(f)) => read_pairs(f)?,
             _ if model.cfg.d_vocab <= 512 => EMBEDDED_PAIRS
                 .iter()

@@ -274,6 +274,24 @@ const IOI_OBJECTS: [&str; 6] = ["drink", "book", "ring", "bone", "basketball", "
 /// wrong answer. Only names that are one token (with their leading space) for `tok` are used,
 /// so clean and corrupted have equal length and the answers are single tokens.
 pub fn ioi_pairs(tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<PromptPair>> {
+    ioi_pairs_with(tok, n, seed, None)
+}
+
+/// [`ioi_pairs`] from one template (0..6) only, when given: then every pair has the same
+/// token length and the positions of a patching grid line up across pairs.
+pub fn ioi_pairs_with(
+    tok: &Tokenizer,
+    n: usize,
+    seed: u64,
+    template: Option<usize>,
+) -> Result<Vec<PromptPair>> {
+    if let Some(t) = template.filter(|&t| t >= IOI_TEMPLATES.len()) {
+        return Err(Error::Invalid(format!(
+            "--ioi-template {t}: there are {} templates, 0..{}",
+            IOI_TEMPLATES.len(),
+            IOI_TEMPLATES.len()
+        )));
+    }
     let names = IOI_NAMES
         .iter()
         .filter(|name| {
@@ -292,7 +310,8 @@ pub fn ioi_pairs(tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<PromptPair>
     let mut pick = |n: usize| rng.random_range(0..n);
     Ok((0..n)
         .map(|_| {
-            let template = IOI_TEMPLATES[pick(IOI_TEMPLATES.len())];
+            let drawn = pick(IOI_TEMPLATES.len());
+            let template = IOI_TEMPLATES[template.unwrap_or(drawn)];
             let a = names[pick(names.len())];
             let b = loop {
                 let b = names[pick(names.len())];

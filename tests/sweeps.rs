@@ -204,3 +204,15 @@ fn mean_ablation_over_identical_prompts_changes_nothing() {
         }
     }
 }
+
+#[test]
+fn one_ioi_template_gives_pairs_of_one_length() {
+    let dir = gpt2_dir();
+    let (_, tok) = load_gpt2(dir.path(), Processing::default());
+    let pairs = hooklens::data::ioi_pairs_with(&tok, 6, 2, Some(0)).unwrap();
+    let t = tokenize_pairs(&pairs, &tok, true, "ioi").unwrap();
+    assert!(t.iter().all(|p| p.clean.len() == t[0].clean.len()));
+    assert!(pairs.iter().all(|p| p.clean.starts_with("When ")));
+    let e = hooklens::data::ioi_pairs_with(&tok, 1, 0, Some(6)).unwrap_err();
+    assert!(e.to_string().contains("--ioi-template 6"), "{e}");
+}
