@@ -216,3 +216,40 @@ fn one_ioi_template_gives_pairs_of_one_length() {
     let e = hooklens::data::ioi_pairs_with(&tok, 1, 0, Some(6)).unwrap_err();
     assert!(e.to_string().contains("--ioi-template 6"), "{e}");
 }
+
+#[test]
+fn top_neurons_rank_by_mean_activation_and_by_dla() {
+    use hooklens::analysis::ablation::{top_neurons, NeuronRank, Unit};
+    let dir = gpt2_dir();
+    let (model, tok) = load_gpt2(dir.path(), Processing::default());
+    let t = tokenize_pairs(&ioi_pairs(&tok, 3, 1).unwrap(), &tok, true, "ioi").unwrap();
+    let batch = PairBatch::new(&t, 0, model.device()).unwrap();
+    assert!(batch.lengths.iter().any(|&l| l != batch.lengths[0]));
+    let by_mean = top_neurons(&model, &batch, &[0, 2], 3, NeuronRank::Mean).unwrap();
+    assert_eq!(by_mean.len(), 6);
+    assert!(matches!(by_mean[3], Unit::Neuron { layer: 2, .. }));
+    // The first pick has the largest mean activation of its layer over the real positions.
+    let point = HookPoint::block(0, BlockHook::MlpPost);
+    let (_, cache) = model
+        .run_with_cache(&batch.clean, NameFilter::Points(vec![point]))
+        .unwrap();
+    let act = cache.get(point).unwrap();
+    let mean = |n: usize| {
+        let mut sum = 0f32;
+        let mut count = 0;
+        for (b, &len) in batch.lengths.iter().enumerate() {
+            let v = act.get(b).unwrap().narrow(0, 0, len).unwrap();
+            let v: Vec<Vec<f32>> = v.to_vec2().unwrap();
+            sum += v.iter().map(|r| r[n]).sum::<f32>();
+            count += len;
+        }
+        sum / count as f32
+    };
+    let Unit::Neuron { neuron: best, .. } = by_mean[0] else {
+        panic!("{:?}", by_mean[0])
+    };
+    assert!((0..model.cfg.d_mlp).all(|n| mean(n) <= mean(best) + 1e-5));
+    let by_dla = top_neurons(&model, &batch, &[1], 4, NeuronRank::Dla).unwrap();
+    assert_eq!(by_dla.len(), 4);
+    assert!(top_neurons(&model, &batch, &[3], 1, NeuronRank::Mean).is_err());
+}

@@ -271,7 +271,7 @@ pub fn resample_rows(n: usize, seed: u64) -> Result<Vec<u32>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum NeuronRank {
-    /// Largest mean activation (`mlp.hook_post`) over the prompts' positions.
+    /// Largest mean activation (`mlp.hook_post`) over all the prompts' real positions.
     Mean,
     /// Largest |direct logit attribution| to answer - wrong at the last position.
     Dla,
@@ -303,11 +303,18 @@ pub fn top_neurons(
             layers
                 .iter()
                 .map(|&l| {
-                    let act = cache.block(l, BlockHook::MlpPost)?;
-                    // [1, pos, d_mlp] -> mean over the covered positions.
-                    let m = position_mean(act, &batch.lengths)?.squeeze(0)?;
-                    let covered = batch.lengths.iter().max().copied().unwrap_or(0);
-                    let m = m.narrow(0, 0, covered)?.to_dtype(DType::F32)?.mean(0)?;
+                    // [batch, pos, d_mlp] -> the mean over every prompt's real positions.
+                    let act = cache.block(l, BlockHook::MlpPost)?.to_dtype(DType::F32)?;
+                    let (b, p, _) = act.dims3()?;
+                    let total: usize = batch.lengths.iter().sum();
+                    let w: Vec<f32> = batch
+                        .lengths
+                        .iter()
+                        .flat_map(|&len| (0..p).map(move |i| (i < len) as u8 as f32))
+                        .map(|m| m / total as f32)
+                        .collect();
+                    let w = Tensor::from_vec(w, (b, p, 1), act.device())?;
+                    let m = act.broadcast_mul(&w)?.sum((0, 1))?;
                     Ok((l, m.to_vec1::<f32>()?))
                 })
                 .collect::<Result<_>>()?
