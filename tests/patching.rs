@@ -114,6 +114,16 @@ fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: 
         let got = attribution(model, &target, Metric::LogitDiff, &clean, &cells).unwrap();
         assert_close(name, &got, get(name), tol);
     }
+    // Per head and position, the estimates add up over positions to the all-position ones.
+    let by_pos = Grid::AttnHeadOutByPos.cells(model, n_pos).unwrap();
+    let parts = attribution(model, &target, Metric::LogitDiff, &clean, &by_pos).unwrap();
+    let sums: Vec<f32> = parts.chunks(n_pos).map(|c| c.iter().sum()).collect();
+    assert_close(
+        "attr_head_out by position, summed",
+        &sums,
+        get("attr_head_out"),
+        tol,
+    );
 }
 
 #[test]

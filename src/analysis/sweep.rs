@@ -297,6 +297,11 @@ impl<'m> Sweep<'m> {
     ) -> Result<Self> {
         let n = model.cfg.n_layers;
         let p = target.tokens.dim(1)?;
+        if metric == Metric::Loss && target.lengths.iter().any(|&l| l < 2) {
+            return Err(Error::Invalid(
+                "the loss metric needs prompts of at least 2 tokens (one prediction)".into(),
+            ));
+        }
         for job in &jobs {
             model.check_hook(&job.site.point)?;
             if job.first_pos() >= p {
