@@ -1,5 +1,6 @@
 //! Writing results: atomic file writes, run folders, parquet tables and plots.
 
+pub mod html;
 pub mod manifest;
 pub mod parquet;
 pub mod plot;

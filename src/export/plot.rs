@@ -434,6 +434,64 @@ pub fn scatter(
     })
 }
 
+/// Attention patterns as labelled thumbnails in a grid, `cols` per row (CircuitsVis's
+/// `attention_heads` as one image): each `(label, pattern)` with pattern [query][key] in 0..1,
+/// drawn pixel by pixel (white 0, red 1, grey above the diagonal).
+pub fn pattern_grid(
+    path: &Path,
+    title: &str,
+    thumbs: &[(String, Vec<Vec<f32>>)],
+    cols: usize,
+) -> Result<()> {
+    ensure_font();
+    if thumbs.is_empty() || cols == 0 {
+        return Err(Error::Invalid(
+            "a pattern grid needs at least one pattern".into(),
+        ));
+    }
+    let (size, pad, caption) = (150u32, 14u32, 20u32);
+    let rows = thumbs.len().div_ceil(cols) as u32;
+    let width = (cols as u32 * (size + pad) + pad).max(10 * title.chars().count() as u32 + 2 * pad);
+    let height = 50 + rows * (size + pad + caption);
+    super::atomic_write_with(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (width, height)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            root.draw(&Text::new(title, (pad as i32, 12), ("sans-serif", 20)))
+                .map_err(plot_err)?;
+            for (i, (label, p)) in thumbs.iter().enumerate() {
+                let (r, c) = ((i / cols) as u32, (i % cols) as u32);
+                let x0 = (pad + c * (size + pad)) as i32;
+                let y0 = (50 + r * (size + pad + caption)) as i32;
+                root.draw(&Text::new(label.as_str(), (x0, y0), ("sans-serif", 15)))
+                    .map_err(plot_err)?;
+                let n = p.len().max(1);
+                let top = y0 + caption as i32;
+                for py in 0..size {
+                    let q = (py as usize * n) / size as usize;
+                    for px in 0..size {
+                        let k = (px as usize * n) / size as usize;
+                        let color = match (p.get(q).and_then(|row| row.get(k)), k > q) {
+                            (_, true) | (None, _) => RGBColor(235, 235, 235),
+                            (Some(&v), false) => diverging_color(v.clamp(0.0, 1.0), -1.0, 1.0),
+                        };
+                        root.draw_pixel((x0 + px as i32, top + py as i32), &color)
+                            .map_err(plot_err)?;
+                    }
+                }
+                root.draw(&Rectangle::new(
+                    [(x0 - 1, top - 1), (x0 + size as i32, top + size as i32)],
+                    BLACK.mix(0.4),
+                ))
+                .map_err(plot_err)?;
+            }
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    })
+}
+
 /// The label of the cell centred on `x` (cells sit on whole numbers), or nothing between cells.
 fn label_at(labels: &[String], x: f64) -> String {
     let i = x.round();

@@ -1,0 +1,179 @@
+"""Opens an attention run's attention.html in headless chromium and checks it as a user would,
+over the DevTools protocol: real mouse events, the page's own handlers.
+
+    python scripts/browser_test.py RUN_DIR [SCREENSHOT.png]
+
+Checks: the page loads with no console errors or exceptions; the head selector has
+n_layers x n_heads cells; clicking a head draws its pattern (a canvas for that head whose
+pixel below the diagonal has the colour of the weight); hovering a matrix cell and a token shows
+values equal to patterns.parquet. Exits non-zero, saying what failed, otherwise.
+"""
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import polars as pl
+import websocket
+
+
+def chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    sys.exit("no chromium on PATH: apt install chromium")
+
+
+class Page:
+    def __init__(self, ws_url):
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.next_id = 0
+        self.events = []
+
+    def call(self, method, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def eval(self, expr):
+        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"{expr}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def mouse(self, kind, x, y, modifiers=0):
+        self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
+                  clickCount=1 if kind != "mouseMoved" else 0, modifiers=modifiers)
+
+    def click(self, x, y):
+        self.mouse("mouseMoved", x, y)
+        self.mouse("mousePressed", x, y)
+        self.mouse("mouseReleased", x, y)
+
+    def errors(self):
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                out.append(p["exceptionDetails"].get("text", "exception"))
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(str(p.get("args")))
+            elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
+                out.append(p["entry"].get("text"))
+        return out
+
+
+def main():
+    run = Path(sys.argv[1]).resolve()
+    shot = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    manifest = json.loads((run / "manifest.json").read_text())
+    cfg = manifest["model"]["config"]
+    n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
+    df = pl.read_parquet(run / "patterns.parquet")
+    profile = tempfile.mkdtemp()
+    port = 9400 + os.getpid() % 500
+    proc = subprocess.Popen(
+        [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={port}",
+         f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    failures = []
+    try:
+        for _ in range(100):
+            try:
+                targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json"))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            sys.exit("chromium did not start")
+        page = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
+        for domain in ("Runtime", "Log", "Page"):
+            page.call(f"{domain}.enable")
+        page.call("Page.navigate", url=(run / "attention.html").as_uri())
+        for _ in range(100):
+            if page.eval("document.readyState") == "complete" and page.eval("!!document.querySelector('canvas.matrix')"):
+                break
+            time.sleep(0.1)
+
+        cells = page.eval("document.querySelectorAll('#grid .cell').length")
+        if cells != n_layers * n_heads:
+            failures.append(f"the head grid has {cells} cells, not {n_layers} x {n_heads}")
+
+        # Click the last head the page holds (not the one it opens on).
+        layer, head = df.select("layer", "head").unique(maintain_order=True).rows()[-1]
+        key = f"{layer}.{head}"
+        box = page.eval(f"(() => {{ const r = document.querySelector('[data-key=\"{key}\"]').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        page.click(*box)
+        shown = page.eval("[...document.querySelectorAll('canvas.matrix')].map(c => c.dataset.key)")
+        if shown != [key]:
+            failures.append(f"clicking L{layer}H{head} shows {shown}")
+        n = page.eval("document.querySelector('canvas.matrix').width")
+        rows = df.filter((pl.col("layer") == layer) & (pl.col("head") == head))
+        # The strongest weight of the last query: its pixel has the weight's colour.
+        q, k, w = rows.filter(pl.col("query") == n - 1).sort("weight", descending=True).select("query", "key", "weight").row(0)
+        pixel = page.eval(f"[...document.querySelector('canvas.matrix').getContext('2d').getImageData({k}, {q}, 1, 1).data]")
+        want = [round(255 - 222 * w), round(255 - 153 * w), round(255 - 83 * w), 255]
+        if any(abs(a - b) > 1 for a, b in zip(pixel, want)):
+            failures.append(f"pixel ({q}, {k}) is {pixel}, the weight {w:.4f} should be {want}")
+
+        # Hover that matrix cell: the info line shows the parquet's weight.
+        rect = page.eval("(() => { const r = document.querySelector('canvas.matrix').getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
+        x = rect[0] + (k + 0.5) * rect[2] / n
+        y = rect[1] + (q + 0.5) * rect[3] / n
+        page.mouse("mouseMoved", x, y)
+        shown = page.eval("document.getElementById('info').dataset.value")
+        if shown is None or abs(float(shown) - w) > 1e-6:
+            failures.append(f"hovering ({q}, {k}) shows {shown!r}, the parquet says {w:.6f}")
+        text = page.eval("document.getElementById('info').textContent")
+
+        # Hover a token of the text: the strongest weight of its row.
+        t = n // 2
+        tq = rows.filter(pl.col("query") == t)
+        best = tq.filter(pl.col("weight") == tq["weight"].max()).sort("key").row(0, named=True)
+        tbox = page.eval(f"(() => {{ const r = document.querySelector('#tokens span[data-i=\"{t}\"]').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        page.mouse("mouseMoved", *tbox)
+        shown = page.eval("document.getElementById('info').dataset.value")
+        if shown is None or abs(float(shown) - best["weight"]) > 1e-6:
+            failures.append(f"hovering token {t} shows {shown!r}, the parquet's strongest weight is {best['weight']:.6f}")
+
+        # Shift-click a second head: both patterns side by side.
+        other = df.select("layer", "head").unique(maintain_order=True).rows()[0]
+        okey = f"{other[0]}.{other[1]}"
+        box = page.eval(f"(() => {{ const r = document.querySelector('[data-key=\"{okey}\"]').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        page.mouse("mouseMoved", *box)
+        page.mouse("mousePressed", *box, modifiers=8)
+        page.mouse("mouseReleased", *box, modifiers=8)
+        shown = page.eval("[...document.querySelectorAll('canvas.matrix')].map(c => c.dataset.key)")
+        if sorted(shown) != sorted({key, okey}):
+            failures.append(f"shift-clicking L{other[0]}H{other[1]} shows {shown}")
+        page.mouse("mouseMoved", x, y)
+        if shot:
+            data = page.call("Page.captureScreenshot", format="png")["data"]
+            shot.write_bytes(base64.b64decode(data))
+        failures += [f"console: {e}" for e in page.errors()]
+        print(f"hover text: {text}")
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+    if failures:
+        print("\n".join(["FAILED:"] + failures))
+        sys.exit(1)
+    print(f"browser test passed: {n_layers * n_heads} cells, {n} tokens, values equal patterns.parquet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+//! Self-contained HTML pages: the JavaScript is ours and the data inline, so a page opens
+//! anywhere, offline, and fetches nothing at view time.
+
+use crate::error::{Error, Result};
+
+/// The attention view (`attention_view.html`): a layer x head selector, pattern matrices drawn
+/// on a canvas (one pixel a cell: usable at 500 tokens), and the tokens as text coloured by
+/// where the hovered token attends and what attends to it. `heads` lists the (layer, head) whose
+/// `patterns` (each [n, n], query-major, n = tokens.len()) the page holds; the selector shows
+/// all `n_layers` x `n_heads`, the others greyed out. The first head is shown on opening.
+pub fn attention_page(
+    title: &str,
+    tokens: &[String],
+    (n_layers, n_heads): (usize, usize),
+    heads: &[(usize, usize)],
+    patterns: &[Vec<f32>],
+) -> Result<String> {
+    let n = tokens.len();
+    if heads.is_empty()
+        || heads.len() != patterns.len()
+        || patterns.iter().any(|p| p.len() != n * n)
+    {
+        return Err(Error::Invalid(format!(
+            "the attention page needs one {n} x {n} pattern per head ({} heads, {} patterns)",
+            heads.len(),
+            patterns.len()
+        )));
+    }
+    let bytes: Vec<u8> = patterns
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let data = serde_json::json!({
+        "title": title,
+        "tokens": tokens,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "heads": heads,
+        "patterns": base64(&bytes),
+    });
+    // Inside <script>, a "</" in a token would end the element: JSON allows "<\/".
+    let data = data.to_string().replace("</", "<\\/");
+    Ok(include_str!("attention_view.html")
+        .replace("__TITLE__", &escape(title))
+        .replace("__DATA__", &data))
+}
+
+/// Text for HTML element content.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Standard base64 with padding (what the page's `atob` reads).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            match i <= chunk.len() {
+                true => out.push(A[(v >> (18 - 6 * i) & 63) as usize] as char),
+                false => out.push('='),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0xfe, 0x00, 0x01]), "//4AAQ==");
+    }
+
+    #[test]
+    fn the_page_holds_its_data_and_no_closing_script_tag_from_tokens() {
+        let tokens = vec!["a".to_string(), "</script>".to_string()];
+        let page = attention_page(
+            "t <x>",
+            &tokens,
+            (1, 2),
+            &[(0, 1)],
+            &[vec![1.0, 0.0, 0.5, 0.5]],
+        )
+        .unwrap();
+        assert!(page.contains("<title>t &lt;x&gt;</title>"));
+        assert_eq!(page.matches("</script>").count(), 2, "only the page's own");
+        assert!(page.contains(&base64(
+            &[1f32, 0., 0.5, 0.5].map(f32::to_le_bytes).concat()
+        )));
+        assert!(!page.contains("http"), "nothing fetched");
+        assert!(attention_page("t", &tokens, (1, 2), &[(0, 1)], &[vec![1.0]]).is_err());
+    }
+}

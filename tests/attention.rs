@@ -1,0 +1,73 @@
+//! The `attention` experiment: PNGs, the self-contained page and its table; bad input refused
+//! without leaving anything behind. (The page in a real browser: scripts/browser_test.py, run by
+//! CI.)
+
+use std::path::Path;
+use std::process::Command;
+
+const ATTENTION: &str = env!("CARGO_BIN_EXE_attention");
+
+fn run(args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(ATTENTION)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn attention_writes_pngs_a_page_and_the_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(
+        &["--run", "a", "--heads", "1.2,0.1", "--prompt", "abcab"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let run = dir.path().join("outputs/attention/a");
+    for f in [
+        "pattern_L1H2.png",
+        "pattern_L0H1.png",
+        "heads_grid.png",
+        "attention.html",
+        "manifest.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    // Both layers' heads (4 each) on BOS + 5 tokens, keys up to the query.
+    let df = hooklens::export::parquet::read_parquet(&run.join("patterns.parquet")).unwrap();
+    assert_eq!(df.height(), 8 * 6 * 7 / 2);
+    let page = std::fs::read_to_string(run.join("attention.html")).unwrap();
+    assert!(
+        !page.contains("http") && !page.contains("src="),
+        "nothing fetched"
+    );
+}
+
+#[test]
+fn bad_input_is_refused() {
+    for (args, named) in [
+        (&["--heads", "1.9"][..], "head 9"),
+        (&["--heads", "5.0"][..], "layer 5"),
+        (&["--heads", "x"][..], "LAYER.HEAD"),
+        (&["--prompt", "  "][..], "empty"),
+        (&["--layers", "7"][..], "layer 7"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, err) = run(args, dir.path());
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?} should name {named}: {err}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{args:?} left files"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.txt"), "\n\n").unwrap();
+    let (code, err) = run(&["--prompt-file", "empty.txt"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("empty"), "{err}");
+}
