@@ -71,3 +71,19 @@ fn bad_input_is_refused() {
     assert_eq!(code, 1);
     assert!(err.contains("empty"), "{err}");
 }
+
+#[test]
+fn a_prompt_longer_than_the_context_and_an_unknown_detector_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "ab".repeat(200); // the embedded model's context is 128 tokens
+    let (code, err) = run(&["--prompt", &long, "--heads", "0.0"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("context is 128"), "{err}");
+    let (code, err) = run(&["--top", "2", "--by", "copying"], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("copying") && err.contains("induction"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
