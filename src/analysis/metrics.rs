@@ -61,6 +61,23 @@ pub fn logit_diff(logits: &Tensor, a: u32, b: u32) -> Result<f32> {
     Ok(d.mean_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?)
 }
 
+/// softmax(logits / temperature): the distribution sampling at `temperature` draws from.
+/// Low temperatures sharpen it towards the argmax, high ones flatten it towards uniform.
+pub fn probs_at_temperature(logits: &[f32], temperature: f64) -> Result<Vec<f32>> {
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "temperature {temperature} must be a positive number (0 would be greedy decoding)"
+        )));
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((l as f64 - max) / temperature).exp())
+        .collect();
+    let z: f64 = e.iter().sum();
+    Ok(e.iter().map(|v| (v / z) as f32).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +100,19 @@ mod tests {
     fn top_k_is_sorted_and_truncated() {
         assert_eq!(top_k(&[0.1, 3.0, -1.0, 2.0], 2), vec![(1, 3.0), (3, 2.0)]);
         assert_eq!(top_k(&[1.0], 5).len(), 1);
+    }
+
+    #[test]
+    fn temperature_sharpens_and_flattens() {
+        let l = [2f32, 1.0, 0.0];
+        let p1 = probs_at_temperature(&l, 1.0).unwrap();
+        let z: f32 = l.iter().map(|v| v.exp()).sum();
+        assert!((p1[0] - 2f32.exp() / z).abs() < 1e-6);
+        let cold = probs_at_temperature(&l, 0.1).unwrap();
+        let hot = probs_at_temperature(&l, 100.0).unwrap();
+        assert!(cold[0] > 0.99 && (hot[0] - 1.0 / 3.0).abs() < 0.01);
+        assert!(probs_at_temperature(&l, 0.0).is_err());
+        assert!(probs_at_temperature(&l, f64::NAN).is_err());
     }
 
     #[test]

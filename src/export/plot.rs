@@ -492,6 +492,77 @@ pub fn pattern_grid(
     })
 }
 
+/// Vertical bars grouped by category: for each category (x axis, e.g. a token), one bar per
+/// series (e.g. a temperature), with a legend.
+pub fn grouped_bars(
+    path: &Path,
+    title: &str,
+    categories: &[String],
+    series: &[(String, Vec<f32>)],
+    y_desc: &str,
+) -> Result<()> {
+    ensure_font();
+    let n = categories.len();
+    if n == 0 || series.is_empty() || series.iter().any(|(_, v)| v.len() != n) {
+        return Err(Error::Invalid(format!(
+            "grouped bars need {n} values per series and at least one series"
+        )));
+    }
+    let hi = series
+        .iter()
+        .flat_map(|(_, v)| v)
+        .fold(0f32, |m, &v| m.max(v));
+    let k = series.len() as f64;
+    super::atomic_write_with(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (1000, 560)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(16)
+                .x_label_area_size(60)
+                .y_label_area_size(70)
+                .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..(hi * 1.1).max(1e-6) as f64)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(n + 1)
+                .x_label_formatter(&|x| label_at(categories, *x))
+                .x_label_style(("sans-serif", 14))
+                .y_desc(y_desc)
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_err)?;
+            for (s, (name, values)) in series.iter().enumerate() {
+                let color = Palette99::pick(s).to_rgba();
+                let w = 0.8 / k;
+                chart
+                    .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                        let x0 = i as f64 - 0.4 + s as f64 * w;
+                        Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v as f64)], color.filled())
+                    }))
+                    .map_err(plot_err)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(plot_err)?;
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    })
+}
+
 /// The label of the cell centred on `x` (cells sit on whole numbers), or nothing between cells.
 fn label_at(labels: &[String], x: f64) -> String {
     let i = x.round();

@@ -1,5 +1,5 @@
-//! The `attention` experiment: PNGs, the self-contained page and its table; bad input refused
-//! without leaving anything behind. (The page in a real browser: scripts/browser_test.py, run by
+//! The view experiments (`attention`, `temperature`): PNGs, the self-contained page and their
+//! tables; bad input refused without leaving anything behind. (The page in a real browser: scripts/browser_test.py, run by
 //! CI.)
 
 use std::path::Path;
@@ -83,6 +83,39 @@ fn a_prompt_longer_than_the_context_and_an_unknown_detector_are_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("copying") && err.contains("induction"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn temperature_writes_its_table_and_refuses_nonpositive_temperatures() {
+    const TEMPERATURE: &str = env!("CARGO_BIN_EXE_temperature");
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(TEMPERATURE)
+        .args(["--run", "t", "--temperatures", "0.5,2", "--top", "4"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let run = dir.path().join("outputs/temperature/t");
+    let df = hooklens::export::parquet::read_parquet(&run.join("temperature.parquet")).unwrap();
+    assert_eq!(df.height(), 8);
+    assert!(run.join("temperature.png").is_file());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(TEMPERATURE)
+        .args(["--temperatures", "1,0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("temperature 0") && err.contains("positive"),
         "{err}"
     );
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());

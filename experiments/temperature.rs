@@ -1,0 +1,138 @@
+//! Softmax with temperature on a real model: the top next tokens of a prompt and their
+//! probabilities at several temperatures. Writes under `outputs/temperature/<run>/`:
+//!
+//! - `temperature.parquet`: one row per (temperature, token) (columns in `manifest.json`);
+//! - `temperature.png`: the top tokens' probabilities, one bar per temperature;
+//! - `manifest.json`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::IndexOp;
+use clap::Parser;
+use hooklens::analysis::metrics::{probs_at_temperature, top_k};
+use hooklens::cli::{BosArgs, ModelArgs, RunArgs};
+use hooklens::export::manifest::Manifest;
+use hooklens::export::plot::grouped_bars;
+use serde::Serialize;
+use std::io::Write;
+
+#[derive(Parser, Serialize)]
+#[command(
+    about = "Next-token probabilities of a prompt at several sampling temperatures (softmax(logits / T))"
+)]
+struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt. Default: "The cat sat on the mat. The cat sat on the m" (the embedded model
+    /// completes it by induction).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Temperatures (comma-separated, each > 0).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,2")]
+    temperatures: Vec<f64>,
+    /// How many of the most likely tokens to show.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    top: u32,
+    #[command(flatten)]
+    bos: BosArgs,
+    #[command(flatten)]
+    out: RunArgs,
+}
+
+const COLUMNS: &[(&str, &str)] = &[
+    ("temperature", "the sampling temperature T"),
+    (
+        "rank",
+        "the token's rank by logit (0 = most likely at every T)",
+    ),
+    ("token_id", "the token id"),
+    ("token", "the token's text"),
+    ("logit", "the model's logit for the token"),
+    (
+        "prob",
+        "softmax(logits / T) for the token, over the whole vocabulary",
+    ),
+];
+
+fn main() -> std::process::ExitCode {
+    hooklens::cli::finish(run(Args::parse()))
+}
+
+fn run(a: Args) -> Result<()> {
+    let prompt = a
+        .prompt
+        .clone()
+        .unwrap_or_else(|| "The cat sat on the mat. The cat sat on the m".into());
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty: give at least one token of text");
+    }
+    for &t in &a.temperatures {
+        probs_at_temperature(&[0.0], t).context("--temperatures")?;
+    }
+    let start = std::time::Instant::now();
+    let (model, tok) = a.model.load().context("loading the model")?;
+    let mut manifest = Manifest::new("temperature", &model, &a)?;
+    manifest.record_time("load_model", start);
+    let tokens = tok.to_tokens(&[prompt.as_str()], a.bos.resolve(&model), model.device())?;
+    let logits = model.run_with_hooks(&tokens, hooklens::Hooks::none())?;
+    let last: Vec<f32> = logits
+        .i((0, tokens.dim(1)? - 1))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    let top = top_k(&last, a.top as usize);
+    let names: Vec<String> = top
+        .iter()
+        .map(|&(id, _)| tok.to_str_tokens(&[id]).map(|s| format!("{:?}", s[0])))
+        .collect::<hooklens::Result<_>>()?;
+    let mut series = vec![];
+    let (mut temp, mut rank, mut ids, mut text, mut logit, mut prob) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for &t in &a.temperatures {
+        let p = probs_at_temperature(&last, t)?;
+        series.push((
+            format!("T = {t}"),
+            top.iter().map(|&(id, _)| p[id as usize]).collect(),
+        ));
+        for (r, (&(id, l), name)) in top.iter().zip(&names).enumerate() {
+            temp.push(t);
+            rank.push(r as u32);
+            ids.push(id);
+            text.push(name.trim_matches('"').to_string());
+            logit.push(l);
+            prob.push(p[id as usize]);
+        }
+    }
+    let run = a.out.dir("temperature")?;
+    let mut df = polars::df!("temperature" => temp, "rank" => rank, "token_id" => ids, "token" => text, "logit" => logit, "prob" => prob)?;
+    run.write_table(&mut manifest, "temperature.parquet", &mut df, COLUMNS)?;
+    let n = prompt.chars().count();
+    let short: String = match n > 40 {
+        true => "...".to_string() + &prompt.chars().skip(n - 40).collect::<String>(),
+        false => prompt.clone(),
+    };
+    grouped_bars(
+        &run.file("temperature.png"),
+        &format!("{}: next token after \"{short}\"", manifest.model.name),
+        &names,
+        &series,
+        "probability softmax(logits / T)",
+    )?;
+    manifest.add_file(
+        "temperature.png",
+        "the top tokens' probabilities, one bar per temperature",
+    );
+    run.write_manifest(&manifest)?;
+    let mut out = std::io::stdout().lock();
+    for (t, (_, p)) in a.temperatures.iter().zip(&series) {
+        let p: &Vec<f32> = p;
+        writeln!(
+            out,
+            "T = {t}: top {} {:.3}, top {} together {:.3}",
+            names[0],
+            p[0],
+            names.len(),
+            p.iter().sum::<f32>()
+        )?;
+    }
+    writeln!(out, "wrote {}", run.path.display())?;
+    Ok(())
+}
