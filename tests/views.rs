@@ -1,4 +1,4 @@
-//! The view experiments (`attention`, `temperature`): PNGs, the self-contained page and their
+//! The view experiments (`attention`, `temperature`, `embeddings`): PNGs, the self-contained page and their
 //! tables; bad input refused without leaving anything behind. (The page in a real browser: scripts/browser_test.py, run by
 //! CI.)
 
@@ -119,4 +119,51 @@ fn temperature_writes_its_table_and_refuses_nonpositive_temperatures() {
         "{err}"
     );
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn embeddings_write_their_tables_and_refuse_tokens_that_split() {
+    const EMBEDDINGS: &str = env!("CARGO_BIN_EXE_embeddings");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(EMBEDDINGS)
+        .args(["--run", "e", "--token", "a", "--token", "b", "--top", "3"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.path().join("outputs/embeddings/e");
+    let near = hooklens::export::parquet::read_parquet(&run.join("nearest.parquet")).unwrap();
+    assert_eq!(
+        near.height(),
+        2 * 2 * 3,
+        "2 matrices x 2 tokens x 3 neighbours"
+    );
+    let analogies =
+        hooklens::export::parquet::read_parquet(&run.join("analogies.parquet")).unwrap();
+    assert_eq!(
+        analogies.height(),
+        2 * 2 * 3,
+        "2 matrices x 2 default analogies x 3"
+    );
+    assert!(run.join("pca_w_e.png").is_file());
+    for (args, named) in [
+        (&["--token", "ab"][..], "\"ab\" is 2 tokens [\"a\", \"b\"]"),
+        (&["--analogy", "a,b"][..], "three tokens"),
+        (&["--analogy", "a,bc,d"][..], "\"bc\" is 2 tokens"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(EMBEDDINGS)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?} should say {named}: {err}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
 }

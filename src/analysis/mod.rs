@@ -4,6 +4,7 @@ pub mod ablation;
 pub mod circuits;
 pub mod detectors;
 pub mod dla;
+pub mod embeddings;
 pub mod factored;
 pub mod lens;
 pub mod metrics;

@@ -563,6 +563,65 @@ pub fn grouped_bars(
     })
 }
 
+/// Labelled points, e.g. tokens in a 2-D projection of their embeddings.
+pub fn labelled_points(
+    path: &Path,
+    title: &str,
+    points: &[(String, f32, f32)],
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<()> {
+    ensure_font();
+    if points.is_empty() || points.iter().any(|p| !(p.1.is_finite() && p.2.is_finite())) {
+        return Err(Error::Invalid(
+            "labelled points need at least one point, all finite".into(),
+        ));
+    }
+    let range = |f: fn(&(String, f32, f32)) -> f32| {
+        let (lo, hi) = points
+            .iter()
+            .map(f)
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        let pad = ((hi - lo) * 0.12).max(1e-3);
+        (lo - pad) as f64..(hi + pad) as f64
+    };
+    let (xr, yr) = (range(|p| p.1), range(|p| p.2));
+    super::atomic_write_with(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (1000, 760)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(xr, yr)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_err)?;
+            let color = RGBColor(33, 102, 172);
+            chart
+                .draw_series(points.iter().map(|(label, x, y)| {
+                    EmptyElement::at((*x as f64, *y as f64))
+                        + Circle::new((0, 0), 5, color.filled())
+                        + Text::new(label.clone(), (7, -7), ("sans-serif", 15))
+                }))
+                .map_err(plot_err)?;
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    })
+}
+
 /// The label of the cell centred on `x` (cells sit on whole numbers), or nothing between cells.
 fn label_at(labels: &[String], x: f64) -> String {
     let i = x.round();
