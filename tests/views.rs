@@ -167,3 +167,46 @@ fn embeddings_write_their_tables_and_refuse_tokens_that_split() {
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 }
+
+#[test]
+fn neurons_write_the_loss_view_and_refuse_bad_neurons() {
+    const NEURONS: &str = env!("CARGO_BIN_EXE_neurons");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.txt"), "abcabcabc").unwrap();
+    let out = Command::new(NEURONS)
+        .args(["--run", "n", "--text", "t.txt"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.path().join("outputs/neurons/n");
+    let page = std::fs::read_to_string(run.join("token_loss.html")).unwrap();
+    assert!(
+        page.contains("\"abc") || page.contains("\"a\""),
+        "the tokens are inline"
+    );
+    assert!(run.join("token_loss.png").is_file());
+    // The embedded model is attention-only: no neuron table rows.
+    let df = hooklens::export::parquet::read_parquet(&run.join("top_activations.parquet")).unwrap();
+    assert_eq!(df.height(), 0);
+    for (args, named) in [
+        (&["--neuron", "L0N1"][..], "attention-only"),
+        (&["--neuron", "L0H1"][..], "L<layer>N<neuron>"),
+        (&["--text", "missing.txt"][..], "missing.txt"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(NEURONS)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?} should say {named}: {err}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+}

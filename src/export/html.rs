@@ -39,11 +39,43 @@ pub fn attention_page(
         "heads": heads,
         "patterns": base64(&bytes),
     });
+    Ok(fill(include_str!("attention_view.html"), title, &data))
+}
+
+/// One text of a token-value page: its tokens coloured by a value each (`None`: no value,
+/// uncoloured), with an optional outlined `peak` token and a note under the heading.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenValues {
+    pub heading: String,
+    pub note: Option<String>,
+    pub tokens: Vec<String>,
+    pub values: Vec<Option<f32>>,
+    pub peak: Option<usize>,
+}
+
+/// The token-value view (`token_values.html`), as CircuitsVis's `colored_tokens`: each
+/// section's text with every token coloured by its value on one scale for the page (red
+/// positive, blue negative), the value shown on hover.
+pub fn token_values_page(title: &str, sections: &[TokenValues]) -> Result<String> {
+    if let Some(s) = sections.iter().find(|s| s.tokens.len() != s.values.len()) {
+        return Err(Error::Invalid(format!(
+            "{}: {} tokens but {} values",
+            s.heading,
+            s.tokens.len(),
+            s.values.len()
+        )));
+    }
+    let data = serde_json::json!({ "title": title, "sections": sections });
+    Ok(fill(include_str!("token_values.html"), title, &data))
+}
+
+/// A page template with its title and inline JSON data filled in.
+fn fill(template: &str, title: &str, data: &serde_json::Value) -> String {
     // Inside <script>, a "</" in a token would end the element: JSON allows "<\/".
     let data = data.to_string().replace("</", "<\\/");
-    Ok(include_str!("attention_view.html")
+    template
         .replace("__TITLE__", &escape(title))
-        .replace("__DATA__", &data))
+        .replace("__DATA__", &data)
 }
 
 /// Text for HTML element content.

@@ -622,6 +622,86 @@ pub fn labelled_points(
     })
 }
 
+/// Texts with each token on a background coloured by its value (red positive, blue negative,
+/// one scale for the image), wrapped to the image width: the PNG form of the token-value view.
+/// Each section is (heading, tokens, values).
+pub fn colored_tokens(
+    path: &Path,
+    title: &str,
+    sections: &[(String, Vec<String>, Vec<f32>)],
+) -> Result<()> {
+    ensure_font();
+    if sections.is_empty() || sections.iter().any(|(_, t, v)| t.len() != v.len()) {
+        return Err(Error::Invalid(
+            "coloured tokens need sections with one value per token".into(),
+        ));
+    }
+    let lim = sections
+        .iter()
+        .flat_map(|(_, _, v)| v)
+        .fold(1e-9f32, |m, v| m.max(v.abs()));
+    let (width, line, margin) = (1000i32, 26i32, 16i32);
+    let font = ("sans-serif", 17);
+    // Lay out first (text widths from the font), then size the image to fit.
+    let mut pixel = [0u8; 3];
+    let probe = BitMapBackend::with_buffer(&mut pixel, (1, 1)).into_drawing_area();
+    let style: TextStyle = font.into();
+    let mut boxes = vec![]; // (x, y, w, text, value) per token
+    let mut heads = vec![]; // (y, heading)
+    let mut y = 50;
+    for (heading, tokens, values) in sections {
+        heads.push((y, heading.clone()));
+        y += line;
+        let mut x = margin;
+        for (t, &v) in tokens.iter().zip(values) {
+            let shown = t.replace('\n', "\\n");
+            let w = probe
+                .estimate_text_size(&shown, &style)
+                .map_err(plot_err)?
+                .0 as i32
+                + 2;
+            if x + w > width - margin {
+                x = margin;
+                y += line;
+            }
+            boxes.push((x, y, w, shown, v));
+            x += w;
+        }
+        y += line + 12;
+    }
+    drop(probe);
+    super::atomic_write_with(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root =
+                BitMapBackend::new(&tmp_png, (width as u32, y as u32 + 10)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            root.draw(&Text::new(title, (margin, 12), ("sans-serif", 20)))
+                .map_err(plot_err)?;
+            for (hy, h) in &heads {
+                root.draw(&Text::new(
+                    h.as_str(),
+                    (margin, *hy),
+                    ("sans-serif", 15).into_font().color(&RGBColor(90, 90, 90)),
+                ))
+                .map_err(plot_err)?;
+            }
+            for (x, y, w, t, v) in &boxes {
+                let c = diverging_color(*v, -lim, lim);
+                root.draw(&Rectangle::new(
+                    [(*x, *y), (x + w, y + line - 4)],
+                    c.filled(),
+                ))
+                .map_err(plot_err)?;
+                root.draw(&Text::new(t.as_str(), (x + 1, y + 2), font))
+                    .map_err(plot_err)?;
+            }
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    })
+}
+
 /// The label of the cell centred on `x` (cells sit on whole numbers), or nothing between cells.
 fn label_at(labels: &[String], x: f64) -> String {
     let i = x.round();
