@@ -6,6 +6,7 @@
 //! - `neurons.html`: each of those positions in context, tokens coloured by the neuron;
 //! - `token_loss.html`, `token_loss.png`: the text coloured by each token's loss;
 //! - `neurons.png`: each neuron's strongest example, coloured;
+//! - with --answer and --wrong, `logit_diff.html`: the text coloured by their logit difference;
 //! - `manifest.json`.
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,12 @@ struct Args {
     /// Tokens of context shown on each side.
     #[arg(long, default_value_t = 10)]
     context: usize,
+    /// Also colour the text by logit(answer) - logit(wrong) at every position (one token each,
+    /// e.g. --answer " Mary" --wrong " John"): `logit_diff.html`.
+    #[arg(long, requires = "wrong")]
+    answer: Option<String>,
+    #[arg(long, requires = "answer")]
+    wrong: Option<String>,
     #[command(flatten)]
     bos: BosArgs,
     #[command(flatten)]
@@ -89,6 +96,13 @@ fn run(a: Args) -> Result<()> {
         true => model.cfg.bos_token_id.or(tok.bos_token_id),
         false => None,
     };
+    let pair = match (&a.answer, &a.wrong) {
+        (Some(x), Some(y)) => Some((
+            tok.single_token(x, "--answer")?,
+            tok.single_token(y, "--wrong")?,
+        )),
+        _ => None,
+    };
     let ids = tok.encode(&text)?;
     let strs = tok.to_str_tokens(&ids)?;
     let window = (model.cfg.n_ctx - bos.is_some() as usize).min(512);
@@ -119,6 +133,7 @@ fn run(a: Args) -> Result<()> {
 
     // Each window of the text: its per-token loss and the chosen layers' neuron activations.
     let mut loss: Vec<Option<f32>> = vec![None; ids.len()];
+    let mut diff: Vec<Option<f32>> = vec![None; ids.len()];
     let mut acts: Vec<Vec<Vec<f32>>> = vec![vec![]; layers.len()]; // [layer][position][neuron]
     for (w, chunk) in ids.chunks(window).enumerate() {
         let row: Vec<u32> = bos.into_iter().chain(chunk.iter().copied()).collect();
@@ -136,6 +151,14 @@ fn run(a: Args) -> Result<()> {
                 if let Some(slot) = (w * window + i + 1).checked_sub(shift) {
                     loss[slot] = Some(v);
                 }
+            }
+        }
+        if let Some((x, y)) = pair {
+            // The logits at each text position: what the model expects next there.
+            let l = logits.i(0)?.to_dtype(candle_core::DType::F32)?;
+            let d: Vec<f32> = (l.i((.., x as usize))? - l.i((.., y as usize))?)?.to_vec1()?;
+            for (i, v) in d.into_iter().enumerate().skip(shift) {
+                diff[w * window + i - shift] = Some(v);
             }
         }
         for (k, &l) in layers.iter().enumerate() {
@@ -253,6 +276,23 @@ fn run(a: Args) -> Result<()> {
         "token_loss.png",
         "the text's first tokens coloured by their loss",
     );
+    if let (Some(x), Some(y)) = (&a.answer, &a.wrong) {
+        let page = token_values_page(
+            &format!("{name}: logit({x:?}) - logit({y:?}) after each token"),
+            &[TokenValues {
+                heading: format!("red: {x:?} expected next more than {y:?}; blue: less"),
+                note: None,
+                tokens: strs.clone(),
+                values: diff,
+                peak: None,
+            }],
+        )?;
+        hooklens::export::atomic_write(&run.file("logit_diff.html"), page.as_bytes())?;
+        manifest.add_file(
+            "logit_diff.html",
+            "the text coloured by logit(answer) - logit(wrong) at each position",
+        );
+    }
     manifest.set("tokens", ids.len())?;
     manifest.set(
         "neurons",

@@ -10,6 +10,7 @@ values equal to patterns.parquet. Exits non-zero, saying what failed, otherwise.
 """
 import base64
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -76,6 +77,19 @@ class Page:
         return out
 
 
+def inside(start, size, i, n):
+    """A whole pixel inside cell i of n along an axis (the protocol's coordinates are integers)."""
+    a = start + i * size / n
+    return math.ceil(a) if math.ceil(a) < a + size / n else a
+
+
+def center(page, selector):
+    """Scrolls the element into view, as a user would, and returns its centre."""
+    sel = json.dumps(selector)
+    return page.eval(f"(() => {{ const e = document.querySelector({sel}); e.scrollIntoView({{block: 'center'}}); "
+                     f"const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+
+
 def main():
     run = Path(sys.argv[1]).resolve()
     shot = Path(sys.argv[2]) if len(sys.argv) > 2 else None
@@ -115,7 +129,7 @@ def main():
         # Click the last head the page holds (not the one it opens on).
         layer, head = df.select("layer", "head").unique(maintain_order=True).rows()[-1]
         key = f"{layer}.{head}"
-        box = page.eval(f"(() => {{ const r = document.querySelector('[data-key=\"{key}\"]').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        box = center(page, f'[data-key="{key}"]')
         page.click(*box)
         shown = page.eval("[...document.querySelectorAll('canvas.matrix')].map(c => c.dataset.key)")
         if shown != [key]:
@@ -130,9 +144,9 @@ def main():
             failures.append(f"pixel ({q}, {k}) is {pixel}, the weight {w:.4f} should be {want}")
 
         # Hover that matrix cell: the info line shows the parquet's weight.
-        rect = page.eval("(() => { const r = document.querySelector('canvas.matrix').getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
-        x = rect[0] + (k + 0.5) * rect[2] / n
-        y = rect[1] + (q + 0.5) * rect[3] / n
+        rect = page.eval("(() => { const c = document.querySelector('canvas.matrix'); c.scrollIntoView({block: 'center'}); const r = c.getBoundingClientRect(); return [r.x + c.clientLeft, r.y + c.clientTop, c.clientWidth, c.clientHeight]; })()")
+        # The first whole pixel inside the cell (the protocol's mouse coordinates are integers).
+        x, y = inside(rect[0], rect[2], k, n), inside(rect[1], rect[3], q, n)
         page.mouse("mouseMoved", x, y)
         shown = page.eval("document.getElementById('info').dataset.value")
         if shown is None or abs(float(shown) - w) > 1e-6:
@@ -143,7 +157,7 @@ def main():
         t = n // 2
         tq = rows.filter(pl.col("query") == t)
         best = tq.filter(pl.col("weight") == tq["weight"].max()).sort("key").row(0, named=True)
-        tbox = page.eval(f"(() => {{ const r = document.querySelector('#tokens span[data-i=\"{t}\"]').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        tbox = center(page, f'#tokens span[data-i="{t}"]')
         page.mouse("mouseMoved", *tbox)
         shown = page.eval("document.getElementById('info').dataset.value")
         if shown is None or abs(float(shown) - best["weight"]) > 1e-6:
@@ -152,14 +166,15 @@ def main():
         # Shift-click a second head: both patterns side by side.
         other = df.select("layer", "head").unique(maintain_order=True).rows()[0]
         okey = f"{other[0]}.{other[1]}"
-        box = page.eval(f"(() => {{ const r = document.querySelector('[data-key=\"{okey}\"]').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        box = center(page, f'[data-key="{okey}"]')
         page.mouse("mouseMoved", *box)
         page.mouse("mousePressed", *box, modifiers=8)
         page.mouse("mouseReleased", *box, modifiers=8)
         shown = page.eval("[...document.querySelectorAll('canvas.matrix')].map(c => c.dataset.key)")
         if sorted(shown) != sorted({key, okey}):
             failures.append(f"shift-clicking L{other[0]}H{other[1]} shows {shown}")
-        page.mouse("mouseMoved", x, y)
+        rect = page.eval("(() => { const c = document.querySelector('canvas.matrix'); c.scrollIntoView({block: 'center'}); const r = c.getBoundingClientRect(); return [r.x + c.clientLeft, r.y + c.clientTop, c.clientWidth, c.clientHeight]; })()")
+        page.mouse("mouseMoved", inside(rect[0], rect[2], k, n), inside(rect[1], rect[3], q, n))
         if shot:
             data = page.call("Page.captureScreenshot", format="png")["data"]
             shot.write_bytes(base64.b64decode(data))

@@ -174,7 +174,9 @@ fn neurons_write_the_loss_view_and_refuse_bad_neurons() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("t.txt"), "abcabcabc").unwrap();
     let out = Command::new(NEURONS)
-        .args(["--run", "n", "--text", "t.txt"])
+        .args([
+            "--run", "n", "--text", "t.txt", "--answer", "a", "--wrong", "b",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -190,6 +192,7 @@ fn neurons_write_the_loss_view_and_refuse_bad_neurons() {
         "the tokens are inline"
     );
     assert!(run.join("token_loss.png").is_file());
+    assert!(run.join("logit_diff.html").is_file());
     // The embedded model is attention-only: no neuron table rows.
     let df = hooklens::export::parquet::read_parquet(&run.join("top_activations.parquet")).unwrap();
     assert_eq!(df.height(), 0);
@@ -197,6 +200,10 @@ fn neurons_write_the_loss_view_and_refuse_bad_neurons() {
         (&["--neuron", "L0N1"][..], "attention-only"),
         (&["--neuron", "L0H1"][..], "L<layer>N<neuron>"),
         (&["--text", "missing.txt"][..], "missing.txt"),
+        (
+            &["--answer", "ab", "--wrong", "c"][..],
+            "--answer \"ab\" is 2 tokens",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(NEURONS)
