@@ -9,14 +9,11 @@ use candle_core::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    /// [d_model, d_mlp] (for a gated MLP without bias, a view of `gate_in`).
+    /// [d_model, d_mlp]
     pub w_in: Tensor,
     pub b_in: Option<Tensor>,
-    /// [d_model, d_mlp], gated MLPs only (a view of `gate_in`).
+    /// [d_model, d_mlp], gated MLPs only.
     pub w_gate: Option<Tensor>,
-    /// [d_model, 2 * d_mlp]: W_gate and W_in side by side, so that a gated MLP without bias
-    /// projects with one matmul (one wake-up of the thread pool instead of two).
-    gate_in: Option<Tensor>,
     /// [d_mlp, d_model]
     pub w_out: Tensor,
     pub b_out: Option<Tensor>,
@@ -28,25 +25,14 @@ impl Mlp {
     pub fn load(w: &Weights, layer: usize, cfg: &ModelConfig) -> Result<Self> {
         let p = |n: &str| format!("blocks.{layer}.mlp.{n}");
         let (d, m) = (cfg.d_model, cfg.d_mlp);
-        let (mut w_in, b_in) = (w.get(&p("W_in"), &[d, m])?, w.get_opt(&p("b_in"), &[m])?);
-        let mut w_gate = match cfg.gated_mlp {
-            true => Some(w.get(&p("W_gate"), &[d, m])?),
-            false => None,
-        };
-        let gate_in = match (&w_gate, &b_in) {
-            (Some(g), None) => {
-                let both = Tensor::cat(&[g, &w_in], 1)?; // [d_model, 2 * d_mlp]
-                w_gate = Some(both.narrow(1, 0, m)?);
-                w_in = both.narrow(1, m, m)?;
-                Some(both)
-            }
-            _ => None,
-        };
         Ok(Self {
-            w_in,
-            b_in,
-            w_gate,
-            gate_in,
+            w_in: w.get(&p("W_in"), &[d, m])?,
+            b_in: w.get_opt(&p("b_in"), &[m])?,
+            w_gate: if cfg.gated_mlp {
+                Some(w.get(&p("W_gate"), &[d, m])?)
+            } else {
+                None
+            },
             w_out: w.get(&p("W_out"), &[m, d])?,
             b_out: w.get_opt(&p("b_out"), &[d])?,
             act: cfg.act_fn,
@@ -59,20 +45,11 @@ impl Mlp {
         let hp = |h| HookPoint::Block(self.layer, h);
         let post = match &self.w_gate {
             Some(w_gate) => {
-                let (pre, pre_linear) = match &self.gate_in {
-                    Some(both) => {
-                        // [batch, pos, 2 * d_mlp] -> gate and up as views of one product.
-                        let y = linear(x, both, None)?;
-                        let m = y.dim(2)? / 2;
-                        (y.narrow(2, 0, m)?, y.narrow(2, m, m)?)
-                    }
-                    None => (
-                        linear(x, w_gate, None)?,
-                        linear(x, &self.w_in, self.b_in.as_ref())?,
-                    ),
-                };
-                let pre = hooks.apply(hp(BlockHook::MlpPre), pre)?;
-                let pre_linear = hooks.apply(hp(BlockHook::MlpPreLinear), pre_linear)?;
+                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, w_gate, None)?)?;
+                let pre_linear = hooks.apply(
+                    hp(BlockHook::MlpPreLinear),
+                    linear(x, &self.w_in, self.b_in.as_ref())?,
+                )?;
                 match self.act {
                     Activation::Silu if super::kernels::applies(&pre) => {
                         super::kernels::silu_gate(&pre, &pre_linear)?
