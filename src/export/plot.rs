@@ -112,105 +112,99 @@ impl Heatmap<'_> {
         let width =
             (plot_width + 8 * longest + 140).max(self.title.chars().count() as u32 * 11 + 150);
         let height = (rows as u32 * 40).clamp(320, 1600) + 72 + x_label_area;
-        super::atomic_write_with(path, |tmp| {
-            let tmp_png = tmp.with_extension("png");
-            {
-                let root = BitMapBackend::new(&tmp_png, (width, height)).into_drawing_area();
-                root.fill(&WHITE).map_err(plot_err)?;
-                let (main, bar) = root.split_horizontally(width - 110);
-                let mut chart = ChartBuilder::on(&main)
-                    .caption(self.title, ("sans-serif", 22))
-                    .margin(12)
-                    .x_label_area_size(x_label_area)
-                    .y_label_area_size(8 * longest + 30)
-                    .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)
-                    .map_err(plot_err)?;
-                chart
-                    .configure_mesh()
-                    .disable_mesh()
-                    .x_desc(self.x_desc)
-                    .y_desc(self.y_desc)
-                    // Long column labels are drawn below, vertically.
-                    .x_labels(if rotate { 0 } else { cols.min(60) + 1 })
-                    .y_labels(rows.min(60) + 1)
-                    .x_label_formatter(&|x| label_at(col_labels, *x))
-                    .y_label_formatter(&|y| label_at(row_labels, *y))
-                    .label_style(("sans-serif", 14))
-                    .axis_desc_style(("sans-serif", 15))
-                    .draw()
-                    .map_err(plot_err)?;
-                chart
-                    .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
-                        row.iter().enumerate().map(move |(c, &v)| {
-                            let color = self.color(v, lo, hi);
-                            // Cell (r, c) is centred on (c, r), where its labels sit.
-                            let (x, y) = (c as f64, r as f64);
-                            Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
-                        })
-                    }))
-                    .map_err(plot_err)?;
-                if let Some(text) = self.cell_text {
-                    let centred = Pos::new(HPos::Center, VPos::Center);
-                    for (r, row) in text.iter().enumerate() {
-                        for (c, t) in row.iter().enumerate() {
-                            // Dark text on light cells, light text on dark ones.
-                            let RGBColor(red, g, b) = self.color(values[r][c], lo, hi);
-                            let light =
-                                0.299 * red as f32 + 0.587 * g as f32 + 0.114 * b as f32 > 140.0;
-                            let ink = if light { BLACK } else { WHITE };
-                            let style = TextStyle::from(("sans-serif", 13).into_font())
-                                .color(&ink)
-                                .pos(centred);
-                            chart
-                                .draw_series(std::iter::once(Text::new(
-                                    t.clone(),
-                                    (c as f64, r as f64),
-                                    style,
-                                )))
-                                .map_err(plot_err)?;
-                        }
-                    }
-                }
-                if rotate {
-                    // Rotated a quarter turn about their start, so each label hangs below its column.
-                    let style = TextStyle::from(
-                        ("sans-serif", 14)
-                            .into_font()
-                            .transform(FontTransform::Rotate90),
-                    )
-                    .pos(Pos::new(HPos::Left, VPos::Center));
-                    // Every label when they fit (16 px each), else every step-th.
-                    let step = (cols as u32 * 16).div_ceil(plot_width).max(1) as usize;
-                    for (c, label) in col_labels.iter().enumerate().step_by(step) {
-                        let (x, y) = chart.backend_coord(&(c as f64, rows as f64 - 0.5));
-                        main.draw(&Text::new(label.as_str(), (x, y + 8), style.clone()))
+        write_png(path, (width, height), |root| {
+            let (main, bar) = root.split_horizontally(width - 110);
+            let mut chart = ChartBuilder::on(&main)
+                .caption(self.title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(x_label_area)
+                .y_label_area_size(8 * longest + 30)
+                .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc(self.x_desc)
+                .y_desc(self.y_desc)
+                // Long column labels are drawn below, vertically.
+                .x_labels(if rotate { 0 } else { cols.min(60) + 1 })
+                .y_labels(rows.min(60) + 1)
+                .x_label_formatter(&|x| label_at(col_labels, *x))
+                .y_label_formatter(&|y| label_at(row_labels, *y))
+                .label_style(("sans-serif", 14))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_err)?;
+            chart
+                .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
+                    row.iter().enumerate().map(move |(c, &v)| {
+                        let color = self.color(v, lo, hi);
+                        // Cell (r, c) is centred on (c, r), where its labels sit.
+                        let (x, y) = (c as f64, r as f64);
+                        Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
+                    })
+                }))
+                .map_err(plot_err)?;
+            if let Some(text) = self.cell_text {
+                let centred = Pos::new(HPos::Center, VPos::Center);
+                for (r, row) in text.iter().enumerate() {
+                    for (c, t) in row.iter().enumerate() {
+                        // Dark text on light cells, light text on dark ones.
+                        let RGBColor(red, g, b) = self.color(values[r][c], lo, hi);
+                        let light =
+                            0.299 * red as f32 + 0.587 * g as f32 + 0.114 * b as f32 > 140.0;
+                        let ink = if light { BLACK } else { WHITE };
+                        let style = TextStyle::from(("sans-serif", 13).into_font())
+                            .color(&ink)
+                            .pos(centred);
+                        chart
+                            .draw_series(std::iter::once(Text::new(
+                                t.clone(),
+                                (c as f64, r as f64),
+                                style,
+                            )))
                             .map_err(plot_err)?;
                     }
                 }
-                let mut cb = ChartBuilder::on(&bar)
-                    .margin_top(50)
-                    .margin_bottom(60)
-                    .margin_right(50)
-                    .y_label_area_size(0)
-                    .right_y_label_area_size(45)
-                    .build_cartesian_2d(0.0..1.0, lo as f64..hi as f64)
-                    .map_err(plot_err)?;
-                cb.configure_mesh()
-                    .disable_mesh()
-                    .disable_x_axis()
-                    .label_style(("sans-serif", 12))
-                    .draw()
-                    .map_err(plot_err)?;
-                let steps = 100;
-                cb.draw_series((0..steps).map(|i| {
-                    let a = lo as f64 + (hi - lo) as f64 * i as f64 / steps as f64;
-                    let b = lo as f64 + (hi - lo) as f64 * (i + 1) as f64 / steps as f64;
-                    Rectangle::new([(0.0, a), (1.0, b)], self.color(a as f32, lo, hi).filled())
-                }))
-                .map_err(plot_err)?;
-                root.present().map_err(plot_err)?;
             }
-            std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+            if rotate {
+                // Rotated a quarter turn about their start, so each label hangs below its column.
+                let style = TextStyle::from(
+                    ("sans-serif", 14)
+                        .into_font()
+                        .transform(FontTransform::Rotate90),
+                )
+                .pos(Pos::new(HPos::Left, VPos::Center));
+                // Every label when they fit (16 px each), else every step-th.
+                let step = (cols as u32 * 16).div_ceil(plot_width).max(1) as usize;
+                for (c, label) in col_labels.iter().enumerate().step_by(step) {
+                    let (x, y) = chart.backend_coord(&(c as f64, rows as f64 - 0.5));
+                    main.draw(&Text::new(label.as_str(), (x, y + 8), style.clone()))
+                        .map_err(plot_err)?;
+                }
+            }
+            let mut cb = ChartBuilder::on(&bar)
+                .margin_top(50)
+                .margin_bottom(60)
+                .margin_right(50)
+                .y_label_area_size(0)
+                .right_y_label_area_size(45)
+                .build_cartesian_2d(0.0..1.0, lo as f64..hi as f64)
+                .map_err(plot_err)?;
+            cb.configure_mesh()
+                .disable_mesh()
+                .disable_x_axis()
+                .label_style(("sans-serif", 12))
+                .draw()
+                .map_err(plot_err)?;
+            let steps = 100;
+            cb.draw_series((0..steps).map(|i| {
+                let a = lo as f64 + (hi - lo) as f64 * i as f64 / steps as f64;
+                let b = lo as f64 + (hi - lo) as f64 * (i + 1) as f64 / steps as f64;
+                Rectangle::new([(0.0, a), (1.0, b)], self.color(a as f32, lo, hi).filled())
+            }))
+            .map_err(plot_err)?;
+            Ok(())
         })
     }
 }
@@ -246,58 +240,52 @@ pub fn line_plot(
         .max()
         .unwrap_or(1);
     let fit = (880 / (8 * longest + 16)).clamp(2, n.max(2));
-    super::atomic_write_with(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (1000, 560)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 22))
-                .margin(16)
-                .x_label_area_size(50)
-                .y_label_area_size(70)
-                .build_cartesian_2d(-0.5..n as f64 - 0.5, (lo - pad) as f64..(hi + pad) as f64)
-                .map_err(plot_err)?;
+    write_png(path, (1000, 560), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, (lo - pad) as f64..(hi + pad) as f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_labels(fit)
+            .x_label_formatter(&|x| label_at(x_labels, *x))
+            .x_label_style(("sans-serif", 13))
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (name, v)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
             chart
-                .configure_mesh()
-                .x_labels(fit)
-                .x_label_formatter(&|x| label_at(x_labels, *x))
-                .x_label_style(("sans-serif", 13))
-                .x_desc(x_desc)
-                .y_desc(y_desc)
-                .axis_desc_style(("sans-serif", 15))
-                .draw()
-                .map_err(plot_err)?;
-            for (i, (name, v)) in series.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
-                chart
-                    .draw_series(LineSeries::new(
-                        v.iter().enumerate().map(|(x, &y)| (x as f64, y as f64)),
-                        color.stroke_width(3),
-                    ))
-                    .map_err(plot_err)?
-                    .label(name.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
-                    });
-                chart
-                    .draw_series(
-                        v.iter()
-                            .enumerate()
-                            .map(|(x, &y)| Circle::new((x as f64, y as f64), 4, color.filled())),
-                    )
-                    .map_err(plot_err)?;
-            }
+                .draw_series(LineSeries::new(
+                    v.iter().enumerate().map(|(x, &y)| (x as f64, y as f64)),
+                    color.stroke_width(3),
+                ))
+                .map_err(plot_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
+                });
             chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
+                .draw_series(
+                    v.iter()
+                        .enumerate()
+                        .map(|(x, &y)| Circle::new((x as f64, y as f64), 4, color.filled())),
+                )
                 .map_err(plot_err)?;
-            root.present().map_err(plot_err)?;
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
     })
 }
 
@@ -316,43 +304,37 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f32)], x_desc: &str)
     let labels: Vec<String> = bars.iter().map(|(l, _)| l.clone()).collect();
     let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
     let height = (n as u32 * 28 + 140).clamp(300, 1600);
-    super::atomic_write_with(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (1000, height)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 22))
-                .margin(16)
-                .x_label_area_size(50)
-                .y_label_area_size(8 * longest + 30)
-                .build_cartesian_2d((lo - pad) as f64..(hi + pad) as f64, n as f64 - 0.5..-0.5)
-                .map_err(plot_err)?;
-            chart
-                .configure_mesh()
-                .disable_y_mesh()
-                .light_line_style(WHITE)
-                .y_labels(n + 1)
-                .y_label_formatter(&|y| label_at(&labels, *y))
-                .x_desc(x_desc)
-                .label_style(("sans-serif", 14))
-                .axis_desc_style(("sans-serif", 15))
-                .draw()
-                .map_err(plot_err)?;
-            chart
-                .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-                    let color = if *v >= 0.0 {
-                        RGBColor(178, 24, 43)
-                    } else {
-                        RGBColor(33, 102, 172)
-                    };
-                    let y = i as f64;
-                    Rectangle::new([(0.0, y - 0.35), (*v as f64, y + 0.35)], color.filled())
-                }))
-                .map_err(plot_err)?;
-            root.present().map_err(plot_err)?;
-        }
-        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    write_png(path, (1000, height), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(8 * longest + 30)
+            .build_cartesian_2d((lo - pad) as f64..(hi + pad) as f64, n as f64 - 0.5..-0.5)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .light_line_style(WHITE)
+            .y_labels(n + 1)
+            .y_label_formatter(&|y| label_at(&labels, *y))
+            .x_desc(x_desc)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+                let color = if *v >= 0.0 {
+                    RGBColor(178, 24, 43)
+                } else {
+                    RGBColor(33, 102, 172)
+                };
+                let y = i as f64;
+                Rectangle::new([(0.0, y - 0.35), (*v as f64, y + 0.35)], color.filled())
+            }))
+            .map_err(plot_err)?;
+        Ok(())
     })
 }
 
@@ -382,55 +364,51 @@ pub fn scatter(
     });
     let pad = ((hi - lo) * 0.06).max(1e-3);
     let range = (lo - pad) as f64..(hi + pad) as f64;
-    super::atomic_write_with(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (900, 820)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 22))
-                .margin(16)
-                .x_label_area_size(50)
-                .y_label_area_size(70)
-                .build_cartesian_2d(range.clone(), range.clone())
-                .map_err(plot_err)?;
+    write_png(path, (900, 820), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(range.clone(), range.clone())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(range.start, range.start), (range.end, range.end)],
+                BLACK.mix(0.4).stroke_width(1),
+            ))
+            .map_err(plot_err)?
+            .label("y = x")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        for (i, (name, points)) in groups.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
             chart
-                .configure_mesh()
-                .x_desc(x_desc)
-                .y_desc(y_desc)
-                .label_style(("sans-serif", 13))
-                .axis_desc_style(("sans-serif", 15))
-                .draw()
-                .map_err(plot_err)?;
-            chart
-                .draw_series(LineSeries::new(
-                    [(range.start, range.start), (range.end, range.end)],
-                    BLACK.mix(0.4).stroke_width(1),
-                ))
-                .map_err(plot_err)?
-                .label("y = x")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
-            for (i, (name, points)) in groups.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
-                chart
-                    .draw_series(points.iter().map(|&(x, y)| {
+                .draw_series(
+                    points.iter().map(|&(x, y)| {
                         Circle::new((x as f64, y as f64), 4, color.mix(0.7).filled())
-                    }))
-                    .map_err(plot_err)?
-                    .label(name.as_str())
-                    .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
-                .map_err(plot_err)?;
-            root.present().map_err(plot_err)?;
+                    }),
+                )
+                .map_err(plot_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
     })
 }
 
@@ -453,42 +431,36 @@ pub fn pattern_grid(
     let rows = thumbs.len().div_ceil(cols) as u32;
     let width = (cols as u32 * (size + pad) + pad).max(10 * title.chars().count() as u32 + 2 * pad);
     let height = 50 + rows * (size + pad + caption);
-    super::atomic_write_with(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (width, height)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            root.draw(&Text::new(title, (pad as i32, 12), ("sans-serif", 20)))
+    write_png(path, (width, height), |root| {
+        root.draw(&Text::new(title, (pad as i32, 12), ("sans-serif", 20)))
+            .map_err(plot_err)?;
+        for (i, (label, p)) in thumbs.iter().enumerate() {
+            let (r, c) = ((i / cols) as u32, (i % cols) as u32);
+            let x0 = (pad + c * (size + pad)) as i32;
+            let y0 = (50 + r * (size + pad + caption)) as i32;
+            root.draw(&Text::new(label.as_str(), (x0, y0), ("sans-serif", 15)))
                 .map_err(plot_err)?;
-            for (i, (label, p)) in thumbs.iter().enumerate() {
-                let (r, c) = ((i / cols) as u32, (i % cols) as u32);
-                let x0 = (pad + c * (size + pad)) as i32;
-                let y0 = (50 + r * (size + pad + caption)) as i32;
-                root.draw(&Text::new(label.as_str(), (x0, y0), ("sans-serif", 15)))
-                    .map_err(plot_err)?;
-                let n = p.len().max(1);
-                let top = y0 + caption as i32;
-                for py in 0..size {
-                    let q = (py as usize * n) / size as usize;
-                    for px in 0..size {
-                        let k = (px as usize * n) / size as usize;
-                        let color = match (p.get(q).and_then(|row| row.get(k)), k > q) {
-                            (_, true) | (None, _) => RGBColor(235, 235, 235),
-                            (Some(&v), false) => diverging_color(v.clamp(0.0, 1.0), -1.0, 1.0),
-                        };
-                        root.draw_pixel((x0 + px as i32, top + py as i32), &color)
-                            .map_err(plot_err)?;
-                    }
+            let n = p.len().max(1);
+            let top = y0 + caption as i32;
+            for py in 0..size {
+                let q = (py as usize * n) / size as usize;
+                for px in 0..size {
+                    let k = (px as usize * n) / size as usize;
+                    let color = match (p.get(q).and_then(|row| row.get(k)), k > q) {
+                        (_, true) | (None, _) => RGBColor(235, 235, 235),
+                        (Some(&v), false) => diverging_color(v.clamp(0.0, 1.0), -1.0, 1.0),
+                    };
+                    root.draw_pixel((x0 + px as i32, top + py as i32), &color)
+                        .map_err(plot_err)?;
                 }
-                root.draw(&Rectangle::new(
-                    [(x0 - 1, top - 1), (x0 + size as i32, top + size as i32)],
-                    BLACK.mix(0.4),
-                ))
-                .map_err(plot_err)?;
             }
-            root.present().map_err(plot_err)?;
+            root.draw(&Rectangle::new(
+                [(x0 - 1, top - 1), (x0 + size as i32, top + size as i32)],
+                BLACK.mix(0.4),
+            ))
+            .map_err(plot_err)?;
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+        Ok(())
     })
 }
 
@@ -513,53 +485,47 @@ pub fn grouped_bars(
         .flat_map(|(_, v)| v)
         .fold(0f32, |m, &v| m.max(v));
     let k = series.len() as f64;
-    super::atomic_write_with(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (1000, 560)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 22))
-                .margin(16)
-                .x_label_area_size(60)
-                .y_label_area_size(70)
-                .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..(hi * 1.1).max(1e-6) as f64)
-                .map_err(plot_err)?;
+    write_png(path, (1000, 560), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(60)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..(hi * 1.1).max(1e-6) as f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n + 1)
+            .x_label_formatter(&|x| label_at(categories, *x))
+            .x_label_style(("sans-serif", 14))
+            .y_desc(y_desc)
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        for (s, (name, values)) in series.iter().enumerate() {
+            let color = Palette99::pick(s).to_rgba();
+            let w = 0.8 / k;
             chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n + 1)
-                .x_label_formatter(&|x| label_at(categories, *x))
-                .x_label_style(("sans-serif", 14))
-                .y_desc(y_desc)
-                .axis_desc_style(("sans-serif", 15))
-                .draw()
-                .map_err(plot_err)?;
-            for (s, (name, values)) in series.iter().enumerate() {
-                let color = Palette99::pick(s).to_rgba();
-                let w = 0.8 / k;
-                chart
-                    .draw_series(values.iter().enumerate().map(|(i, &v)| {
-                        let x0 = i as f64 - 0.4 + s as f64 * w;
-                        Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v as f64)], color.filled())
-                    }))
-                    .map_err(plot_err)?
-                    .label(name.as_str())
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
-                .map_err(plot_err)?;
-            root.present().map_err(plot_err)?;
+                .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                    let x0 = i as f64 - 0.4 + s as f64 * w;
+                    Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v as f64)], color.filled())
+                }))
+                .map_err(plot_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
+                });
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
     })
 }
 
@@ -588,37 +554,31 @@ pub fn labelled_points(
         (lo - pad) as f64..(hi + pad) as f64
     };
     let (xr, yr) = (range(|p| p.1), range(|p| p.2));
-    super::atomic_write_with(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (1000, 760)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 22))
-                .margin(16)
-                .x_label_area_size(50)
-                .y_label_area_size(70)
-                .build_cartesian_2d(xr, yr)
-                .map_err(plot_err)?;
-            chart
-                .configure_mesh()
-                .x_desc(x_desc)
-                .y_desc(y_desc)
-                .label_style(("sans-serif", 13))
-                .axis_desc_style(("sans-serif", 15))
-                .draw()
-                .map_err(plot_err)?;
-            let color = RGBColor(33, 102, 172);
-            chart
-                .draw_series(points.iter().map(|(label, x, y)| {
-                    EmptyElement::at((*x as f64, *y as f64))
-                        + Circle::new((0, 0), 5, color.filled())
-                        + Text::new(label.clone(), (7, -7), ("sans-serif", 15))
-                }))
-                .map_err(plot_err)?;
-            root.present().map_err(plot_err)?;
-        }
-        std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
+    write_png(path, (1000, 760), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xr, yr)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        let color = RGBColor(33, 102, 172);
+        chart
+            .draw_series(points.iter().map(|(label, x, y)| {
+                EmptyElement::at((*x as f64, *y as f64))
+                    + Circle::new((0, 0), 5, color.filled())
+                    + Text::new(label.clone(), (7, -7), ("sans-serif", 15))
+            }))
+            .map_err(plot_err)?;
+        Ok(())
     })
 }
 
@@ -670,32 +630,44 @@ pub fn colored_tokens(
         y += line + 12;
     }
     drop(probe);
+    write_png(path, (width as u32, y as u32 + 10), |root| {
+        root.draw(&Text::new(title, (margin, 12), ("sans-serif", 20)))
+            .map_err(plot_err)?;
+        for (hy, h) in &heads {
+            root.draw(&Text::new(
+                h.as_str(),
+                (margin, *hy),
+                ("sans-serif", 15).into_font().color(&RGBColor(90, 90, 90)),
+            ))
+            .map_err(plot_err)?;
+        }
+        for (x, y, w, t, v) in &boxes {
+            let c = diverging_color(*v, -lim, lim);
+            root.draw(&Rectangle::new(
+                [(*x, *y), (x + w, y + line - 4)],
+                c.filled(),
+            ))
+            .map_err(plot_err)?;
+            root.draw(&Text::new(t.as_str(), (x + 1, y + 2), font))
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })
+}
+
+/// Draws a white PNG of `size` with `draw` and writes it to `path` atomically (through a
+/// temporary `.png`: the encoder picks the format from the extension).
+fn write_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
     super::atomic_write_with(path, |tmp| {
         let tmp_png = tmp.with_extension("png");
         {
-            let root =
-                BitMapBackend::new(&tmp_png, (width as u32, y as u32 + 10)).into_drawing_area();
+            let root = BitMapBackend::new(&tmp_png, size).into_drawing_area();
             root.fill(&WHITE).map_err(plot_err)?;
-            root.draw(&Text::new(title, (margin, 12), ("sans-serif", 20)))
-                .map_err(plot_err)?;
-            for (hy, h) in &heads {
-                root.draw(&Text::new(
-                    h.as_str(),
-                    (margin, *hy),
-                    ("sans-serif", 15).into_font().color(&RGBColor(90, 90, 90)),
-                ))
-                .map_err(plot_err)?;
-            }
-            for (x, y, w, t, v) in &boxes {
-                let c = diverging_color(*v, -lim, lim);
-                root.draw(&Rectangle::new(
-                    [(*x, *y), (x + w, y + line - 4)],
-                    c.filled(),
-                ))
-                .map_err(plot_err)?;
-                root.draw(&Text::new(t.as_str(), (x + 1, y + 2), font))
-                    .map_err(plot_err)?;
-            }
+            draw(&root)?;
             root.present().map_err(plot_err)?;
         }
         std::fs::rename(&tmp_png, tmp).map_err(|e| Error::io(tmp, e))
