@@ -8,7 +8,12 @@ use std::process::Command;
 const ATTENTION: &str = env!("CARGO_BIN_EXE_attention");
 
 fn run(args: &[&str], dir: &Path) -> (i32, String) {
-    let out = Command::new(ATTENTION)
+    run_bin(ATTENTION, args, dir)
+}
+
+/// Runs binary `bin` with `args` in `dir`: (exit code, stderr).
+fn run_bin(bin: &str, args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(bin)
         .args(args)
         .current_dir(dir)
         .output()
@@ -92,28 +97,19 @@ fn a_prompt_longer_than_the_context_and_an_unknown_detector_are_refused() {
 fn temperature_writes_its_table_and_refuses_nonpositive_temperatures() {
     const TEMPERATURE: &str = env!("CARGO_BIN_EXE_temperature");
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new(TEMPERATURE)
-        .args(["--run", "t", "--temperatures", "0.5,2", "--top", "4"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    let (code, err) = run_bin(
+        TEMPERATURE,
+        &["--run", "t", "--temperatures", "0.5,2", "--top", "4"],
+        dir.path(),
     );
+    assert_eq!(code, 0, "{err}");
     let run = dir.path().join("outputs/temperature/t");
     let df = hooklens::export::parquet::read_parquet(&run.join("temperature.parquet")).unwrap();
     assert_eq!(df.height(), 8);
     assert!(run.join("temperature.png").is_file());
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(TEMPERATURE)
-        .args(["--temperatures", "1,0"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = run_bin(TEMPERATURE, &["--temperatures", "1,0"], dir.path());
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("temperature 0") && err.contains("positive"),
         "{err}"
@@ -125,16 +121,12 @@ fn temperature_writes_its_table_and_refuses_nonpositive_temperatures() {
 fn embeddings_write_their_tables_and_refuse_tokens_that_split() {
     const EMBEDDINGS: &str = env!("CARGO_BIN_EXE_embeddings");
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(EMBEDDINGS)
-        .args(["--run", "e", "--token", "a", "--token", "b", "--top", "3"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, err) = run_bin(
+        EMBEDDINGS,
+        &["--run", "e", "--token", "a", "--token", "b", "--top", "3"],
+        dir.path(),
     );
+    assert_eq!(code, 0, "{err}");
     let run = dir.path().join("outputs/embeddings/e");
     let near = hooklens::export::parquet::read_parquet(&run.join("nearest.parquet")).unwrap();
     assert_eq!(
@@ -156,13 +148,8 @@ fn embeddings_write_their_tables_and_refuse_tokens_that_split() {
         (&["--analogy", "a,bc,d"][..], "\"bc\" is 2 tokens"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(EMBEDDINGS)
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let (code, err) = run_bin(EMBEDDINGS, args, dir.path());
+        assert_eq!(code, 1, "{args:?}: {err}");
         assert!(err.contains(named), "{args:?} should say {named}: {err}");
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
@@ -173,18 +160,14 @@ fn neurons_write_the_loss_view_and_refuse_bad_neurons() {
     const NEURONS: &str = env!("CARGO_BIN_EXE_neurons");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("t.txt"), "abcabcabc").unwrap();
-    let out = Command::new(NEURONS)
-        .args([
+    let (code, err) = run_bin(
+        NEURONS,
+        &[
             "--run", "n", "--text", "t.txt", "--answer", "a", "--wrong", "b",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        dir.path(),
     );
+    assert_eq!(code, 0, "{err}");
     let run = dir.path().join("outputs/neurons/n");
     let page = std::fs::read_to_string(run.join("token_loss.html")).unwrap();
     assert!(
@@ -206,13 +189,8 @@ fn neurons_write_the_loss_view_and_refuse_bad_neurons() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(NEURONS)
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let (code, err) = run_bin(NEURONS, args, dir.path());
+        assert_eq!(code, 1, "{args:?}: {err}");
         assert!(err.contains(named), "{args:?} should say {named}: {err}");
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
