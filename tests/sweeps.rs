@@ -253,3 +253,44 @@ fn top_neurons_rank_by_mean_activation_and_by_dla() {
     assert_eq!(by_dla.len(), 4);
     assert!(top_neurons(&model, &batch, &[3], 1, NeuronRank::Mean).is_err());
 }
+
+#[test]
+fn a_padded_batch_gives_the_mean_of_each_prompt_alone() {
+    use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
+    let dir = gpt2_dir();
+    let (model, tok) = load_gpt2(dir.path(), Processing::default());
+    let t = tokenize_pairs(&ioi_pairs(&tok, 3, 1).unwrap(), &tok, true, "ioi").unwrap();
+    let batch = PairBatch::new(&t, 0, model.device()).unwrap();
+    assert!(
+        batch.lengths.iter().any(|&l| l != batch.lengths[0]),
+        "padding"
+    );
+    let units = Unit::all_heads(&model);
+    for metric in [Metric::LogitDiff, Metric::Loss, Metric::Prob] {
+        let jobs = ablation_jobs(&units, Ablation::Zero, None, 0).unwrap();
+        let run = |b: &PairBatch| {
+            let sweep = Sweep::new(
+                &model,
+                Target::new(b, false).unwrap(),
+                metric,
+                jobs.clone(),
+                4096,
+            )
+            .unwrap();
+            let mut v = sweep.run_all().unwrap();
+            v.push(sweep.baseline());
+            v
+        };
+        let together = run(&batch);
+        let alone: Vec<Vec<f32>> = (0..t.len())
+            .map(|i| run(&PairBatch::new(&t[i..i + 1], 0, model.device()).unwrap()))
+            .collect();
+        for (j, v) in together.iter().enumerate() {
+            let mean = alone.iter().map(|a| a[j]).sum::<f32>() / alone.len() as f32;
+            assert!(
+                (v - mean).abs() < 1e-5 * v.abs().max(1.0),
+                "{metric:?} job {j}: {v} vs {mean}"
+            );
+        }
+    }
+}
