@@ -162,19 +162,19 @@ pub fn attribution(
     let mut points: Vec<HookPoint> = cells.iter().map(|c| c.site().point).collect();
     points.sort();
     points.dedup();
-    // Record the corrupted activations, then add a zero variable at each point: its gradient
-    // is the activation's, with every path through the model intact.
-    let (_, corrupted) =
-        model.run_with_cache(&target.tokens, NameFilter::Points(points.clone()))?;
-    let mut hooks = Hooks::none();
+    // One pass at the corrupted run: a zero variable added at each point (its gradient is the
+    // activation's, with every path through the model intact), the activations recorded. The
+    // clean cache has the corrupted run's shapes (the same padded token positions).
+    let mut hooks = Hooks::none().with_cache(NameFilter::Points(points.clone()));
     let mut deltas = vec![];
     for &point in &points {
-        let act = corrupted.get(point)?;
+        let act = clean.get(point)?;
         let delta = Var::zeros(act.dims(), act.dtype(), act.device())?;
         hooks = hooks.intervene(point, Intervention::Add(delta.as_tensor().clone()));
         deltas.push((point, delta));
     }
-    let logits = model.run(&target.tokens, hooks)?.output;
+    let run = model.run(&target.tokens, hooks)?;
+    let (logits, corrupted) = (run.output, run.cache);
     let value = metric.per_prompt(&logits, target)?.mean_all()?;
     let grads = value.backward()?;
     let mut products = std::collections::HashMap::new();
@@ -185,7 +185,7 @@ pub fn attribution(
             ))
         })?;
         let diff = (clean.get(*point)?.to_dtype(DType::F32)?
-            - corrupted.get(*point)?.to_dtype(DType::F32)?)?;
+            - corrupted.get(*point)?.detach().to_dtype(DType::F32)?)?;
         products.insert(*point, (diff * grad.to_dtype(DType::F32)?)?);
     }
     cells
