@@ -39,7 +39,8 @@ struct Args {
     /// positional shortcut); `adjacent` puts them right after BOS, back to back.
     #[arg(long, value_enum, default_value = "shifted")]
     layout: DataLayout,
-    /// Positional embeddings: `rotary`, or learned absolute (`standard`).
+    /// Positional embeddings: `rotary`, learned absolute (`standard`), or the fixed
+    /// sine/cosine table of the original transformer (`sinusoidal`).
     #[arg(long, value_enum, default_value = "rotary")]
     positional: Pos,
     /// Print the best induction score (repeated random tokens, half 12) every N steps; 0: never.
@@ -66,6 +67,7 @@ struct Args {
 enum Pos {
     Rotary,
     Standard,
+    Sinusoidal,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -93,6 +95,7 @@ fn run(a: Args) -> Result<()> {
         positional_embedding_type: match a.positional {
             Pos::Standard => Positional::Standard,
             Pos::Rotary => Positional::Rotary,
+            Pos::Sinusoidal => Positional::Sinusoidal,
         },
         ..embedded_config()
     };

@@ -20,6 +20,17 @@ pub enum Normalization {
     None,
 }
 
+impl Normalization {
+    /// The kind before weight processing folded its weights away (`LNPre` -> `LN`, ...).
+    pub fn unfolded(self) -> Self {
+        match self {
+            Normalization::LNPre => Normalization::LN,
+            Normalization::RMSPre => Normalization::RMS,
+            other => other,
+        }
+    }
+}
+
 /// How positions enter the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Positional {
@@ -27,6 +38,17 @@ pub enum Positional {
     Standard,
     /// Rotary embeddings applied to queries and keys (llama).
     Rotary,
+    /// The fixed sine/cosine table of the original transformer, added like a learned `W_pos`.
+    Sinusoidal,
+}
+
+/// Which keys an attention layer sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttnType {
+    /// Every earlier key (causal).
+    Global,
+    /// Only the last `window_size` keys, the query's own included (sliding window).
+    Local,
 }
 
 /// The MLP non-linearity.
@@ -68,6 +90,37 @@ pub struct ModelConfig {
     pub default_prepend_bos: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Leading dimensions of each head that rotary embeddings rotate (GPT-NeoX's
+    /// `rotary_pct`); `None`: all of `d_head`.
+    #[serde(default)]
+    pub rotary_dim: Option<usize>,
+    /// Attention and MLP both read `resid_pre` and add to it (GPT-NeoX's
+    /// `use_parallel_residual`): no `hook_resid_mid`.
+    #[serde(default)]
+    pub parallel_attn_mlp: bool,
+    /// A second norm on each sublayer's output before it joins the residual stream
+    /// (Gemma 2): `ln1_post` and `ln2_post`.
+    #[serde(default)]
+    pub use_normalization_before_and_after: bool,
+    /// RMSNorm over each query and key head before the rotation (Qwen3): `attn.q_norm`,
+    /// `attn.k_norm`.
+    #[serde(default)]
+    pub use_qk_norm: bool,
+    /// What q·k is divided by; `None`: √d_head (Gemma 2: √query_pre_attn_scalar).
+    #[serde(default)]
+    pub attn_scale: Option<f64>,
+    /// Attention scores become `c·tanh(scores / c)` before the mask (Gemma 2).
+    #[serde(default)]
+    pub attn_scores_soft_cap: Option<f64>,
+    /// Logits become `c·tanh(logits / c)` (Gemma 2).
+    #[serde(default)]
+    pub output_logits_soft_cap: Option<f64>,
+    /// Keys a `Local` layer sees (sliding window, Mistral, Gemma 2).
+    #[serde(default)]
+    pub window_size: Option<usize>,
+    /// Per layer, global or local attention; empty: every layer global.
+    #[serde(default)]
+    pub attn_types: Vec<AttnType>,
 }
 
 impl ModelConfig {
@@ -84,15 +137,57 @@ impl ModelConfig {
             "HookedTransformer" => serde_json::from_value(v["hooklens"].clone())
                 .map_err(|e| Error::Config(format!("hooklens config: {e}")))?,
             "GPT2LMHeadModel" | "gpt2" => Self::from_gpt2(&v)?,
-            "LlamaForCausalLM" | "llama" => Self::from_llama(&v)?,
+            "GPTNeoXForCausalLM" | "gpt_neox" => Self::from_neox(&v)?,
+            "LlamaForCausalLM" | "llama" => Self::from_llama(&v, "LlamaForCausalLM")?,
+            "MistralForCausalLM" | "mistral" => Self::from_llama(&v, "MistralForCausalLM")?,
+            "Qwen2ForCausalLM" | "qwen2" => Self::from_llama(&v, "Qwen2ForCausalLM")?,
+            "Qwen3ForCausalLM" | "qwen3" => Self::from_llama(&v, "Qwen3ForCausalLM")?,
+            "Gemma2ForCausalLM" | "gemma2" => Self::from_llama(&v, "Gemma2ForCausalLM")?,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "architecture `{other}`; supported: GPT2LMHeadModel, LlamaForCausalLM"
+                    "architecture `{other}`; supported: {}",
+                    SUPPORTED.join(", ")
                 )))
             }
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The axes every family but its own leaves off (no partial rotary, sequential sublayers,
+    /// no extra norms, soft-caps or sliding windows), for struct-update syntax.
+    pub fn plain() -> Self {
+        Self {
+            n_layers: 0,
+            d_model: 0,
+            n_heads: 0,
+            d_head: 0,
+            n_key_value_heads: 0,
+            d_mlp: 0,
+            d_vocab: 0,
+            n_ctx: 0,
+            act_fn: Activation::GeluNew,
+            normalization_type: Normalization::LN,
+            positional_embedding_type: Positional::Standard,
+            rotary_base: 10000.0,
+            gated_mlp: false,
+            attn_only: false,
+            eps: 1e-5,
+            tie_word_embeddings: false,
+            original_architecture: String::new(),
+            default_prepend_bos: true,
+            bos_token_id: None,
+            eos_token_id: None,
+            rotary_dim: None,
+            parallel_attn_mlp: false,
+            use_normalization_before_and_after: false,
+            use_qk_norm: false,
+            attn_scale: None,
+            attn_scores_soft_cap: None,
+            output_logits_soft_cap: None,
+            window_size: None,
+            attn_types: vec![],
+        }
     }
 
     /// The hooklens `config.json` for this config (read back by [`Self::from_hf_json`]).
@@ -131,23 +226,42 @@ impl ModelConfig {
             default_prepend_bos: true,
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_id: v["eos_token_id"].as_u64().map(|x| x as u32),
+            ..Self::plain()
         })
     }
 
-    fn from_llama(v: &Value) -> Result<Self> {
+    /// llama and the families built on it: Mistral (sliding window), Qwen2 (Q/K/V biases, read
+    /// from the checkpoint), Qwen3 (QK-norm) and Gemma 2 (soft-caps, post-norms, GeGLU, ...).
+    fn from_llama(v: &Value, arch: &str) -> Result<Self> {
+        let gemma = arch == "Gemma2ForCausalLM";
         let d_model = req(v, "hidden_size")?;
         let n_heads = req(v, "num_attention_heads")?;
-        let act = match v["hidden_act"].as_str().unwrap_or("silu") {
+        let n_layers = req(v, "num_hidden_layers")?;
+        let act_name = v["hidden_activation"]
+            .as_str()
+            .or(v["hidden_act"].as_str())
+            .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
+        let act = match act_name {
             "silu" => Activation::Silu,
-            other => return Err(Error::Unsupported(format!("llama activation `{other}`"))),
+            "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluNew,
+            "gelu" => Activation::Gelu,
+            other => return Err(Error::Unsupported(format!("{arch} activation `{other}`"))),
         };
+        let (rotary_base, partial) = rope(v, arch)?;
+        let d_head = v["head_dim"]
+            .as_u64()
+            .map_or(d_model / n_heads.max(1), |x| x as usize);
+        let window_size = v["sliding_window"].as_u64().map(|x| x as usize);
+        let attn_types = match window_size {
+            Some(_) => local_layers(v, arch, n_layers)?,
+            None => vec![],
+        };
+        let f = |key: &str| v[key].as_f64();
         Ok(Self {
-            n_layers: req(v, "num_hidden_layers")?,
+            n_layers,
             d_model,
             n_heads,
-            d_head: v["head_dim"]
-                .as_u64()
-                .map_or(d_model / n_heads.max(1), |x| x as usize),
+            d_head,
             n_key_value_heads: v["num_key_value_heads"]
                 .as_u64()
                 .map_or(n_heads, |x| x as usize),
@@ -157,16 +271,80 @@ impl ModelConfig {
             act_fn: act,
             normalization_type: Normalization::RMS,
             positional_embedding_type: Positional::Rotary,
-            rotary_base: v["rope_theta"].as_f64().unwrap_or(10000.0),
+            rotary_base,
             gated_mlp: true,
             attn_only: false,
-            eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
-            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-            original_architecture: "LlamaForCausalLM".into(),
+            eps: f("rms_norm_eps").unwrap_or(1e-6),
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(gemma),
+            original_architecture: arch.into(),
             default_prepend_bos: true,
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_id: v["eos_token_id"].as_u64().map(|x| x as u32),
+            rotary_dim: partial.map(|p| (d_head as f64 * p) as usize),
+            parallel_attn_mlp: false,
+            use_normalization_before_and_after: gemma,
+            use_qk_norm: arch == "Qwen3ForCausalLM",
+            attn_scale: match gemma {
+                true => Some(f("query_pre_attn_scalar").unwrap_or(d_head as f64).sqrt()),
+                false => None,
+            },
+            attn_scores_soft_cap: f("attn_logit_softcapping"),
+            output_logits_soft_cap: f("final_logit_softcapping"),
+            window_size: window_size.filter(|_| !attn_types.is_empty()),
+            attn_types,
         })
+    }
+
+    /// GPT-NeoX / Pythia: LayerNorm with biases, parallel attention and MLP, partial rotary.
+    fn from_neox(v: &Value) -> Result<Self> {
+        let d_model = req(v, "hidden_size")?;
+        let n_heads = req(v, "num_attention_heads")?;
+        let d_head = d_model / n_heads.max(1);
+        let act = match v["hidden_act"].as_str().unwrap_or("gelu") {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluNew,
+            "relu" => Activation::Relu,
+            other => return Err(Error::Unsupported(format!("GPT-NeoX activation `{other}`"))),
+        };
+        let (rotary_base, partial) = rope(v, "GPTNeoXForCausalLM")?;
+        Ok(Self {
+            n_layers: req(v, "num_hidden_layers")?,
+            d_model,
+            n_heads,
+            d_head,
+            n_key_value_heads: n_heads,
+            d_mlp: req(v, "intermediate_size")?,
+            d_vocab: req(v, "vocab_size")?,
+            n_ctx: req(v, "max_position_embeddings")?,
+            act_fn: act,
+            normalization_type: Normalization::LN,
+            positional_embedding_type: Positional::Rotary,
+            rotary_base,
+            gated_mlp: false,
+            attn_only: false,
+            eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-5),
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            original_architecture: "GPTNeoXForCausalLM".into(),
+            default_prepend_bos: true,
+            bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
+            eos_token_id: v["eos_token_id"].as_u64().map(|x| x as u32),
+            rotary_dim: Some((d_head as f64 * partial.unwrap_or(1.0)) as usize),
+            parallel_attn_mlp: v["use_parallel_residual"].as_bool().unwrap_or(true),
+            ..Self::plain()
+        })
+    }
+
+    /// The window of `layer`'s attention, if it is a sliding-window (local) layer.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        match self.attn_types.get(layer) {
+            Some(AttnType::Local) => self.window_size,
+            _ => None,
+        }
+    }
+
+    /// Dimensions of each head that rotary embeddings rotate.
+    pub fn rotary_dim(&self) -> usize {
+        self.rotary_dim.unwrap_or(self.d_head)
     }
 
     /// Checks that the numbers describe a model that can exist.
@@ -181,11 +359,32 @@ impl ModelConfig {
                 self.n_heads, self.n_key_value_heads
             ));
         }
-        if self.positional_embedding_type == Positional::Rotary && !self.d_head.is_multiple_of(2) {
+        let rot = self.rotary_dim();
+        if self.positional_embedding_type == Positional::Rotary
+            && (!rot.is_multiple_of(2) || rot == 0 || rot > self.d_head)
+        {
             return bad(format!(
-                "rotary embeddings need an even d_head, got {}",
+                "rotary embeddings need an even rotary dimension in 2..=d_head ({}), got {rot}",
                 self.d_head
             ));
+        }
+        if self.positional_embedding_type == Positional::Sinusoidal
+            && !self.d_model.is_multiple_of(2)
+        {
+            return bad(format!(
+                "sinusoidal positions need an even d_model, got {}",
+                self.d_model
+            ));
+        }
+        if !self.attn_types.is_empty() && self.attn_types.len() != self.n_layers {
+            return bad(format!(
+                "attn_types has {} entries for {} layers",
+                self.attn_types.len(),
+                self.n_layers
+            ));
+        }
+        if self.attn_types.contains(&AttnType::Local) && self.window_size.is_none_or(|w| w == 0) {
+            return bad("local attention layers need a positive window_size".into());
         }
         if !self.attn_only && self.d_mlp == 0 {
             return bad("d_mlp must be positive unless the model is attention-only".into());
@@ -197,6 +396,94 @@ impl ModelConfig {
     pub fn group_size(&self) -> usize {
         self.n_heads / self.n_key_value_heads
     }
+}
+
+/// The architectures `from_hf_json` reads (Hugging Face's class names).
+pub const SUPPORTED: &[&str] = &[
+    "GPT2LMHeadModel",
+    "GPTNeoXForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Gemma2ForCausalLM",
+];
+
+/// The rotary base and the fraction of each head rotated (if given), from the field names of
+/// older configs (`rope_theta`, `rotary_emb_base`, `rotary_pct`, `partial_rotary_factor`) or
+/// transformers 5's `rope_parameters`. Scaled variants (llama3, yarn, ...) are refused: their
+/// frequencies differ, and loading them as plain rotary would silently change the model.
+fn rope(v: &Value, arch: &str) -> Result<(f64, Option<f64>)> {
+    let params = &v["rope_parameters"];
+    let scaling = &v["rope_scaling"];
+    let kind = params["rope_type"]
+        .as_str()
+        .or(scaling["rope_type"].as_str())
+        .or(scaling["type"].as_str())
+        .unwrap_or("default");
+    if kind != "default" {
+        return Err(Error::Unsupported(format!(
+            "{arch} with rope type `{kind}` (only plain rotary embeddings are implemented)"
+        )));
+    }
+    let base = [
+        &params["rope_theta"],
+        &v["rope_theta"],
+        &v["rotary_emb_base"],
+    ]
+    .into_iter()
+    .find_map(Value::as_f64)
+    .unwrap_or(10000.0);
+    let partial = [
+        &params["partial_rotary_factor"],
+        &v["partial_rotary_factor"],
+        &v["rotary_pct"],
+    ]
+    .into_iter()
+    .find_map(Value::as_f64);
+    Ok((base, partial))
+}
+
+/// Which layers use sliding-window attention, for a config whose `sliding_window` is set:
+/// transformers 5's `layer_types` where present; otherwise each family's rule (Mistral: every
+/// layer; Gemma 2: even layers; Qwen: layers from `max_window_layers` on, and only with
+/// `use_sliding_window`). An empty list means no local layer.
+fn local_layers(v: &Value, arch: &str, n_layers: usize) -> Result<Vec<AttnType>> {
+    if let Some(types) = v["layer_types"].as_array() {
+        let kinds = types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(AttnType::Local),
+                Some("full_attention") => Ok(AttnType::Global),
+                other => Err(Error::Unsupported(format!(
+                    "{arch} layer type {other:?} (expected sliding_attention or full_attention)"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(match kinds.contains(&AttnType::Local) {
+            true => kinds,
+            false => vec![],
+        });
+    }
+    let local = |f: &dyn Fn(usize) -> bool| {
+        (0..n_layers)
+            .map(|l| match f(l) {
+                true => AttnType::Local,
+                false => AttnType::Global,
+            })
+            .collect()
+    };
+    Ok(match arch {
+        "MistralForCausalLM" => local(&|_| true),
+        "Gemma2ForCausalLM" => local(&|l| l % 2 == 0),
+        "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
+            if v["use_sliding_window"].as_bool() == Some(true) =>
+        {
+            let from = v["max_window_layers"].as_u64().unwrap_or(0) as usize;
+            local(&|l| l >= from)
+        }
+        _ => vec![],
+    })
 }
 
 fn req(v: &Value, key: &str) -> Result<usize> {

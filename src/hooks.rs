@@ -23,12 +23,22 @@ pub enum BlockHook {
     Q,
     K,
     V,
+    /// QK-norm (Qwen3): the RMSNorm of each query / key head before the rotation.
+    QNormScale,
+    QNormNormalized,
+    QNormed,
+    KNormScale,
+    KNormNormalized,
+    KNormed,
     RotQ,
     RotK,
     AttnScores,
     Pattern,
     Z,
     Result,
+    /// The norm on the attention output (Gemma 2's `ln1_post`).
+    Ln1PostScale,
+    Ln1PostNormalized,
     AttnOut,
     ResidMid,
     Ln2Scale,
@@ -36,25 +46,36 @@ pub enum BlockHook {
     MlpPre,
     MlpPreLinear,
     MlpPost,
+    /// The norm on the MLP output (Gemma 2's `ln2_post`).
+    Ln2PostScale,
+    Ln2PostNormalized,
     MlpOut,
     ResidPost,
 }
 
 impl BlockHook {
     /// Every block hook, in the order the forward pass reaches them.
-    pub const ALL: [BlockHook; 21] = [
+    pub const ALL: [BlockHook; 31] = [
         BlockHook::ResidPre,
         BlockHook::Ln1Scale,
         BlockHook::Ln1Normalized,
         BlockHook::Q,
         BlockHook::K,
         BlockHook::V,
+        BlockHook::QNormScale,
+        BlockHook::QNormNormalized,
+        BlockHook::QNormed,
+        BlockHook::KNormScale,
+        BlockHook::KNormNormalized,
+        BlockHook::KNormed,
         BlockHook::RotQ,
         BlockHook::RotK,
         BlockHook::AttnScores,
         BlockHook::Pattern,
         BlockHook::Z,
         BlockHook::Result,
+        BlockHook::Ln1PostScale,
+        BlockHook::Ln1PostNormalized,
         BlockHook::AttnOut,
         BlockHook::ResidMid,
         BlockHook::Ln2Scale,
@@ -62,6 +83,8 @@ impl BlockHook {
         BlockHook::MlpPre,
         BlockHook::MlpPreLinear,
         BlockHook::MlpPost,
+        BlockHook::Ln2PostScale,
+        BlockHook::Ln2PostNormalized,
         BlockHook::MlpOut,
         BlockHook::ResidPost,
     ];
@@ -76,12 +99,20 @@ impl BlockHook {
             Q => "attn.hook_q",
             K => "attn.hook_k",
             V => "attn.hook_v",
+            QNormScale => "attn.q_norm.hook_scale",
+            QNormNormalized => "attn.q_norm.hook_normalized",
+            QNormed => "attn.hook_q_normed",
+            KNormScale => "attn.k_norm.hook_scale",
+            KNormNormalized => "attn.k_norm.hook_normalized",
+            KNormed => "attn.hook_k_normed",
             RotQ => "attn.hook_rot_q",
             RotK => "attn.hook_rot_k",
             AttnScores => "attn.hook_attn_scores",
             Pattern => "attn.hook_pattern",
             Z => "attn.hook_z",
             Result => "attn.hook_result",
+            Ln1PostScale => "ln1_post.hook_scale",
+            Ln1PostNormalized => "ln1_post.hook_normalized",
             AttnOut => "hook_attn_out",
             ResidMid => "hook_resid_mid",
             Ln2Scale => "ln2.hook_scale",
@@ -89,6 +120,8 @@ impl BlockHook {
             MlpPre => "mlp.hook_pre",
             MlpPreLinear => "mlp.hook_pre_linear",
             MlpPost => "mlp.hook_post",
+            Ln2PostScale => "ln2_post.hook_scale",
+            Ln2PostNormalized => "ln2_post.hook_normalized",
             MlpOut => "hook_mlp_out",
             ResidPost => "hook_resid_post",
         }
@@ -130,13 +163,15 @@ impl HookPoint {
     pub fn axes(&self) -> Axes {
         use BlockHook::*;
         let (pos, head, neuron) = match self {
-            HookPoint::Block(_, Q | K | V | RotQ | RotK | Z | Result) => {
-                (Some(1), Some(2), Some(3))
-            }
+            HookPoint::Block(
+                _,
+                Q | K | V | QNormNormalized | QNormed | KNormNormalized | KNormed | RotQ | RotK | Z
+                | Result,
+            ) => (Some(1), Some(2), Some(3)),
+            HookPoint::Block(_, QNormScale | KNormScale) => (Some(1), Some(2), None),
             HookPoint::Block(_, AttnScores | Pattern) => (Some(2), Some(1), None),
-            HookPoint::Block(_, Ln1Scale | Ln2Scale) | HookPoint::LnFinalScale => {
-                (Some(1), None, None)
-            }
+            HookPoint::Block(_, Ln1Scale | Ln2Scale | Ln1PostScale | Ln2PostScale)
+            | HookPoint::LnFinalScale => (Some(1), None, None),
             _ => (Some(1), None, Some(2)),
         };
         Axes { pos, head, neuron }

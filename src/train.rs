@@ -47,6 +47,7 @@ pub fn embedded_config() -> ModelConfig {
         default_prepend_bos: true,
         bos_token_id: Some(BYTE_BOS),
         eos_token_id: Some(BYTE_BOS),
+        ..ModelConfig::plain()
     }
 }
 
@@ -177,7 +178,8 @@ pub fn train_induction_model(
     if cfg.positional_embedding_type == Positional::Standard {
         // Sinusoidal start for the learned positions: relative offsets are then linear maps of
         // the embedding, so a previous-token head (and with it induction) forms sooner.
-        param("pos_embed.W_pos", sinusoidal(cfg.n_ctx, d, &dev))?;
+        let table = crate::model::sinusoidal_table(cfg.n_ctx, d, &dev)?;
+        param("pos_embed.W_pos", Ok((table * std::f64::consts::SQRT_2)?))?;
     }
     for l in 0..cfg.n_layers {
         let p = |n: &str| format!("blocks.{l}.{n}");
@@ -240,18 +242,4 @@ pub fn train_induction_model(
         .map(|(k, t)| Ok((k, t.detach().copy()?)))
         .collect::<Result<_>>()?;
     Ok(Weights { tensors })
-}
-
-/// Sinusoidal position table [n, d] (Vaswani et al.), scaled to unit variance per entry.
-fn sinusoidal(n: usize, d: usize, dev: &Device) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = (0..n)
-        .flat_map(|p| {
-            (0..d).map(move |i| {
-                let freq = 1.0 / 10000f64.powf((i / 2 * 2) as f64 / d as f64);
-                let a = p as f64 * freq;
-                (std::f64::consts::SQRT_2 * if i % 2 == 0 { a.sin() } else { a.cos() }) as f32
-            })
-        })
-        .collect();
-    Tensor::from_vec(v, (n, d), dev)
 }

@@ -330,3 +330,67 @@ fn circuits_writes_its_run_and_refuses_bad_flags() {
         assert!(dir.path().join("out/circuits/r").join(f).is_file(), "{f}");
     }
 }
+
+#[test]
+fn hooks_lists_each_family_s_hook_points() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // (family, names it must list, names it must not)
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "neox",
+            &["blocks.2.attn.hook_rot_q", "blocks.0.ln2.hook_scale"],
+            &["hook_resid_mid", "hook_pos_embed", "mlp.hook_pre_linear"],
+        ),
+        (
+            "gemma2",
+            &[
+                "blocks.0.ln1_post.hook_scale",
+                "blocks.2.ln2_post.hook_normalized",
+                "blocks.1.mlp.hook_pre_linear",
+            ],
+            &["q_norm", "hook_pos_embed"],
+        ),
+        (
+            "qwen3",
+            &[
+                "blocks.0.attn.q_norm.hook_scale",
+                "blocks.1.attn.hook_k_normed",
+                "blocks.2.hook_resid_mid",
+            ],
+            &["ln1_post"],
+        ),
+        (
+            "mistral",
+            &["blocks.2.attn.hook_rot_k"],
+            &["q_norm", "ln1_post"],
+        ),
+    ];
+    for (family, has, lacks) in cases {
+        let dir = root.join("tests/fixtures").join(family);
+        let (code, out, err) = run(HOOKLENS, &["hooks", "--model", dir.to_str().unwrap()], root);
+        assert_eq!(code, 0, "{family}: {err}");
+        for n in has {
+            assert!(out.contains(n), "{family}: {n} missing from\n{out}");
+        }
+        for n in lacks {
+            assert!(!out.contains(n), "{family}: {n} listed in\n{out}");
+        }
+    }
+}
+
+#[test]
+fn an_unsupported_architecture_is_named_with_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"{"architectures": ["BertForMaskedLM"], "hidden_size": 8}"#;
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    refused(
+        HOOKLENS,
+        &["hooks", "--model", dir.path().to_str().unwrap()],
+        &[
+            "BertForMaskedLM",
+            "GPTNeoXForCausalLM",
+            "Gemma2ForCausalLM",
+            "Qwen3ForCausalLM",
+        ],
+    );
+}

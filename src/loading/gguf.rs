@@ -113,6 +113,7 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
             .unwrap_or(true),
         bos_token_id: bos,
         eos_token_id: eos,
+        ..ModelConfig::plain()
     };
     cfg.validate()?;
     let tokenizer = tokenizer_from_metadata(md, bos, eos)

@@ -4,6 +4,7 @@ mod gguf;
 mod gpt2;
 mod hub;
 mod llama;
+mod neox;
 mod process;
 
 pub use gguf::read_gguf;
@@ -185,7 +186,9 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, To
     let raw = RawTensors::open(dir)?;
     let (w, ignored) = match cfg.original_architecture.as_str() {
         "GPT2LMHeadModel" => (gpt2::to_canonical(&raw, &cfg)?, gpt2::IGNORED),
-        "LlamaForCausalLM" => (llama::to_canonical(&raw, &cfg)?, llama::IGNORED),
+        "GPTNeoXForCausalLM" => (neox::to_canonical(&raw, &cfg)?, neox::IGNORED),
+        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
+        | "Gemma2ForCausalLM" => (llama::to_canonical(&raw, &cfg)?, llama::IGNORED),
         _ => (raw.canonical_as_is()?, &[][..]),
     };
     raw.check_all_used(ignored)?;

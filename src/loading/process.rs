@@ -45,7 +45,11 @@ impl Processing {
 /// model (folding LayerNorm turns `LN` into `LNPre`, RMSNorm into `RMSPre`).
 ///
 /// With RMSNorm only the weight is folded: there is no mean to remove, so
-/// `center_writing_weights` is skipped (as TransformerLens does).
+/// `center_writing_weights` is skipped (as TransformerLens does). Under a final logit soft-cap
+/// (Gemma 2) `center_unembed` is skipped too, as TransformerLens does: the cap is not
+/// shift-invariant, so centring would change the predictions. Post-sublayer norms (Gemma 2's
+/// `ln1_post`, `ln2_post`) and QK-norms (Qwen3) keep their weights: no linear map reads their
+/// output to fold them into.
 pub fn process_weights(w: &mut Weights, cfg: &ModelConfig, p: Processing) -> Result<ModelConfig> {
     let mut cfg = cfg.clone();
     let ln = cfg.normalization_type == Normalization::LN;
@@ -66,7 +70,7 @@ pub fn process_weights(w: &mut Weights, cfg: &ModelConfig, p: Processing) -> Res
     {
         center_writing_weights(w, &cfg)?;
     }
-    if p.center_unembed {
+    if p.center_unembed && cfg.output_logits_soft_cap.is_none() {
         center(w, "unembed.W_U")?;
         center(w, "unembed.b_U")?;
     }

@@ -6,8 +6,8 @@
 //! each is shared by `n_heads / n_key_value_heads` consecutive query heads. `hook_q`,
 //! `hook_attn_scores`, `hook_pattern`, `hook_z` and `hook_result` are per query head.
 
-use super::{kernels, linear, norm::upcast};
-use crate::config::{ModelConfig, Positional};
+use super::{kernels, linear, norm::upcast, Norm};
+use crate::config::{ModelConfig, Normalization, Positional};
 use crate::error::Result;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
 use crate::matmul::{broadcast_matmul, matmul};
@@ -30,10 +30,19 @@ pub struct Attention {
     pub b_k: Option<Tensor>,
     pub b_v: Option<Tensor>,
     pub b_o: Option<Tensor>,
+    /// QK-norm (Qwen3): RMSNorm over d_head of each query and key head.
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     n_heads: usize,
     n_kv: usize,
     d_head: usize,
-    rotary: bool,
+    /// Leading dimensions of each head that are rotated; 0 without rotary embeddings.
+    rotary_dim: usize,
+    /// q·k is divided by this.
+    attn_scale: f64,
+    soft_cap: Option<f64>,
+    /// Sliding window: the number of keys each query sees, its own included.
+    window: Option<usize>,
     layer: usize,
 }
 
@@ -56,6 +65,12 @@ impl Attention {
         let flat_b = |t: Option<Tensor>| -> Result<Option<Tensor>> {
             Ok(t.map(|t| t.flatten_all()).transpose()?)
         };
+        // Weight processing leaves these norms alone: nothing linear reads their output.
+        let qk_norm = |name: &str| -> Result<Option<Norm>> {
+            cfg.use_qk_norm
+                .then(|| Norm::load(w, &p(name), Normalization::RMS, dh, cfg.eps))
+                .transpose()
+        };
         Ok(Self {
             w_q: flat_in(w.get(&p("W_Q"), &[h, d, dh])?, h)?,
             w_k: flat_in(w.get(&p("W_K"), &[kv, d, dh])?, kv)?,
@@ -65,17 +80,31 @@ impl Attention {
             b_k: flat_b(w.get_opt(&p("b_K"), &[kv, dh])?)?,
             b_v: flat_b(w.get_opt(&p("b_V"), &[kv, dh])?)?,
             b_o: w.get_opt(&p("b_O"), &[d])?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
             n_heads: h,
             n_kv: kv,
             d_head: dh,
-            rotary: cfg.positional_embedding_type == Positional::Rotary,
+            rotary_dim: match cfg.positional_embedding_type {
+                Positional::Rotary => cfg.rotary_dim(),
+                _ => 0,
+            },
+            attn_scale: cfg.attn_scale.unwrap_or((dh as f64).sqrt()),
+            soft_cap: cfg.attn_scores_soft_cap,
+            window: cfg.window(layer),
             layer,
         })
     }
 
+    /// The sliding window of this layer, if it is a local-attention layer.
+    pub fn window(&self) -> Option<usize> {
+        self.window
+    }
+
     /// `x` [batch, pos, d_model] (normalised) -> attention output [batch, pos, d_model].
-    /// `rope` is (cos, sin) [pos, d_head] for these positions; `mask` is the additive
-    /// causal mask [pos, past + pos]; `kv` holds earlier positions when generating.
+    /// `rope` is (cos, sin) [pos, rotary_dim] for these positions; `mask` is the additive
+    /// causal (or sliding-window) mask [pos, past + pos]; `kv` holds earlier positions when
+    /// generating.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -93,10 +122,17 @@ impl Attention {
         let mut q = hooks.apply(hp(BlockHook::Q), project(&self.w_q, &self.b_q, h)?)?;
         let mut k = hooks.apply(hp(BlockHook::K), project(&self.w_k, &self.b_k, self.n_kv)?)?;
         let v = hooks.apply(hp(BlockHook::V), project(&self.w_v, &self.b_v, self.n_kv)?)?;
-        if self.rotary {
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            use BlockHook::{KNormNormalized, KNormScale, KNormed, QNormNormalized, QNormScale};
+            let qn = qn.forward(&q, hp(QNormScale), hp(QNormNormalized), hooks)?;
+            q = hooks.apply(hp(BlockHook::QNormed), qn)?;
+            let kn = kn.forward(&k, hp(KNormScale), hp(KNormNormalized), hooks)?;
+            k = hooks.apply(hp(KNormed), kn)?;
+        }
+        if self.rotary_dim > 0 {
             let (cos, sin) = rope.expect("rotary models pass cos/sin");
-            q = hooks.apply(hp(BlockHook::RotQ), apply_rotary(&q, cos, sin)?)?;
-            k = hooks.apply(hp(BlockHook::RotK), apply_rotary(&k, cos, sin)?)?;
+            q = hooks.apply(hp(BlockHook::RotQ), self.rotate(&q, cos, sin)?)?;
+            k = hooks.apply(hp(BlockHook::RotK), self.rotate(&k, cos, sin)?)?;
         }
         // [batch, heads, pos, d_head]
         // Views, not copies: the matmuls read a [batch, pos, heads, d_head] tensor as
@@ -117,13 +153,18 @@ impl Attention {
         // q.k overflows f16 and rounds badly in bf16. Their hooks see f32.
         let (q32, k32) = (upcast(&q)?, upcast(&k)?);
         let raw = matmul(&q32, &k32.t()?)?;
-        let scale = 1.0 / (dh as f64).sqrt();
-        let pattern = if kernels::applies(&raw) && !hooks.wants(hp(BlockHook::AttnScores)) {
+        let scale = 1.0 / self.attn_scale;
+        let fuse = self.soft_cap.is_none() && !hooks.wants(hp(BlockHook::AttnScores));
+        let pattern = if kernels::applies(&raw) && fuse {
             // Nothing reads the scores: scale, mask and softmax in one pass.
             let (p, n) = mask.dims2()?;
-            kernels::causal_softmax(raw, scale, n - p)?
+            kernels::causal_softmax(raw, scale, n - p, self.window)?
         } else {
-            let scores = (&raw * scale)?.broadcast_add(&mask.to_dtype(raw.dtype())?)?;
+            let mut scores = (&raw * scale)?;
+            if let Some(c) = self.soft_cap {
+                scores = ((scores / c)?.tanh()? * c)?;
+            }
+            let scores = scores.broadcast_add(&mask.to_dtype(raw.dtype())?)?;
             let scores = hooks.apply(hp(BlockHook::AttnScores), scores)?;
             // The fused softmax has no backward pass; use the composed one when training.
             match scores.track_op() {
@@ -149,6 +190,18 @@ impl Attention {
             linear(&z.reshape((b, p, h * dh))?, &self.w_o, self.b_o.as_ref())?
         };
         Ok(out)
+    }
+
+    /// Rotates the leading `rotary_dim` dimensions of each head of `x` [batch, pos, heads,
+    /// d_head], leaving the rest (GPT-NeoX's partial rotary) as they are.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let r = self.rotary_dim;
+        if r == self.d_head {
+            return apply_rotary(x, cos, sin);
+        }
+        let rotated = apply_rotary(&x.narrow(D::Minus1, 0, r)?.contiguous()?, cos, sin)?;
+        let pass = x.narrow(D::Minus1, r, self.d_head - r)?;
+        Ok(Tensor::cat(&[&rotated, &pass], D::Minus1)?)
     }
 
     /// Repeats each key/value head for the query heads that share it: [b, H_kv, p, d] -> [b, H, p, d].
@@ -179,7 +232,8 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
-/// cos and sin tables [n_pos, d_head] for positions `start..start + n_pos`.
+/// cos and sin tables [n_pos, d_head] for positions `start..start + n_pos` (`d_head`: the
+/// rotated dimensions, which set the frequencies).
 pub fn rotary_tables(
     start: usize,
     n_pos: usize,

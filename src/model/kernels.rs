@@ -16,15 +16,22 @@ pub fn applies(x: &Tensor) -> bool {
 }
 
 /// softmax(scores · scale + causal mask) over the last dimension of `scores` [.., p, offset + p],
-/// computed in place: query i (at position offset + i) attends to keys 0..=offset + i. The same
+/// computed in place: query i (at position offset + i) attends to keys 0..=offset + i, or with a
+/// sliding `window` to the last `window` of them. The same
 /// values as the three separate passes, in one pass that skips the masked keys and allocates
 /// nothing (a fresh [heads, pos, pos] buffer per layer costs more in page faults than the
 /// softmax itself at 1024 tokens). `scores` must be a tensor nothing else holds.
-pub fn causal_softmax(scores: Tensor, scale: f64, offset: usize) -> Result<Tensor> {
+pub fn causal_softmax(
+    scores: Tensor,
+    scale: f64,
+    offset: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
     let scores = scores.contiguous()?;
     scores.inplace_op1(&CausalSoftmax {
         scale: scale as f32,
         offset,
+        window: window.unwrap_or(usize::MAX),
     })?;
     Ok(scores)
 }
@@ -32,6 +39,7 @@ pub fn causal_softmax(scores: Tensor, scale: f64, offset: usize) -> Result<Tenso
 struct CausalSoftmax {
     scale: f32,
     offset: usize,
+    window: usize,
 }
 
 impl InplaceOp1 for CausalSoftmax {
@@ -55,8 +63,11 @@ impl InplaceOp1 for CausalSoftmax {
             .par_chunks_mut(n.max(1))
             .enumerate()
             .for_each(|(row, x)| {
-                let (x, masked) = x.split_at_mut(self.offset + row % p + 1);
+                let end = self.offset + row % p + 1;
+                let (x, masked) = x.split_at_mut(end);
                 masked.fill(0.0);
+                let (before, x) = x.split_at_mut(end.saturating_sub(self.window));
+                before.fill(0.0);
                 for v in x.iter_mut() {
                     *v *= self.scale;
                 }
@@ -306,17 +317,28 @@ mod tests {
 
     #[test]
     fn causal_softmax_equals_scale_mask_softmax() {
-        for (p, offset) in [(1, 0), (7, 0), (5, 3), (1, 9)] {
+        for (p, offset, window) in [
+            (1, 0, None),
+            (7, 0, None),
+            (5, 3, None),
+            (1, 9, None),
+            (7, 0, Some(3)),
+            (5, 3, Some(2)),
+            (1, 9, Some(4)),
+        ] {
             let n = offset + p;
             let s = Tensor::randn(0f32, 3.0, (2, 3, p, n), &Device::Cpu).unwrap();
-            let mask = super::super::causal_mask(p, offset, &Device::Cpu).unwrap();
+            let mask = super::super::causal_mask(p, offset, window, &Device::Cpu).unwrap();
             let composed = candle_nn::ops::softmax(
                 &(&s * 0.125).unwrap().broadcast_add(&mask).unwrap(),
                 D::Minus1,
             )
             .unwrap();
-            let fused = causal_softmax(s.copy().unwrap(), 0.125, offset).unwrap();
-            assert!(max_diff(&fused, &composed) < 1e-6, "p {p} offset {offset}");
+            let fused = causal_softmax(s.copy().unwrap(), 0.125, offset, window).unwrap();
+            assert!(
+                max_diff(&fused, &composed) < 1e-6,
+                "p {p} offset {offset} {window:?}"
+            );
         }
     }
 

@@ -4,10 +4,12 @@ mod attention;
 mod kernels;
 mod mlp;
 mod norm;
+mod positions;
 
 pub use attention::{apply_rotary, rotary_tables, Attention, LayerKv};
 pub use mlp::Mlp;
 pub use norm::{upcast, Norm};
+pub use positions::sinusoidal_table;
 
 use crate::cache::ActivationCache;
 use crate::config::{ModelConfig, Normalization, Positional};
@@ -19,36 +21,54 @@ use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 
 /// One transformer block: attention and (unless attention-only) an MLP, each reading a
-/// normalised residual stream and adding its output back.
+/// normalised residual stream and adding its output back: in sequence, or both from
+/// `resid_pre` (`parallel_attn_mlp`, GPT-NeoX). Gemma 2 normalises each output again
+/// (`ln1_post`, `ln2_post`) before adding it.
 #[derive(Debug, Clone)]
 pub struct Block {
     pub ln1: Norm,
     pub attn: Attention,
+    pub ln1_post: Option<Norm>,
     pub ln2: Option<Norm>,
     pub mlp: Option<Mlp>,
+    pub ln2_post: Option<Norm>,
+    parallel: bool,
     layer: usize,
 }
 
 impl Block {
     fn load(w: &Weights, layer: usize, cfg: &ModelConfig) -> Result<Self> {
-        let norm = |name: &str| {
+        let norm = |name: &str, kind| {
             Norm::load(
                 w,
                 &format!("blocks.{layer}.{name}"),
-                cfg.normalization_type,
+                kind,
                 cfg.d_model,
                 cfg.eps,
             )
         };
+        let pre = cfg.normalization_type;
+        // Nothing linear reads a post-norm's output, so weight processing never folds it.
+        let post = |name: &str| {
+            cfg.use_normalization_before_and_after
+                .then(|| norm(name, pre.unfolded()))
+                .transpose()
+        };
         let (ln2, mlp) = match cfg.attn_only {
             true => (None, None),
-            false => (Some(norm("ln2")?), Some(Mlp::load(w, layer, cfg)?)),
+            false => (Some(norm("ln2", pre)?), Some(Mlp::load(w, layer, cfg)?)),
         };
         Ok(Self {
-            ln1: norm("ln1")?,
+            ln1: norm("ln1", pre)?,
             attn: Attention::load(w, layer, cfg)?,
+            ln1_post: post("ln1_post")?,
             ln2,
             mlp,
+            ln2_post: match cfg.attn_only {
+                true => None,
+                false => post("ln2_post")?,
+            },
+            parallel: cfg.parallel_attn_mlp,
             layer,
         })
     }
@@ -70,12 +90,25 @@ impl Block {
             hooks,
         )?;
         let attn_out = self.attn.forward(&x, rope, mask, kv, hooks)?;
+        let attn_out = match &self.ln1_post {
+            Some(n) => n.forward(
+                &attn_out,
+                hp(BlockHook::Ln1PostScale),
+                hp(BlockHook::Ln1PostNormalized),
+                hooks,
+            )?,
+            None => attn_out,
+        };
         let attn_out = hooks.apply(hp(BlockHook::AttnOut), attn_out)?;
         let (ln2, mlp) = match (&self.ln2, &self.mlp) {
             (Some(ln2), Some(mlp)) => (ln2, mlp),
             _ => return hooks.apply(hp(BlockHook::ResidPost), (resid_pre + attn_out)?),
         };
-        let resid_mid = hooks.apply(hp(BlockHook::ResidMid), (resid_pre + attn_out)?)?;
+        // Parallel blocks: the MLP reads resid_pre too, and there is no resid_mid.
+        let resid_mid = match self.parallel {
+            true => resid_pre.clone(),
+            false => hooks.apply(hp(BlockHook::ResidMid), (&resid_pre + &attn_out)?)?,
+        };
         let x = ln2.forward(
             &resid_mid,
             hp(BlockHook::Ln2Scale),
@@ -83,8 +116,21 @@ impl Block {
             hooks,
         )?;
         let mlp_out = mlp.forward(&x, hooks)?;
+        let mlp_out = match &self.ln2_post {
+            Some(n) => n.forward(
+                &mlp_out,
+                hp(BlockHook::Ln2PostScale),
+                hp(BlockHook::Ln2PostNormalized),
+                hooks,
+            )?,
+            None => mlp_out,
+        };
         let mlp_out = hooks.apply(hp(BlockHook::MlpOut), mlp_out)?;
-        hooks.apply(hp(BlockHook::ResidPost), (resid_mid + mlp_out)?)
+        let resid_post = match self.parallel {
+            true => ((resid_pre + attn_out)? + mlp_out)?,
+            false => (resid_mid + mlp_out)?,
+        };
+        hooks.apply(hp(BlockHook::ResidPost), resid_post)
     }
 }
 
@@ -116,7 +162,7 @@ pub struct HookedTransformer {
     pub cfg: ModelConfig,
     /// [d_vocab, d_model]
     pub w_e: Tensor,
-    /// [n_ctx, d_model], learned positions only.
+    /// [n_ctx, d_model]: learned positions, or the fixed sinusoidal table.
     pub w_pos: Option<Tensor>,
     pub blocks: Vec<Block>,
     pub ln_final: Norm,
@@ -136,6 +182,9 @@ impl HookedTransformer {
         let device = w_e.device().clone();
         let w_pos = match cfg.positional_embedding_type {
             Positional::Standard => Some(w.get("pos_embed.W_pos", &[cfg.n_ctx, cfg.d_model])?),
+            Positional::Sinusoidal => {
+                Some(sinusoidal_table(cfg.n_ctx, cfg.d_model, &device)?.to_dtype(w_e.dtype())?)
+            }
             Positional::Rotary => None,
         };
         let blocks = (0..cfg.n_layers)
@@ -325,7 +374,11 @@ impl HookedTransformer {
             hooks,
         )?;
         let b_u = self.b_u.as_ref().map(upcast).transpose()?;
-        linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())
+        let logits = linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())?;
+        match self.cfg.output_logits_soft_cap {
+            Some(c) => Ok(((logits / c)?.tanh()? * c)?),
+            None => Ok(logits),
+        }
     }
 
     /// Token + position embeddings for `tokens` starting at position `offset`.
@@ -370,16 +423,26 @@ impl HookedTransformer {
             Positional::Rotary => Some(rotary_tables(
                 offset,
                 p,
-                self.cfg.d_head,
+                self.cfg.rotary_dim(),
                 self.cfg.rotary_base,
                 &self.device,
             )?),
-            Positional::Standard => None,
+            Positional::Standard | Positional::Sinusoidal => None,
         };
-        let mask = causal_mask(p, offset, &self.device)?;
+        let global = causal_mask(p, offset, None, &self.device)?;
+        let local = match self.cfg.window_size {
+            Some(w) if !self.cfg.attn_types.is_empty() => {
+                Some(causal_mask(p, offset, Some(w), &self.device)?)
+            }
+            _ => None,
+        };
         for l in start..stop {
             let layer_kv = kv.as_deref_mut().map(|kv| &mut kv[l]);
-            resid = self.blocks[l].forward(resid, rope.as_ref(), &mask, layer_kv, hooks)?;
+            let mask = match (self.blocks[l].attn.window(), &local) {
+                (Some(_), Some(local)) => local,
+                _ => &global,
+            };
+            resid = self.blocks[l].forward(resid, rope.as_ref(), mask, layer_kv, hooks)?;
         }
         Ok(resid)
     }
@@ -439,7 +502,7 @@ impl HookedTransformer {
     /// Every hook point this model has, in forward order.
     pub fn hook_points(&self) -> Vec<HookPoint> {
         let mut v = vec![HookPoint::Embed];
-        if self.cfg.positional_embedding_type == Positional::Standard {
+        if self.cfg.positional_embedding_type != Positional::Rotary {
             v.push(HookPoint::PosEmbed);
         }
         for l in 0..self.cfg.n_layers {
@@ -461,7 +524,7 @@ impl HookedTransformer {
         let norm = c.normalization_type != Normalization::None;
         match *p {
             HookPoint::Embed => true,
-            HookPoint::PosEmbed => c.positional_embedding_type == Positional::Standard,
+            HookPoint::PosEmbed => c.positional_embedding_type != Positional::Rotary,
             HookPoint::LnFinalScale | HookPoint::LnFinalNormalized => norm,
             HookPoint::Block(l, h) => {
                 use BlockHook::*;
@@ -469,7 +532,14 @@ impl HookedTransformer {
                     && match h {
                         Ln1Scale | Ln1Normalized => norm,
                         RotQ | RotK => c.positional_embedding_type == Positional::Rotary,
-                        ResidMid | MlpPre | MlpPost | MlpOut => !c.attn_only,
+                        QNormScale | QNormNormalized | QNormed | KNormScale | KNormNormalized
+                        | KNormed => c.use_qk_norm,
+                        Ln1PostScale | Ln1PostNormalized => c.use_normalization_before_and_after,
+                        Ln2PostScale | Ln2PostNormalized => {
+                            c.use_normalization_before_and_after && !c.attn_only
+                        }
+                        ResidMid => !c.attn_only && !c.parallel_attn_mlp,
+                        MlpPre | MlpPost | MlpOut => !c.attn_only,
                         Ln2Scale | Ln2Normalized => !c.attn_only && norm,
                         MlpPreLinear => !c.attn_only && c.gated_mlp,
                         _ => true,
@@ -648,13 +718,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Additive causal mask [p, offset + p]: 0 where query i (at position offset + i) may attend
-/// to key j, -inf after it.
-fn causal_mask(p: usize, offset: usize, device: &Device) -> Result<Tensor> {
+/// to key j, -inf after it and, with a sliding `window`, at `window` or more positions before it.
+fn causal_mask(p: usize, offset: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
     let n = offset + p;
+    let w = window.unwrap_or(usize::MAX);
     let v: Vec<f32> = (0..p)
         .flat_map(|i| {
             (0..n).map(move |j| {
-                if j <= offset + i {
+                if j <= offset + i && offset + i - j < w {
                     0.0
                 } else {
                     f32::NEG_INFINITY

@@ -1,0 +1,271 @@
+//! Parity of the model families (GPT-NeoX, Gemma 2, Qwen2, Qwen3, Mistral) with
+//! TransformerLens 4.3 and transformers at every hook point the reference exposes, unprocessed
+//! and processed, on small random checkpoints (tests/reference/make_families_reference.py).
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use common::*;
+use hooklens::{load_model, HookedTransformer, LoadOptions, NameFilter, Processing};
+
+const TOL: f32 = 1e-4;
+
+fn load(family: &str, processing: Processing) -> HookedTransformer {
+    let dir = root().join("tests/fixtures").join(family);
+    let opts = LoadOptions {
+        processing,
+        ..Default::default()
+    };
+    load_model(Some(dir.to_str().unwrap()), &opts).unwrap().0
+}
+
+/// The reference's activation in our layout. The bridge shows QK-norm activations as
+/// [head, pos, ..] (after Hugging Face's transpose); hooklens keeps every per-head hook
+/// [pos, head, ..] like hook_q. Masked attention scores are -inf here and the most negative
+/// float there: both become -1e4.
+fn ours_vs_reference(hook: &str, got: &Tensor, want: &Tensor) -> f32 {
+    let qk_norm = [".q_norm.", ".k_norm.", "_normed"];
+    let want = match qk_norm.iter().any(|s| hook.contains(s)) {
+        true => want.transpose(0, 1).unwrap(),
+        false => want.clone(),
+    };
+    let (got, want) = match hook.ends_with("hook_attn_scores") {
+        true => (
+            got.clamp(-1e4f32, f32::MAX).unwrap(),
+            want.clamp(-1e4f32, f32::MAX).unwrap(),
+        ),
+        false => (got.clone(), want),
+    };
+    // Relative to the activation's scale: residual streams of random models grow large.
+    max_abs_diff(&got, &want) / max_abs(&want).max(1.0)
+}
+
+fn check(family: &str) {
+    let r = candle_core::safetensors::load(
+        root().join(format!("tests/reference/{family}_ref.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (mode, processing) in [
+        ("unprocessed", Processing::none()),
+        ("processed", Processing::default()),
+    ] {
+        let model = load(family, processing);
+        let mut worst_lp = 0f32;
+        let mut worst = (0f32, String::new());
+        let mut compared = 0;
+        for i in 0.. {
+            let Some(tokens) = r.get(&format!("p{i}.tokens")) else {
+                break;
+            };
+            let tokens = tokens.to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap();
+            let (logits, cache) = model.run_with_cache(&tokens, NameFilter::All).unwrap();
+            let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
+            worst_lp = worst_lp.max(max_abs_diff(&lp, &r[&format!("{mode}.p{i}.logprobs")]));
+            if mode == "unprocessed" {
+                worst_lp = worst_lp.max(max_abs_diff(&lp, &r[&format!("hf.p{i}.logprobs")]));
+            }
+            let key = format!("{mode}.p{i}.");
+            for (name, want) in r
+                .iter()
+                .filter(|(k, _)| k.starts_with(&key) && !k.ends_with("logprobs"))
+            {
+                let hook = &name[key.len()..];
+                let got = cache
+                    .get_by_name(hook)
+                    .unwrap_or_else(|e| panic!("{family}: no {hook} in our cache: {e}"))
+                    .i(0)
+                    .unwrap();
+                let d = ours_vs_reference(hook, &got, want);
+                if d > worst.0 || worst.1.is_empty() {
+                    worst = (d.max(worst.0), hook.to_string());
+                }
+                compared += 1;
+            }
+        }
+        eprintln!(
+            "{family} {mode}: {compared} activations compared, worst log-prob diff {worst_lp:.2e}, \
+             worst relative activation diff {:.2e} at {}",
+            worst.0, worst.1
+        );
+        assert!(
+            compared >= 100,
+            "{family}: only {compared} activations compared"
+        );
+        assert!(
+            worst_lp < TOL,
+            "{family} {mode}: log-probs differ by {worst_lp}"
+        );
+        assert!(
+            worst.0 < TOL,
+            "{family} {mode}: {} differs by {}",
+            worst.1,
+            worst.0
+        );
+    }
+}
+
+#[test]
+fn gpt_neox_matches_transformerlens() {
+    check("neox");
+}
+
+#[test]
+fn gemma2_matches_transformerlens() {
+    check("gemma2");
+}
+
+#[test]
+fn qwen2_matches_transformerlens() {
+    check("qwen2");
+}
+
+#[test]
+fn qwen3_matches_transformerlens() {
+    check("qwen3");
+}
+
+#[test]
+fn mistral_matches_transformerlens() {
+    check("mistral");
+}
+
+/// The sinusoidal table against the formula as the PyTorch tutorial writes it (frequencies
+/// through exp and log rather than a power): sin on even dimensions, cos on odd, base 10000.
+#[test]
+fn sinusoidal_table_matches_the_formula() {
+    let (n, d) = (50, 16);
+    let table = hooklens::model::sinusoidal_table(n, d, &Device::Cpu).unwrap();
+    let got: Vec<Vec<f32>> = table.to_vec2().unwrap();
+    for (p, row) in got.iter().enumerate() {
+        for (i, &x) in row.iter().enumerate() {
+            let freq = (-((i - i % 2) as f64) * 10000f64.ln() / d as f64).exp();
+            let want = match i % 2 {
+                0 => (p as f64 * freq).sin(),
+                _ => (p as f64 * freq).cos(),
+            };
+            assert!((x as f64 - want).abs() < 1e-6, "({p}, {i}): {x} vs {want}");
+        }
+    }
+}
+
+/// A one-layer, two-head attention-only model with sinusoidal positions and no norms, run
+/// against the same forward written out in f64 loops.
+#[test]
+fn sinusoidal_forward_matches_a_hand_computed_one() {
+    use hooklens::config::{ModelConfig, Normalization, Positional};
+    let (d, h, dh, v, n_ctx) = (6, 2, 3, 5, 8);
+    let cfg = ModelConfig {
+        n_layers: 1,
+        d_model: d,
+        n_heads: h,
+        d_head: dh,
+        n_key_value_heads: h,
+        d_vocab: v,
+        n_ctx,
+        normalization_type: Normalization::None,
+        positional_embedding_type: Positional::Sinusoidal,
+        attn_only: true,
+        original_architecture: "HookedTransformer".into(),
+        ..ModelConfig::plain()
+    };
+    // Deterministic pseudo-random weights in [-1, 1).
+    let mut seed = 7u64;
+    let mut rand = |len: usize| -> Vec<f64> {
+        (0..len)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    };
+    let (w_e, w_q, w_k, w_v, w_o, w_u) = (
+        rand(v * d),
+        rand(h * d * dh),
+        rand(h * d * dh),
+        rand(h * d * dh),
+        rand(h * dh * d),
+        rand(d * v),
+    );
+    let t = |x: &[f64], shape: &[usize]| {
+        Tensor::from_vec(
+            x.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let mut w = hooklens::Weights::default();
+    w.insert("embed.W_E", t(&w_e, &[v, d]));
+    w.insert("blocks.0.attn.W_Q", t(&w_q, &[h, d, dh]));
+    w.insert("blocks.0.attn.W_K", t(&w_k, &[h, d, dh]));
+    w.insert("blocks.0.attn.W_V", t(&w_v, &[h, d, dh]));
+    w.insert("blocks.0.attn.W_O", t(&w_o, &[h, dh, d]));
+    w.insert("unembed.W_U", t(&w_u, &[d, v]));
+    let model = HookedTransformer::new(cfg, &w).unwrap();
+    let tokens = [3u32, 1, 4, 1, 0, 2, 2];
+    let p = tokens.len();
+    let input = Tensor::new(&tokens[..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let (logits, cache) = model.run_with_cache(&input, NameFilter::All).unwrap();
+
+    // By hand: x = W_E[t] + PE; per head softmax(q k^T / sqrt(d_head)) causal; out = z W_O.
+    let pe = |pos: usize, i: usize| {
+        let angle = pos as f64 / 10000f64.powf((i - i % 2) as f64 / d as f64);
+        if i.is_multiple_of(2) {
+            angle.sin()
+        } else {
+            angle.cos()
+        }
+    };
+    let x: Vec<Vec<f64>> = (0..p)
+        .map(|pos| {
+            (0..d)
+                .map(|i| w_e[tokens[pos] as usize * d + i] + pe(pos, i))
+                .collect()
+        })
+        .collect();
+    let proj = |w: &[f64], hd: usize, row: &[f64]| -> Vec<f64> {
+        (0..dh)
+            .map(|j| (0..d).map(|i| row[i] * w[(hd * d + i) * dh + j]).sum())
+            .collect()
+    };
+    let mut resid = x.clone();
+    for hd in 0..h {
+        let q: Vec<_> = x.iter().map(|r| proj(&w_q, hd, r)).collect();
+        let k: Vec<_> = x.iter().map(|r| proj(&w_k, hd, r)).collect();
+        let vv: Vec<_> = x.iter().map(|r| proj(&w_v, hd, r)).collect();
+        for i in 0..p {
+            let s: Vec<f64> = (0..=i)
+                .map(|j| (0..dh).map(|c| q[i][c] * k[j][c]).sum::<f64>() / (dh as f64).sqrt())
+                .collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|s| (s - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let z: Vec<f64> = (0..dh)
+                .map(|c| (0..=i).map(|j| e[j] / sum * vv[j][c]).sum())
+                .collect();
+            for o in 0..d {
+                resid[i][o] += (0..dh)
+                    .map(|c| z[c] * w_o[(hd * dh + c) * d + o])
+                    .sum::<f64>();
+            }
+        }
+    }
+    let w_u = &w_u;
+    let want: Vec<f64> = resid
+        .iter()
+        .flat_map(|r| (0..v).map(move |o| (0..d).map(|i| r[i] * w_u[i * v + o]).sum::<f64>()))
+        .collect();
+    let pos_embed = cache.get_by_name("hook_pos_embed").unwrap().i(0).unwrap();
+    let pe_want: Vec<f64> = (0..p)
+        .flat_map(|pos| (0..d).map(move |i| pe(pos, i)))
+        .collect();
+    assert!(max_abs_diff(&pos_embed, &t(&pe_want, &[p, d])) < 1e-6);
+    let d_logits = max_abs_diff(&logits.i(0).unwrap(), &t(&want, &[p, v]));
+    assert!(d_logits < 1e-4, "logits differ by {d_logits}");
+}
