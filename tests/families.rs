@@ -269,3 +269,46 @@ fn sinusoidal_forward_matches_a_hand_computed_one() {
     let d_logits = max_abs_diff(&logits.i(0).unwrap(), &t(&want, &[p, v]));
     assert!(d_logits < 1e-4, "logits differ by {d_logits}");
 }
+
+/// Generation with a KV cache (a prompt, then one token at a time) gives the logits of the full
+/// forward at every position: sliding windows and soft-caps across the cache boundary.
+#[test]
+fn kv_cache_steps_equal_the_full_forward_in_every_family() {
+    use hooklens::model::LayerKv;
+    for family in ["neox", "gemma2", "qwen2", "qwen3", "mistral"] {
+        let model = load(family, Processing::default());
+        let r = candle_core::safetensors::load(
+            root().join(format!("tests/reference/{family}_ref.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let tokens = r["p1.tokens"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let n = tokens.dim(1).unwrap();
+        let full = model
+            .forward(&tokens, &mut hooklens::Hooks::none())
+            .unwrap();
+        let mut kv = vec![LayerKv::default(); model.cfg.n_layers];
+        let mut steps = vec![model
+            .forward_cached(
+                &tokens.narrow(1, 0, 7).unwrap(),
+                &mut kv,
+                &mut hooklens::Hooks::none(),
+            )
+            .unwrap()];
+        for pos in 7..n {
+            let t = tokens.narrow(1, pos, 1).unwrap();
+            steps.push(
+                model
+                    .forward_cached(&t, &mut kv, &mut hooklens::Hooks::none())
+                    .unwrap(),
+            );
+        }
+        let stepped = Tensor::cat(&steps, 1).unwrap();
+        let d = max_abs_diff(&stepped, &full);
+        assert!(d < 1e-4, "{family}: cached logits differ by {d}");
+    }
+}

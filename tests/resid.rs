@@ -589,3 +589,86 @@ fn lens_and_dla_agree_across_padding_and_half_precision() {
         );
     }
 }
+
+#[test]
+fn family_decompositions_sum_back_and_the_lens_ends_at_the_model() {
+    let load = |family: &str| {
+        let dir = common::root().join("tests/fixtures").join(family);
+        hooklens::load_model(Some(dir.to_str().unwrap()), &Default::default()).unwrap()
+    };
+    for family in ["neox", "qwen2", "qwen3", "mistral"] {
+        let (model, tok) = load(family);
+        let t = tok
+            .to_tokens(
+                &["The capital of France is Paris", "a b"],
+                true,
+                &Device::Cpu,
+            )
+            .unwrap();
+        invariants(&model, &t);
+    }
+    // GPT-NeoX's MLP reads resid_pre: its input decomposes without the layer's attention.
+    let (neox, tok) = load("neox");
+    let t = tok
+        .to_tokens(&["def add(a, b)"], true, &Device::Cpu)
+        .unwrap();
+    let (_, cache) = neox.run_with_cache(&t, NameFilter::All).unwrap();
+    let opts = ResidOpts {
+        layer: Some(1),
+        mlp_input: true,
+        ..Default::default()
+    };
+    let parts = cache
+        .decompose_resid(&neox, &opts, Mode::All, true)
+        .unwrap();
+    assert!(
+        !parts.labels.contains(&"1_attn_out".to_string()),
+        "{:?}",
+        parts.labels
+    );
+    let resid_pre = cache.block(1, BlockHook::ResidPre).unwrap();
+    assert!(max_abs_diff(&parts.stack.sum(0).unwrap(), resid_pre) < 1e-4);
+    let acc = cache.accumulated_resid(&neox, &opts, true).unwrap();
+    assert_eq!(acc.labels, ["0_pre", "1_pre"]);
+
+    // Gemma 2: layers add up (after their post-norms), the lens ends at the soft-capped
+    // logits, and a split into heads is refused rather than wrong.
+    let (gemma, tok) = load("gemma2");
+    let t = tok
+        .to_tokens(&["The capital of France is Paris"], true, &Device::Cpu)
+        .unwrap();
+    let (logits, cache) = gemma.run_with_cache(&t, NameFilter::All).unwrap();
+    let all = ResidOpts::default();
+    let layers = cache
+        .decompose_resid(&gemma, &all, Mode::All, true)
+        .unwrap();
+    let resid = cache.block(2, BlockHook::ResidPost).unwrap();
+    assert!(max_abs_diff(&layers.stack.sum(0).unwrap(), resid) < 1e-4 * max_abs(resid));
+    let e = cache
+        .stack_head_results(&gemma, &all)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ln1_post") && e.contains("hook_attn_out"), "{e}");
+    let cells = logit_lens(
+        &gemma,
+        &cache,
+        &LensOpts {
+            k: 3,
+            target: None,
+            pos: Positions::All,
+            incl_mid: true,
+        },
+    )
+    .unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+    let last = cells.iter().map(|c| c.entry).max().unwrap();
+    for c in cells.iter().filter(|c| c.entry == last) {
+        let row: Vec<f32> = lp.i((c.batch, c.pos)).unwrap().to_vec1().unwrap();
+        for &(id, v) in &c.top {
+            assert!(
+                (row[id as usize] - v).abs() < 1e-4,
+                "final lens entry = log-probs"
+            );
+        }
+    }
+}

@@ -294,3 +294,36 @@ fn a_padded_batch_gives_the_mean_of_each_prompt_alone() {
         }
     }
 }
+
+/// The families' new axes (sliding windows, soft-caps, post-norms, QK-norm, parallel blocks,
+/// partial rotary) under the sweep engine's prefix reuse and causal suffix.
+#[test]
+fn sweeps_equal_the_naive_loop_on_every_model_family() {
+    for family in ["neox", "gemma2", "qwen2", "qwen3", "mistral"] {
+        let dir = root().join("tests/fixtures").join(family);
+        let (model, tok) =
+            load_model(Some(dir.to_str().unwrap()), &LoadOptions::default()).unwrap();
+        let pair = |clean: &str, corrupted: &str| PromptPair {
+            clean: clean.into(),
+            corrupted: corrupted.into(),
+            answer: ",".into(),
+            wrong: ".".into(),
+            line: None,
+        };
+        let pairs = [
+            pair(
+                "The capital of France is Paris, and of Italy",
+                "The capital of Italy is Paris, and of France",
+            ),
+            pair("def add(a, b): return a + b", "def add(b, a): return b + a"),
+        ];
+        let t = tokenize_pairs(&pairs, &tok, true, family).unwrap();
+        let batch = PairBatch::new(&t, 0, model.device()).unwrap();
+        assert!(
+            batch.lengths.iter().all(|&l| l > 6),
+            "{family}: longer than the windows"
+        );
+        eprintln!("{family}: {:?} tokens", batch.lengths);
+        assert_sweep_equals_naive(&model, &batch);
+    }
+}

@@ -86,6 +86,8 @@ pub fn logit_lens(
         if let Some(b_u) = &b_u {
             logits = logits.broadcast_add(b_u)?;
         }
+        // As the model's own output (Gemma 2): the last entry reads as its real prediction.
+        let logits = model.soft_cap_logits(logits)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let entropy: Vec<f32> = (log_probs.exp()? * &log_probs)?
             .sum(D::Minus1)?

@@ -109,7 +109,9 @@ impl ActivationCache {
     ) -> Result<ResidStack> {
         let n = model.cfg.n_layers;
         let layer = self.resolve_layer(model, opts.layer)?;
-        let incl_mid = incl_mid && !model.cfg.attn_only;
+        // A parallel block (GPT-NeoX) has no resid_mid: its MLP reads resid_pre.
+        let incl_mid = incl_mid && !model.cfg.attn_only && !model.cfg.parallel_attn_mlp;
+        let mlp_input = opts.mlp_input && !model.cfg.parallel_attn_mlp;
         let (mut parts, mut labels) = (vec![], vec![]);
         for l in 0..=layer {
             if l == n {
@@ -119,7 +121,7 @@ impl ActivationCache {
             }
             parts.push(self.block(l, BlockHook::ResidPre)?.clone());
             labels.push(format!("{l}_pre"));
-            if (incl_mid && l < layer) || (opts.mlp_input && l == layer) {
+            if (incl_mid && l < layer) || (mlp_input && l == layer) {
                 parts.push(self.block(l, BlockHook::ResidMid)?.clone());
                 labels.push(format!("{l}_mid"));
             }
@@ -160,7 +162,8 @@ impl ActivationCache {
                 labels.push(format!("{l}_mlp_out"));
             }
         }
-        if opts.mlp_input && incl_attn {
+        // The MLP of a sequential block also reads its own layer's attention output.
+        if opts.mlp_input && incl_attn && !model.cfg.parallel_attn_mlp {
             parts.push(self.block(layer, BlockHook::AttnOut)?.clone());
             labels.push(format!("{layer}_attn_out"));
         }
@@ -186,6 +189,7 @@ impl ActivationCache {
         opts: &ResidOpts,
     ) -> Result<ResidStack> {
         let layer = self.resolve_layer(model, opts.layer)?;
+        no_post_norms(model, "heads")?;
         let (mut parts, mut labels) = (vec![], vec![]);
         for l in 0..layer {
             // [batch, pos, H, d_model] -> H entries of [batch, pos, d_model]
@@ -221,6 +225,7 @@ impl ActivationCache {
         neurons: &Neurons,
     ) -> Result<ResidStack> {
         let layer = self.resolve_layer(model, opts.layer)?;
+        no_post_norms(model, "neurons")?;
         let d_mlp = model.cfg.d_mlp;
         let (mut parts, mut labels) = (vec![], vec![]);
         for l in 0..layer {
@@ -277,7 +282,7 @@ impl ActivationCache {
         let heads = self.stack_head_results(
             model,
             &ResidOpts {
-                layer: Some(layer + opts.mlp_input as usize),
+                layer: Some(layer + (opts.mlp_input && !model.cfg.parallel_attn_mlp) as usize),
                 ..raw
             },
         )?;
@@ -500,7 +505,8 @@ pub fn accumulated_bias(
     include_mlp: bool,
 ) -> Result<Tensor> {
     let mut acc = Tensor::zeros(model.cfg.d_model, candle_core::DType::F32, model.device())?;
-    for l in 0..layer + mlp_input as usize {
+    let own_attn = mlp_input && !model.cfg.parallel_attn_mlp;
+    for l in 0..layer + own_attn as usize {
         let block = model.block(l)?;
         if let Some(b) = &block.attn.b_o {
             acc = (acc + upcast(b)?)?;
@@ -535,6 +541,21 @@ fn stack_at(parts: &[Tensor], pos: Positions) -> Result<Tensor> {
         .map(|t| pos.apply(&upcast(t)?))
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::stack(&parts, 0)?)
+}
+
+/// Refuses a per-head or per-neuron decomposition of a model that normalises each sublayer's
+/// output (Gemma 2): `ln1_post` rescales the sum of the heads, so their separate outputs do not
+/// add up to `hook_attn_out` (nor the neurons' to `hook_mlp_out`).
+fn no_post_norms(model: &HookedTransformer, units: &str) -> Result<()> {
+    match model.cfg.use_normalization_before_and_after {
+        false => Ok(()),
+        true => Err(Error::Unsupported(format!(
+            "splitting the residual stream into {units} on {}: its post-sublayer norms \
+             (ln1_post, ln2_post) rescale the sum of the {units}' outputs, so the parts would not \
+             add up; decompose by layer (hook_attn_out, hook_mlp_out) instead",
+            model.cfg.original_architecture
+        ))),
+    }
 }
 
 fn no_mlp() -> Error {

@@ -160,7 +160,8 @@ impl Metric {
                     &mut Hooks::none(),
                 )?;
                 let x = x.squeeze(0)?.to_dtype(DType::F32)?;
-                // logit(a) - logit(w) = x · (W_U[:, a] - W_U[:, w]) + b_U[a] - b_U[w].
+                // logit(a) - logit(w), each x · W_U[:, i] + b_U[i] (soft-capped where the model
+                // caps its logits).
                 let pick = |ids: Vec<u32>| -> Result<Tensor> {
                     let ids = Tensor::new(ids, x.device())?;
                     let w = model.w_u.to_dtype(DType::F32)?.index_select(&ids, 1)?.t()?;
@@ -168,7 +169,7 @@ impl Metric {
                         Some(b) => b.to_dtype(DType::F32)?.index_select(&ids, 0)?,
                         None => Tensor::zeros(ids.dim(0)?, DType::F32, x.device())?,
                     };
-                    Ok((x.mul(&w)?.sum(1)? + b)?)
+                    model.soft_cap_logits((x.mul(&w)?.sum(1)? + b)?)
                 };
                 let a = pick(which.iter().map(|&r| t.answers[prompt(r)]).collect())?;
                 let w = pick(which.iter().map(|&r| t.wrong[prompt(r)]).collect())?;

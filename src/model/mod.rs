@@ -375,6 +375,12 @@ impl HookedTransformer {
         )?;
         let b_u = self.b_u.as_ref().map(upcast).transpose()?;
         let logits = linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())?;
+        self.soft_cap_logits(logits)
+    }
+
+    /// The final logit soft-cap `c·tanh(logits / c)` where the model has one (Gemma 2), for
+    /// code that computes some logits itself rather than through [`Self::unembed`].
+    pub fn soft_cap_logits(&self, logits: Tensor) -> Result<Tensor> {
         match self.cfg.output_logits_soft_cap {
             Some(c) => Ok(((logits / c)?.tanh()? * c)?),
             None => Ok(logits),
