@@ -149,35 +149,42 @@ fn run(a: Args) -> Result<()> {
         "top_components.png",
         "bar chart of the components with the largest |contribution|",
     );
-    let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
-    let mut grid = vec![vec![0f32; nh]; nl];
-    for c in dla.contributions.iter().filter(|c| c.kind == "head") {
-        if let (Some(l), Some(h)) = (c.layer, c.head) {
-            grid[l as usize][h as usize] = c.value;
+    // Models with post-sublayer norms (Gemma 2) attribute whole attention layers, not heads.
+    if dla.contributions.iter().any(|c| c.kind == "head") {
+        let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
+        let mut grid = vec![vec![0f32; nh]; nl];
+        for c in dla.contributions.iter().filter(|c| c.kind == "head") {
+            if let (Some(l), Some(h)) = (c.layer, c.head) {
+                grid[l as usize][h as usize] = c.value;
+            }
         }
+        Heatmap {
+            title: &format!("Head contributions: {what}"),
+            values: &grid,
+            row_labels: &(0..nl).map(|l| format!("L{l}")).collect::<Vec<_>>(),
+            col_labels: &(0..nh).map(|h| format!("H{h}")).collect::<Vec<_>>(),
+            x_desc: "head",
+            y_desc: "layer",
+            diverging: true,
+            ..Default::default()
+        }
+        .write(&run.file("heads.png"))?;
+        manifest.add_file(
+            "heads.png",
+            "layers x heads heatmap of head contributions (red pushes towards the answer)",
+        );
     }
-    Heatmap {
-        title: &format!("Head contributions: {what}"),
-        values: &grid,
-        row_labels: &(0..nl).map(|l| format!("L{l}")).collect::<Vec<_>>(),
-        col_labels: &(0..nh).map(|h| format!("H{h}")).collect::<Vec<_>>(),
-        x_desc: "head",
-        y_desc: "layer",
-        diverging: true,
-        ..Default::default()
-    }
-    .write(&run.file("heads.png"))?;
-    manifest.add_file(
-        "heads.png",
-        "layers x heads heatmap of head contributions (red pushes towards the answer)",
-    );
     run.write_manifest(&manifest)?;
 
     let sum: f32 = dla.contributions.iter().map(|c| c.value).sum();
     let mut out = std::io::stdout().lock();
+    let capped = match model.cfg.output_logits_soft_cap {
+        Some(_) => " (before the final logit soft-cap)",
+        None => "",
+    };
     writeln!(
         out,
-        "logit difference {:.4}; sum of the {} contributions {sum:.4} (|diff| {:.1e})",
+        "logit difference{capped} {:.4}; sum of the {} contributions {sum:.4} (|diff| {:.1e})",
         dla.logit_diff,
         dla.contributions.len(),
         (sum - dla.logit_diff).abs()

@@ -672,3 +672,54 @@ fn family_decompositions_sum_back_and_the_lens_ends_at_the_model() {
         }
     }
 }
+
+/// DLA adds up on every family: heads and neurons where they add up, whole attention layers
+/// under Gemma 2's post-norms (and its logit difference before the final soft-cap).
+#[test]
+fn family_dla_parts_add_up_to_the_logit_difference() {
+    use hooklens::analysis::dla::direct_logit_attribution;
+    for family in ["neox", "gemma2", "qwen2", "qwen3", "mistral"] {
+        let dir = common::root().join("tests/fixtures").join(family);
+        let (model, tok) =
+            hooklens::load_model(Some(dir.to_str().unwrap()), &Default::default()).unwrap();
+        let texts = ["The capital of France is Paris", "def add(a, b): return"];
+        let t = tok.to_tokens(&texts, true, &Device::Cpu).unwrap();
+        let last: Vec<usize> = tok
+            .lengths(&texts, true)
+            .unwrap()
+            .iter()
+            .map(|l| l - 1)
+            .collect();
+        let (logits, cache) = model.run_with_cache(&t, NameFilter::All).unwrap();
+        let (a, w) = (tok.encode(",").unwrap(), tok.encode(".").unwrap());
+        let (answers, wrong) = (vec![a[0]; 2], vec![w[0]; 2]);
+        let post_norms = model.cfg.use_normalization_before_and_after;
+        for expand in [false, true] {
+            let d = direct_logit_attribution(
+                &model,
+                &cache,
+                &logits,
+                (&answers, &wrong),
+                &last,
+                expand,
+            );
+            if expand && post_norms {
+                let e = d.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(
+                    e.contains("ln2_post"),
+                    "{family}: neurons under post-norms: {e}"
+                );
+                continue;
+            }
+            let d = d.unwrap();
+            let kinds: Vec<&str> = d.contributions.iter().map(|c| c.kind).collect();
+            assert_eq!(kinds.contains(&"attn"), post_norms, "{family}: {kinds:?}");
+            let sum: f32 = d.contributions.iter().map(|c| c.value).sum();
+            assert!(
+                (sum - d.logit_diff).abs() < 1e-4 * d.logit_diff.abs().max(1.0),
+                "{family} expand {expand}: sum {sum} vs logit diff {}",
+                d.logit_diff
+            );
+        }
+    }
+}

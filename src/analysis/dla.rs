@@ -69,10 +69,16 @@ pub fn direct_logit_attribution(
     let all = ResidOpts::default();
     let n = model.cfg.n_layers;
     let mut parts: Vec<(Tensor, Vec<String>)> = vec![];
-    let heads = cache.stack_head_results(model, &all)?;
+    // Gemma 2's ln1_post rescales the sum of a layer's heads, so its heads do not add up: whole
+    // attention layers are the components there (their b_O included).
+    let post_norms = model.cfg.use_normalization_before_and_after;
+    let attn = match post_norms {
+        true => cache.decompose_resid(model, &all, Mode::Attn, false)?,
+        false => cache.stack_head_results(model, &all)?,
+    };
     parts.push((
-        cache.attrs_along(model, &heads.stack, &dirs, Positions::All)?,
-        heads.labels,
+        cache.attrs_along(model, &attn.stack, &dirs, Positions::All)?,
+        attn.labels,
     ));
     if !model.cfg.attn_only {
         parts.push(match expand_neurons {
@@ -97,14 +103,16 @@ pub fn direct_logit_attribution(
         cache.attrs_along(model, &embeds.stack, &dirs, Positions::All)?,
         embeds.labels,
     ));
-    let bias = accumulated_bias(model, n, false, expand_neurons)?;
-    let bias = bias
-        .broadcast_as((1, b, p, model.cfg.d_model))?
-        .contiguous()?;
-    parts.push((
-        cache.attrs_along(model, &bias, &dirs, Positions::All)?,
-        vec!["bias".into()],
-    ));
+    if !post_norms {
+        let bias = accumulated_bias(model, n, false, expand_neurons)?;
+        let bias = bias
+            .broadcast_as((1, b, p, model.cfg.d_model))?
+            .contiguous()?;
+        parts.push((
+            cache.attrs_along(model, &bias, &dirs, Positions::All)?,
+            vec!["bias".into()],
+        ));
+    }
 
     // Each row at its own last position, then the batch mean: [components].
     let rows: Vec<u32> = last.iter().map(|&q| q as u32).collect();
@@ -128,7 +136,16 @@ pub fn direct_logit_attribution(
         neuron: None,
         value: constant.mean_all()?.to_scalar::<f32>()?,
     });
-    let logit_diff = logit_differences(logits, answers, wrong, last)?;
+    // The attribution is linear: under a final soft-cap it explains the logits before the cap.
+    let logits = match model.cfg.output_logits_soft_cap {
+        Some(c) => {
+            // c·atanh(y / c), with atanh(x) = ½·ln((1 + x) / (1 − x)).
+            let x = (upcast(logits)? / c)?.clamp(-1.0 + 1e-7, 1.0 - 1e-7)?;
+            (((x.affine(1.0, 1.0)? / x.affine(-1.0, 1.0)?)?.log()? * 0.5)? * c)?
+        }
+        None => logits.clone(),
+    };
+    let logit_diff = logit_differences(&logits, answers, wrong, last)?;
     Ok(Dla {
         contributions,
         logit_diff,
@@ -158,6 +175,8 @@ fn describe(label: &str, value: f32) -> Contribution {
     let (kind, layer, head, neuron, component) = if let Some(rest) = label.strip_suffix("_mlp_out")
     {
         ("mlp", num(rest), None, None, format!("mlp {rest}"))
+    } else if let Some(rest) = label.strip_suffix("_attn_out") {
+        ("attn", num(rest), None, None, format!("attn {rest}"))
     } else if let Some((l, x)) = label.strip_prefix('L').and_then(|r| r.split_once('H')) {
         ("head", num(l), num(x), None, label.to_string())
     } else if let Some((l, x)) = label.strip_prefix('L').and_then(|r| r.split_once('N')) {
@@ -182,12 +201,12 @@ fn describe(label: &str, value: f32) -> Contribution {
 
 /// The columns of [`dla_frame`] and what they mean (for the run manifest).
 pub const DLA_COLUMNS: &[(&str, &str)] = &[
-    ("component", "embed, pos_embed, L{layer}H{head}, mlp {layer}, L{layer}N{neuron}, bias (summed b_O and b_out), unembed bias (final-norm bias and b_U)"),
-    ("kind", "embed | pos_embed | head | mlp | neuron | bias | unembed_bias"),
+    ("component", "embed, pos_embed, L{layer}H{head}, attn {layer} (whole layers, for models with post-sublayer norms such as Gemma 2), mlp {layer}, L{layer}N{neuron}, bias (summed b_O and b_out), unembed bias (final-norm bias and b_U)"),
+    ("kind", "embed | pos_embed | head | attn | mlp | neuron | bias | unembed_bias"),
     ("layer", "the component's layer (null for embeddings and biases)"),
     ("head", "the head (heads only)"),
     ("neuron", "the MLP neuron (neurons only)"),
-    ("contribution", "logit difference answer - wrong it adds, through the final norm's cached scale; all rows sum to the model's logit difference"),
+    ("contribution", "logit difference answer - wrong it adds, through the final norm's cached scale; all rows sum to the model's logit difference (before the final soft-cap, for Gemma 2)"),
 ];
 
 /// A tidy table of attributions, one row per component; see [`DLA_COLUMNS`].

@@ -402,6 +402,7 @@ impl ActivationCache {
         dirs: &Tensor,
     ) -> Result<(Tensor, Vec<String>)> {
         let layer = self.resolve_layer(model, opts.layer)?;
+        no_post_norms(model, "neurons")?;
         let scale = opts
             .pos
             .apply(&upcast(self.get(HookPoint::LnFinalScale)?)?)?;
