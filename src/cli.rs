@@ -12,7 +12,8 @@ use std::path::PathBuf;
 /// Which model to load and how.
 #[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct ModelArgs {
-    /// A Hugging Face model id (e.g. `gpt2`), a model directory, a .safetensors or llama .gguf
+    /// A Hugging Face model id (e.g. `gpt2`, `EleutherAI/pythia-70m@step3000` for a branch), a
+    /// model directory, a .safetensors or llama .gguf
     /// file, or the alias `smollm2` (fetched by scripts/fetch_smollm2.sh). Without it, the
     /// embedded 2-layer induction model.
     #[arg(long)]

@@ -24,12 +24,16 @@ fn hub() -> &'static Path {
 /// A snapshot folder for `id`: models--{org}--{name}/refs/main holds the commit;
 /// snapshots/{commit}/ holds the files.
 fn snapshot(id: &str) -> PathBuf {
+    snapshot_at(id, "main", "0123456789abcdef0123456789abcdef01234567")
+}
+
+/// The snapshot of branch `revision` at `commit`.
+fn snapshot_at(id: &str, revision: &str, commit: &str) -> PathBuf {
     let repo = hub().join(format!("models--{}", id.replace('/', "--")));
-    let commit = "0123456789abcdef0123456789abcdef01234567";
     let snap = repo.join("snapshots").join(commit);
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::fs::write(repo.join("refs").join(revision), commit).unwrap();
     snap
 }
 
@@ -218,6 +222,49 @@ fn family_checkpoints_load_by_id_as_the_hub_lays_them_out() {
         let a = by_id.forward(&t, &mut Hooks::none()).unwrap();
         let b = direct.forward(&t, &mut Hooks::none()).unwrap();
         assert!(common::max_abs_diff(&a, &b) < 1e-6, "{id}: logits differ");
+    }
+}
+
+/// Pythia's training checkpoints are branches of one repo: `id@step3000` loads that branch.
+#[test]
+fn a_revision_after_the_id_loads_that_branch() {
+    let id = "EleutherAI/pythia-14m";
+    let fix = common::root().join("tests/fixtures/neox");
+    let all = candle_core::safetensors::load(fix.join("model.safetensors"), &Device::Cpu).unwrap();
+    // main: the fixture; step3000: every weight halved.
+    let halved: HashMap<String, Tensor> = all
+        .iter()
+        .map(|(k, t)| (k.clone(), (t * 0.5).unwrap()))
+        .collect();
+    for (rev, commit, tensors) in [
+        ("main", "1111111111111111111111111111111111111111", all),
+        (
+            "step3000",
+            "2222222222222222222222222222222222222222",
+            halved,
+        ),
+    ] {
+        let snap = snapshot_at(id, rev, commit);
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(fix.join(f), snap.join(f)).unwrap();
+        }
+        write_shards(&snap, tensors, 1);
+    }
+    let opts = LoadOptions::default();
+    let (main, tok) = load_model(Some(id), &opts).unwrap();
+    let (step, _) = load_model(Some(&format!("{id}@step3000")), &opts).unwrap();
+    let t = tok
+        .to_tokens(&["def add(a, b)"], true, &Device::Cpu)
+        .unwrap();
+    let embed = |m: &hooklens::HookedTransformer| m.w_e.clone();
+    let d = common::max_abs_diff(&(embed(&main) * 0.5).unwrap(), &embed(&step));
+    assert!(d < 1e-7, "step3000 is the halved checkpoint");
+    let a = main.forward(&t, &mut Hooks::none()).unwrap();
+    let b = step.forward(&t, &mut Hooks::none()).unwrap();
+    assert!(common::max_abs_diff(&a, &b) > 1e-2, "the branches differ");
+    for bad in [format!("{id}@step9"), format!("{id}@"), "@main".to_string()] {
+        let e = load_model(Some(&bad), &opts).err().unwrap().to_string();
+        assert!(e.contains(&bad) || e.contains("revision"), "{bad}: {e}");
     }
 }
 

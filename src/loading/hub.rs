@@ -4,7 +4,7 @@
 //! used only when a file is missing and offline mode is off.
 
 use crate::error::{Error, Result};
-use hf_hub::{Cache, Repo};
+use hf_hub::{Cache, Repo, RepoType};
 use std::path::PathBuf;
 
 const OPTIONAL: [&str; 4] = [
@@ -15,8 +15,19 @@ const OPTIONAL: [&str; 4] = [
 ];
 
 /// Returns the snapshot directory holding `config.json`, the weights and the tokenizer of
-/// `model_id`, downloading what is missing unless `HF_HUB_OFFLINE=1`.
-pub fn resolve_hub_files(model_id: &str) -> Result<PathBuf> {
+/// `model_id`, downloading what is missing unless `HF_HUB_OFFLINE=1`. `id@revision` names a
+/// branch or tag (Pythia's training checkpoints: `EleutherAI/pythia-70m@step3000`).
+pub fn resolve_hub_files(spec: &str) -> Result<PathBuf> {
+    let (model_id, revision) = match spec.split_once('@') {
+        Some((id, rev)) if !id.is_empty() && !rev.is_empty() => (id, rev),
+        Some(_) => {
+            return Err(Error::Hub(format!(
+                "`{spec}`: expected `org/name@revision` (a branch or tag)"
+            )))
+        }
+        None => (spec, "main"),
+    };
+    let repo = || Repo::with_revision(model_id.into(), RepoType::Model, revision.into());
     let offline =
         std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     // HF_HUB_CACHE names the hub folder itself; hf-hub 0.5 only reads HF_HOME (HF_HOME/hub).
@@ -24,7 +35,7 @@ pub fn resolve_hub_files(model_id: &str) -> Result<PathBuf> {
         Some(dir) => Cache::new(dir.into()),
         None => Cache::from_env(),
     };
-    let cached = cache.repo(Repo::model(model_id.to_string()));
+    let cached = cache.repo(repo());
     let get = |file: &str| -> Result<Option<PathBuf>> {
         if let Some(p) = cached.get(file) {
             return Ok(Some(p));
@@ -35,17 +46,17 @@ pub fn resolve_hub_files(model_id: &str) -> Result<PathBuf> {
         let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
             .build()
             .map_err(|e| Error::Hub(e.to_string()))?;
-        match api.model(model_id.to_string()).get(file) {
+        match api.repo(repo()).get(file) {
             Ok(p) => Ok(Some(p)),
             Err(hf_hub::api::sync::ApiError::RequestError(e)) if e.to_string().contains("404") => {
                 Ok(None)
             }
-            Err(e) => Err(Error::Hub(format!("{model_id}/{file}: {e}"))),
+            Err(e) => Err(Error::Hub(format!("{spec}/{file}: {e}"))),
         }
     };
     let config = get("config.json")?.ok_or_else(|| {
         Error::Hub(format!(
-            "`{model_id}` is neither a local path nor a model in the Hugging Face cache{}",
+            "`{spec}` is neither a local path nor a model in the Hugging Face cache{}",
             if offline {
                 " (HF_HUB_OFFLINE=1, so nothing was downloaded)"
             } else {
@@ -55,7 +66,7 @@ pub fn resolve_hub_files(model_id: &str) -> Result<PathBuf> {
     })?;
     if get("model.safetensors")?.is_none() && get("model.safetensors.index.json")?.is_none() {
         return Err(Error::Hub(format!(
-            "{model_id} has no model.safetensors in the cache or on the Hub"
+            "{spec} has no model.safetensors in the cache or on the Hub"
         )));
     }
     for f in OPTIONAL {
