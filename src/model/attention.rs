@@ -1,5 +1,6 @@
-//! Multi-head attention with every TransformerLens hook point, grouped-query heads and rotary
-//! positions.
+//! Multi-head attention with every TransformerLens hook point: grouped-query heads, rotary
+//! positions (all of each head, or its leading dimensions), QK-norm, a scale other than
+//! √d_head, soft-capped scores and sliding windows.
 //!
 //! Grouped-query attention: `hook_k`, `hook_v` and `hook_rot_k` carry the model's *key/value*
 //! heads, [batch, pos, n_key_value_heads, d_head] (TransformerLens's `attn._k`/`attn._v` form);
