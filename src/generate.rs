@@ -2,7 +2,7 @@
 //! each new token costs one position. Hooks fire on every forward pass.
 
 use crate::error::{Error, Result};
-use crate::hooks::Hooks;
+use crate::hooks::{HookPoint, Hooks};
 use crate::model::{HookedTransformer, LayerKv};
 use candle_core::{DType, IndexOp, Tensor};
 use rand::rngs::StdRng;
@@ -147,7 +147,7 @@ pub fn generate_streaming(
             model.forward_cached(&t, &mut kv, hooks)?
         } else {
             let t = Tensor::new(&ids[..], model.device())?.unsqueeze(0)?;
-            model.forward(&t, hooks)?
+            last_logits(model, &t, hooks)?
         };
         let last: Vec<f32> = logits
             .i((0, logits.dim(1)? - 1))?
@@ -213,4 +213,16 @@ pub fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut StdRng) -> u32 {
         u -= p;
     }
     cand.last().map_or_else(argmax, |c| c.0)
+}
+
+/// The logits of the last position only [1, 1, d_vocab] (transformers' `logits_to_keep=1`):
+/// unembedding every position of the prefix is a large part of a short forward over a 50k
+/// vocabulary. A hook or cache on `ln_final` sees every position, so then all are unembedded.
+fn last_logits(model: &HookedTransformer, tokens: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+    if hooks.wants(HookPoint::LnFinalScale) || hooks.wants(HookPoint::LnFinalNormalized) {
+        return model.forward(tokens, hooks);
+    }
+    let resid = model.forward_range(tokens, 0, Some(model.cfg.n_layers), hooks)?;
+    let p = resid.dim(1)?;
+    model.unembed(&resid.narrow(1, p - 1, 1)?, hooks)
 }

@@ -473,7 +473,6 @@ pub fn logit_directions(
     incorrect: Option<&[u32]>,
     batch: usize,
 ) -> Result<Tensor> {
-    let w_u = upcast(&model.w_u)?; // [d_model, d_vocab]
     let pick = |ids: &[u32]| -> Result<Tensor> {
         if ids.len() != batch {
             return Err(Error::Invalid(format!(
@@ -487,8 +486,7 @@ pub fn logit_directions(
                 model.cfg.d_vocab
             )));
         }
-        let ids = Tensor::new(ids, w_u.device())?;
-        Ok(w_u.index_select(&ids, 1)?.t()?.contiguous()?)
+        model.unembed_rows(ids)
     };
     let dirs = pick(tokens)?;
     match incorrect {

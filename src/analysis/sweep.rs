@@ -163,8 +163,8 @@ impl Metric {
                 // logit(a) - logit(w), each x · W_U[:, i] + b_U[i] (soft-capped where the model
                 // caps its logits).
                 let pick = |ids: Vec<u32>| -> Result<Tensor> {
+                    let w = model.unembed_rows(&ids)?;
                     let ids = Tensor::new(ids, x.device())?;
-                    let w = model.w_u.to_dtype(DType::F32)?.index_select(&ids, 1)?.t()?;
                     let b = match &model.b_u {
                         Some(b) => b.to_dtype(DType::F32)?.index_select(&ids, 0)?,
                         None => Tensor::zeros(ids.dim(0)?, DType::F32, x.device())?,

@@ -56,7 +56,7 @@ pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
     w.insert("ln_final.w", raw.get("ln_f.weight", &[d])?);
     w.insert("ln_final.b", raw.get("ln_f.bias", &[d])?);
     // GPT-2 ties the unembedding to the embedding and has no unembedding bias.
-    w.insert("unembed.W_U", w_e.t()?.contiguous()?);
+    w.insert("unembed.W_U", w_e.t()?);
     w.insert("unembed.b_U", Tensor::zeros(v, w_e.dtype(), w_e.device())?);
     Ok(w)
 }

@@ -123,6 +123,7 @@ pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
             ))
         }
     };
-    w.insert("unembed.W_U", w_u.t()?.contiguous()?);
+    // A view: the model keeps W_U in this [d_vocab, d_model] layout (see HookedTransformer::new).
+    w.insert("unembed.W_U", w_u.t()?);
     Ok(w)
 }

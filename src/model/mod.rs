@@ -166,7 +166,7 @@ pub struct HookedTransformer {
     pub w_pos: Option<Tensor>,
     pub blocks: Vec<Block>,
     pub ln_final: Norm,
-    /// [d_model, d_vocab]
+    /// [d_model, d_vocab], a transposed view of a contiguous [d_vocab, d_model] tensor.
     pub w_u: Tensor,
     /// [d_vocab]
     pub b_u: Option<Tensor>,
@@ -192,7 +192,14 @@ impl HookedTransformer {
             .collect::<Result<_>>()?;
         Ok(Self {
             ln_final: Norm::load(w, "ln_final", cfg.normalization_type, cfg.d_model, cfg.eps)?,
-            w_u: w.get("unembed.W_U", &[cfg.d_model, cfg.d_vocab])?,
+            // Stored [d_vocab, d_model] (as checkpoints hold it) and seen through a transposed
+            // view: BLAS streams its rows for the few positions of a generation step at twice
+            // the speed, and a row stride of d_vocab = 49152 (3·2¹⁴) thrashes the cache.
+            w_u: w
+                .get("unembed.W_U", &[cfg.d_model, cfg.d_vocab])?
+                .t()?
+                .contiguous()?
+                .t()?,
             b_u: w.get_opt("unembed.b_U", &[cfg.d_vocab])?,
             w_e,
             w_pos,
@@ -376,6 +383,14 @@ impl HookedTransformer {
         let b_u = self.b_u.as_ref().map(upcast).transpose()?;
         let logits = linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())?;
         self.soft_cap_logits(logits)
+    }
+
+    /// The unembedding directions of `ids`, `W_U[:, ids]` as rows [ids.len(), d_model], in f32.
+    pub fn unembed_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, &self.device)?;
+        // W_U's storage is [d_vocab, d_model]: rows select without a copy of the matrix.
+        let rows = self.w_u.t()?.contiguous()?.index_select(&ids, 0)?;
+        Ok(rows.to_dtype(DType::F32)?)
     }
 
     /// The final logit soft-cap `c·tanh(logits / c)` where the model has one (Gemma 2), for
