@@ -312,3 +312,57 @@ fn kv_cache_steps_equal_the_full_forward_in_every_family() {
         assert!(d < 1e-4, "{family}: cached logits differ by {d}");
     }
 }
+
+/// Config fields as the Hub has them: which layers slide, scaled rotary refused.
+#[test]
+fn hub_config_fields_map_to_the_axes() {
+    use hooklens::config::AttnType::{Global, Local};
+    let base = |extra: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 4,
+            "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 64,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        hooklens::ModelConfig::from_hf_json(&v.to_string())
+    };
+    let gemma = base(serde_json::json!({"architectures": ["Gemma2ForCausalLM"],
+        "sliding_window": 4096, "query_pre_attn_scalar": 64}))
+    .unwrap();
+    assert_eq!(gemma.attn_types, [Local, Global, Local, Global]);
+    assert_eq!((gemma.window(0), gemma.window(1)), (Some(4096), None));
+    assert_eq!(gemma.attn_scale, Some(8.0));
+    assert!(gemma.tie_word_embeddings && gemma.use_normalization_before_and_after);
+    let qwen = base(serde_json::json!({"architectures": ["Qwen2ForCausalLM"],
+        "sliding_window": 32768, "use_sliding_window": false, "max_window_layers": 2}))
+    .unwrap();
+    assert_eq!((qwen.window_size, qwen.attn_types.len()), (None, 0));
+    let qwen = base(serde_json::json!({"architectures": ["Qwen2ForCausalLM"],
+        "sliding_window": 16, "use_sliding_window": true, "max_window_layers": 2}))
+    .unwrap();
+    assert_eq!(qwen.attn_types, [Global, Global, Local, Local]);
+    let mistral = base(serde_json::json!({"architectures": ["MistralForCausalLM"],
+        "sliding_window": null}))
+    .unwrap();
+    assert_eq!(mistral.window(0), None);
+    let pythia = base(serde_json::json!({"architectures": ["GPTNeoXForCausalLM"],
+        "rotary_pct": 0.25, "rotary_emb_base": 10000}))
+    .unwrap();
+    assert_eq!(
+        (pythia.rotary_dim, pythia.parallel_attn_mlp),
+        (Some(2), true)
+    );
+    for scaling in [
+        serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+        serde_json::json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}),
+    ] {
+        let mut extra = scaling;
+        extra["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        let e = base(extra).unwrap_err().to_string();
+        assert!(
+            e.contains("rope type") && e.contains("LlamaForCausalLM"),
+            "{e}"
+        );
+    }
+}
