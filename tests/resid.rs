@@ -250,9 +250,18 @@ fn invariants(model: &HookedTransformer, tokens: &Tensor) {
         max_abs_diff(&sum, resid) < tol,
         "decomposition sums to resid_post"
     );
+    assert_lens_ends_at_the_model(model, &cache, &logits);
+}
+
+/// The logit lens's last entry (`final_post`) is the model's own log-probs, top-1 included.
+fn assert_lens_ends_at_the_model(
+    model: &HookedTransformer,
+    cache: &hooklens::ActivationCache,
+    logits: &Tensor,
+) {
     let cells = logit_lens(
         model,
-        &cache,
+        cache,
         &LensOpts {
             k: 3,
             target: None,
@@ -649,28 +658,7 @@ fn family_decompositions_sum_back_and_the_lens_ends_at_the_model() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("ln1_post") && e.contains("hook_attn_out"), "{e}");
-    let cells = logit_lens(
-        &gemma,
-        &cache,
-        &LensOpts {
-            k: 3,
-            target: None,
-            pos: Positions::All,
-            incl_mid: true,
-        },
-    )
-    .unwrap();
-    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-    let last = cells.iter().map(|c| c.entry).max().unwrap();
-    for c in cells.iter().filter(|c| c.entry == last) {
-        let row: Vec<f32> = lp.i((c.batch, c.pos)).unwrap().to_vec1().unwrap();
-        for &(id, v) in &c.top {
-            assert!(
-                (row[id as usize] - v).abs() < 1e-4,
-                "final lens entry = log-probs"
-            );
-        }
-    }
+    assert_lens_ends_at_the_model(&gemma, &cache, &logits);
 }
 
 /// DLA adds up on every family: heads and neurons where they add up, whole attention layers
