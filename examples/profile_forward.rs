@@ -5,8 +5,9 @@
 //! A closure at each hook point records the time; the time since the previous hook point is
 //! charged to the part that ends there (`attn.hook_pattern` = q·kᵀ, scale, mask and softmax,
 //! `hook_z` = pattern·V, `hook_attn_out` = W_O, `mlp.hook_pre` = W_in, ...), summed over layers
-//! and repeats. `attn.hook_result` and `attn.hook_attn_scores` get no closure: a hook on either
-//! changes the computation (per-head outputs; the unfused softmax). "unembed" is the time from the
+//! and repeats. `attn.hook_result`, `attn.hook_attn_scores` and the norms' `hook_scale` and
+//! `hook_normalized` get no closure: a hook on any of them changes the computation (per-head
+//! outputs; the unfused softmax and norms), so a norm's time is charged to the hook point after it. "unembed" is the time from the
 //! last hook point to the logits. Also prints a forward with no hooks against one whose cache
 //! filter matches nothing, which should cost the same.
 
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 mod common;
 
-use common::median_secs;
+use common::{candle_pool_cpu_ms, median_secs};
 
 #[derive(Parser)]
 #[command(about = "Time each part of a forward pass from timestamps at the hook points")]
@@ -51,12 +52,14 @@ fn main() -> Result<()> {
         .collect();
     let tokens = Tensor::from_vec(ids, (1, a.tokens), &Device::Cpu)?;
 
+    let pool_before = candle_pool_cpu_ms();
     let plain = median_secs(a.repeats, || {
         model
             .forward(&tokens, &mut Hooks::none())
             .map(drop)
             .map_err(Into::into)
     })?;
+    let pool_ms = candle_pool_cpu_ms() - pool_before;
     let filtered = median_secs(a.repeats, || {
         let mut hooks = Hooks::none().with_cache(NameFilter::Points(vec![]));
         model.forward(&tokens, &mut hooks).map(drop)?;
@@ -71,10 +74,13 @@ fn main() -> Result<()> {
         stamps.borrow_mut().clear();
         let mut hooks = Hooks::none();
         for p in model.hook_points() {
+            let name = p.to_string();
             if matches!(
                 p,
                 HookPoint::Block(_, BlockHook::Result | BlockHook::AttnScores)
-            ) {
+            ) || name.ends_with("hook_scale")
+                || name.ends_with("hook_normalized")
+            {
                 continue;
             }
             hooks = hooks.add(p, |_, p| {
@@ -106,6 +112,10 @@ fn main() -> Result<()> {
         a.tokens,
         candle_core::utils::get_num_threads(),
         100.0 * (filtered / plain - 1.0)
+    );
+    println!(
+        "candle's element-wise thread pool: {pool_ms:.0} ms of CPU in those {} forwards (should be 0)\n",
+        a.repeats + 1
     );
     println!(
         "{:<34} {:>9} {:>7}",

@@ -51,3 +51,31 @@ pub fn read_reference(path: Option<&std::path::Path>) -> Result<serde_json::Valu
         None => Ok(serde_json::Value::Null),
     }
 }
+
+/// CPU time so far of candle's element-wise thread pool (threads `candle-bp-*`, started on
+/// candle's first element-wise operation of 64 Ki elements or more), in ms; 0 if never started.
+/// Its threads spin after each operation and take a core from the next matmul, so the forward
+/// should not use it (`src/model/kernels.rs`). Linux only; 100 clock ticks a second assumed.
+pub fn candle_pool_cpu_ms() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("candle-bp") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3, utime 14 and stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        ticks += f.iter().sum::<u64>();
+    }
+    ticks as f64 * 10.0
+}

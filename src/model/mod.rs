@@ -102,12 +102,12 @@ impl Block {
         let attn_out = hooks.apply(hp(BlockHook::AttnOut), attn_out)?;
         let (ln2, mlp) = match (&self.ln2, &self.mlp) {
             (Some(ln2), Some(mlp)) => (ln2, mlp),
-            _ => return hooks.apply(hp(BlockHook::ResidPost), (resid_pre + attn_out)?),
+            _ => return hooks.apply(hp(BlockHook::ResidPost), add(&resid_pre, &attn_out)?),
         };
         // Parallel blocks: the MLP reads resid_pre too, and there is no resid_mid.
         let resid_mid = match self.parallel {
             true => resid_pre.clone(),
-            false => hooks.apply(hp(BlockHook::ResidMid), (&resid_pre + &attn_out)?)?,
+            false => hooks.apply(hp(BlockHook::ResidMid), add(&resid_pre, &attn_out)?)?,
         };
         let x = ln2.forward(
             &resid_mid,
@@ -127,8 +127,8 @@ impl Block {
         };
         let mlp_out = hooks.apply(hp(BlockHook::MlpOut), mlp_out)?;
         let resid_post = match self.parallel {
-            true => ((resid_pre + attn_out)? + mlp_out)?,
-            false => (resid_mid + mlp_out)?,
+            true => add(&add(&resid_pre, &attn_out)?, &mlp_out)?,
+            false => add(&resid_mid, &mlp_out)?,
         };
         hooks.apply(hp(BlockHook::ResidPost), resid_post)
     }
@@ -423,7 +423,7 @@ impl HookedTransformer {
                     .unsqueeze(0)?
                     .repeat((b, 1, 1))?;
                 let pos = hooks.apply(HookPoint::PosEmbed, pos)?;
-                Ok((embed + pos)?)
+                add(&embed, &pos)
             }
             None => Ok(embed),
         }
@@ -736,6 +736,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         None => y,
     };
     Ok(y.reshape(out_dims)?)
+}
+
+/// `a + b` for the residual stream's sums: the fused kernel where it applies.
+fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match kernels::applies(a) && kernels::applies(b) && a.dims() == b.dims() {
+        true => kernels::add(a, b),
+        false => Ok((a + b)?),
+    }
 }
 
 /// Additive causal mask [p, offset + p]: 0 where query i (at position offset + i) may attend

@@ -64,13 +64,16 @@ impl Norm {
         if self.kind == Normalization::None {
             return Ok(x.clone());
         }
+        let center = matches!(self.kind, Normalization::LN | Normalization::LNPre);
+        if super::kernels::applies(x) && !hooks.wants(scale_hook) && !hooks.wants(normalized_hook) {
+            let (w, b) = (self.w.as_ref(), self.b.as_ref());
+            return super::kernels::norm(x, center, self.eps, w, b);
+        }
         let dtype = x.dtype();
         let x = upcast(x)?;
-        let x = match self.kind {
-            Normalization::LN | Normalization::LNPre => {
-                x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
-            }
-            _ => x,
+        let x = match center {
+            true => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+            false => x,
         };
         let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
         let scale = hooks.apply(scale_hook, scale)?;
