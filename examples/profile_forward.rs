@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 mod common;
 
-use common::{candle_pool_cpu_ms, median_secs};
+use common::{candle_pool_cpu_ms, median};
 
 #[derive(Parser)]
 #[command(about = "Time each part of a forward pass from timestamps at the hook points")]
@@ -52,19 +52,24 @@ fn main() -> Result<()> {
         .collect();
     let tokens = Tensor::from_vec(ids, (1, a.tokens), &Device::Cpu)?;
 
+    // The two forwards alternate, so that the machine's drift does not land on one of them.
     let pool_before = candle_pool_cpu_ms();
-    let plain = median_secs(a.repeats, || {
-        model
-            .forward(&tokens, &mut Hooks::none())
-            .map(drop)
-            .map_err(Into::into)
-    })?;
-    let pool_ms = candle_pool_cpu_ms() - pool_before;
-    let filtered = median_secs(a.repeats, || {
+    let (mut plain, mut filtered) = (vec![], vec![]);
+    for i in 0..=a.repeats {
+        let t = Instant::now();
+        model.forward(&tokens, &mut Hooks::none())?;
+        let s = t.elapsed().as_secs_f64();
         let mut hooks = Hooks::none().with_cache(NameFilter::Points(vec![]));
-        model.forward(&tokens, &mut hooks).map(drop)?;
-        Ok(())
-    })?;
+        let t = Instant::now();
+        model.forward(&tokens, &mut hooks)?;
+        let f = t.elapsed().as_secs_f64();
+        if i > 0 {
+            plain.push(s);
+            filtered.push(f);
+        }
+    }
+    let pool_ms = candle_pool_cpu_ms() - pool_before;
+    let (plain, filtered) = (median(plain), median(filtered));
 
     let stamps: RefCell<Vec<(Instant, String)>> = RefCell::new(vec![]);
     let mut totals: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -115,7 +120,7 @@ fn main() -> Result<()> {
     );
     println!(
         "candle's element-wise thread pool: {pool_ms:.0} ms of CPU in those {} forwards (should be 0)\n",
-        a.repeats + 1
+        2 * (a.repeats + 1)
     );
     println!(
         "{:<34} {:>9} {:>7}",

@@ -13,8 +13,13 @@ pub fn median_secs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<
         f()?;
         ts.push(t.elapsed().as_secs_f64());
     }
-    ts.sort_by(f64::total_cmp);
-    Ok(ts[ts.len() / 2])
+    Ok(median(ts))
+}
+
+/// The median of `xs` (the upper one of an even count).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MB.
