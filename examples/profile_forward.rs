@@ -3,13 +3,15 @@
 //!     cargo run --example profile_forward -- --model DIR_OR_NAME [--tokens 512] [--repeats 5]
 //!
 //! A closure at each hook point records the time; the time since the previous hook point is
-//! charged to the part that ends there (`attn.hook_pattern` = q·kᵀ, scale, mask and softmax,
-//! `hook_z` = pattern·V, `hook_attn_out` = W_O, `mlp.hook_pre` = W_in, ...), summed over layers
-//! and repeats. `attn.hook_result`, `attn.hook_attn_scores` and the norms' `hook_scale` and
-//! `hook_normalized` get no closure: a hook on any of them changes the computation (per-head
-//! outputs; the unfused softmax and norms), so a norm's time is charged to the hook point after it. "unembed" is the time from the
-//! last hook point to the logits. Also prints a forward with no hooks against one whose cache
-//! filter matches nothing, which should cost the same.
+//! charged to the part that ends there (`hook_z` = q·kᵀ, scale, mask, softmax and pattern·V,
+//! `hook_attn_out` = W_O, `mlp.hook_pre` = W_in, ...), summed over layers and repeats.
+//! `attn.hook_result`, `attn.hook_attn_scores`, `attn.hook_pattern` and the norms' `hook_scale`
+//! and `hook_normalized` get no closure: a hook on any of them changes the computation (per-head
+//! outputs; attention in one piece instead of query blocks; the unfused softmax and norms), so
+//! their time goes to the next hook point. "unembed" is the time from the last hook point to the
+//! logits. Also prints a forward with no hooks against one whose cache filter matches nothing
+//! (which should cost the same), and the CPU time of candle's element-wise thread pool (which
+//! should be zero).
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -82,7 +84,10 @@ fn main() -> Result<()> {
             let name = p.to_string();
             if matches!(
                 p,
-                HookPoint::Block(_, BlockHook::Result | BlockHook::AttnScores)
+                HookPoint::Block(
+                    _,
+                    BlockHook::Result | BlockHook::AttnScores | BlockHook::Pattern
+                )
             ) || name.ends_with("hook_scale")
                 || name.ends_with("hook_normalized")
             {

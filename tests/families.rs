@@ -366,3 +366,65 @@ fn hub_config_fields_map_to_the_axes() {
         );
     }
 }
+
+/// Without a hook on the scores or the pattern, attention over more than 128 queries runs in
+/// blocks of queries that skip the masked keys; it must equal the whole pattern's result, from
+/// the start and after cached positions (the sweeps' suffixes), with sliding windows (Mistral),
+/// QK-norm (Qwen3) and partial rotary (NeoX).
+#[test]
+fn attention_in_query_blocks_equals_the_whole_pattern() {
+    use hooklens::model::LayerKv;
+    use hooklens::{BlockHook, HookPoint, Hooks};
+    for family in ["mistral", "qwen3", "neox"] {
+        // The fixture with a context long enough for several blocks.
+        let dir = tempfile::tempdir().unwrap();
+        let src = root().join("tests/fixtures").join(family);
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let config = dir.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        cfg["max_position_embeddings"] = 512.into();
+        std::fs::write(&config, cfg.to_string()).unwrap();
+        let model = load_model(Some(dir.path().to_str().unwrap()), &LoadOptions::default())
+            .unwrap()
+            .0;
+        let ids: Vec<u32> = (0..300u32).map(|i| i * 37 % 320).collect();
+        let tokens = Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let whole_pattern = || {
+            (0..model.cfg.n_layers).fold(Hooks::none(), |h, l| {
+                h.add(HookPoint::Block(l, BlockHook::Pattern), |_, _| Ok(None))
+            })
+        };
+        let whole = model.forward(&tokens, &mut whole_pattern()).unwrap();
+        let blocked = model.forward(&tokens, &mut Hooks::none()).unwrap();
+        let d = max_abs_diff(&blocked, &whole);
+        assert!(d < 1e-4, "{family}: blocked attention differs by {d}");
+        // 40 positions cached, then 260 at once: blocks start at offset 40.
+        let mut kv = vec![LayerKv::default(); model.cfg.n_layers];
+        let head = model
+            .forward_cached(
+                &tokens.narrow(1, 0, 40).unwrap(),
+                &mut kv,
+                &mut Hooks::none(),
+            )
+            .unwrap();
+        let rest = model
+            .forward_cached(
+                &tokens.narrow(1, 40, 260).unwrap(),
+                &mut kv,
+                &mut Hooks::none(),
+            )
+            .unwrap();
+        let d = max_abs_diff(&Tensor::cat(&[head, rest], 1).unwrap(), &whole);
+        assert!(
+            d < 1e-4,
+            "{family}: blocked attention after a cache differs by {d}"
+        );
+    }
+}
