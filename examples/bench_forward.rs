@@ -13,7 +13,7 @@ use clap::Parser;
 use hooklens::{load_model, Hooks, LoadOptions, NameFilter};
 mod common;
 
-use common::{matmul_gflops, median_secs, peak_rss_mb, read_reference};
+use common::{forward_flops, matmul_gflops, median_secs, peak_rss_mb, read_reference};
 
 #[derive(Parser)]
 #[command(about = "Benchmark forward and run_with_cache against TransformerLens")]
@@ -90,14 +90,7 @@ fn main() -> Result<()> {
         let (_, cache) = model.run_with_cache(&tokens, NameFilter::All)?;
         let cache_mb = cache.size_bytes() as f64 / 1e6;
         drop(cache);
-        let (d, m, l, t) = (
-            c.d_model as f64,
-            c.d_mlp as f64,
-            c.n_layers as f64,
-            n as f64,
-        );
-        // Matmul FLOPs: QKV+O projections, MLP, attention scores and mixing, unembedding.
-        let flop = t * (l * (8.0 * d * d + 4.0 * d * m + 4.0 * t * d) + 2.0 * d * c.d_vocab as f64);
+        let flop = forward_flops(&c, n);
         let roofline = flop / 1e9 / best / fwd;
         print!(
             "{n:>6} {:>10.1} {fwd:>8.3} {:>9.0}% {cache_s:>12.3} {cache_mb:>10.1} {:>9.0}",

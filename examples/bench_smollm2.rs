@@ -12,7 +12,7 @@ use hooklens::{load_model, Hooks, LoadOptions};
 
 mod common;
 
-use common::{median_secs, peak_rss_mb, read_reference};
+use common::{forward_flops, matmul_gflops, median_secs, peak_rss_mb, read_reference};
 
 /// Must match benches/hf_smollm2_bench.py.
 const NEW_TOKENS: usize = 32;
@@ -54,6 +54,7 @@ fn main() -> Result<()> {
             ratio.map_or("-".into(), |r| format!("{r:.2}x"))
         );
     };
+    let mut roofline = vec![];
     for n in [128, 512] {
         let t = Tensor::from_vec(ids(n), (1, n), &Device::Cpu)?;
         let s = median_secs(3, || {
@@ -62,6 +63,7 @@ fn main() -> Result<()> {
                 .map(drop)
                 .map_err(Into::into)
         })?;
+        roofline.push((n, forward_flops(&model.cfg, n) / 1e9 / s));
         row(
             &format!("forward 1x{n}"),
             s,
@@ -89,6 +91,13 @@ fn main() -> Result<()> {
             true,
             "tok/s",
         );
+    }
+    let gflops = matmul_gflops()?;
+    println!(
+        "\nroofline (forward matmul FLOPs at this run's {gflops:.0} GFLOP/s on 1024x768x3072):"
+    );
+    for (n, rate) in roofline {
+        println!("  1x{n}: {:.0} %", 100.0 * rate / gflops);
     }
     println!(
         "\npeak RSS {:.0} MB (prompt {PROMPT} tokens, {NEW_TOKENS} new tokens, greedy)",

@@ -84,3 +84,21 @@ pub fn candle_pool_cpu_ms() -> f64 {
     }
     ticks as f64 * 10.0
 }
+
+/// The matmul FLOPs of a forward over `n` tokens: Q, K, V and O projections (grouped K/V where
+/// the model has them), the MLP, attention scores and mixing over all n × n pairs (as
+/// TransformerLens and transformers compute them) and the unembedding. The roofline is these at
+/// the best matmul rate measured, over the forward's time.
+pub fn forward_flops(c: &hooklens::ModelConfig, n: usize) -> f64 {
+    let (d, t) = (c.d_model as f64, n as f64);
+    let (q, kv) = (
+        (c.n_heads * c.d_head) as f64,
+        (c.n_key_value_heads * c.d_head) as f64,
+    );
+    let mlp = match (c.attn_only, c.gated_mlp) {
+        (true, _) => 0.0,
+        (false, gated) => 2.0 * d * c.d_mlp as f64 * if gated { 3.0 } else { 2.0 },
+    };
+    let layer = 2.0 * d * (2.0 * q + 2.0 * kv) + mlp + 4.0 * t * q;
+    t * (c.n_layers as f64 * layer + 2.0 * d * c.d_vocab as f64)
+}
