@@ -157,9 +157,8 @@ impl Attention {
         // q.k overflows f16 and rounds badly in bf16. Their hooks see f32.
         let (q32, k32) = (upcast(&q)?, upcast(&k)?);
         let scale = 1.0 / self.attn_scale;
-        let fuse = self.soft_cap.is_none() && !hooks.wants(hp(BlockHook::AttnScores));
         let offset = k.dim(2)? - p;
-        let blocked = fuse
+        let blocked = self.fused_softmax(hooks)
             && !hooks.wants(hp(BlockHook::Pattern))
             && kernels::applies(&q32)
             && kernels::applies(&v)
@@ -167,7 +166,7 @@ impl Attention {
         let z = if blocked {
             self.attend_in_blocks(&q32, &k32, &v, offset, scale)?
         } else {
-            self.attend(&q32, &k32, &v, mask, scale, fuse, hooks)?
+            self.attend(&q32, &k32, &v, mask, scale, hooks)?
         };
         let z = z.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
         let z = hooks.apply(hp(BlockHook::Z), z)?;
@@ -189,7 +188,6 @@ impl Attention {
 
     /// pattern · v [batch, H, p, d_head] from q [batch, H, p, d_head] and k, v [batch, H,
     /// offset + p, d_head], through `hook_attn_scores` and `hook_pattern`.
-    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q32: &Tensor,
@@ -197,12 +195,11 @@ impl Attention {
         v: &Tensor,
         mask: &Tensor,
         scale: f64,
-        fuse: bool,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let hp = |h| HookPoint::Block(self.layer, h);
         let raw = matmul(q32, &k32.t()?)?;
-        let pattern = if kernels::applies(&raw) && fuse {
+        let pattern = if kernels::applies(&raw) && self.fused_softmax(hooks) {
             // Nothing reads the scores: scale, mask and softmax in one pass.
             let (p, n) = mask.dims2()?;
             kernels::causal_softmax(raw, scale, n - p, self.window)?
@@ -222,6 +219,12 @@ impl Attention {
         let pattern = hooks.apply(hp(BlockHook::Pattern), pattern)?;
         let pattern = pattern.to_dtype(v.dtype())?;
         matmul(&pattern, v)
+    }
+
+    /// Whether scale, mask and softmax may run as one kernel: no soft-cap between them and no
+    /// hook on the scores.
+    fn fused_softmax(&self, hooks: &Hooks) -> bool {
+        self.soft_cap.is_none() && !hooks.wants(HookPoint::Block(self.layer, BlockHook::AttnScores))
     }
 
     /// [`Self::attend`] for blocks of [`QUERY_BLOCK`] queries when nothing reads the scores or
