@@ -370,7 +370,7 @@ fn hub_config_fields_map_to_the_axes() {
 /// Without a hook on the scores or the pattern, attention over more than 128 queries runs in
 /// blocks of queries that skip the masked keys; it must equal the whole pattern's result, from
 /// the start and after cached positions (the sweeps' suffixes), with sliding windows (Mistral),
-/// QK-norm (Qwen3) and partial rotary (NeoX).
+/// QK-norm (Qwen3) and partial rotary (NeoX), on a batch of two prompts.
 #[test]
 fn attention_in_query_blocks_equals_the_whole_pattern() {
     use hooklens::model::LayerKv;
@@ -391,11 +391,9 @@ fn attention_in_query_blocks_equals_the_whole_pattern() {
         let model = load_model(Some(dir.path().to_str().unwrap()), &LoadOptions::default())
             .unwrap()
             .0;
-        let ids: Vec<u32> = (0..300u32).map(|i| i * 37 % 320).collect();
-        let tokens = Tensor::new(ids, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
+        // Two prompts: the blocks narrow positions only, each prompt keeps its own rows.
+        let ids: Vec<u32> = (0..600u32).map(|i| (i * 37 + i / 300 * 11) % 320).collect();
+        let tokens = Tensor::from_vec(ids, (2, 300), &Device::Cpu).unwrap();
         let whole_pattern = || {
             (0..model.cfg.n_layers).fold(Hooks::none(), |h, l| {
                 h.add(HookPoint::Block(l, BlockHook::Pattern), |_, _| Ok(None))
