@@ -32,7 +32,7 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     let r = read_reference(a.reference.as_deref())?;
-    let (model, _) = load_model(Some(&a.model), &LoadOptions::default())
+    let (model, _, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
     let c = &model.cfg;
     let gflops = matmul_gflops()?;

@@ -33,7 +33,7 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     let reference = Some(read_reference(a.reference.as_deref())?).filter(|r| !r.is_null());
-    let (model, _) = load_model(Some(&a.model), &LoadOptions::default())
+    let (model, _, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
     let c = model.cfg.clone();
     let gflops = matmul_gflops()?;

@@ -33,7 +33,7 @@ fn ids(n: usize) -> Vec<u32> {
 fn main() -> Result<()> {
     let a = Args::parse();
     let reference = read_reference(a.reference.as_deref())?;
-    let (model, _) = load_model(Some("smollm2"), &LoadOptions::default())
+    let (model, _, _) = load_model(Some("smollm2"), &LoadOptions::default())
         .context("loading SmolLM2 (run scripts/fetch_smollm2.sh)")?;
     println!(
         "SmolLM2-135M (dequantized f32), threads {}, matmul {}\n",

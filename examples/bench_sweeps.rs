@@ -63,7 +63,7 @@ fn sweep_flops(sweep: &Sweep, model: &hooklens::HookedTransformer, metric: Metri
 fn main() -> Result<()> {
     let a = Args::parse();
     let r = read_reference(Some(&a.reference))?;
-    let (model, _) = load_model(Some(&a.model), &LoadOptions::default())
+    let (model, _, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
     let ids = |k: &str| -> Vec<u32> {
         r[k].as_array()

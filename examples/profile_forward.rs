@@ -46,7 +46,7 @@ fn part(p: &HookPoint) -> String {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let (model, _) =
+    let (model, _, _) =
         load_model(Some(&a.model), &LoadOptions::default()).context("loading the model")?;
     let vocab = model.cfg.d_vocab as u64;
     let ids: Vec<u32> = (0..a.tokens)

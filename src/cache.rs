@@ -1,7 +1,7 @@
 //! `ActivationCache`: the activations a run recorded, in forward order, looked up by hook point.
 
 use crate::error::{Error, Result};
-use crate::hooks::{BlockHook, HookPoint, NameFilter};
+use crate::hook_points::{BlockHook, HookPoint, NameFilter};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -159,7 +159,7 @@ impl ActivationCache {
                 Tensor::new(lengths, &candle_core::Device::Cpu)?,
             );
         }
-        crate::export::atomic_write_with(path, |tmp| {
+        crate::atomic::atomic_write_with(path, |tmp| {
             candle_core::safetensors::save(&map, tmp).map_err(Error::from)
         })
     }
@@ -189,6 +189,6 @@ mod tests {
         );
         assert!(e.contains("3 entries"), "{e}");
         assert!(e.contains("regex `hook_z`"), "{e}");
-        assert!(e.contains("--names"), "{e}");
+        assert!(e.contains("NameFilter::Points"), "{e}");
     }
 }

@@ -61,19 +61,25 @@ pub fn random_token_range(
         lo.saturating_add(20000).min(vocab)
     });
     if lo >= vocab {
-        return Err(Error::Invalid(format!(
-            "--token-min {lo} is outside the vocabulary: it must lie in 0..{vocab}"
-        )));
+        return Err(Error::bad_parameter(
+            "token_min",
+            lo,
+            format!("is outside the vocabulary: it must lie in 0..{vocab}"),
+        ));
     }
     if hi > vocab {
-        return Err(Error::Invalid(format!(
-            "--token-max {hi} is outside the vocabulary: it must be at most {vocab} (one past the highest id)"
-        )));
+        return Err(Error::bad_parameter(
+            "token_max",
+            hi,
+            format!("is outside the vocabulary: it must be at most {vocab} (one past the highest id)"),
+        ));
     }
     if hi <= lo {
-        return Err(Error::Invalid(format!(
-            "--token-max {hi} must be greater than --token-min {lo}"
-        )));
+        return Err(Error::bad_parameter(
+            "token_max",
+            hi,
+            format!("must be greater than `token_min` {lo}"),
+        ));
     }
     Ok(lo..hi)
 }
@@ -286,11 +292,11 @@ pub fn ioi_pairs_with(
     template: Option<usize>,
 ) -> Result<Vec<PromptPair>> {
     if let Some(t) = template.filter(|&t| t >= IOI_TEMPLATES.len()) {
-        return Err(Error::Invalid(format!(
-            "--ioi-template {t}: there are {} templates, 0..{}",
-            IOI_TEMPLATES.len(),
-            IOI_TEMPLATES.len()
-        )));
+        return Err(Error::bad_parameter(
+            "ioi_template",
+            t,
+            format!("there are {} templates, 0..{}", IOI_TEMPLATES.len(), IOI_TEMPLATES.len()),
+        ));
     }
     let names = IOI_NAMES
         .iter()
@@ -356,15 +362,15 @@ mod tests {
         let e = random_token_range(&cfg, Some(300), None)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--token-min 300") && e.contains("0..257"), "{e}");
+        assert!(e.contains("token_min 300") && e.contains("0..257"), "{e}");
         let e = random_token_range(&cfg, None, Some(1000))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--token-max 1000"), "{e}");
+        assert!(e.contains("token_max 1000"), "{e}");
         let e = random_token_range(&cfg, Some(50), Some(40))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("greater than --token-min 50"), "{e}");
+        assert!(e.contains("greater than `token_min` 50"), "{e}");
     }
 
     #[test]

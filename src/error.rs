@@ -46,7 +46,7 @@ pub enum Error {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-    #[error("{point} is not in the cache, which holds {held}; record it with a filter that matches it, e.g. `NameFilter::Points(vec![\"{point}\".parse()?])` (CLI: `--names '{point}'`)")]
+    #[error("{point} is not in the cache, which holds {held}; record it with a filter that matches it, e.g. `NameFilter::Points(vec![\"{point}\".parse()?])`")]
     NotCached { point: String, held: String },
     #[error("{what} is never reached: {reason}")]
     NotReached { what: String, reason: String },
@@ -92,8 +92,9 @@ fn suggest(s: &[String]) -> String {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    /// A [`Error::BadParameter`]: `name` (as the command line spells it) got `value`; `valid`
-    /// says what it accepts.
+    /// A [`Error::BadParameter`]: parameter `name` (its field name, e.g. `top_k`) got `value`;
+    /// `valid` says what it accepts, naming any other parameter in backticks. The lab rewrites
+    /// both as command-line flags (`--top-k`).
     pub fn bad_parameter(
         name: &str,
         value: impl std::fmt::Display,

@@ -2,7 +2,8 @@
 //! each new token costs one position. Hooks fire on every forward pass.
 
 use crate::error::{Error, Result};
-use crate::hooks::{HookPoint, Hooks};
+use crate::hook_points::HookPoint;
+use crate::hooks::Hooks;
 use crate::model::{HookedTransformer, LayerKv};
 use candle_core::{DType, IndexOp, Tensor};
 use rand::rngs::StdRng;
@@ -41,12 +42,12 @@ impl Default for GenerateOptions {
 
 impl GenerateOptions {
     /// Refuses settings that are out of range or would have no effect, naming the parameter
-    /// as the command line spells it.
+    /// (its field name; other parameters a message mentions are in backticks).
     pub fn validate(&self, d_vocab: usize) -> Result<()> {
         let t = self.temperature;
         if !(t.is_finite() && t >= 0.0) {
             return Err(Error::bad_parameter(
-                "--temperature",
+                "temperature",
                 t,
                 "must be a finite number >= 0 (0 is greedy)",
             ));
@@ -54,7 +55,7 @@ impl GenerateOptions {
         if let Some(k) = self.top_k {
             if k == 0 || k > d_vocab {
                 return Err(Error::bad_parameter(
-                    "--top-k",
+                    "top_k",
                     k,
                     format!("must lie in 1..={d_vocab} (the vocabulary size)"),
                 ));
@@ -62,17 +63,23 @@ impl GenerateOptions {
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::bad_parameter("--top-p", p, "must lie in (0, 1]"));
+                return Err(Error::bad_parameter("top_p", p, "must lie in (0, 1]"));
             }
         }
         if t == 0.0 && (self.top_k.is_some() || self.top_p.is_some()) {
-            return Err(Error::Invalid(
-                "--top-k and --top-p only shape sampling, and --temperature 0 is greedy; give a --temperature above 0 or leave them out".into(),
+            let (name, value) = match (self.top_k, self.top_p) {
+                (Some(k), _) => ("top_k", k.to_string()),
+                (_, p) => ("top_p", p.unwrap_or_default().to_string()),
+            };
+            return Err(Error::bad_parameter(
+                name,
+                value,
+                "only shapes sampling, and `temperature` 0 is greedy; give a `temperature` above 0 or leave `top_k` and `top_p` out",
             ));
         }
         if self.max_new_tokens == 0 {
             return Err(Error::bad_parameter(
-                "--max-new-tokens",
+                "max_new_tokens",
                 0,
                 "must be at least 1",
             ));
@@ -86,7 +93,7 @@ impl GenerateOptions {
 /// ```no_run
 /// # fn main() -> hooklens::Result<()> {
 /// use hooklens::{generate::{generate, GenerateOptions}, load_model, Hooks, LoadOptions};
-/// let (model, tok) = load_model(Some("smollm2"), &LoadOptions::default())?;
+/// let (model, tok, _) = load_model(Some("smollm2"), &LoadOptions::default())?;
 /// let ids = tok.encode_prompt("The capital of France is", false)?;
 /// let new = generate(&model, &ids, &GenerateOptions::default(), &mut Hooks::none())?;
 /// println!("{}", tok.decode(&new)?);
@@ -122,7 +129,7 @@ pub fn generate_streaming(
     }
     if prompt.len() + opts.max_new_tokens > n_ctx {
         return Err(Error::bad_parameter(
-            "--max-new-tokens",
+            "max_new_tokens",
             opts.max_new_tokens,
             format!(
                 "the prompt's {} tokens plus the new ones must fit the model's context of {n_ctx}; use at most {}",

@@ -7,7 +7,7 @@
 //! [`crate::Hooks::intervene`]; several at one site apply in the order added.
 
 use crate::error::{Error, Result};
-use crate::hooks::HookPoint;
+use crate::hook_points::HookPoint;
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -356,7 +356,7 @@ pub struct Fired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::BlockHook;
+    use crate::hook_points::BlockHook;
     use candle_core::Device;
 
     fn x() -> Tensor {

@@ -10,13 +10,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod analysis;
+pub mod atomic;
 pub mod cache;
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
-pub mod export;
 pub mod generate;
+pub mod hook_points;
 pub mod hooks;
 pub mod intervention;
 pub mod loading;
@@ -29,9 +29,10 @@ pub mod weights;
 pub use cache::ActivationCache;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
-pub use hooks::{BlockHook, HookPoint, Hooks, NameFilter};
+pub use hook_points::{BlockHook, HookPoint, NameFilter};
+pub use hooks::Hooks;
 pub use intervention::{Fired, Intervention, InterventionSpec, Site};
-pub use loading::{load_model, LoadOptions, Processing};
+pub use loading::{load_model, LoadOptions, Loaded, ModelSource, Processing};
 pub use model::{HookedTransformer, Run};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;

@@ -108,7 +108,7 @@ impl Tokenizer {
     }
 
     /// The id of `text` when it is exactly one token; otherwise an error naming `what` (say
-    /// `--answer`) and the tokens it splits into.
+    /// "the answer") and the tokens it splits into.
     pub fn single_token(&self, text: &str, what: &str) -> Result<u32> {
         match self.encode(text)?[..] {
             [id] => Ok(id),
@@ -125,7 +125,7 @@ impl Tokenizer {
         let mut ids = Vec::new();
         if prepend_bos {
             ids.push(self.bos_token_id.ok_or_else(|| {
-                Error::Tokenizer("this tokenizer has no BOS token; use --no-prepend-bos".into())
+                Error::Tokenizer("this tokenizer has no BOS token; tokenize without prepending one".into())
             })?);
         }
         let body = self.encode(text)?;

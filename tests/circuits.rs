@@ -152,7 +152,7 @@ fn smollm2_circuits_match_transformerlens() {
 
 #[test]
 fn embedded_previous_token_heads_k_compose_with_induction_heads() {
-    let (model, _) = hooklens::load_model(None, &Default::default()).unwrap();
+    let (model, _, _) = hooklens::load_model(None, &Default::default()).unwrap();
     let k = composition_scores(&model, Composition::K).unwrap(); // [L, H, L, H]
                                                                  // Writers: the previous-token heads L0H1 and L0H3; readers: the induction heads of layer 1.
     let to_l1 = k.i((0, .., 1, ..)).unwrap(); // [writer head, reader head]

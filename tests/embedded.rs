@@ -49,7 +49,7 @@ fn copy_losses(model: &HookedTransformer, tokens: &Tensor, mut hooks: Hooks) -> 
 
 #[test]
 fn embedded_model_predicts_repeated_segments() {
-    let (model, tok) = load_model(None, &LoadOptions::default()).unwrap();
+    let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
     assert_eq!(tok.vocab_size(), model.cfg.d_vocab);
     let tokens = test_tokens(&model, 32, 42);
     let (first, second) = copy_losses(&model, &tokens, Hooks::none());
@@ -66,7 +66,7 @@ fn embedded_model_predicts_repeated_segments() {
 
 #[test]
 fn embedded_model_has_an_induction_circuit() {
-    let (model, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let (model, _, _) = load_model(None, &LoadOptions::default()).unwrap();
     let tokens = test_tokens(&model, 32, 7);
     let scores = all_head_scores(&model, &tokens, HALF).unwrap();
     let (il, ih, ind) = best_head(&scores[&HeadKind::Induction]).unwrap();
@@ -113,7 +113,7 @@ fn above(
 
 #[test]
 fn embedded_model_head_scores_are_well_formed() {
-    let (model, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let (model, _, _) = load_model(None, &LoadOptions::default()).unwrap();
     let tokens = test_tokens(&model, 8, 0);
     let scores = all_head_scores(&model, &tokens, HALF).unwrap();
     for kind in HeadKind::ALL {

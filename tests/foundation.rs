@@ -1,16 +1,13 @@
 //! The analysis foundation: one pass that records and intervenes, interventions as data with a
-//! fired report, datasets, typed manifests, and loading hygiene.
+//! fired report, datasets, and loading hygiene.
 
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
-use hooklens::analysis::detectors::{all_head_scores, scores_frame, SCORE_COLUMNS};
 use hooklens::data::{
     ioi_pairs, read_pairs, repeated_random_tokens, tokenize_pairs, PairBatch, PRINTABLE_ASCII,
 };
-use hooklens::export::manifest::{schema_of, Manifest};
-use hooklens::export::{parquet::read_parquet, run::RunDir};
 use hooklens::generate::{generate, GenerateOptions};
 use hooklens::{
     load_model, BlockHook, Error, HookPoint, HookedTransformer, Hooks, Intervention, LoadOptions,
@@ -19,7 +16,8 @@ use hooklens::{
 use rand::SeedableRng;
 
 fn embedded() -> (HookedTransformer, Tokenizer) {
-    load_model(None, &LoadOptions::default()).unwrap()
+    let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
+    (model, tok)
 }
 
 fn tokens(model: &HookedTransformer, batch: usize, seed: u64) -> Tensor {
@@ -368,51 +366,6 @@ fn pair_files_read_and_bad_ones_say_what_is_wrong() {
     assert!(e.contains("line 1") && e.contains("JSON"), "{e}");
     let e = pair_file_error("p.csv", b"a,b,c,d\n");
     assert!(e.contains(".tsv or .jsonl"), "{e}");
-}
-
-#[test]
-fn manifest_schema_equals_the_parquet_read_back() {
-    let (model, _) = embedded();
-    let t = tokens(&model, 2, 0);
-    let mut df = scores_frame(&all_head_scores(&model, &t, 8).unwrap()).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let run = RunDir::create(out.path(), "exp", Some("r"), false).unwrap();
-    let args = serde_json::json!({"seed": 4});
-    let mut m = Manifest::new("exp", &model, &args).unwrap();
-    m.seed = Some(4);
-    m.interventions = Hooks::none()
-        .intervene(
-            Site::head(HookPoint::block(1, BlockHook::Z), 2),
-            Intervention::Zero,
-        )
-        .fired();
-    run.write_table(&mut m, "scores.parquet", &mut df, SCORE_COLUMNS)
-        .unwrap();
-    run.write_manifest(&m).unwrap();
-
-    let text = std::fs::read_to_string(run.file("manifest.json")).unwrap();
-    let back: Manifest = serde_json::from_str(&text).unwrap();
-    let read = read_parquet(&run.file("scores.parquet")).unwrap();
-    let schema: Vec<(String, String)> = back.tables["scores.parquet"]
-        .columns
-        .iter()
-        .map(|c| (c.name.clone(), c.dtype.clone()))
-        .collect();
-    assert_eq!(schema, schema_of(&read));
-    assert_eq!(back.tables["scores.parquet"].rows, read.height());
-    assert_eq!(back.model.name, "embedded-induction-2l");
-    assert_eq!(back.model.weights[0].sha256.len(), 64);
-    assert_eq!(
-        (back.model.dtype.as_str(), back.model.device.as_str()),
-        ("f32", "cpu")
-    );
-    assert_eq!(back.interventions[0].spec.kind, "zero");
-    assert_eq!(back.seed, Some(4));
-    // Undocumented or unknown columns are refused.
-    let e = m
-        .add_table("x.parquet", &df, &SCORE_COLUMNS[1..])
-        .unwrap_err();
-    assert!(e.to_string().contains("`kind` has no documentation"), "{e}");
 }
 
 #[test]

@@ -26,8 +26,8 @@ fn compare(spec: Option<&str>, dtype: DType) -> (f32, f32, f32) {
         };
         load_model(spec, &opts).unwrap()
     };
-    let (full, tok): (HookedTransformer, Tokenizer) = load(DType::F32);
-    let (half, _) = load(dtype);
+    let (full, tok, _): (HookedTransformer, Tokenizer, _) = load(DType::F32);
+    let (half, _, _) = load(dtype);
     assert_eq!(half.dtype(), dtype);
     let (mut worst, mut agree, mut n, mut loss_diff) = (0f32, 0usize, 0usize, 0f32);
     for prompt in PROMPTS {
@@ -128,7 +128,7 @@ fn half_precision_norm_scales_are_finite() {
         dtype: DType::F16,
         ..Default::default()
     };
-    let (model, tok) = load_model(None, &opts).unwrap();
+    let (model, tok, _) = load_model(None, &opts).unwrap();
     let t = tok.to_tokens(&[PROMPTS[2]], true, model.device()).unwrap();
     let (_, cache) = model
         .run_with_cache(&t, NameFilter::regex("hook_scale").unwrap())

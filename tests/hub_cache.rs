@@ -50,7 +50,7 @@ fn hub_id_resolves_from_the_offline_cache() {
         std::fs::copy(fixture.path().join(f), snap.join(f)).unwrap();
     }
 
-    let (model, tok) = load_model(Some("hooklens/gpt2-random"), &LoadOptions::default()).unwrap();
+    let (model, tok, _) = load_model(Some("hooklens/gpt2-random"), &LoadOptions::default()).unwrap();
     assert_eq!(model.cfg.n_layers, 3);
     assert_eq!(tok.encode("Hello world").unwrap(), vec![15496, 995]);
 
@@ -205,8 +205,8 @@ fn family_checkpoints_load_by_id_as_the_hub_lays_them_out() {
         write_shards(&snap, all, shards);
 
         let opts = LoadOptions::default();
-        let (by_id, _) = load_model(Some(id), &opts).unwrap();
-        let (direct, tok) = load_model(Some(fix.to_str().unwrap()), &opts).unwrap();
+        let (by_id, _, _) = load_model(Some(id), &opts).unwrap();
+        let (direct, tok, _) = load_model(Some(fix.to_str().unwrap()), &opts).unwrap();
         let mut want = direct.cfg.clone();
         // transformers 5 writes ids it does not know as null; the Hub configs have them.
         want.bos_token_id = by_id.cfg.bos_token_id;
@@ -251,8 +251,8 @@ fn a_revision_after_the_id_loads_that_branch() {
         write_shards(&snap, tensors, 1);
     }
     let opts = LoadOptions::default();
-    let (main, tok) = load_model(Some(id), &opts).unwrap();
-    let (step, _) = load_model(Some(&format!("{id}@step3000")), &opts).unwrap();
+    let (main, tok, _) = load_model(Some(id), &opts).unwrap();
+    let (step, _, _) = load_model(Some(&format!("{id}@step3000")), &opts).unwrap();
     let t = tok
         .to_tokens(&["def add(a, b)"], true, &Device::Cpu)
         .unwrap();

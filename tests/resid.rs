@@ -293,7 +293,7 @@ fn decompositions_sum_back_and_the_lens_ends_at_the_model() {
         .to_tokens(&["Hello there, general Kenobi", "a b"], true, &Device::Cpu)
         .unwrap();
     invariants(&gpt2, &t);
-    let (embedded, tok) = hooklens::load_model(None, &Default::default()).unwrap();
+    let (embedded, tok, _) = hooklens::load_model(None, &Default::default()).unwrap();
     let t = tok
         .to_tokens(&["abcabc", "xyz xyz"], true, &Device::Cpu)
         .unwrap();
@@ -551,7 +551,7 @@ fn lens_and_dla_agree_across_padding_and_half_precision() {
         )
         .unwrap()
     };
-    let (f32m, tok) = load(DType::F32);
+    let (f32m, tok, _) = load(DType::F32);
     let texts = ["abcab", "xyz xyz xyz ab"];
     let (batch_cells, _) = lens_and_dla(&f32m, &tok, &texts);
     // The short prompt alone gives the same lens cells as inside the right-padded batch.
@@ -569,7 +569,7 @@ fn lens_and_dla_agree_across_padding_and_half_precision() {
     // f16 and bf16 against f32: lens log-probs and DLA contributions within half precision.
     let (cells32, dla32) = lens_and_dla(&f32m, &tok, &texts);
     for (dtype, tol) in [(DType::F16, 0.01f32), (DType::BF16, 0.1)] {
-        let (half, _) = load(dtype);
+        let (half, _, _) = load(dtype);
         let (cells, dla) = lens_and_dla(&half, &tok, &texts);
         let worst = cells32
             .iter()
@@ -606,7 +606,7 @@ fn family_decompositions_sum_back_and_the_lens_ends_at_the_model() {
         hooklens::load_model(Some(dir.to_str().unwrap()), &Default::default()).unwrap()
     };
     for family in ["neox", "qwen2", "qwen3", "mistral"] {
-        let (model, tok) = load(family);
+        let (model, tok, _) = load(family);
         let t = tok
             .to_tokens(
                 &["The capital of France is Paris", "a b"],
@@ -617,7 +617,7 @@ fn family_decompositions_sum_back_and_the_lens_ends_at_the_model() {
         invariants(&model, &t);
     }
     // GPT-NeoX's MLP reads resid_pre: its input decomposes without the layer's attention.
-    let (neox, tok) = load("neox");
+    let (neox, tok, _) = load("neox");
     let t = tok
         .to_tokens(&["def add(a, b)"], true, &Device::Cpu)
         .unwrap();
@@ -642,7 +642,7 @@ fn family_decompositions_sum_back_and_the_lens_ends_at_the_model() {
 
     // Gemma 2: layers add up (after their post-norms), the lens ends at the soft-capped
     // logits, and a split into heads is refused rather than wrong.
-    let (gemma, tok) = load("gemma2");
+    let (gemma, tok, _) = load("gemma2");
     let t = tok
         .to_tokens(&["The capital of France is Paris"], true, &Device::Cpu)
         .unwrap();
@@ -668,7 +668,7 @@ fn family_dla_parts_add_up_to_the_logit_difference() {
     use hooklens::analysis::dla::direct_logit_attribution;
     for family in ["neox", "gemma2", "qwen2", "qwen3", "mistral"] {
         let dir = common::root().join("tests/fixtures").join(family);
-        let (model, tok) =
+        let (model, tok, _) =
             hooklens::load_model(Some(dir.to_str().unwrap()), &Default::default()).unwrap();
         let texts = ["The capital of France is Paris", "def add(a, b): return"];
         let t = tok.to_tokens(&texts, true, &Device::Cpu).unwrap();

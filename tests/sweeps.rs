@@ -12,7 +12,8 @@ use hooklens::{
 };
 
 fn embedded() -> (HookedTransformer, Tokenizer) {
-    load_model(None, &LoadOptions::default()).unwrap()
+    let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
+    (model, tok)
 }
 
 /// Two pairs for the byte-level embedded model, of unequal length (right-padded).
@@ -301,7 +302,7 @@ fn a_padded_batch_gives_the_mean_of_each_prompt_alone() {
 fn sweeps_equal_the_naive_loop_on_every_model_family() {
     for family in ["neox", "gemma2", "qwen2", "qwen3", "mistral"] {
         let dir = root().join("tests/fixtures").join(family);
-        let (model, tok) =
+        let (model, tok, _) =
             load_model(Some(dir.to_str().unwrap()), &LoadOptions::default()).unwrap();
         let pair = |clean: &str, corrupted: &str| PromptPair {
             clean: clean.into(),

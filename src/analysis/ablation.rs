@@ -8,7 +8,8 @@ use super::sweep::{Job, Metric};
 use crate::cache::ActivationCache;
 use crate::data::PairBatch;
 use crate::error::{Error, Result};
-use crate::hooks::{BlockHook, HookPoint, Hooks, NameFilter};
+use crate::hook_points::{BlockHook, HookPoint, NameFilter};
+use crate::hooks::Hooks;
 use crate::intervention::{Intervention, Site};
 use crate::model::HookedTransformer;
 use candle_core::{DType, Tensor};
@@ -145,7 +146,7 @@ impl FromStr for Unit {
 }
 
 /// What replaces an ablated unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ablation {
     /// Zero.
@@ -268,7 +269,7 @@ pub fn resample_rows(n: usize, seed: u64) -> Result<Vec<u32>> {
 }
 
 /// How to pick a layer's top neurons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NeuronRank {
     /// Largest mean activation (`mlp.hook_post`) over all the prompts' real positions.
@@ -367,45 +368,30 @@ pub struct AblationRow {
     pub ablated: f32,
 }
 
-/// The columns of the ablation table and what each means.
-pub const ABLATION_COLUMNS: &[(&str, &str)] = &[
-    ("unit", "L{layer}H{head} (a head's hook_z), MLP{layer} (hook_mlp_out) or L{layer}N{neuron} (mlp.hook_post)"),
-    ("unit_kind", "head | mlp | neuron"),
-    ("layer", "the unit's layer"),
-    ("head", "the head (heads only)"),
-    ("neuron", "the MLP neuron (neurons only)"),
-    ("ablation", "zero | mean (position-wise mean over the reference prompts) | resample (another prompt's activation)"),
-    ("metric", "loss (mean next-token cross-entropy, nats) | logit_diff (answer - wrong at the last position) | prob (of the answer at the last position); means over the prompts"),
-    ("baseline", "the metric without ablation"),
-    ("ablated", "the metric with the unit ablated at every position"),
-    ("delta", "ablated - baseline"),
-];
-
-/// A tidy table of ablation results, one row per (unit, ablation, metric); see
-/// [`ABLATION_COLUMNS`].
-pub fn ablation_frame(rows: &[AblationRow]) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let (head, neuron): (Vec<Option<u32>>, Vec<Option<u32>>) = rows
+/// The rows of an ablation sweep whose jobs are [`ablation_jobs`] of `units` for each of
+/// `kinds` in turn, measured by `metric` (`baseline` without ablation): one row per job that
+/// has a value (a shard computes only some).
+pub fn ablation_rows(
+    units: &[Unit],
+    kinds: &[Ablation],
+    metric: Metric,
+    baseline: f32,
+    values: &[Option<f32>],
+) -> Vec<AblationRow> {
+    let jobs = kinds
         .iter()
-        .map(|r| match r.unit {
-            Unit::Head { head, .. } => (Some(head as u32), None),
-            Unit::Neuron { neuron, .. } => (None, Some(neuron as u32)),
-            Unit::Mlp { .. } => (None, None),
+        .flat_map(|&ablation| units.iter().map(move |&unit| (ablation, unit)));
+    jobs.zip(values)
+        .filter_map(|((ablation, unit), v)| {
+            v.map(|ablated| AblationRow {
+                unit,
+                ablation,
+                metric,
+                baseline,
+                ablated,
+            })
         })
-        .unzip();
-    df!(
-        "unit" => rows.iter().map(|r| r.unit.to_string()).collect::<Vec<_>>(),
-        "unit_kind" => rows.iter().map(|r| r.unit.kind()).collect::<Vec<_>>(),
-        "layer" => rows.iter().map(|r| r.unit.layer() as u32).collect::<Vec<_>>(),
-        "head" => head,
-        "neuron" => neuron,
-        "ablation" => rows.iter().map(|r| r.ablation.name()).collect::<Vec<_>>(),
-        "metric" => rows.iter().map(|r| r.metric.name()).collect::<Vec<_>>(),
-        "baseline" => rows.iter().map(|r| r.baseline).collect::<Vec<_>>(),
-        "ablated" => rows.iter().map(|r| r.ablated).collect::<Vec<_>>(),
-        "delta" => rows.iter().map(|r| r.ablated - r.baseline).collect::<Vec<_>>()
-    )
-    .map_err(|e| Error::Invalid(format!("building the ablation table: {e}")))
+        .collect()
 }
 
 #[cfg(test)]

@@ -243,29 +243,33 @@ pub fn composition_scores(model: &HookedTransformer, kind: Composition) -> Resul
     Ok(Tensor::from_vec(out, (l, h, l, h), model.device())?)
 }
 
-/// The columns of [`heads_frame`] and what they mean (for the run manifest).
-pub const HEAD_COLUMNS: &[(&str, &str)] = &[
-    ("layer", "layer of the head"),
-    ("head", "head within the layer"),
-    ("circuit", "qk = W_Q W_K^T, ov = W_V W_O (d_model x d_model); full_qk = W_E QK W_E^T, full_ov = W_E OV W_U (vocabulary x vocabulary); pos_qk = W_pos QK W_pos^T (learned positions)"),
-    ("rank", "index of the singular value, 0 = largest"),
-    ("singular_value", "the singular value"),
-    ("copying_score", "the head's copying score Re(sum of eigenvalues) / sum |eigenvalues| of its full OV circuit (same on every row of the head)"),
-    ("top_tokens", "ov: the tokens the right singular vector's direction unembeds to most (V^T W_U); full_ov: the output tokens the right singular vector weighs most; null otherwise"),
-];
 
-/// A tidy per-head table: the top `k` singular values of every head's QK, OV, full QK, full OV
-/// (and positional QK) circuits, its copying score, and for the OV circuits the `n_tokens`
-/// tokens each right singular vector points to; see [`HEAD_COLUMNS`]. `progress` is called
-/// after each head.
-pub fn heads_frame(
+/// One singular value of one head's circuit: a row of the per-head circuit table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadCircuitRow {
+    pub layer: usize,
+    pub head: usize,
+    /// `qk`, `ov`, `full_qk`, `full_ov` or `pos_qk` (learned positions only).
+    pub circuit: &'static str,
+    /// Index of the singular value, 0 = largest.
+    pub rank: usize,
+    pub singular_value: f32,
+    /// The head's copying score (the same on every row of the head).
+    pub copying_score: f32,
+    /// For `ov` and `full_ov`: the token ids the right singular vector points to most, best
+    /// first; `None` for the other circuits.
+    pub top_tokens: Option<Vec<u32>>,
+}
+
+/// The top `k` singular values of every head's QK, OV, full QK, full OV (and positional QK)
+/// circuits, with its copying score, and for the OV circuits the `n_tokens` tokens each right
+/// singular vector points to. `progress` is called after each head.
+pub fn head_circuits(
     model: &HookedTransformer,
-    tok: &crate::Tokenizer,
     k: usize,
     n_tokens: usize,
     mut progress: impl FnMut(),
-) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
+) -> Result<Vec<HeadCircuitRow>> {
     let (l_n, h_n) = (model.cfg.n_layers, model.cfg.n_heads);
     let copying: Vec<f32> = copying_scores(model)?
         .to_dtype(DType::F32)?
@@ -273,15 +277,6 @@ pub fn heads_frame(
         .to_vec1()?;
     let (qk_svd, ov_svd) = (qk(model)?.svd()?, ov(model)?.svd()?);
     let w_u = upcast(&model.w_u)?;
-    let (mut layer, mut head, mut circuit, mut rank) = (vec![], vec![], vec![], vec![]);
-    let (mut value, mut copy, mut tokens) = (vec![], vec![], vec![]);
-    let decode = |ids: Vec<(u32, f32)>| -> Result<String> {
-        let words = ids
-            .iter()
-            .map(|(id, _)| tok.decode(&[*id]))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(words.join(" | "))
-    };
     let full_qk_s = full_qk_singular_values(model)?;
     let pos_qk_s = match model.w_pos.is_some() {
         true => Some(pos_qk_singular_values(model)?),
@@ -290,6 +285,7 @@ pub fn heads_frame(
     let full_ov = full_ov_gram_svd(model)?;
     let w_o_all = w_o(model)?; // [L, H, d_head, d_model]
     let k = k.min(model.cfg.d_head);
+    let mut rows = vec![];
     for l in 0..l_n {
         // Right singular vectors of each head's full OV circuit over the vocabulary, top k:
         // W_Uᵀ·(W_Oᵀ·right[.., :k]) for the layer's heads at once: [d_vocab, H·k].
@@ -304,8 +300,8 @@ pub fn heads_frame(
             .contiguous()?
             .reshape((model.cfg.d_model, h_n * k))?;
         let vocab_vectors = t(&w_u)?.matmul(&m)?.t()?.contiguous()?; // [H·k, d_vocab]
-                                                                     // The OV circuits' right singular vectors (d_model) read through the unembedding:
-                                                                     // [H, d_model, k] -> [d_model, H·k] -> [H·k, d_vocab].
+        // The OV circuits' right singular vectors (d_model) read through the unembedding:
+        // [H, d_model, k] -> [d_model, H·k] -> [H·k, d_vocab].
         let ov_right = ov_svd.v.get(l)?.narrow(2, 0, k)?.to_dtype(DType::F32)?;
         let ov_right = ov_right
             .permute((1, 0, 2))?
@@ -327,78 +323,29 @@ pub fn heads_frame(
             }
             for (name, s) in circuits {
                 for (i, &sv) in s.iter().enumerate().take(k) {
-                    let top = match name {
-                        // The OV right singular vector (d_model), read through the unembedding.
-                        "ov" => {
-                            let v: Vec<f32> = ov_logits.get(h * k + i)?.to_vec1()?;
-                            Some(decode(super::metrics::top_k(&v, n_tokens))?)
-                        }
-                        "full_ov" => {
-                            let v: Vec<f32> = vocab_vectors.get(h * k + i)?.to_vec1()?;
-                            Some(decode(super::metrics::top_k(&v, n_tokens))?)
-                        }
+                    let top = |m: &Tensor| -> Result<Vec<u32>> {
+                        let v: Vec<f32> = m.get(h * k + i)?.to_vec1()?;
+                        let top = super::metrics::top_k(&v, n_tokens);
+                        Ok(top.into_iter().map(|(id, _)| id).collect())
+                    };
+                    let top_tokens = match name {
+                        "ov" => Some(top(&ov_logits)?),
+                        "full_ov" => Some(top(&vocab_vectors)?),
                         _ => None,
                     };
-                    layer.push(l as u32);
-                    head.push(h as u32);
-                    circuit.push(name);
-                    rank.push(i as u32);
-                    value.push(sv);
-                    copy.push(copying[l * h_n + h]);
-                    tokens.push(top);
+                    rows.push(HeadCircuitRow {
+                        layer: l,
+                        head: h,
+                        circuit: name,
+                        rank: i,
+                        singular_value: sv,
+                        copying_score: copying[l * h_n + h],
+                        top_tokens,
+                    });
                 }
             }
             progress();
         }
     }
-    df!(
-        "layer" => layer, "head" => head, "circuit" => circuit, "rank" => rank,
-        "singular_value" => value, "copying_score" => copy, "top_tokens" => tokens
-    )
-    .map_err(|e| Error::Invalid(format!("building the circuits table: {e}")))
-}
-
-/// The columns of [`composition_frame`] and what they mean (for the run manifest).
-pub const COMPOSITION_COLUMNS: &[(&str, &str)] = &[
-    (
-        "kind",
-        "Q, K or V: which input of the reader the writer's OV output feeds",
-    ),
-    ("writer_layer", "layer of the earlier (writing) head"),
-    ("writer_head", "the writing head"),
-    ("reader_layer", "layer of the later (reading) head"),
-    ("reader_head", "the reading head"),
-    (
-        "score",
-        "||OV_writer R_reader||_F / (||OV_writer||_F ||R_reader||_F), R = QK, QK^T or OV",
-    ),
-];
-
-/// A tidy table of composition scores [L, H, L, H] per kind, earlier-to-later pairs only.
-pub fn composition_frame(scores: &[(Composition, Tensor)]) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let (mut kind, mut wl, mut wh, mut rl, mut rh, mut score) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (c, s) in scores {
-        let (l_n, h_n, _, _) = s.dims4()?;
-        let v: Vec<f32> = s.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        for (i, &x) in v.iter().enumerate() {
-            let (l1, h1, l2, h2) = (
-                i / (h_n * l_n * h_n),
-                i / (l_n * h_n) % h_n,
-                i / h_n % l_n,
-                i % h_n,
-            );
-            if l1 < l2 {
-                kind.push(c.name());
-                wl.push(l1 as u32);
-                wh.push(h1 as u32);
-                rl.push(l2 as u32);
-                rh.push(h2 as u32);
-                score.push(x);
-            }
-        }
-    }
-    df!("kind" => kind, "writer_layer" => wl, "writer_head" => wh, "reader_layer" => rl, "reader_head" => rh, "score" => score)
-        .map_err(|e| Error::Invalid(format!("building the composition table: {e}")))
+    Ok(rows)
 }

@@ -2,7 +2,7 @@
 //! pattern (previous token, duplicate token, induction) on repeated random tokens.
 
 use crate::error::{Error, Result};
-use crate::hooks::{BlockHook, HookPoint, NameFilter};
+use crate::hook_points::{BlockHook, HookPoint, NameFilter};
 use crate::model::HookedTransformer;
 use candle_core::{DType, Device, Tensor};
 
@@ -106,38 +106,3 @@ pub fn best_head(scores: &Tensor) -> Result<(usize, usize, f32)> {
         .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a }))
 }
 
-/// The columns of [`scores_frame`] and what they mean (for the run manifest).
-pub const SCORE_COLUMNS: &[(&str, &str)] = &[
-    ("kind", "previous_token | duplicate_token | induction"),
-    ("layer", "layer of the head, from 0"),
-    ("head", "head within the layer, from 0"),
-    ("label", "the head as L{layer}H{head}"),
-    (
-        "score",
-        "mean attention on the kind's stripe over the second copy, 0..1",
-    ),
-];
-
-/// A tidy table of scores: one row per (kind, layer, head) with columns
-/// `kind` (str), `layer` (u32), `head` (u32), `label` (str, e.g. `L1H3`), `score` (f32).
-pub fn scores_frame(
-    scores: &std::collections::HashMap<HeadKind, Tensor>,
-) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let (mut kind, mut layer, mut head, mut label, mut score) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for k in HeadKind::ALL {
-        let Some(t) = scores.get(&k) else { continue };
-        for (l, row) in t.to_vec2::<f32>()?.into_iter().enumerate() {
-            for (h, s) in row.into_iter().enumerate() {
-                kind.push(k.name());
-                layer.push(l as u32);
-                head.push(h as u32);
-                label.push(format!("L{l}H{h}"));
-                score.push(s);
-            }
-        }
-    }
-    df!("kind" => kind, "layer" => layer, "head" => head, "label" => label, "score" => score)
-        .map_err(|e| Error::Invalid(format!("building the scores table: {e}")))
-}

@@ -199,27 +199,3 @@ fn describe(label: &str, value: f32) -> Contribution {
     }
 }
 
-/// The columns of [`dla_frame`] and what they mean (for the run manifest).
-pub const DLA_COLUMNS: &[(&str, &str)] = &[
-    ("component", "embed, pos_embed, L{layer}H{head}, attn {layer} (whole layers, for models with post-sublayer norms such as Gemma 2), mlp {layer}, L{layer}N{neuron}, bias (summed b_O and b_out), unembed bias (final-norm bias and b_U)"),
-    ("kind", "embed | pos_embed | head | attn | mlp | neuron | bias | unembed_bias"),
-    ("layer", "the component's layer (null for embeddings and biases)"),
-    ("head", "the head (heads only)"),
-    ("neuron", "the MLP neuron (neurons only)"),
-    ("contribution", "logit difference answer - wrong it adds, through the final norm's cached scale; all rows sum to the model's logit difference (before the final soft-cap, for Gemma 2)"),
-];
-
-/// A tidy table of attributions, one row per component; see [`DLA_COLUMNS`].
-pub fn dla_frame(dla: &Dla) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let c = &dla.contributions;
-    df!(
-        "component" => c.iter().map(|x| x.component.clone()).collect::<Vec<_>>(),
-        "kind" => c.iter().map(|x| x.kind).collect::<Vec<_>>(),
-        "layer" => c.iter().map(|x| x.layer).collect::<Vec<_>>(),
-        "head" => c.iter().map(|x| x.head).collect::<Vec<_>>(),
-        "neuron" => c.iter().map(|x| x.neuron).collect::<Vec<_>>(),
-        "contribution" => c.iter().map(|x| x.value).collect::<Vec<_>>()
-    )
-    .map_err(|e| Error::Invalid(format!("building the DLA table: {e}")))
-}

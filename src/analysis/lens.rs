@@ -52,7 +52,7 @@ pub fn logit_lens(
     let d_vocab = model.cfg.d_vocab;
     if opts.k == 0 || opts.k > d_vocab {
         return Err(Error::bad_parameter(
-            "--top-k",
+            "top_k",
             opts.k,
             format!("must lie in 1..={d_vocab} (the vocabulary size)"),
         ));
@@ -120,66 +120,3 @@ fn cache_len(cache: &ActivationCache) -> Result<usize> {
     Ok(resid.dim(1)?)
 }
 
-/// The columns of [`lens_frame`] and what they mean (for the run manifest).
-pub const LENS_COLUMNS: &[(&str, &str)] = &[
-    ("prompt", "index of the prompt in the batch, from 0"),
-    ("layer", "stack entry: {l}_pre = residual stream entering layer l, {l}_mid = between its attention and MLP, final_post = the model's output stream"),
-    ("layer_index", "the entry's index in the stack, from 0"),
-    ("position", "position in the prompt, from 0"),
-    ("token", "the prompt's token at that position"),
-    ("rank", "0 = the lens's most likely next token, 1 = the second, ..."),
-    ("token_id", "id of the ranked token"),
-    ("token_str", "the ranked token as text"),
-    ("log_prob", "its log-probability under the lens (nats)"),
-    ("target_id", "the --target token's id (null without --target)"),
-    ("target_rank", "the target's rank: how many tokens the lens rates strictly higher (0 = top)"),
-    ("target_log_prob", "the target's log-probability under the lens"),
-    ("entropy", "entropy of the lens distribution (nats)"),
-];
-
-/// A tidy table of logit-lens cells: one row per (prompt, entry, position, top-k rank); see
-/// [`LENS_COLUMNS`]. `tokens` are the prompts' ids, used to show the token at each position.
-pub fn lens_frame(
-    cells: &[LensCell],
-    tokens: &[Vec<u32>],
-    tok: &crate::Tokenizer,
-    target: Option<u32>,
-) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let n: usize = cells.iter().map(|c| c.top.len()).sum();
-    let mut prompt = Vec::with_capacity(n);
-    let (mut layer, mut layer_index, mut position, mut token) = (vec![], vec![], vec![], vec![]);
-    let (mut rank, mut token_id, mut token_str, mut log_prob) = (vec![], vec![], vec![], vec![]);
-    let (mut target_id, mut target_rank, mut target_lp, mut entropy) =
-        (vec![], vec![], vec![], vec![]);
-    for c in cells {
-        let here = tokens
-            .get(c.batch)
-            .and_then(|t| t.get(c.pos))
-            .map(|&id| tok.decode(&[id]))
-            .transpose()?
-            .unwrap_or_default();
-        for (r, &(id, lp)) in c.top.iter().enumerate() {
-            prompt.push(c.batch as u32);
-            layer.push(c.label.clone());
-            layer_index.push(c.entry as u32);
-            position.push(c.pos as u32);
-            token.push(here.clone());
-            rank.push(r as u32);
-            token_id.push(id);
-            token_str.push(tok.decode(&[id])?);
-            log_prob.push(lp);
-            target_id.push(target);
-            target_rank.push(c.target.map(|t| t.0));
-            target_lp.push(c.target.map(|t| t.1));
-            entropy.push(c.entropy);
-        }
-    }
-    df!(
-        "prompt" => prompt, "layer" => layer, "layer_index" => layer_index,
-        "position" => position, "token" => token, "rank" => rank, "token_id" => token_id,
-        "token_str" => token_str, "log_prob" => log_prob, "target_id" => target_id,
-        "target_rank" => target_rank, "target_log_prob" => target_lp, "entropy" => entropy
-    )
-    .map_err(|e| Error::Invalid(format!("building the logit-lens table: {e}")))
-}

@@ -8,6 +8,7 @@ pub mod embeddings;
 pub mod factored;
 pub mod lens;
 pub mod metrics;
+pub mod neurons;
 pub mod patching;
 pub mod resid;
 pub mod sweep;

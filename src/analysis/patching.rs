@@ -4,19 +4,20 @@
 //!
 //! The cells become [`Job`]s of one [`super::sweep::Sweep`] over the corrupted prompts.
 
-use super::sweep::{Job, Metric, Target};
+use super::sweep::{Job, Metric, Sweep, Target};
+use crate::data::PairBatch;
 use crate::cache::ActivationCache;
 use crate::error::{Error, Result};
-use crate::hooks::{BlockHook, HookPoint, Hooks, NameFilter};
+use crate::hook_points::{BlockHook, HookPoint, NameFilter};
+use crate::hooks::Hooks;
 use crate::intervention::{Intervention, Site};
 use crate::model::HookedTransformer;
-use candle_core::{DType, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 /// A patching grid, named as TransformerLens's function without `get_act_patch_`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
 pub enum Grid {
     /// `blocks.L.hook_resid_pre` at one position: layer × position.
     ResidPre,
@@ -108,6 +109,175 @@ impl Grid {
         }
         Ok(cells)
     }
+}
+
+impl Grid {
+    /// The grid's axes, as TransformerLens's `get_act_patch_<grid>` lays out its result.
+    pub fn axes(self) -> &'static [&'static str] {
+        match (self.per_head(), self.per_pos()) {
+            (false, _) => &["layer", "pos"],
+            (true, false) => &["layer", "head"],
+            (true, true) => &["layer", "head", "pos"],
+        }
+    }
+
+    /// The grid's shape for `model` and prompts of `n_pos` tokens (see [`Grid::axes`]).
+    pub fn shape(self, model: &HookedTransformer, n_pos: usize) -> Vec<usize> {
+        let (l, h) = (model.cfg.n_layers, model.cfg.n_heads);
+        match (self.per_head(), self.per_pos()) {
+            (false, _) => vec![l, n_pos],
+            (true, false) => vec![l, h],
+            (true, true) => vec![l, h, n_pos],
+        }
+    }
+}
+
+/// A patching metric's scale: 0 at the corrupted run, 1 at the clean run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalised {
+    pub clean: f32,
+    pub corrupted: f32,
+}
+
+impl Normalised {
+    /// The scale from the clean and corrupted runs' metric; an error when they agree (there
+    /// is nothing for patching to restore).
+    pub fn new(clean: f32, corrupted: f32, metric: Metric) -> Result<Self> {
+        if (clean - corrupted).abs() < 1e-6 {
+            return Err(Error::Invalid(format!(
+                "the clean and corrupted prompts give the same {} ({clean:.6}): there is nothing for patching to restore; use pairs whose answers differ",
+                metric.name()
+            )));
+        }
+        Ok(Self { clean, corrupted })
+    }
+
+    /// `raw` on the 0 (corrupted) .. 1 (clean) scale.
+    pub fn of(&self, raw: f32) -> f32 {
+        (raw - self.corrupted) / (self.clean - self.corrupted)
+    }
+}
+
+/// Activation patching of `grids` from the clean into the corrupted prompts of a batch: the
+/// cells, the sweep that patches each, and the scale that normalises the metric.
+pub struct Patching<'m> {
+    pub cells: Vec<Cell>,
+    /// One job per cell, in `cells` order.
+    pub sweep: Sweep<'m>,
+    pub scale: Normalised,
+    pub clean: ActivationCache,
+    pub target: Target,
+    pub metric: Metric,
+    n_pos: usize,
+}
+
+impl<'m> Patching<'m> {
+    /// Plans the patching of every cell of `grids` (the clean run's activations cached, the
+    /// metric measured on both runs); [`Sweep::run_all`] or a resumable runner computes it.
+    pub fn new(
+        model: &'m HookedTransformer,
+        batch: &PairBatch,
+        grids: &[Grid],
+        metric: Metric,
+        tokens_per_pass: usize,
+    ) -> Result<Self> {
+        let points = NameFilter::Points(clean_points(model, grids));
+        let (clean_logits, clean) = model.run_with_cache(&batch.clean, points)?;
+        let clean_value = mean(&metric.of_logits(&clean_logits, &Target::new(batch, false)?)?);
+        let target = Target::new(batch, true)?;
+        let n_pos = batch.clean.dim(1)?;
+        let cells: Vec<Cell> = grids
+            .iter()
+            .map(|g| g.cells(model, n_pos))
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        let jobs = cells
+            .iter()
+            .map(|c| c.job(&clean))
+            .collect::<Result<Vec<_>>>()?;
+        let sweep = Sweep::new(model, target.clone(), metric, jobs, tokens_per_pass)?;
+        let scale = Normalised::new(clean_value, sweep.baseline(), metric)?;
+        Ok(Self {
+            cells,
+            sweep,
+            scale,
+            clean,
+            target,
+            metric,
+            n_pos,
+        })
+    }
+
+    /// The rows of the sweep's `values` (one per cell; `None` for cells another shard ran).
+    pub fn rows(&self, values: &[Option<f32>]) -> Vec<PatchRow> {
+        self.cells
+            .iter()
+            .zip(values)
+            .filter_map(|(cell, v)| {
+                v.map(|raw| PatchRow {
+                    cell: *cell,
+                    method: "activation",
+                    raw,
+                    value: self.scale.of(raw),
+                })
+            })
+            .collect()
+    }
+
+    /// Attribution patching of every cell (one forward and one backward pass), as rows.
+    pub fn attribution_rows(&self, model: &HookedTransformer) -> Result<Vec<PatchRow>> {
+        let est = attribution(model, &self.target, self.metric, &self.clean, &self.cells)?;
+        let corrupted = self.scale.corrupted;
+        Ok(self
+            .cells
+            .iter()
+            .zip(est)
+            .map(|(cell, d)| PatchRow {
+                cell: *cell,
+                method: "attribution",
+                raw: corrupted + d,
+                value: self.scale.of(corrupted + d),
+            })
+            .collect())
+    }
+
+    /// The normalised values of `grid` among `rows` (of `method`), laid out as
+    /// [`Grid::shape`]; cells without a row are NaN.
+    pub fn grid(&self, grid: Grid, rows: &[PatchRow], method: &str) -> Result<Tensor> {
+        let shape = grid.shape(self.sweep.model(), self.n_pos);
+        let mut values = vec![f32::NAN; shape.iter().product()];
+        let n_heads = self.sweep.model().cfg.n_heads;
+        for r in rows.iter().filter(|r| r.cell.grid == grid && r.method == method) {
+            let c = r.cell;
+            let (h, p) = (c.head.unwrap_or(0), c.pos.unwrap_or(0));
+            let i = match grid.axes() {
+                [_, "pos"] => c.layer * self.n_pos + p,
+                [_, "head"] => c.layer * n_heads + h,
+                _ => (c.layer * n_heads + h) * self.n_pos + p,
+            };
+            values[i] = r.value;
+        }
+        Ok(Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?)
+    }
+}
+
+/// TransformerLens's `get_act_patch_<grid>` in one call: the metric of the corrupted prompts
+/// with each cell patched from the clean ones, normalised (0 corrupted, 1 clean), laid out as
+/// [`Grid::shape`] ([layer, pos], [layer, head] or [layer, head, pos]).
+pub fn act_patch(
+    model: &HookedTransformer,
+    grid: Grid,
+    batch: &PairBatch,
+    metric: Metric,
+    tokens_per_pass: usize,
+) -> Result<Tensor> {
+    let p = Patching::new(model, batch, &[grid], metric, tokens_per_pass)?;
+    let values: Vec<Option<f32>> = p.sweep.run_all()?.into_iter().map(Some).collect();
+    p.grid(grid, &p.rows(&values), "activation")
+}
+
+fn mean(v: &[f32]) -> f32 {
+    v.iter().sum::<f32>() / v.len() as f32
 }
 
 /// One cell of a patching grid.
@@ -224,29 +394,3 @@ pub struct PatchRow {
     pub value: f32,
 }
 
-/// The columns of the patching table and what each means.
-pub const PATCH_COLUMNS: &[(&str, &str)] = &[
-    ("grid", "resid_pre | attn_out | mlp_out | attn_head_out_all_pos | attn_head_out_by_pos | attn_head_pattern_all_pos (TransformerLens's get_act_patch_<grid>)"),
-    ("layer", "the patched layer"),
-    ("position", "the patched token position (null when every position is patched)"),
-    ("head", "the patched head (per-head grids only)"),
-    ("value", "the metric normalised: (raw - corrupted) / (clean - corrupted), 0 = the corrupted run, 1 = the clean run"),
-    ("raw", "the metric (mean over the pairs) of the corrupted run with this cell patched from the clean run; for attribution, corrupted + the linear estimate of the change"),
-    ("method", "activation (a patched forward pass) | attribution ((clean - corrupted) · gradient at the corrupted run)"),
-];
-
-/// A tidy table of patching results; see [`PATCH_COLUMNS`].
-pub fn patch_frame(rows: &[PatchRow]) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let opt = |v: Option<usize>| v.map(|x| x as u32);
-    df!(
-        "grid" => rows.iter().map(|r| r.cell.grid.name()).collect::<Vec<_>>(),
-        "layer" => rows.iter().map(|r| r.cell.layer as u32).collect::<Vec<_>>(),
-        "position" => rows.iter().map(|r| opt(r.cell.pos)).collect::<Vec<_>>(),
-        "head" => rows.iter().map(|r| opt(r.cell.head)).collect::<Vec<_>>(),
-        "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
-        "raw" => rows.iter().map(|r| r.raw).collect::<Vec<_>>(),
-        "method" => rows.iter().map(|r| r.method).collect::<Vec<_>>()
-    )
-    .map_err(|e| Error::Invalid(format!("building the patching table: {e}")))
-}

@@ -11,7 +11,7 @@
 use crate::cache::ActivationCache;
 use crate::config::Normalization;
 use crate::error::{Error, Result};
-use crate::hooks::{BlockHook, HookPoint};
+use crate::hook_points::{BlockHook, HookPoint};
 use crate::model::{upcast, HookedTransformer};
 use candle_core::{Tensor, D};
 

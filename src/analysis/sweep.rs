@@ -15,14 +15,15 @@
 use crate::analysis::metrics::next_token_losses;
 use crate::data::PairBatch;
 use crate::error::{Error, Result};
-use crate::hooks::{HookPoint, Hooks, NameFilter};
+use crate::hook_points::{HookPoint, NameFilter};
+use crate::hooks::Hooks;
 use crate::intervention::{Fired, Intervention, Site};
 use crate::model::{HookedTransformer, LayerKv};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 /// What a sweep measures, averaged over the prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Mean next-token cross-entropy (nats) over each prompt's positions.
@@ -340,14 +341,14 @@ impl<'m> Sweep<'m> {
         }
 
         let points = (0..n)
-            .map(|l| HookPoint::block(l, crate::hooks::BlockHook::ResidPre))
+            .map(|l| HookPoint::block(l, crate::hook_points::BlockHook::ResidPre))
             .collect();
         let mut hooks = Hooks::none().with_cache(NameFilter::Points(points));
         let mut kv = vec![LayerKv::default(); n];
         let logits = model.forward_cached(&target.tokens, &mut kv, &mut hooks)?;
         let cache = hooks.take_cache();
         let resid_pre = (0..n)
-            .map(|l| Ok(cache.block(l, crate::hooks::BlockHook::ResidPre)?.clone()))
+            .map(|l| Ok(cache.block(l, crate::hook_points::BlockHook::ResidPre)?.clone()))
             .collect::<Result<_>>()?;
         let value = metric.of_logits(&logits, &target)?;
         let losses = match metric {
@@ -372,6 +373,11 @@ impl<'m> Sweep<'m> {
     }
 
     /// The metric of the unintervened run, averaged over the prompts.
+    /// The model the sweep runs.
+    pub fn model(&self) -> &'m HookedTransformer {
+        self.model
+    }
+
     pub fn baseline(&self) -> f32 {
         mean(&self.base.value)
     }

@@ -40,7 +40,7 @@ impl Default for LoadOptions {
     }
 }
 
-/// Where a model's weights came from, for run manifests.
+/// Where a model's weights came from (what run manifests record).
 #[derive(Debug, Clone)]
 pub struct ModelSource {
     /// What the caller asked for: a Hub id, path, alias, or [`EMBEDDED_NAME`].
@@ -57,34 +57,29 @@ pub const EMBEDDED_NAME: &str = "embedded-induction-2l";
 const EMBEDDED_CONFIG: &str = include_str!("../../assets/embedded/config.json");
 const EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../../assets/embedded/model.safetensors");
 
-/// Loads a model and its tokenizer.
+/// A model, its tokenizer, and where they came from: what every loader returns.
+pub type Loaded = (HookedTransformer, Tokenizer, ModelSource);
+
+/// Loads a model and its tokenizer, and says where they came from.
 ///
 /// `spec` is `None` for the embedded model, a local directory (`config.json` +
 /// `model.safetensors` or a sharded `model.safetensors.index.json`, and `tokenizer.json` or
 /// `vocab.json` + `merges.txt`), a `.safetensors` file inside such a directory, or a Hugging Face
 /// model id such as `gpt2` (downloaded into, or read offline from, the standard HF cache).
-pub fn load_model(
-    spec: Option<&str>,
-    opts: &LoadOptions,
-) -> Result<(HookedTransformer, Tokenizer)> {
+pub fn load_model(spec: Option<&str>, opts: &LoadOptions) -> Result<Loaded> {
     let Some(spec) = spec else {
         return load_embedded(opts);
     };
-    let (model, tok) = load_spec(spec, opts)?;
-    let files = match model.source() {
-        Some(s) => s.files.clone(),
-        None => vec![],
-    };
+    let (model, tok, source) = load_spec(spec, opts)?;
+    // The manifest names the model as the caller did (a Hub id or alias, not the file read).
     let source = ModelSource {
         name: spec.into(),
-        files,
-        embedded: None,
-        processing: opts.processing,
+        ..source
     };
-    Ok((model.with_source(source), tok))
+    Ok((model, tok, source))
 }
 
-fn load_spec(spec: &str, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
     let path = Path::new(spec);
     if path.is_dir() {
         return load_dir(path, opts);
@@ -139,16 +134,16 @@ pub fn alias_path(spec: &str) -> Option<PathBuf> {
 }
 
 /// Loads a llama-architecture `.gguf` file, dequantized, with the tokenizer from its metadata.
-pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let (cfg, tok, raw) = read_gguf(path)?;
     let w = llama::to_canonical(&raw, &cfg)?;
     raw.check_all_used(llama::IGNORED)?;
     let source = file_source(path.display().to_string(), raw.files.clone(), opts);
-    Ok((build(cfg, w, opts)?.with_source(source), tok))
+    Ok((build(cfg, w, opts)?, tok, source))
 }
 
 /// The embedded model and its byte-level tokenizer.
-pub fn load_embedded(opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+pub fn load_embedded(opts: &LoadOptions) -> Result<Loaded> {
     if EMBEDDED_WEIGHTS.is_empty() {
         return Err(Error::Invalid(
             "this build has no embedded model; run `cargo run --release --bin train_embedded`"
@@ -166,14 +161,11 @@ pub fn load_embedded(opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer
         embedded: Some(EMBEDDED_WEIGHTS),
         processing: opts.processing,
     };
-    Ok((
-        build(cfg, w, opts)?.with_source(source),
-        Tokenizer::bytes()?,
-    ))
+    Ok((build(cfg, w, opts)?, Tokenizer::bytes()?, source))
 }
 
 /// Loads a model directory laid out like a Hugging Face model repo.
-pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, Tokenizer)> {
+pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::MissingFile {
@@ -193,8 +185,7 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<(HookedTransformer, To
     };
     raw.check_all_used(ignored)?;
     let source = file_source(dir.display().to_string(), raw.files.clone(), opts);
-    let model = build(cfg, w, opts)?.with_source(source);
-    Ok((model, load_tokenizer(dir)?))
+    Ok((build(cfg, w, opts)?, load_tokenizer(dir)?, source))
 }
 
 fn file_source(name: String, files: Vec<PathBuf>, opts: &LoadOptions) -> ModelSource {

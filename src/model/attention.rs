@@ -10,7 +10,8 @@
 use super::{kernels, linear, norm::upcast, Norm};
 use crate::config::{ModelConfig, Normalization, Positional};
 use crate::error::Result;
-use crate::hooks::{BlockHook, HookPoint, Hooks};
+use crate::hook_points::{BlockHook, HookPoint};
+use crate::hooks::Hooks;
 use crate::matmul::{broadcast_matmul, matmul};
 use crate::weights::Weights;
 use candle_core::{Tensor, D};

@@ -3,7 +3,8 @@
 use super::linear;
 use crate::config::{Activation, ModelConfig};
 use crate::error::Result;
-use crate::hooks::{BlockHook, HookPoint, Hooks};
+use crate::hook_points::{BlockHook, HookPoint};
+use crate::hooks::Hooks;
 use crate::weights::Weights;
 use candle_core::Tensor;
 

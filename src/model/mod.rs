@@ -14,9 +14,9 @@ pub use positions::sinusoidal_table;
 use crate::cache::ActivationCache;
 use crate::config::{ModelConfig, Normalization, Positional};
 use crate::error::{Error, Result};
-use crate::hooks::{BlockHook, HookPoint, Hooks, NameFilter};
+use crate::hook_points::{BlockHook, HookPoint, NameFilter};
+use crate::hooks::Hooks;
 use crate::intervention::Fired;
-use crate::loading::ModelSource;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 
@@ -151,7 +151,7 @@ pub struct Run {
 /// ```no_run
 /// # fn main() -> hooklens::Result<()> {
 /// use hooklens::{load_model, LoadOptions, NameFilter, BlockHook};
-/// let (model, tok) = load_model(None, &LoadOptions::default())?; // the embedded model
+/// let (model, tok, _) = load_model(None, &LoadOptions::default())?; // the embedded model
 /// let tokens = tok.to_tokens(&["ab ab ab"], true, model.device())?;
 /// let (logits, cache) = model.run_with_cache(&tokens, NameFilter::All)?;
 /// let pattern = cache.block(1, BlockHook::Pattern)?; // [batch, head, query, key]
@@ -171,7 +171,6 @@ pub struct HookedTransformer {
     /// [d_vocab]
     pub b_u: Option<Tensor>,
     device: Device,
-    source: Option<ModelSource>,
 }
 
 impl HookedTransformer {
@@ -206,19 +205,7 @@ impl HookedTransformer {
             blocks,
             cfg,
             device,
-            source: None,
         })
-    }
-
-    /// Records where the weights came from (set by the loaders; read by run manifests).
-    pub fn with_source(mut self, source: ModelSource) -> Self {
-        self.source = Some(source);
-        self
-    }
-
-    /// Where the weights came from, if loaded from files or the embedded model.
-    pub fn source(&self) -> Option<&ModelSource> {
-        self.source.as_ref()
     }
 
     pub fn device(&self) -> &Device {
@@ -235,7 +222,7 @@ impl HookedTransformer {
     /// ```
     /// # fn main() -> hooklens::Result<()> {
     /// use hooklens::{load_model, BlockHook, HookPoint, Hooks, Intervention, LoadOptions, NameFilter, Site};
-    /// let (model, tok) = load_model(None, &LoadOptions::default())?;
+    /// let (model, tok, _) = load_model(None, &LoadOptions::default())?;
     /// let tokens = tok.to_tokens(&["abcd abcd"], true, model.device())?;
     /// let hooks = Hooks::none()
     ///     .intervene(Site::head(HookPoint::block(0, BlockHook::Z), 1), Intervention::Zero)
@@ -507,7 +494,7 @@ impl HookedTransformer {
     /// ```no_run
     /// # fn main() -> hooklens::Result<()> {
     /// # use hooklens::{load_model, LoadOptions, Hooks, HookPoint, BlockHook};
-    /// # let (model, tok) = load_model(None, &LoadOptions::default())?;
+    /// # let (model, tok, _) = load_model(None, &LoadOptions::default())?;
     /// # let tokens = tok.to_tokens(&["ab ab"], true, model.device())?;
     /// // Double layer 1's attention output with a closure.
     /// let hooks = Hooks::none().add(HookPoint::Block(1, BlockHook::AttnOut), |x, _| {

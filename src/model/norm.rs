@@ -2,7 +2,8 @@
 
 use crate::config::Normalization;
 use crate::error::Result;
-use crate::hooks::{HookPoint, Hooks};
+use crate::hook_points::HookPoint;
+use crate::hooks::Hooks;
 use crate::weights::Weights;
 use candle_core::{DType, Tensor, D};
 

@@ -31,7 +31,8 @@ pub fn load_gpt2(dir: &Path, processing: Processing) -> (HookedTransformer, Toke
         processing,
         ..Default::default()
     };
-    load_model(Some(dir.to_str().unwrap()), &opts).unwrap()
+    let (model, tok, _) = load_model(Some(dir.to_str().unwrap()), &opts).unwrap();
+    (model, tok)
 }
 
 pub fn reference() -> HashMap<String, Tensor> {
@@ -113,7 +114,8 @@ pub fn smollm2(processed: bool) -> &'static (HookedTransformer, Tokenizer) {
             processing,
             ..Default::default()
         };
-        load_model(Some(smollm2_path().to_str().unwrap()), &opts).unwrap()
+        let (model, tok, _) = load_model(Some(smollm2_path().to_str().unwrap()), &opts).unwrap();
+        (model, tok)
     })
 }
 

@@ -10,10 +10,10 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hooklens::analysis::dla::{direct_logit_attribution, dla_frame, DLA_COLUMNS};
-use hooklens::cli::{BosArgs, ModelArgs, RunArgs};
+use lab::args::{BosArgs, ModelArgs, RunArgs};
 use hooklens::data::{ioi_pairs, read_pairs, tokenize_pairs, PairBatch, PromptPair};
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::{bar_chart, Heatmap};
+use lab::manifest::Manifest;
+use lab::plot::{bar_chart, Heatmap};
 use hooklens::NameFilter;
 use serde::Serialize;
 use std::io::Write;
@@ -59,7 +59,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {
@@ -110,7 +110,7 @@ fn run(a: Args) -> Result<()> {
     manifest.set("prompts", pairs.len())?;
     manifest.set("prepend_bos", bos)?;
 
-    let bar = hooklens::cli::spinner("attributing");
+    let bar = lab::args::spinner("attributing");
     let dla = manifest.time("attribute", || {
         let (logits, cache) = model.run_with_cache(&batch.clean, NameFilter::All)?;
         let expand = a.expand_neurons && !model.cfg.attn_only;

@@ -16,9 +16,9 @@ use hooklens::analysis::circuits::{
     composition_frame, composition_scores, copying_scores, heads_frame, Composition,
     COMPOSITION_COLUMNS, HEAD_COLUMNS,
 };
-use hooklens::cli::{ModelArgs, RunArgs};
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::Heatmap;
+use lab::args::{ModelArgs, RunArgs};
+use lab::manifest::Manifest;
+use lab::plot::Heatmap;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::io::Write;
@@ -41,7 +41,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {
@@ -68,7 +68,7 @@ fn run(a: Args) -> Result<()> {
     bar.finish_and_clear();
     run.write_table(&mut manifest, "heads.parquet", &mut heads, HEAD_COLUMNS)?;
 
-    let spinner = hooklens::cli::spinner("composition scores");
+    let spinner = lab::args::spinner("composition scores");
     let scores = manifest.time("composition", || {
         Composition::ALL
             .into_iter()

@@ -13,9 +13,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hooklens::analysis::lens::{lens_frame, logit_lens, LensOpts, LENS_COLUMNS};
 use hooklens::analysis::resid::Positions;
-use hooklens::cli::{ModelArgs, PromptArgs, RunArgs};
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::{line_plot, Heatmap};
+use lab::args::{ModelArgs, PromptArgs, RunArgs};
+use lab::manifest::Manifest;
+use lab::plot::{line_plot, Heatmap};
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use serde::Serialize;
 use std::io::Write;
@@ -47,7 +47,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(mut a: Args) -> Result<()> {
@@ -83,7 +83,7 @@ fn run(mut a: Args) -> Result<()> {
     manifest.set("target_id", target)?;
 
     let n = model.cfg.n_layers;
-    let bar = hooklens::cli::spinner("running the lens");
+    let bar = lab::args::spinner("running the lens");
     let cells = manifest.time("lens", || {
         let mut points: Vec<HookPoint> = (0..n)
             .map(|l| HookPoint::block(l, BlockHook::ResidPre))

@@ -11,11 +11,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::IndexOp;
 use clap::{Parser, ValueEnum};
 use hooklens::analysis::detectors::{all_head_scores, HeadKind};
-use hooklens::cli::{BosArgs, ModelArgs, RunArgs};
+use lab::args::{BosArgs, ModelArgs, RunArgs};
 use hooklens::data::{random_token_range, repeated_random_tokens};
-use hooklens::export::html::attention_page;
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::{pattern_grid, Heatmap};
+use lab::html::attention_page;
+use lab::manifest::Manifest;
+use lab::plot::{pattern_grid, Heatmap};
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use rand::SeedableRng;
 use serde::Serialize;
@@ -66,7 +66,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {
@@ -198,7 +198,7 @@ fn run(a: Args) -> Result<()> {
         &page_heads,
         &flat,
     )?;
-    hooklens::export::atomic_write(&run.file("attention.html"), page.as_bytes())?;
+    lab::atomic_write(&run.file("attention.html"), page.as_bytes())?;
     manifest.add_file(
         "attention.html",
         "interactive attention view, self-contained (open it in a browser)",

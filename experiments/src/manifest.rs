@@ -2,11 +2,11 @@
 //! processing, dtype, device, seed, arguments, hooklens version and commit), the interventions
 //! applied, how long each phase took, and each table's schema read from the table itself.
 
-use crate::config::ModelConfig;
-use crate::error::{Error, Result};
-use crate::intervention::Fired;
-use crate::loading::{ModelSource, Processing};
-use crate::model::HookedTransformer;
+use hooklens::config::ModelConfig;
+use hooklens::error::{Error, Result};
+use hooklens::intervention::Fired;
+use hooklens::loading::{ModelSource, Processing};
+use hooklens::model::HookedTransformer;
 use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -78,14 +78,20 @@ pub struct Column {
 }
 
 impl Manifest {
-    /// A manifest for `experiment` on `model`, with the binary's parsed `args`.
-    pub fn new(experiment: &str, model: &HookedTransformer, args: &impl Serialize) -> Result<Self> {
+    /// A manifest for `experiment` on `model` (loaded from `source`), with the binary's parsed
+    /// `args`.
+    pub fn new(
+        experiment: &str,
+        model: &HookedTransformer,
+        source: &ModelSource,
+        args: &impl Serialize,
+    ) -> Result<Self> {
         Ok(Self {
             experiment: experiment.into(),
-            created_utc: super::run::timestamp(),
+            created_utc: crate::run::timestamp(),
             hooklens_version: env!("CARGO_PKG_VERSION").into(),
             git_commit: env!("HOOKLENS_GIT_COMMIT").into(),
-            model: ModelRecord::of(model)?,
+            model: ModelRecord::of(model, source)?,
             seed: None,
             args: serde_json::to_value(args)
                 .map_err(|e| Error::Invalid(format!("recording the arguments: {e}")))?,
@@ -170,26 +176,24 @@ pub fn schema_of(df: &DataFrame) -> Vec<(String, String)> {
 }
 
 impl ModelRecord {
-    /// The record of `model`, hashing its weight files.
-    pub fn of(model: &HookedTransformer) -> Result<Self> {
-        let src = model.source();
-        let weights = match src {
-            Some(ModelSource {
-                files, embedded, ..
-            }) => match embedded {
-                Some(bytes) => vec![WeightsFile {
-                    path: "(embedded in the hooklens binary)".into(),
-                    sha256: hex(&Sha256::digest(bytes)),
-                    bytes: bytes.len() as u64,
-                }],
-                None => files.iter().map(|f| hash_file(f)).collect::<Result<_>>()?,
-            },
-            None => vec![],
+    /// The record of `model`, loaded from `source`, hashing its weight files.
+    pub fn of(model: &HookedTransformer, source: &ModelSource) -> Result<Self> {
+        let weights = match source.embedded {
+            Some(bytes) => vec![WeightsFile {
+                path: "(embedded in the hooklens binary)".into(),
+                sha256: hex(&Sha256::digest(bytes)),
+                bytes: bytes.len() as u64,
+            }],
+            None => source
+                .files
+                .iter()
+                .map(|f| hash_file(f))
+                .collect::<Result<_>>()?,
         };
         Ok(Self {
-            name: src.map_or_else(|| "(built in memory)".into(), |s| s.name.clone()),
+            name: source.name.clone(),
             weights,
-            processing: src.map_or(Processing::none(), |s| s.processing),
+            processing: source.processing,
             dtype: format!("{:?}", model.dtype()).to_lowercase(),
             device: match model.device() {
                 candle_core::Device::Cpu => "cpu".into(),

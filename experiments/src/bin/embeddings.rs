@@ -10,10 +10,10 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use hooklens::analysis::embeddings::{pca_2d, UnitRows};
-use hooklens::cli::ModelArgs;
-use hooklens::cli::RunArgs;
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::labelled_points;
+use lab::args::ModelArgs;
+use lab::args::RunArgs;
+use lab::manifest::Manifest;
+use lab::plot::labelled_points;
 use serde::Serialize;
 use std::io::Write;
 
@@ -72,7 +72,7 @@ const ANALOGY_COLUMNS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {

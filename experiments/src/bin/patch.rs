@@ -13,9 +13,9 @@ use hooklens::analysis::patching::{
     attribution, clean_points, patch_frame, Cell, Grid, PatchRow, PATCH_COLUMNS,
 };
 use hooklens::analysis::sweep::{Metric, Sweep, Target};
-use hooklens::cli::{ModelArgs, PairArgs, RunArgs, SweepArgs};
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::{scatter, Heatmap};
+use lab::args::{ModelArgs, PairArgs, RunArgs, SweepArgs};
+use lab::manifest::Manifest;
+use lab::plot::{scatter, Heatmap};
 use hooklens::NameFilter;
 use serde::Serialize;
 use std::io::Write;
@@ -52,7 +52,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(mut a: Args) -> Result<()> {
@@ -103,7 +103,7 @@ fn run(mut a: Args) -> Result<()> {
     }
     let t0 = std::time::Instant::now();
     let (run, outcome) =
-        hooklens::cli::run_sweep(&a.out, &a.sweep, "patch", &a, std::slice::from_ref(&sweep))?;
+        lab::args::run_sweep(&a.out, &a.sweep, "patch", &a, std::slice::from_ref(&sweep))?;
     manifest.record_time("sweep", t0);
     manifest.interventions = outcome.fired.clone();
     manifest.set("pairs", pairs.len())?;
@@ -201,7 +201,7 @@ fn plots(
     model: &hooklens::HookedTransformer,
     rows: &[PatchRow],
     pos_labels: &[String],
-    run: &hooklens::export::run::RunDir,
+    run: &lab::run::RunDir,
     manifest: &mut Manifest,
 ) -> Result<()> {
     let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);

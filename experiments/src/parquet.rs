@@ -1,12 +1,12 @@
 //! Parquet tables (polars), written atomically.
 
-use crate::error::{Error, Result};
+use hooklens::error::{Error, Result};
 use polars::prelude::{DataFrame, ParquetReader, ParquetWriter, SerReader};
 use std::path::Path;
 
 /// Writes `df` to `path` as parquet (zstd), through a temporary file.
 pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
-    super::atomic_write_with(path, |tmp| {
+    hooklens::atomic::atomic_write_with(path, |tmp| {
         let f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         ParquetWriter::new(f)
             .finish(df)

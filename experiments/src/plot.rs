@@ -1,6 +1,6 @@
 //! PNG plots (plotters, bitmap backend) with an embedded font, so they render anywhere.
 
-use crate::error::{Error, Result};
+use hooklens::error::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -41,6 +41,51 @@ pub struct Heatmap<'a> {
     pub diverging: bool,
     /// The colour scale's range; by default the data's.
     pub range: Option<(f32, f32)>,
+}
+
+/// Writes a layers × heads heatmap (rows `L0`.., columns `H0`..): the one layout of every
+/// per-head plot. `diverging` for signed values (blue-white-red about 0).
+pub fn write_heads(
+    path: &Path,
+    title: &str,
+    values: &[Vec<f32>],
+    diverging: bool,
+    range: Option<(f32, f32)>,
+) -> Result<()> {
+    let rows: Vec<String> = (0..values.len()).map(|l| format!("L{l}")).collect();
+    let n_heads = values.first().map_or(0, Vec::len);
+    let cols: Vec<String> = (0..n_heads).map(|h| format!("H{h}")).collect();
+    Heatmap {
+        title,
+        values,
+        row_labels: &rows,
+        col_labels: &cols,
+        x_desc: "head",
+        y_desc: "layer",
+        diverging,
+        range,
+        ..Default::default()
+    }
+    .write(path)
+}
+
+/// A token as a plot shows it: escaped, spaces as `␣`, at most 24 characters.
+pub fn short(s: &str) -> String {
+    let e: String = s.escape_debug().collect::<String>().replace(' ', "␣");
+    match e.chars().count() > 24 {
+        true => format!("{}…", e.chars().take(23).collect::<String>()),
+        false => e,
+    }
+}
+
+/// The axis labels of a token sequence: `{position}:{token}`, the one way plots label tokens.
+pub fn token_labels(tok: &hooklens::Tokenizer, ids: &[u32]) -> Result<Vec<String>> {
+    Ok(tok
+        .to_str_tokens(ids)?
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i}:{}", short(s)))
+        .collect())
 }
 
 /// Blue-white-red for `v` in [lo, hi] with white at the middle.
@@ -662,7 +707,7 @@ fn write_png(
     size: (u32, u32),
     draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
 ) -> Result<()> {
-    super::atomic_write_with(path, |tmp| {
+    hooklens::atomic::atomic_write_with(path, |tmp| {
         let tmp_png = tmp.with_extension("png");
         {
             let root = BitMapBackend::new(&tmp_png, size).into_drawing_area();

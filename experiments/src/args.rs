@@ -1,10 +1,11 @@
-//! Command-line arguments shared by the `hooklens` CLI and the experiment binaries.
+//! Command-line arguments shared by the `hooklens` CLI and the experiment binaries, and how a
+//! binary ends: library errors rewritten in the flags' words.
 
-use crate::error::{Error, Result};
-use crate::export::run::RunDir;
-use crate::loading::{load_model, LoadOptions, Processing};
-use crate::model::HookedTransformer;
-use crate::tokenizer::Tokenizer;
+use hooklens::error::{Error, Result};
+use crate::run::RunDir;
+use hooklens::loading::{load_model, LoadOptions, Loaded, Processing};
+use hooklens::model::HookedTransformer;
+use hooklens::tokenizer::Tokenizer;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -73,12 +74,13 @@ impl ModelArgs {
         })
     }
 
-    /// Loads the model and tokenizer these arguments name, with a spinner on a terminal.
-    pub fn load(&self) -> Result<(HookedTransformer, Tokenizer)> {
+    /// Loads the model these arguments name (model, tokenizer, source), with a spinner on a
+    /// terminal.
+    pub fn load(&self) -> Result<Loaded> {
         let name = self
             .model
             .as_deref()
-            .unwrap_or(crate::loading::EMBEDDED_NAME);
+            .unwrap_or(hooklens::loading::EMBEDDED_NAME);
         let bar = spinner(&format!("loading {name}"));
         let loaded = load_model(self.model.as_deref(), &self.options()?);
         bar.finish_and_clear();
@@ -194,10 +196,86 @@ pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", in_flags_words(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `e` with every library [`Error::BadParameter`] in it written as the command line spells
+/// its parameters: `top_k 0: must lie in 1..=257` becomes `--top-k 0: must lie in 1..=257`, and
+/// a parameter named in backticks (`` `temperature` ``) becomes `--temperature`.
+pub fn in_flags_words(e: &anyhow::Error) -> String {
+    let mut text = format!("{e:#}");
+    for cause in e.chain() {
+        if let Some(p @ Error::BadParameter { name, value, valid }) = cause.downcast_ref() {
+            let flag = |n: &str| format!("--{}", n.replace('_', "-"));
+            let mut valid = valid.clone();
+            while let Some((before, rest)) = valid.split_once('`') {
+                let Some((name, after)) = rest.split_once('`') else {
+                    break;
+                };
+                valid = format!("{before}{}{after}", flag(name));
+            }
+            text = text.replace(&p.to_string(), &format!("{} {value}: {valid}", flag(name)));
+        }
+    }
+    text
+}
+
+/// A library enum chosen on the command line: every value with its spelling and help.
+pub trait Choice: Copy + Send + Sync + 'static {
+    const CHOICES: &'static [(Self, &'static str, &'static str)];
+}
+
+/// The value parser of a [`Choice`]: `#[arg(value_parser = choice::<Metric>())]`. `--help`
+/// lists the values with their help.
+pub fn choice<T: Choice>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = T::CHOICES
+        .iter()
+        .map(|(_, name, help)| PossibleValue::new(*name).help(*help));
+    PossibleValuesParser::new(values).map(|s| {
+        T::CHOICES
+            .iter()
+            .find(|(_, name, _)| *name == s)
+            .map(|c| c.0)
+            .expect("clap accepts only the listed values")
+    })
+}
+
+impl Choice for hooklens::analysis::sweep::Metric {
+    const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
+        (Self::Loss, "loss", "Mean next-token cross-entropy (nats) over each prompt's positions"),
+        (Self::LogitDiff, "logit-diff", "logit(answer) - logit(wrong answer) at each prompt's last position"),
+        (Self::Prob, "prob", "Probability of the answer at each prompt's last position"),
+    ];
+}
+
+impl Choice for hooklens::analysis::ablation::Ablation {
+    const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
+        (Self::Zero, "zero", "Zero"),
+        (Self::Mean, "mean", "Its mean over the reference prompts at each position (prompts shorter than the position left out)"),
+        (Self::Resample, "resample", "Its value on another prompt of the dataset, drawn with the seed (the same draw for every unit)"),
+    ];
+}
+
+impl Choice for hooklens::analysis::ablation::NeuronRank {
+    const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
+        (Self::Mean, "mean", "Largest mean activation (`mlp.hook_post`) over all the prompts' real positions"),
+        (Self::Dla, "dla", "Largest |direct logit attribution| to answer - wrong at the last position"),
+    ];
+}
+
+impl Choice for hooklens::analysis::patching::Grid {
+    const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
+        (Self::ResidPre, "resid_pre", "`blocks.L.hook_resid_pre` at one position: layer × position"),
+        (Self::AttnOut, "attn_out", "`blocks.L.hook_attn_out` at one position: layer × position"),
+        (Self::MlpOut, "mlp_out", "`blocks.L.hook_mlp_out` at one position: layer × position"),
+        (Self::AttnHeadOutAllPos, "attn_head_out_all_pos", "Each head's output (`hook_z`) at every position: layer × head"),
+        (Self::AttnHeadOutByPos, "attn_head_out_by_pos", "Each head's output at one position: layer × head × position"),
+        (Self::AttnHeadPatternAllPos, "attn_head_pattern_all_pos", "Each head's pattern (`hook_pattern`) at every query position: layer × head"),
+    ];
 }
 
 /// Prompt pairs (clean, corrupted, answer, wrong answer) for the experiments that compare or
@@ -248,9 +326,9 @@ impl PairArgs {
         &self,
         model: &HookedTransformer,
         tok: &Tokenizer,
-    ) -> Result<(Vec<crate::data::PromptPair>, crate::data::PairBatch)> {
-        use crate::data::{ioi_pairs, ioi_pairs_with, read_pairs, tokenize_pairs};
-        use crate::data::{PairBatch, PromptPair};
+    ) -> Result<(Vec<hooklens::data::PromptPair>, hooklens::data::PairBatch)> {
+        use hooklens::data::{ioi_pairs, ioi_pairs_with, read_pairs, tokenize_pairs};
+        use hooklens::data::{PairBatch, PromptPair};
         let pair = |c: &str, k: &str, a: &str, w: &str| PromptPair {
             clean: c.into(),
             corrupted: k.into(),
@@ -294,153 +372,9 @@ pub struct SweepArgs {
     /// `<run>/shard=INDEX/`. Needs --run NAME, the same for every shard; combine the finished
     /// shards with --merge.
     #[arg(long, requires = "run", conflicts_with = "merge")]
-    pub shard: Option<crate::export::progress::Shard>,
+    pub shard: Option<crate::progress::Shard>,
     /// Combine the finished shards of --run NAME into the run's table and plots.
     #[arg(long, requires = "run")]
     pub merge: bool,
 }
 
-/// Runs `sweeps` for a sweep binary, or merges its shards, and returns where to write: the
-/// run folder (a shard's own `shard=i` folder), and the values. The arguments are saved in
-/// `args.json`; `--resume` continues from the progress log only with the same arguments (the
-/// error names the ones that differ), and `--merge` checks every shard ran with them.
-pub fn run_sweep(
-    run: &RunArgs,
-    opts: &SweepArgs,
-    experiment: &str,
-    args: &impl serde::Serialize,
-    sweeps: &[crate::analysis::sweep::Sweep],
-) -> Result<(RunDir, crate::export::progress::Outcome)> {
-    use crate::export::progress::{merge_logs, run_sweeps, Shard};
-    let args = comparable_args(args)?;
-    let base = run.outputs.join(experiment);
-    if opts.merge {
-        let root = RunDir::create(&run.outputs, experiment, run.run.as_deref(), true)?;
-        if root.file("manifest.json").exists() {
-            return Err(Error::Invalid(format!(
-                "{} is merged already; delete its manifest.json to merge again",
-                root.path.display()
-            )));
-        }
-        let mut count = None;
-        for entry in std::fs::read_dir(&root.path).map_err(|e| Error::io(&root.path, e))? {
-            let path = entry.map_err(|e| Error::io(&root.path, e))?.path();
-            let is_shard = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("shard="));
-            if !is_shard {
-                continue;
-            }
-            let saved = read_args(&path.join("args.json"))?;
-            check_same_args(&saved, &args, &path)?;
-            let shard: Shard = serde_json::from_value(saved["sweep"]["shard"].clone())
-                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-            if *count.get_or_insert(shard.count) != shard.count {
-                return Err(Error::Invalid(format!(
-                    "{}: the shards of this run disagree on their count",
-                    root.path.display()
-                )));
-            }
-        }
-        let Some(count) = count else {
-            return Err(Error::Invalid(format!(
-                "--merge: {} has no shard=INDEX folders; run the shards with --shard INDEX/COUNT first",
-                root.path.display()
-            )));
-        };
-        let logs: Vec<PathBuf> = (0..count)
-            .map(|i| root.path.join(format!("shard={i}")).join("progress.jsonl"))
-            .collect();
-        return Ok((root, merge_logs(sweeps, &logs)?));
-    }
-    let (dir, shard) = match opts.shard {
-        Some(shard) => {
-            let name = run.run.as_deref().unwrap_or_default();
-            let mut dir = RunDir::create(
-                &base,
-                name,
-                Some(&format!("shard={}", shard.index)),
-                run.resume,
-            )?;
-            dir.experiment = experiment.into();
-            (dir, shard)
-        }
-        None => (run.dir(experiment)?, Shard::WHOLE),
-    };
-    let args_path = dir.file("args.json");
-    match run.resume {
-        true => check_same_args(&read_args(&args_path)?, &args, &dir.path)?,
-        false => {
-            let text =
-                serde_json::to_string_pretty(&args).map_err(|e| Error::Invalid(e.to_string()))?;
-            crate::export::atomic_write(&args_path, text.as_bytes())?;
-        }
-    }
-    let outcome = run_sweeps(sweeps, shard, &dir.file("progress.jsonl"))?;
-    Ok((dir, outcome))
-}
-
-/// The arguments as JSON without those that may differ between a run and its resumption or
-/// its shards: where outputs go, --resume, --merge (the shard is kept: each has its own).
-fn comparable_args(args: &impl serde::Serialize) -> Result<serde_json::Value> {
-    let mut v = serde_json::to_value(args).map_err(|e| Error::Invalid(e.to_string()))?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("out");
-        if let Some(s) = o.get_mut("sweep").and_then(|s| s.as_object_mut()) {
-            s.remove("merge");
-        }
-    }
-    Ok(v)
-}
-
-fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Invalid(format!(
-            "{} cannot be read ({e}): this folder is not a sweep run started by this binary",
-            path.display()
-        ))
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
-        path: path.into(),
-        reason: e.to_string(),
-    })
-}
-
-/// Errors naming each argument whose value differs between `saved` (the run's) and `now`;
-/// the shard is compared only when resuming (merging reads every shard).
-fn check_same_args(
-    saved: &serde_json::Value,
-    now: &serde_json::Value,
-    dir: &std::path::Path,
-) -> Result<()> {
-    fn flat(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, String)>) {
-        match v.as_object() {
-            Some(o) => o.iter().for_each(|(k, v)| flat(v, k, out)),
-            None => out.push((prefix.replace('_', "-"), v.to_string())),
-        }
-    }
-    let (mut a, mut b) = (vec![], vec![]);
-    flat(saved, "", &mut a);
-    flat(now, "", &mut b);
-    let merging = now["sweep"]["shard"].is_null() && !saved["sweep"]["shard"].is_null();
-    let diffs: Vec<String> = a
-        .iter()
-        .filter(|(k, _)| !(merging && k == "shard"))
-        .filter_map(|(k, v)| {
-            let now = b
-                .iter()
-                .find(|(k2, _)| k2 == k)
-                .map_or("unset", |(_, v)| v.as_str());
-            (now != v).then(|| format!("--{k} was {v}, now {now}"))
-        })
-        .collect();
-    match diffs.is_empty() {
-        true => Ok(()),
-        false => Err(Error::Invalid(format!(
-            "{} was run with other arguments: {}; use the same arguments, or start a new run with --run NAME",
-            dir.display(),
-            diffs.join("; ")
-        ))),
-    }
-}

@@ -14,10 +14,10 @@ use hooklens::analysis::ablation::{
     Unit, ABLATION_COLUMNS,
 };
 use hooklens::analysis::sweep::{Metric, Sweep, Target};
-use hooklens::cli::{ModelArgs, PairArgs, RunArgs, SweepArgs};
+use lab::args::{ModelArgs, PairArgs, RunArgs, SweepArgs};
 use hooklens::data::PairBatch;
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::{bar_chart, Heatmap};
+use lab::manifest::Manifest;
+use lab::plot::{bar_chart, Heatmap};
 use hooklens::NameFilter;
 use serde::Serialize;
 use std::io::Write;
@@ -82,7 +82,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {
@@ -161,7 +161,7 @@ fn run(a: Args) -> Result<()> {
         .collect::<hooklens::Result<Vec<_>>>()?;
 
     let t0 = std::time::Instant::now();
-    let (run, outcome) = hooklens::cli::run_sweep(&a.out, &a.sweep, "ablate", &a, &sweeps)?;
+    let (run, outcome) = lab::args::run_sweep(&a.out, &a.sweep, "ablate", &a, &sweeps)?;
     manifest.record_time("sweep", t0);
     manifest.interventions = outcome.fired.clone();
     manifest.seed = Some(a.data.seed);
@@ -254,7 +254,7 @@ fn plots(
     a: &Args,
     model: &hooklens::HookedTransformer,
     rows: &[AblationRow],
-    run: &hooklens::export::run::RunDir,
+    run: &lab::run::RunDir,
     manifest: &mut Manifest,
 ) -> Result<()> {
     let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);

@@ -1,7 +1,7 @@
 //! Self-contained HTML pages: the JavaScript is ours and the data inline, so a page opens
 //! anywhere, offline, and fetches nothing at view time.
 
-use crate::error::{Error, Result};
+use hooklens::error::{Error, Result};
 
 /// The attention view (`attention_view.html`): a layer x head selector, pattern matrices drawn
 /// on a canvas (one pixel a cell: usable at 500 tokens), and the tokens as text coloured by

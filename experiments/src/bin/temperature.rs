@@ -9,9 +9,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::IndexOp;
 use clap::Parser;
 use hooklens::analysis::metrics::{probs_at_temperature, top_k};
-use hooklens::cli::{BosArgs, ModelArgs, RunArgs};
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::grouped_bars;
+use lab::args::{BosArgs, ModelArgs, RunArgs};
+use lab::manifest::Manifest;
+use lab::plot::grouped_bars;
 use serde::Serialize;
 use std::io::Write;
 
@@ -54,7 +54,7 @@ const COLUMNS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {

@@ -2,10 +2,12 @@
 //! appended to a progress log as they finish (a resumed run skips them and ends with the same
 //! table), and `--shard i/n` runs a deterministic slice of the batches.
 
-use super::atomic_write;
-use crate::analysis::sweep::Sweep;
-use crate::error::{Error, Result};
-use crate::intervention::Fired;
+use hooklens::atomic::atomic_write;
+use hooklens::analysis::sweep::Sweep;
+use hooklens::error::{Error, Result};
+use hooklens::intervention::Fired;
+use crate::args::{RunArgs, SweepArgs};
+use crate::run::RunDir;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -271,6 +273,150 @@ pub fn merge_logs(sweeps: &[Sweep], logs: &[PathBuf]) -> Result<Outcome> {
         )));
     }
     Ok(out)
+}
+
+/// Runs `sweeps` for a sweep binary, or merges its shards, and returns where to write: the
+/// run folder (a shard's own `shard=i` folder), and the values. The arguments are saved in
+/// `args.json`; `--resume` continues from the progress log only with the same arguments (the
+/// error names the ones that differ), and `--merge` checks every shard ran with them.
+pub fn run_sweep(
+    run: &RunArgs,
+    opts: &SweepArgs,
+    experiment: &str,
+    args: &impl serde::Serialize,
+    sweeps: &[Sweep],
+) -> Result<(RunDir, Outcome)> {
+        let args = comparable_args(args)?;
+    let base = run.outputs.join(experiment);
+    if opts.merge {
+        let root = RunDir::create(&run.outputs, experiment, run.run.as_deref(), true)?;
+        if root.file("manifest.json").exists() {
+            return Err(Error::Invalid(format!(
+                "{} is merged already; delete its manifest.json to merge again",
+                root.path.display()
+            )));
+        }
+        let mut count = None;
+        for entry in std::fs::read_dir(&root.path).map_err(|e| Error::io(&root.path, e))? {
+            let path = entry.map_err(|e| Error::io(&root.path, e))?.path();
+            let is_shard = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("shard="));
+            if !is_shard {
+                continue;
+            }
+            let saved = read_args(&path.join("args.json"))?;
+            check_same_args(&saved, &args, &path)?;
+            let shard: Shard = serde_json::from_value(saved["sweep"]["shard"].clone())
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            if *count.get_or_insert(shard.count) != shard.count {
+                return Err(Error::Invalid(format!(
+                    "{}: the shards of this run disagree on their count",
+                    root.path.display()
+                )));
+            }
+        }
+        let Some(count) = count else {
+            return Err(Error::Invalid(format!(
+                "--merge: {} has no shard=INDEX folders; run the shards with --shard INDEX/COUNT first",
+                root.path.display()
+            )));
+        };
+        let logs: Vec<PathBuf> = (0..count)
+            .map(|i| root.path.join(format!("shard={i}")).join("progress.jsonl"))
+            .collect();
+        return Ok((root, merge_logs(sweeps, &logs)?));
+    }
+    let (dir, shard) = match opts.shard {
+        Some(shard) => {
+            let name = run.run.as_deref().unwrap_or_default();
+            let mut dir = RunDir::create(
+                &base,
+                name,
+                Some(&format!("shard={}", shard.index)),
+                run.resume,
+            )?;
+            dir.experiment = experiment.into();
+            (dir, shard)
+        }
+        None => (run.dir(experiment)?, Shard::WHOLE),
+    };
+    let args_path = dir.file("args.json");
+    match run.resume {
+        true => check_same_args(&read_args(&args_path)?, &args, &dir.path)?,
+        false => {
+            let text =
+                serde_json::to_string_pretty(&args).map_err(|e| Error::Invalid(e.to_string()))?;
+            atomic_write(&args_path, text.as_bytes())?;
+        }
+    }
+    let outcome = run_sweeps(sweeps, shard, &dir.file("progress.jsonl"))?;
+    Ok((dir, outcome))
+}
+
+/// The arguments as JSON without those that may differ between a run and its resumption or
+/// its shards: where outputs go, --resume, --merge (the shard is kept: each has its own).
+fn comparable_args(args: &impl serde::Serialize) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(args).map_err(|e| Error::Invalid(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("out");
+        if let Some(s) = o.get_mut("sweep").and_then(|s| s.as_object_mut()) {
+            s.remove("merge");
+        }
+    }
+    Ok(v)
+}
+
+fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Invalid(format!(
+            "{} cannot be read ({e}): this folder is not a sweep run started by this binary",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Errors naming each argument whose value differs between `saved` (the run's) and `now`;
+/// the shard is compared only when resuming (merging reads every shard).
+fn check_same_args(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    dir: &std::path::Path,
+) -> Result<()> {
+    fn flat(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, String)>) {
+        match v.as_object() {
+            Some(o) => o.iter().for_each(|(k, v)| flat(v, k, out)),
+            None => out.push((prefix.replace('_', "-"), v.to_string())),
+        }
+    }
+    let (mut a, mut b) = (vec![], vec![]);
+    flat(saved, "", &mut a);
+    flat(now, "", &mut b);
+    let merging = now["sweep"]["shard"].is_null() && !saved["sweep"]["shard"].is_null();
+    let diffs: Vec<String> = a
+        .iter()
+        .filter(|(k, _)| !(merging && k == "shard"))
+        .filter_map(|(k, v)| {
+            let now = b
+                .iter()
+                .find(|(k2, _)| k2 == k)
+                .map_or("unset", |(_, v)| v.as_str());
+            (now != v).then(|| format!("--{k} was {v}, now {now}"))
+        })
+        .collect();
+    match diffs.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Invalid(format!(
+            "{} was run with other arguments: {}; use the same arguments, or start a new run with --run NAME",
+            dir.display(),
+            diffs.join("; ")
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,11 @@
-//! Writing results: atomic file writes, run folders, parquet tables and plots.
-
-pub mod html;
-pub mod manifest;
-pub mod parquet;
-pub mod plot;
-pub mod progress;
-pub mod run;
+//! Atomic file writes: a temporary file next to the target, renamed into place, so readers
+//! never see a half-written file.
 
 use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Writes `path` by calling `write` on a temporary file next to it, then renaming it into
-/// place, so readers never see a half-written file.
+/// place.
 pub fn atomic_write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()

@@ -14,10 +14,10 @@ use candle_core::{IndexOp, Tensor};
 use clap::Parser;
 use hooklens::analysis::ablation::Unit;
 use hooklens::analysis::metrics::{next_token_losses, top_k};
-use hooklens::cli::{BosArgs, ModelArgs, RunArgs};
-use hooklens::export::html::{token_values_page, TokenValues};
-use hooklens::export::manifest::Manifest;
-use hooklens::export::plot::colored_tokens;
+use lab::args::{BosArgs, ModelArgs, RunArgs};
+use lab::html::{token_values_page, TokenValues};
+use lab::manifest::Manifest;
+use lab::plot::colored_tokens;
 use hooklens::{BlockHook, HookPoint, NameFilter};
 use serde::Serialize;
 use std::io::Write;
@@ -75,7 +75,7 @@ const COLUMNS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run(Args::parse()))
+    lab::args::finish(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {
@@ -232,7 +232,7 @@ fn run(a: Args) -> Result<()> {
             &format!("{name}: top activations of {} neurons", units.len()),
             &sections,
         )?;
-        hooklens::export::atomic_write(&run.file("neurons.html"), page.as_bytes())?;
+        lab::atomic_write(&run.file("neurons.html"), page.as_bytes())?;
         manifest.add_file(
             "neurons.html",
             "each neuron's top positions in context, tokens coloured by its activation",
@@ -257,7 +257,7 @@ fn run(a: Args) -> Result<()> {
             peak: None,
         }],
     )?;
-    hooklens::export::atomic_write(&run.file("token_loss.html"), loss_page.as_bytes())?;
+    lab::atomic_write(&run.file("token_loss.html"), loss_page.as_bytes())?;
     manifest.add_file(
         "token_loss.html",
         "the text coloured by each token's loss (hover for the value)",
@@ -287,7 +287,7 @@ fn run(a: Args) -> Result<()> {
                 peak: None,
             }],
         )?;
-        hooklens::export::atomic_write(&run.file("logit_diff.html"), page.as_bytes())?;
+        lab::atomic_write(&run.file("logit_diff.html"), page.as_bytes())?;
         manifest.add_file(
             "logit_diff.html",
             "the text coloured by logit(answer) - logit(wrong) at each position",

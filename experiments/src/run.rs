@@ -4,9 +4,10 @@
 //! leaves nothing behind; one that fails later has no `manifest.json` (written last), which
 //! marks it incomplete.
 
-use super::manifest::Manifest;
-use super::parquet::write_parquet;
-use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::parquet::write_parquet;
+use crate::tables::Table;
+use hooklens::error::{Error, Result};
 use polars::prelude::DataFrame;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -62,8 +63,19 @@ impl RunDir {
         self.path.join(file)
     }
 
+    /// Writes the typed result `table` as `file` (parquet) and records its schema and column
+    /// docs in the manifest.
+    pub fn write_table<T: Table + ?Sized>(
+        &self,
+        manifest: &mut Manifest,
+        file: &str,
+        table: &T,
+    ) -> Result<()> {
+        self.write_frame(manifest, file, &mut table.frame()?, T::COLUMNS)
+    }
+
     /// Writes `df` as `file` (parquet) and records its schema, with `docs` for each column.
-    pub fn write_table(
+    pub fn write_frame(
         &self,
         manifest: &mut Manifest,
         file: &str,
@@ -78,7 +90,7 @@ impl RunDir {
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let text = serde_json::to_string_pretty(manifest)
             .map_err(|e| Error::Invalid(format!("serialising the manifest: {e}")))?;
-        super::atomic_write(&self.file("manifest.json"), text.as_bytes())
+        hooklens::atomic::atomic_write(&self.file("manifest.json"), text.as_bytes())
     }
 }
 
@@ -121,7 +133,7 @@ mod tests {
         assert!(!run.path.exists(), "nothing written yet, no folder");
         let e = RunDir::create(base.path(), "exp", Some("r1"), true).unwrap_err();
         assert!(e.to_string().contains("no run"), "{e}");
-        super::super::atomic_write(&run.file("a.txt"), b"x").unwrap();
+        hooklens::atomic::atomic_write(&run.file("a.txt"), b"x").unwrap();
         let e = RunDir::create(base.path(), "exp", Some("r1"), false).unwrap_err();
         assert!(e.to_string().contains("incomplete"), "{e}");
         assert!(RunDir::create(base.path(), "exp", Some("r1"), true).is_ok());

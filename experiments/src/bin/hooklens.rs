@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, IndexOp, D};
 use clap::{Parser, Subcommand};
 use hooklens::analysis::metrics;
-use hooklens::cli::{ModelArgs, PromptArgs};
+use lab::args::{ModelArgs, PromptArgs};
 use hooklens::generate::{generate_streaming, GenerateOptions};
 use hooklens::NameFilter;
 use std::io::Write;
@@ -87,7 +87,7 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
-    hooklens::cli::finish(run_cli(Cli::parse()))
+    lab::args::finish(run_cli(Cli::parse()))
 }
 
 fn run_cli(cli: Cli) -> Result<()> {
@@ -266,7 +266,7 @@ fn cache(
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let bos = pargs.prepend_bos(&model);
     let tokens = tok.to_tokens(&refs, bos, model.device())?;
-    let bar = hooklens::cli::spinner(&format!("running {} prompt(s)", prompts.len()));
+    let bar = lab::args::spinner(&format!("running {} prompt(s)", prompts.len()));
     let (_, mut cache) = model.run_with_cache(&tokens, filter)?;
     bar.finish_and_clear();
     cache.set_tokens(&tokens, tok.lengths(&refs, bos)?)?;

@@ -1,0 +1,141 @@
+//! The opening and closing every experiment binary shares: load the model, open the run folder
+//! and the manifest; write tables, plots and pages into the folder, each recorded in the
+//! manifest; write the manifest last (its presence marks the run complete).
+
+use crate::args::{ModelArgs, RunArgs, SweepArgs};
+use crate::manifest::Manifest;
+use crate::plot::Heatmap;
+use crate::progress::{run_sweep, Outcome};
+use crate::run::RunDir;
+use crate::tables::Table;
+use anyhow::{Context, Result};
+use hooklens::analysis::sweep::Sweep;
+use hooklens::{HookedTransformer, Tokenizer};
+use polars::prelude::DataFrame;
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// One run of an experiment: its model, tokenizer, manifest and run folder.
+pub struct Experiment {
+    pub name: &'static str,
+    pub model: HookedTransformer,
+    pub tok: Tokenizer,
+    pub manifest: Manifest,
+    run: Option<RunDir>,
+}
+
+impl Experiment {
+    /// Opens `outputs/<name>/<run>` (checking `--run`/`--resume` before any work), loads the
+    /// model and starts the manifest with the binary's parsed `args`.
+    pub fn start(
+        name: &'static str,
+        model: &ModelArgs,
+        out: &RunArgs,
+        args: &impl Serialize,
+    ) -> Result<Self> {
+        let run = out.dir(name)?;
+        let mut exp = Self::load(name, model, args)?;
+        exp.run = Some(run);
+        Ok(exp)
+    }
+
+    /// Loads the model and starts the manifest; the run folder comes from [`Self::sweep`]
+    /// (which knows about shards and merges).
+    pub fn load(name: &'static str, model: &ModelArgs, args: &impl Serialize) -> Result<Self> {
+        let start = Instant::now();
+        let (m, tok, source) = model.load().context("loading the model")?;
+        let mut manifest = Manifest::new(name, &m, &source, args)?;
+        manifest.record_time("load_model", start);
+        Ok(Self {
+            name,
+            model: m,
+            tok,
+            manifest,
+            run: None,
+        })
+    }
+
+    /// Runs `sweeps` with progress, resume and shards (or merges the shards), records the
+    /// interventions, and makes the sweep's folder this run's.
+    pub fn sweep(
+        &mut self,
+        out: &RunArgs,
+        opts: &SweepArgs,
+        args: &impl Serialize,
+        sweeps: &[Sweep],
+    ) -> Result<Outcome> {
+        let start = Instant::now();
+        let (dir, outcome) = run_sweep(out, opts, self.name, args, sweeps)?;
+        self.manifest.record_time("sweep", start);
+        self.manifest.interventions = outcome.fired.clone();
+        self.manifest.set("shard", opts.shard)?;
+        self.run = Some(dir);
+        Ok(outcome)
+    }
+
+    /// The run folder.
+    pub fn run(&self) -> Result<&RunDir> {
+        self.run
+            .as_ref()
+            .context("the run folder is opened by Experiment::start or Experiment::sweep")
+    }
+
+    /// Runs `f` and records its wall time under `phase`.
+    pub fn time<T>(&mut self, phase: &str, f: impl FnOnce() -> hooklens::Result<T>) -> Result<T> {
+        Ok(self.manifest.time(phase, f)?)
+    }
+
+    /// Writes the typed result `table` as the parquet `file`.
+    pub fn table<T: Table + ?Sized>(&mut self, file: &str, table: &T) -> Result<()> {
+        let run = self.run.as_ref().context("no run folder")?;
+        Ok(run.write_table(&mut self.manifest, file, table)?)
+    }
+
+    /// Writes `df` as the parquet `file`, each column documented by `docs`.
+    pub fn frame(&mut self, file: &str, df: &mut DataFrame, docs: &[(&str, &str)]) -> Result<()> {
+        let run = self.run.as_ref().context("no run folder")?;
+        Ok(run.write_frame(&mut self.manifest, file, df, docs)?)
+    }
+
+    /// The path of a new non-table `file` in the run folder, recorded with what it shows.
+    pub fn file(&mut self, file: &str, what: &str) -> Result<PathBuf> {
+        let path = self.run()?.file(file);
+        self.manifest.add_file(file, what);
+        Ok(path)
+    }
+
+    /// Writes the HTML `page` as `file`.
+    pub fn page(&mut self, file: &str, what: &str, page: &str) -> Result<()> {
+        let path = self.file(file, what)?;
+        Ok(hooklens::atomic::atomic_write(&path, page.as_bytes())?)
+    }
+
+    /// Writes `heatmap` as the PNG `file`.
+    pub fn heatmap(&mut self, file: &str, what: &str, heatmap: &Heatmap) -> Result<()> {
+        let path = self.file(file, what)?;
+        Ok(heatmap.write(&path)?)
+    }
+
+    /// Writes a layers × heads heatmap as `file` ([`crate::plot::write_heads`]).
+    pub fn heads(
+        &mut self,
+        file: &str,
+        what: &str,
+        title: &str,
+        values: &[Vec<f32>],
+        diverging: bool,
+    ) -> Result<()> {
+        let path = self.file(file, what)?;
+        Ok(crate::plot::write_heads(&path, title, values, diverging, None)?)
+    }
+
+    /// Writes the manifest, last, and prints where the run is.
+    pub fn finish(self) -> Result<()> {
+        let run = self.run.as_ref().context("no run folder")?;
+        run.write_manifest(&self.manifest)?;
+        writeln!(std::io::stdout().lock(), "wrote {}", run.path.display())?;
+        Ok(())
+    }
+}
