@@ -7,7 +7,7 @@
 //! products, which candle runs one after another. The BLAS path reads strided operands in place
 //! (a row stride, or a transposed matrix, per batch element), so views such as
 //! `q.transpose(1, 2)` need no copy. Half-precision tensors, other devices and tensors that
-//! autograd tracks (training) go through candle.
+//! autograd tracks (training) go through candle; on CUDA, strided views are copied first.
 
 use crate::error::Result;
 use candle_core::Tensor;
@@ -25,6 +25,11 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "blas")]
     if blas::applies(a, b) {
         return blas::matmul(a, b);
+    }
+    if !a.device().is_cpu() {
+        // candle's CUDA matmul reads only operands whose batch elements lie one after another
+        // (a per-head view of [batch, pos, head, d_head] does not): copy such views first.
+        return Ok(a.contiguous()?.matmul(&b.contiguous()?)?);
     }
     Ok(contiguous_if_needed(a.matmul(b), a, b)?)
 }
