@@ -71,7 +71,9 @@ pub fn random_token_range(
         return Err(Error::bad_parameter(
             "token_max",
             hi,
-            format!("is outside the vocabulary: it must be at most {vocab} (one past the highest id)"),
+            format!(
+                "is outside the vocabulary: it must be at most {vocab} (one past the highest id)"
+            ),
         ));
     }
     if hi <= lo {
@@ -295,7 +297,11 @@ pub fn ioi_pairs_with(
         return Err(Error::bad_parameter(
             "ioi_template",
             t,
-            format!("there are {} templates, 0..{}", IOI_TEMPLATES.len(), IOI_TEMPLATES.len()),
+            format!(
+                "there are {} templates, 0..{}",
+                IOI_TEMPLATES.len(),
+                IOI_TEMPLATES.len()
+            ),
         ));
     }
     let names = IOI_NAMES

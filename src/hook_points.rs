@@ -277,4 +277,3 @@ impl fmt::Display for NameFilter {
         }
     }
 }
-

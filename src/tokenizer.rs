@@ -125,7 +125,9 @@ impl Tokenizer {
         let mut ids = Vec::new();
         if prepend_bos {
             ids.push(self.bos_token_id.ok_or_else(|| {
-                Error::Tokenizer("this tokenizer has no BOS token; tokenize without prepending one".into())
+                Error::Tokenizer(
+                    "this tokenizer has no BOS token; tokenize without prepending one".into(),
+                )
             })?);
         }
         let body = self.encode(text)?;

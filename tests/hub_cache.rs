@@ -50,7 +50,8 @@ fn hub_id_resolves_from_the_offline_cache() {
         std::fs::copy(fixture.path().join(f), snap.join(f)).unwrap();
     }
 
-    let (model, tok, _) = load_model(Some("hooklens/gpt2-random"), &LoadOptions::default()).unwrap();
+    let (model, tok, _) =
+        load_model(Some("hooklens/gpt2-random"), &LoadOptions::default()).unwrap();
     assert_eq!(model.cfg.n_layers, 3);
     assert_eq!(tok.encode("Hello world").unwrap(), vec![15496, 995]);
 

@@ -215,7 +215,7 @@ fn one_ioi_template_gives_pairs_of_one_length() {
     assert!(t.iter().all(|p| p.clean.len() == t[0].clean.len()));
     assert!(pairs.iter().all(|p| p.clean.starts_with("When ")));
     let e = hooklens::data::ioi_pairs_with(&tok, 1, 0, Some(6)).unwrap_err();
-    assert!(e.to_string().contains("--ioi-template 6"), "{e}");
+    assert!(e.to_string().contains("ioi_template 6"), "{e}");
 }
 
 #[test]

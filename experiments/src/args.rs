@@ -1,13 +1,13 @@
 //! Command-line arguments shared by the `hooklens` CLI and the experiment binaries, and how a
 //! binary ends: library errors rewritten in the flags' words.
 
-use hooklens::error::{Error, Result};
 use crate::run::RunDir;
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use hooklens::error::{Error, Result};
 use hooklens::loading::{load_model, LoadOptions, Loaded, Processing};
 use hooklens::model::HookedTransformer;
 use hooklens::tokenizer::Tokenizer;
-use candle_core::{DType, Device};
-use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
 /// Which model to load and how.
@@ -182,6 +182,17 @@ pub fn spinner(msg: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A progress bar on stderr for `len` steps of `what` (counted in `unit`); hidden when stderr
+/// is not a terminal. Call `finish_and_clear` when done.
+pub fn progress_bar(len: u64, what: &str, unit: &str) -> anyhow::Result<indicatif::ProgressBar> {
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{msg}} {{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed}}<{{eta}}]"
+    ))?;
+    Ok(indicatif::ProgressBar::new(len)
+        .with_message(what.to_string())
+        .with_style(style))
+}
+
 /// The exit code for a binary's result: errors are printed with their context; output cut
 /// short by a closed pipe (`hooklens hooks | head -1`) ends quietly, as Unix tools do.
 pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
@@ -246,9 +257,21 @@ pub fn choice<T: Choice>() -> impl clap::builder::TypedValueParser<Value = T> {
 
 impl Choice for hooklens::analysis::sweep::Metric {
     const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
-        (Self::Loss, "loss", "Mean next-token cross-entropy (nats) over each prompt's positions"),
-        (Self::LogitDiff, "logit-diff", "logit(answer) - logit(wrong answer) at each prompt's last position"),
-        (Self::Prob, "prob", "Probability of the answer at each prompt's last position"),
+        (
+            Self::Loss,
+            "loss",
+            "Mean next-token cross-entropy (nats) over each prompt's positions",
+        ),
+        (
+            Self::LogitDiff,
+            "logit-diff",
+            "logit(answer) - logit(wrong answer) at each prompt's last position",
+        ),
+        (
+            Self::Prob,
+            "prob",
+            "Probability of the answer at each prompt's last position",
+        ),
     ];
 }
 
@@ -262,19 +285,51 @@ impl Choice for hooklens::analysis::ablation::Ablation {
 
 impl Choice for hooklens::analysis::ablation::NeuronRank {
     const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
-        (Self::Mean, "mean", "Largest mean activation (`mlp.hook_post`) over all the prompts' real positions"),
-        (Self::Dla, "dla", "Largest |direct logit attribution| to answer - wrong at the last position"),
+        (
+            Self::Mean,
+            "mean",
+            "Largest mean activation (`mlp.hook_post`) over all the prompts' real positions",
+        ),
+        (
+            Self::Dla,
+            "dla",
+            "Largest |direct logit attribution| to answer - wrong at the last position",
+        ),
     ];
 }
 
 impl Choice for hooklens::analysis::patching::Grid {
     const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
-        (Self::ResidPre, "resid_pre", "`blocks.L.hook_resid_pre` at one position: layer × position"),
-        (Self::AttnOut, "attn_out", "`blocks.L.hook_attn_out` at one position: layer × position"),
-        (Self::MlpOut, "mlp_out", "`blocks.L.hook_mlp_out` at one position: layer × position"),
-        (Self::AttnHeadOutAllPos, "attn_head_out_all_pos", "Each head's output (`hook_z`) at every position: layer × head"),
-        (Self::AttnHeadOutByPos, "attn_head_out_by_pos", "Each head's output at one position: layer × head × position"),
-        (Self::AttnHeadPatternAllPos, "attn_head_pattern_all_pos", "Each head's pattern (`hook_pattern`) at every query position: layer × head"),
+        (
+            Self::ResidPre,
+            "resid_pre",
+            "`blocks.L.hook_resid_pre` at one position: layer × position",
+        ),
+        (
+            Self::AttnOut,
+            "attn_out",
+            "`blocks.L.hook_attn_out` at one position: layer × position",
+        ),
+        (
+            Self::MlpOut,
+            "mlp_out",
+            "`blocks.L.hook_mlp_out` at one position: layer × position",
+        ),
+        (
+            Self::AttnHeadOutAllPos,
+            "attn_head_out_all_pos",
+            "Each head's output (`hook_z`) at every position: layer × head",
+        ),
+        (
+            Self::AttnHeadOutByPos,
+            "attn_head_out_by_pos",
+            "Each head's output at one position: layer × head × position",
+        ),
+        (
+            Self::AttnHeadPatternAllPos,
+            "attn_head_pattern_all_pos",
+            "Each head's pattern (`hook_pattern`) at every query position: layer × head",
+        ),
     ];
 }
 
@@ -378,3 +433,16 @@ pub struct SweepArgs {
     pub merge: bool,
 }
 
+/// A head as the command line writes it, `L1H2` (layer 1, head 2). The older `1.2` is still
+/// read, with a note on stderr.
+pub fn parse_head(s: &str) -> anyhow::Result<(usize, usize)> {
+    use hooklens::analysis::ablation::Unit;
+    if let Ok(Unit::Head { layer, head }) = s.trim().parse::<Unit>() {
+        return Ok((layer, head));
+    }
+    let bad = || anyhow::anyhow!("--heads {s:?}: write L<layer>H<head>, e.g. L1H2");
+    let (l, h) = s.trim().split_once('.').ok_or_else(bad)?;
+    let (l, h): (usize, usize) = (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+    eprintln!("note: --heads {s} is the old spelling of L{l}H{h}; write L{l}H{h}");
+    Ok((l, h))
+}

@@ -17,14 +17,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// One run of an experiment: its model, tokenizer, manifest and run folder.
+/// One run of an experiment: its manifest and run folder.
 pub struct Experiment {
     pub name: &'static str,
-    pub model: HookedTransformer,
-    pub tok: Tokenizer,
     pub manifest: Manifest,
     run: Option<RunDir>,
 }
+
+/// What [`Experiment::start`] returns: the run, and the model and tokenizer it loaded.
+pub type Started = (Experiment, HookedTransformer, Tokenizer);
 
 impl Experiment {
     /// Opens `outputs/<name>/<run>` (checking `--run`/`--resume` before any work), loads the
@@ -34,27 +35,30 @@ impl Experiment {
         model: &ModelArgs,
         out: &RunArgs,
         args: &impl Serialize,
-    ) -> Result<Self> {
+    ) -> Result<Started> {
         let run = out.dir(name)?;
-        let mut exp = Self::load(name, model, args)?;
+        let (mut exp, model, tok) = Self::load(name, model, args)?;
         exp.run = Some(run);
-        Ok(exp)
+        Ok((exp, model, tok))
     }
 
     /// Loads the model and starts the manifest; the run folder comes from [`Self::sweep`]
     /// (which knows about shards and merges).
-    pub fn load(name: &'static str, model: &ModelArgs, args: &impl Serialize) -> Result<Self> {
+    pub fn load(name: &'static str, model: &ModelArgs, args: &impl Serialize) -> Result<Started> {
         let start = Instant::now();
         let (m, tok, source) = model.load().context("loading the model")?;
         let mut manifest = Manifest::new(name, &m, &source, args)?;
         manifest.record_time("load_model", start);
-        Ok(Self {
-            name,
-            model: m,
+        let run = None;
+        Ok((
+            Self {
+                name,
+                manifest,
+                run,
+            },
+            m,
             tok,
-            manifest,
-            run: None,
-        })
+        ))
     }
 
     /// Runs `sweeps` with progress, resume and shards (or merges the shards), records the
@@ -128,7 +132,9 @@ impl Experiment {
         diverging: bool,
     ) -> Result<()> {
         let path = self.file(file, what)?;
-        Ok(crate::plot::write_heads(&path, title, values, diverging, None)?)
+        Ok(crate::plot::write_heads(
+            &path, title, values, diverging, None,
+        )?)
     }
 
     /// Writes the manifest, last, and prints where the run is.

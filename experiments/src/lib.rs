@@ -16,7 +16,7 @@ pub mod progress;
 pub mod run;
 pub mod tables;
 
-pub use experiment::Experiment;
+pub use experiment::{Experiment, Started};
 
 /// A binary's `main`: parses its arguments, runs it, and turns the result into the exit code
 /// ([`args::finish`]).

@@ -727,3 +727,11 @@ fn label_at(labels: &[String], x: f64) -> String {
     }
     labels[i as usize].clone()
 }
+
+/// The `n` (label, value) pairs of largest |value|, largest first: what a "top" bar chart shows.
+pub fn largest(items: impl IntoIterator<Item = (String, f32)>, n: usize) -> Vec<(String, f32)> {
+    let mut v: Vec<(String, f32)> = items.into_iter().collect();
+    v.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()));
+    v.truncate(n);
+    v
+}

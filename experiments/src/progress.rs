@@ -2,12 +2,12 @@
 //! appended to a progress log as they finish (a resumed run skips them and ends with the same
 //! table), and `--shard i/n` runs a deterministic slice of the batches.
 
-use hooklens::atomic::atomic_write;
-use hooklens::analysis::sweep::Sweep;
-use hooklens::error::{Error, Result};
-use hooklens::intervention::Fired;
 use crate::args::{RunArgs, SweepArgs};
 use crate::run::RunDir;
+use hooklens::analysis::sweep::Sweep;
+use hooklens::atomic::atomic_write;
+use hooklens::error::{Error, Result};
+use hooklens::intervention::Fired;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -286,7 +286,7 @@ pub fn run_sweep(
     args: &impl serde::Serialize,
     sweeps: &[Sweep],
 ) -> Result<(RunDir, Outcome)> {
-        let args = comparable_args(args)?;
+    let args = comparable_args(args)?;
     let base = run.outputs.join(experiment);
     if opts.merge {
         let root = RunDir::create(&run.outputs, experiment, run.run.as_deref(), true)?;

@@ -120,8 +120,10 @@ impl Table for LensTable<'_> {
     fn columns(&self) -> Result<Vec<Column>> {
         let (tok, n) = (self.tok, self.cells.iter().map(|c| c.top.len()).sum());
         let mut prompt = Vec::with_capacity(n);
-        let (mut layer, mut layer_index, mut position, mut token) = (vec![], vec![], vec![], vec![]);
-        let (mut rank, mut token_id, mut token_str, mut log_prob) = (vec![], vec![], vec![], vec![]);
+        let (mut layer, mut layer_index, mut position, mut token) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut rank, mut token_id, mut token_str, mut log_prob) =
+            (vec![], vec![], vec![], vec![]);
         let (mut target_id, mut target_rank, mut target_lp, mut entropy) =
             (vec![], vec![], vec![], vec![]);
         for c in self.cells {
@@ -231,14 +233,20 @@ impl Table for [AblationRow] {
         Ok(vec![
             col("unit", self.iter().map(|r| r.unit.to_string()).collect()),
             col("unit_kind", self.iter().map(|r| r.unit.kind()).collect()),
-            col("layer", self.iter().map(|r| r.unit.layer() as u32).collect()),
+            col(
+                "layer",
+                self.iter().map(|r| r.unit.layer() as u32).collect(),
+            ),
             col("head", head),
             col("neuron", neuron),
             col("ablation", self.iter().map(|r| r.ablation.name()).collect()),
             col("metric", self.iter().map(|r| r.metric.name()).collect()),
             col("baseline", self.iter().map(|r| r.baseline).collect()),
             col("ablated", self.iter().map(|r| r.ablated).collect()),
-            col("delta", self.iter().map(|r| r.ablated - r.baseline).collect()),
+            col(
+                "delta",
+                self.iter().map(|r| r.ablated - r.baseline).collect(),
+            ),
         ])
     }
 }
@@ -329,9 +337,188 @@ impl Table for HeadsTable<'_> {
             col("head", r.iter().map(|x| x.head as u32).collect()),
             col("circuit", r.iter().map(|x| x.circuit).collect()),
             col("rank", r.iter().map(|x| x.rank as u32).collect()),
-            col("singular_value", r.iter().map(|x| x.singular_value).collect()),
+            col(
+                "singular_value",
+                r.iter().map(|x| x.singular_value).collect(),
+            ),
             col("copying_score", r.iter().map(|x| x.copying_score).collect()),
             col("top_tokens", tokens),
+        ])
+    }
+}
+
+/// Attention patterns of some heads on one prompt: one row per (head, query, key <= query).
+pub struct PatternsTable<'a> {
+    pub heads: &'a [(usize, usize)],
+    /// Each head's pattern, [query][key] flattened row-major.
+    pub patterns: &'a [Vec<f32>],
+    /// The prompt's tokens as text.
+    pub tokens: &'a [String],
+}
+
+impl Table for PatternsTable<'_> {
+    const WHAT: &'static str = "attention patterns";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("layer", "the head's layer"),
+        ("head", "the head"),
+        ("query", "query position (the attending token)"),
+        (
+            "key",
+            "key position (the attended-to token), at most the query",
+        ),
+        ("query_token", "the query token's text"),
+        ("key_token", "the key token's text"),
+        ("weight", "attention weight (each query's weights sum to 1)"),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        let (strs, n) = (self.tokens, self.tokens.len());
+        let (mut l, mut h, mut q, mut k, mut qt, mut kt, mut w) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (&(layer, head), p) in self.heads.iter().zip(self.patterns) {
+            for qi in 0..n {
+                for ki in 0..=qi {
+                    l.push(layer as u32);
+                    h.push(head as u32);
+                    q.push(qi as u32);
+                    k.push(ki as u32);
+                    qt.push(strs[qi].clone());
+                    kt.push(strs[ki].clone());
+                    w.push(p[qi * n + ki]);
+                }
+            }
+        }
+        Ok(vec![
+            col("layer", l),
+            col("head", h),
+            col("query", q),
+            col("key", k),
+            col("query_token", qt),
+            col("key_token", kt),
+            col("weight", w),
+        ])
+    }
+}
+
+/// Neighbours of tokens (`analogy: false`) or of analogies a − b + c (`analogy: true`) by
+/// cosine: one row per (matrix, query, rank). `queries` are the tokens or analogies as given.
+pub struct NeighboursTable<'a> {
+    pub rows: &'a [hooklens::analysis::embeddings::Neighbour],
+    pub queries: &'a [String],
+    pub tok: &'a Tokenizer,
+}
+
+/// The nearest-tokens table.
+pub struct Nearest<'a>(pub NeighboursTable<'a>);
+/// The analogies table.
+pub struct Analogies<'a>(pub NeighboursTable<'a>);
+
+impl NeighboursTable<'_> {
+    fn columns(&self, names: [&str; 6]) -> Result<Vec<Column>> {
+        let r = self.rows;
+        let text = |id: u32| -> Result<String> { Ok(self.tok.to_str_tokens(&[id])?.remove(0)) };
+        Ok(vec![
+            col(names[0], r.iter().map(|x| x.matrix).collect()),
+            col(
+                names[1],
+                r.iter().map(|x| self.queries[x.query].clone()).collect(),
+            ),
+            col(names[2], r.iter().map(|x| x.rank as u32).collect()),
+            col(
+                names[3],
+                r.iter().map(|x| text(x.id)).collect::<Result<Vec<_>>>()?,
+            ),
+            col(names[4], r.iter().map(|x| x.id).collect()),
+            col(names[5], r.iter().map(|x| x.cosine).collect()),
+        ])
+    }
+}
+
+impl Table for Nearest<'_> {
+    const WHAT: &'static str = "nearest tokens";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        (
+            "matrix",
+            "W_E (embedding rows) or W_U (unembedding columns)",
+        ),
+        ("token", "the token looked up"),
+        ("rank", "0 = most similar"),
+        ("neighbour", "a nearby token's text"),
+        ("neighbour_id", "its id"),
+        ("cosine", "cosine similarity of the two vectors"),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        self.0.columns([
+            "matrix",
+            "token",
+            "rank",
+            "neighbour",
+            "neighbour_id",
+            "cosine",
+        ])
+    }
+}
+
+impl Table for Analogies<'_> {
+    const WHAT: &'static str = "analogies";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("matrix", "W_E or W_U"),
+        ("analogy", "a - b + c, the tokens as given"),
+        (
+            "rank",
+            "0 = nearest to a - b + c (a, b and c left out, as word2vec)",
+        ),
+        ("result", "the token's text"),
+        ("result_id", "its id"),
+        ("cosine", "cosine similarity with a - b + c (unit vectors)"),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        self.0
+            .columns(["matrix", "analogy", "rank", "result", "result_id", "cosine"])
+    }
+}
+
+/// The tokens `radius` either side of position `pos` in a text of `len` tokens.
+pub fn context(pos: usize, radius: usize, len: usize) -> std::ops::Range<usize> {
+    pos.saturating_sub(radius)..(pos + radius + 1).min(len)
+}
+
+/// Neurons' top-activating positions in a text, with `context` tokens either side shown.
+pub struct ExamplesTable<'a> {
+    pub examples: &'a [hooklens::analysis::neurons::NeuronExample],
+    /// The text's tokens as text.
+    pub tokens: &'a [String],
+    pub context: usize,
+}
+
+impl Table for ExamplesTable<'_> {
+    const WHAT: &'static str = "top activations";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("layer", "the neuron's layer"),
+        ("neuron", "the neuron (index into mlp.hook_post)"),
+        ("rank", "0 = the strongest activation in the text"),
+        ("activation", "mlp.hook_post at that position"),
+        ("position", "token index in the text (BOS not counted)"),
+        ("token", "the token there"),
+        ("context", "the text around it, --context tokens each side"),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        let e = self.examples;
+        let neuron = |u: &Unit| match *u {
+            Unit::Neuron { neuron, .. } => neuron as u32,
+            _ => 0,
+        };
+        let around = |p: usize| self.tokens[context(p, self.context, self.tokens.len())].concat();
+        Ok(vec![
+            col("layer", e.iter().map(|x| x.unit.layer() as u32).collect()),
+            col("neuron", e.iter().map(|x| neuron(&x.unit)).collect()),
+            col("rank", e.iter().map(|x| x.rank as u32).collect()),
+            col("activation", e.iter().map(|x| x.activation).collect()),
+            col("position", e.iter().map(|x| x.pos as u32).collect()),
+            col(
+                "token",
+                e.iter().map(|x| self.tokens[x.pos].clone()).collect(),
+            ),
+            col("context", e.iter().map(|x| around(x.pos)).collect()),
         ])
     }
 }

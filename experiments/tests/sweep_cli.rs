@@ -143,12 +143,10 @@ fn three_shards_merge_to_the_unsharded_table() {
     let rows: usize = (0..3)
         .map(|i| {
             let path = split.join(format!("shard={i}/patch.parquet"));
-            hooklens::export::parquet::read_parquet(&path)
-                .unwrap()
-                .height()
+            lab::parquet::read_parquet(&path).unwrap().height()
         })
         .sum();
-    let all = hooklens::export::parquet::read_parquet(&split.join("patch.parquet")).unwrap();
+    let all = lab::parquet::read_parquet(&split.join("patch.parquet")).unwrap();
     // One activation and one attribution row per cell; the shards hold the activation rows.
     let activation = all.height() / 2;
     assert_eq!(rows, activation, "the shards hold every patched cell once");

@@ -28,7 +28,7 @@ fn run_bin(bin: &str, args: &[&str], dir: &Path) -> (i32, String) {
 fn attention_writes_pngs_a_page_and_the_patterns() {
     let dir = tempfile::tempdir().unwrap();
     let (code, err) = run(
-        &["--run", "a", "--heads", "1.2,0.1", "--prompt", "abcab"],
+        &["--run", "a", "--heads", "L1H2,0.1", "--prompt", "abcab"],
         dir.path(),
     );
     assert_eq!(code, 0, "{err}");
@@ -43,7 +43,7 @@ fn attention_writes_pngs_a_page_and_the_patterns() {
         assert!(run.join(f).is_file(), "{f}");
     }
     // Both layers' heads (4 each) on BOS + 5 tokens, keys up to the query.
-    let df = hooklens::export::parquet::read_parquet(&run.join("patterns.parquet")).unwrap();
+    let df = lab::parquet::read_parquet(&run.join("patterns.parquet")).unwrap();
     assert_eq!(df.height(), 8 * 6 * 7 / 2);
     let page = std::fs::read_to_string(run.join("attention.html")).unwrap();
     assert!(
@@ -55,9 +55,9 @@ fn attention_writes_pngs_a_page_and_the_patterns() {
 #[test]
 fn bad_input_is_refused() {
     for (args, named) in [
-        (&["--heads", "1.9"][..], "head 9"),
-        (&["--heads", "5.0"][..], "layer 5"),
-        (&["--heads", "x"][..], "LAYER.HEAD"),
+        (&["--heads", "L1H9"][..], "head 9"),
+        (&["--heads", "L5H0"][..], "layer 5"),
+        (&["--heads", "x"][..], "L<layer>H<head>"),
         (&["--prompt", "  "][..], "empty"),
         (&["--layers", "7"][..], "layer 7"),
     ] {
@@ -81,7 +81,7 @@ fn bad_input_is_refused() {
 fn a_prompt_longer_than_the_context_and_an_unknown_detector_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let long = "ab".repeat(200); // the embedded model's context is 128 tokens
-    let (code, err) = run(&["--prompt", &long, "--heads", "0.0"], dir.path());
+    let (code, err) = run(&["--prompt", &long, "--heads", "L0H0"], dir.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("context is 128"), "{err}");
     let (code, err) = run(&["--top", "2", "--by", "copying"], dir.path());
@@ -104,7 +104,7 @@ fn temperature_writes_its_table_and_refuses_nonpositive_temperatures() {
     );
     assert_eq!(code, 0, "{err}");
     let run = dir.path().join("outputs/temperature/t");
-    let df = hooklens::export::parquet::read_parquet(&run.join("temperature.parquet")).unwrap();
+    let df = lab::parquet::read_parquet(&run.join("temperature.parquet")).unwrap();
     assert_eq!(df.height(), 8);
     assert!(run.join("temperature.png").is_file());
     let dir = tempfile::tempdir().unwrap();
@@ -128,14 +128,13 @@ fn embeddings_write_their_tables_and_refuse_tokens_that_split() {
     );
     assert_eq!(code, 0, "{err}");
     let run = dir.path().join("outputs/embeddings/e");
-    let near = hooklens::export::parquet::read_parquet(&run.join("nearest.parquet")).unwrap();
+    let near = lab::parquet::read_parquet(&run.join("nearest.parquet")).unwrap();
     assert_eq!(
         near.height(),
         2 * 2 * 3,
         "2 matrices x 2 tokens x 3 neighbours"
     );
-    let analogies =
-        hooklens::export::parquet::read_parquet(&run.join("analogies.parquet")).unwrap();
+    let analogies = lab::parquet::read_parquet(&run.join("analogies.parquet")).unwrap();
     assert_eq!(
         analogies.height(),
         2 * 2 * 3,
@@ -177,7 +176,7 @@ fn neurons_write_the_loss_view_and_refuse_bad_neurons() {
     assert!(run.join("token_loss.png").is_file());
     assert!(run.join("logit_diff.html").is_file());
     // The embedded model is attention-only: no neuron table rows.
-    let df = hooklens::export::parquet::read_parquet(&run.join("top_activations.parquet")).unwrap();
+    let df = lab::parquet::read_parquet(&run.join("top_activations.parquet")).unwrap();
     assert_eq!(df.height(), 0);
     for (args, named) in [
         (&["--neuron", "L0N1"][..], "attention-only"),

@@ -243,7 +243,6 @@ pub fn composition_scores(model: &HookedTransformer, kind: Composition) -> Resul
     Ok(Tensor::from_vec(out, (l, h, l, h), model.device())?)
 }
 
-
 /// One singular value of one head's circuit: a row of the per-head circuit table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadCircuitRow {
@@ -300,8 +299,8 @@ pub fn head_circuits(
             .contiguous()?
             .reshape((model.cfg.d_model, h_n * k))?;
         let vocab_vectors = t(&w_u)?.matmul(&m)?.t()?.contiguous()?; // [H·k, d_vocab]
-        // The OV circuits' right singular vectors (d_model) read through the unembedding:
-        // [H, d_model, k] -> [d_model, H·k] -> [H·k, d_vocab].
+                                                                     // The OV circuits' right singular vectors (d_model) read through the unembedding:
+                                                                     // [H, d_model, k] -> [d_model, H·k] -> [H·k, d_vocab].
         let ov_right = ov_svd.v.get(l)?.narrow(2, 0, k)?.to_dtype(DType::F32)?;
         let ov_right = ov_right
             .permute((1, 0, 2))?

@@ -106,3 +106,29 @@ pub fn best_head(scores: &Tensor) -> Result<(usize, usize, f32)> {
         .fold((0, 0, f32::MIN), |a, b| if b.2 > a.2 { b } else { a }))
 }
 
+/// The `k` heads that score highest as `kind` on 8 sequences of repeated random tokens (16
+/// tokens repeated, or fewer in a short context; after `bos` when given), drawn with `seed`:
+/// (layer, head), best first.
+pub fn top_heads(
+    model: &HookedTransformer,
+    kind: HeadKind,
+    k: usize,
+    bos: Option<u32>,
+    seed: u64,
+) -> Result<Vec<(usize, usize)>> {
+    use rand::SeedableRng;
+    let half = 16.min((model.cfg.n_ctx - 1) / 2);
+    let range = crate::data::random_token_range(&model.cfg, None, None)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let tokens =
+        crate::data::repeated_random_tokens(&mut rng, 8, half, bos, range, model.device())?;
+    let scores: Vec<f32> = all_head_scores(model, &tokens, half)?[&kind]
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let nh = model.cfg.n_heads;
+    Ok(super::metrics::top_k(&scores, k)
+        .into_iter()
+        .map(|(i, _)| (i as usize / nh, i as usize % nh))
+        .collect())
+}

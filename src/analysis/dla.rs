@@ -199,3 +199,16 @@ fn describe(label: &str, value: f32) -> Contribution {
     }
 }
 
+/// [`direct_logit_attribution`] of each pair's answer over its wrong answer at the last real
+/// token of the clean prompts of `batch`, from one forward pass caching every hook.
+pub fn dla_on(
+    model: &HookedTransformer,
+    batch: &crate::data::PairBatch,
+    expand_neurons: bool,
+) -> Result<Dla> {
+    let last: Vec<usize> = batch.lengths.iter().map(|l| l - 1).collect();
+    let (logits, cache) = model.run_with_cache(&batch.clean, crate::NameFilter::All)?;
+    let expand = expand_neurons && !model.cfg.attn_only;
+    let pair = (batch.answers.as_slice(), batch.wrong.as_slice());
+    direct_logit_attribution(model, &cache, &logits, pair, &last, expand)
+}

@@ -94,6 +94,75 @@ pub fn pca_2d(vectors: &Tensor) -> Result<Vec<(f32, f32)>> {
     Ok((0..n).map(|i| (x1[i] as f32, x2[i] as f32)).collect())
 }
 
+/// A token's neighbour by cosine in one matrix (`W_E` rows or `W_U` columns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbour {
+    /// `W_E` or `W_U`.
+    pub matrix: &'static str,
+    /// Index of the query (the token looked up, or the analogy) in the caller's list.
+    pub query: usize,
+    /// 0 = most similar.
+    pub rank: usize,
+    pub id: u32,
+    pub cosine: f32,
+}
+
+/// Both matrices of `model` as unit vectors, named as the tables name them.
+pub fn both_matrices(model: &HookedTransformer) -> Result<[(&'static str, UnitRows); 2]> {
+    Ok([
+        ("W_E", UnitRows::embedding(model)?),
+        ("W_U", UnitRows::unembedding(model)?),
+    ])
+}
+
+/// The `k` nearest tokens of each of `ids` (itself left out) in W_E and in W_U.
+pub fn nearest_tokens(model: &HookedTransformer, ids: &[u32], k: usize) -> Result<Vec<Neighbour>> {
+    let mut out = vec![];
+    for (matrix, rows) in both_matrices(model)? {
+        for (query, &i) in ids.iter().enumerate() {
+            let near = rows.nearest(&rows.row(i)?, k, &[i])?;
+            out.extend(
+                near.into_iter()
+                    .enumerate()
+                    .map(|(rank, (id, cosine))| Neighbour {
+                        matrix,
+                        query,
+                        rank,
+                        id,
+                        cosine,
+                    }),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The `k` tokens nearest to a − b + c for each (a, b, c) of `triples`, in W_E and in W_U.
+pub fn analogies(
+    model: &HookedTransformer,
+    triples: &[(u32, u32, u32)],
+    k: usize,
+) -> Result<Vec<Neighbour>> {
+    let mut out = vec![];
+    for (matrix, rows) in both_matrices(model)? {
+        for (query, &abc) in triples.iter().enumerate() {
+            let res = rows.analogy(abc, k)?;
+            out.extend(
+                res.into_iter()
+                    .enumerate()
+                    .map(|(rank, (id, cosine))| Neighbour {
+                        matrix,
+                        query,
+                        rank,
+                        id,
+                        cosine,
+                    }),
+            );
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

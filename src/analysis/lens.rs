@@ -120,3 +120,22 @@ fn cache_len(cache: &ActivationCache) -> Result<usize> {
     Ok(resid.dim(1)?)
 }
 
+/// [`logit_lens`] on `tokens` [batch, pos]: one forward pass caching the residual stream the
+/// lens reads (every `hook_resid_pre`, the last `hook_resid_post`, and with `incl_mid` every
+/// `hook_resid_mid`).
+pub fn logit_lens_on(
+    model: &HookedTransformer,
+    tokens: &candle_core::Tensor,
+    opts: &LensOpts,
+) -> Result<Vec<LensCell>> {
+    let n = model.cfg.n_layers;
+    let mut points: Vec<crate::HookPoint> = (0..n)
+        .map(|l| crate::HookPoint::block(l, crate::BlockHook::ResidPre))
+        .collect();
+    points.push(crate::HookPoint::block(n - 1, crate::BlockHook::ResidPost));
+    if opts.incl_mid && !model.cfg.attn_only {
+        points.extend((0..n).map(|l| crate::HookPoint::block(l, crate::BlockHook::ResidMid)));
+    }
+    let (_, cache) = model.run_with_cache(tokens, crate::NameFilter::Points(points))?;
+    logit_lens(model, &cache, opts)
+}

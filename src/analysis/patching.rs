@@ -5,8 +5,8 @@
 //! The cells become [`Job`]s of one [`super::sweep::Sweep`] over the corrupted prompts.
 
 use super::sweep::{Job, Metric, Sweep, Target};
-use crate::data::PairBatch;
 use crate::cache::ActivationCache;
+use crate::data::PairBatch;
 use crate::error::{Error, Result};
 use crate::hook_points::{BlockHook, HookPoint, NameFilter};
 use crate::hooks::Hooks;
@@ -247,7 +247,10 @@ impl<'m> Patching<'m> {
         let shape = grid.shape(self.sweep.model(), self.n_pos);
         let mut values = vec![f32::NAN; shape.iter().product()];
         let n_heads = self.sweep.model().cfg.n_heads;
-        for r in rows.iter().filter(|r| r.cell.grid == grid && r.method == method) {
+        for r in rows
+            .iter()
+            .filter(|r| r.cell.grid == grid && r.method == method)
+        {
             let c = r.cell;
             let (h, p) = (c.head.unwrap_or(0), c.pos.unwrap_or(0));
             let i = match grid.axes() {
@@ -393,4 +396,3 @@ pub struct PatchRow {
     pub raw: f32,
     pub value: f32,
 }
-

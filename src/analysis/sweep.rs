@@ -348,7 +348,11 @@ impl<'m> Sweep<'m> {
         let logits = model.forward_cached(&target.tokens, &mut kv, &mut hooks)?;
         let cache = hooks.take_cache();
         let resid_pre = (0..n)
-            .map(|l| Ok(cache.block(l, crate::hook_points::BlockHook::ResidPre)?.clone()))
+            .map(|l| {
+                Ok(cache
+                    .block(l, crate::hook_points::BlockHook::ResidPre)?
+                    .clone())
+            })
             .collect::<Result<_>>()?;
         let value = metric.of_logits(&logits, &target)?;
         let losses = match metric {

@@ -9,16 +9,12 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use hooklens::analysis::ablation::{
-    ablation_frame, ablation_jobs, source_points, top_neurons, Ablation, AblationRow, NeuronRank,
-    Unit, ABLATION_COLUMNS,
-};
+use hooklens::analysis::ablation::{ablation_jobs, ablation_rows, source_points, top_neurons};
+use hooklens::analysis::ablation::{Ablation, AblationRow, NeuronRank, Unit};
 use hooklens::analysis::sweep::{Metric, Sweep, Target};
-use lab::args::{ModelArgs, PairArgs, RunArgs, SweepArgs};
-use hooklens::data::PairBatch;
-use lab::manifest::Manifest;
-use lab::plot::{bar_chart, Heatmap};
-use hooklens::NameFilter;
+use hooklens::{ActivationCache, HookedTransformer, NameFilter, Tokenizer};
+use lab::args::{choice, ModelArgs, PairArgs, RunArgs, SweepArgs};
+use lab::plot::{bar_chart, largest};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,18 +51,13 @@ struct Args {
     #[arg(long, value_delimiter = ',', requires = "top_neurons")]
     neuron_layers: Vec<usize>,
     /// How --top-neurons ranks a layer's neurons.
-    #[arg(long, value_enum, default_value_t = NeuronRank::Mean, requires = "top_neurons")]
+    #[arg(long, value_parser = choice::<NeuronRank>(), default_value = "mean", requires = "top_neurons")]
     rank_by: NeuronRank,
     /// Ablation kinds (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "zero")]
+    #[arg(long, value_parser = choice::<Ablation>(), value_delimiter = ',', default_value = "zero")]
     ablation: Vec<Ablation>,
     /// Metrics (comma-separated).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "logit-diff,loss"
-    )]
+    #[arg(long, value_parser = choice::<Metric>(), value_delimiter = ',', default_value = "logit-diff,loss")]
     metric: Vec<Metric>,
     /// A file of reference prompts (one per line) for mean ablation; default the dataset's
     /// clean prompts.
@@ -82,21 +73,17 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    lab::args::finish(run(Args::parse()))
+    lab::main(run)
 }
 
 fn run(a: Args) -> Result<()> {
-    let start = std::time::Instant::now();
-    let (model, tok) = a.model.load().context("loading the model")?;
-    let mut manifest = Manifest::new("ablate", &model, &a)?;
-    manifest.record_time("load_model", start);
+    let (mut exp, model, tok) = lab::Experiment::load("ablate", &a.model, &a)?;
     let (pairs, batch) = a.data.load(&model, &tok)?;
-
     let mut units: Vec<Unit> = match a.unit.is_empty() {
         false => a
             .unit
             .iter()
-            .map(|u| u.parse::<Unit>())
+            .map(|u| u.parse())
             .collect::<hooklens::Result<_>>()?,
         true => a
             .units
@@ -108,123 +95,133 @@ fn run(a: Args) -> Result<()> {
             .collect(),
     };
     if let Some(k) = a.top_neurons {
-        let layers = match a.neuron_layers.is_empty() {
-            true => (0..model.cfg.n_layers).collect(),
-            false => a.neuron_layers.clone(),
+        let all: Vec<usize> = (0..model.cfg.n_layers).collect();
+        let layers = if a.neuron_layers.is_empty() {
+            &all
+        } else {
+            &a.neuron_layers
         };
-        units.extend(top_neurons(&model, &batch, &layers, k, a.rank_by)?);
+        units.extend(top_neurons(&model, &batch, layers, k, a.rank_by)?);
     }
-    for u in &units {
-        u.check(&model)?;
-    }
+    units.iter().try_for_each(|u| u.check(&model))?;
     anyhow::ensure!(!units.is_empty(), "no units to ablate");
-
-    // Mean ablation reads the units' activations on the reference prompts (--reference, or
-    // the dataset), resample on the dataset's other prompts.
+    // Mean ablation reads the units' activations on the reference prompts (--reference, or the
+    // dataset), resample on the dataset's other prompts.
     let wants = |k: Ablation| a.ablation.contains(&k);
-    let points = || NameFilter::Points(source_points(&units));
+    let points = NameFilter::Points(source_points(&units));
     let dataset =
         match wants(Ablation::Resample) || (wants(Ablation::Mean) && a.reference.is_none()) {
-            true => Some(model.run_with_cache(&batch.clean, points())?.1),
+            true => Some(model.run_with_cache(&batch.clean, points.clone())?.1),
             false => None,
         };
     let reference = match (&a.reference, wants(Ablation::Mean)) {
-        (Some(file), true) => {
-            let r = reference_batch(file, &model, &tok, &a)?;
-            Some((model.run_with_cache(&r.clean, points())?.1, r.lengths))
-        }
+        (Some(file), true) => Some(reference_cache(
+            file,
+            &model,
+            &tok,
+            a.data.bos.resolve(&model),
+            points,
+        )?),
         _ => None,
     };
     let mut jobs = vec![];
     for &kind in &a.ablation {
-        let src = match (kind, &reference, &dataset) {
+        let source = match (kind, &reference, &dataset) {
             (Ablation::Zero, ..) => None,
             (Ablation::Mean, Some((cache, lengths)), _) => Some((cache, lengths.as_slice())),
             (_, _, Some(cache)) => Some((cache, batch.lengths.as_slice())),
             _ => None,
         };
-        jobs.extend(ablation_jobs(&units, kind, src, a.data.seed)?);
+        jobs.extend(ablation_jobs(&units, kind, source, a.data.seed)?);
     }
     let sweeps = a
         .metric
         .iter()
         .map(|&m| {
-            let target = Target::new(&batch, false)?;
             Sweep::new(
                 &model,
-                target,
+                Target::new(&batch, false)?,
                 m,
                 jobs.clone(),
                 a.sweep.tokens_per_pass as usize,
             )
         })
         .collect::<hooklens::Result<Vec<_>>>()?;
-
-    let t0 = std::time::Instant::now();
-    let (run, outcome) = lab::args::run_sweep(&a.out, &a.sweep, "ablate", &a, &sweeps)?;
-    manifest.record_time("sweep", t0);
-    manifest.interventions = outcome.fired.clone();
-    manifest.seed = Some(a.data.seed);
-    manifest.set("prompts", pairs.len())?;
-    manifest.set("units", units.len())?;
-    manifest.set("shard", a.sweep.shard)?;
-
-    let mut rows = vec![];
-    for (s, sweep) in sweeps.iter().enumerate() {
-        for (j, v) in outcome.values[s].iter().enumerate() {
-            if let Some(v) = v {
-                rows.push(AblationRow {
-                    unit: units[j % units.len()],
-                    ablation: a.ablation[j / units.len()],
-                    metric: a.metric[s],
-                    baseline: sweep.baseline(),
-                    ablated: *v,
-                });
-            }
-        }
-    }
-    let mut df = ablation_frame(&rows)?;
-    run.write_table(&mut manifest, "ablate.parquet", &mut df, ABLATION_COLUMNS)?;
-    if a.sweep.shard.is_none() {
-        plots(&a, &model, &rows, &run, &mut manifest)?;
-    }
-    run.write_manifest(&manifest)?;
-
+    let outcome = exp.sweep(&a.out, &a.sweep, &a, &sweeps)?;
+    exp.manifest.seed = Some(a.data.seed);
+    exp.manifest.set("prompts", pairs.len())?;
+    exp.manifest.set("units", units.len())?;
+    let rows: Vec<AblationRow> = sweeps
+        .iter()
+        .zip(&a.metric)
+        .zip(&outcome.values)
+        .flat_map(|((s, &m), v)| ablation_rows(&units, &a.ablation, m, s.baseline(), v))
+        .collect();
+    exp.table("ablate.parquet", rows.as_slice())?;
     let mut out = std::io::stdout().lock();
-    for (s, sweep) in sweeps.iter().enumerate() {
-        writeln!(
-            out,
-            "{}: baseline {:.4}",
-            a.metric[s].name(),
-            sweep.baseline()
-        )?;
-        let mut top: Vec<&AblationRow> = rows.iter().filter(|r| r.metric == a.metric[s]).collect();
-        top.sort_by(|x, y| {
-            (y.ablated - y.baseline)
-                .abs()
-                .total_cmp(&(x.ablated - x.baseline).abs())
-        });
-        for r in top.iter().take(5) {
-            writeln!(
-                out,
-                "  {:<8} {:<8} {:+.4}",
-                r.unit.to_string(),
-                r.ablation.name(),
-                r.ablated - r.baseline
+    for (&metric, sweep) in a.metric.iter().zip(&sweeps) {
+        writeln!(out, "{}: baseline {:.4}", metric.name(), sweep.baseline())?;
+        for &kind in &a.ablation {
+            let these: Vec<&AblationRow> = rows
+                .iter()
+                .filter(|r| r.metric == metric && r.ablation == kind)
+                .collect();
+            let what = format!("{} ablation, change in {}", kind.name(), metric.name());
+            let mut grid = vec![vec![0f32; model.cfg.n_heads]; model.cfg.n_layers];
+            for r in &these {
+                if let Unit::Head { layer, head } = r.unit {
+                    grid[layer][head] = r.ablated - r.baseline;
+                }
+            }
+            let top = largest(
+                these
+                    .iter()
+                    .map(|r| (r.unit.to_string(), r.ablated - r.baseline)),
+                a.top as usize,
+            );
+            if a.sweep.shard.is_some() {
+                continue; // a shard's plots would show only its slice
+            }
+            if these.iter().any(|r| matches!(r.unit, Unit::Head { .. })) {
+                let file = format!("heads_{}_{}.png", metric.name(), kind.name());
+                exp.heads(&file, &format!("layers x heads: {what} (ablated - baseline; red raises it, blue lowers it)"), &format!("Heads: {what}"), &grid, true)?;
+            }
+            let path = exp.file(
+                &format!("top_{}_{}.png", metric.name(), kind.name()),
+                &format!("the units with the largest |change|: {what}"),
+            )?;
+            bar_chart(
+                &path,
+                &format!("Top units: {what}"),
+                &top,
+                &format!("ablated - baseline {}", metric.name()),
             )?;
         }
+        let top = largest(
+            rows.iter().filter(|r| r.metric == metric).map(|r| {
+                (
+                    format!("{:<8} {:<8}", r.unit.to_string(), r.ablation.name()),
+                    r.ablated - r.baseline,
+                )
+            }),
+            5,
+        );
+        for (name, delta) in top {
+            writeln!(out, "  {name} {delta:+.4}")?;
+        }
     }
-    writeln!(out, "wrote {}", run.path.display())?;
-    Ok(())
+    exp.finish()
 }
 
-/// The reference prompts of `file` (one per line) as a batch.
-fn reference_batch(
+/// The activations at `points` of the reference prompts in `file` (one per line), with each
+/// prompt's length.
+fn reference_cache(
     file: &PathBuf,
-    model: &hooklens::HookedTransformer,
-    tok: &hooklens::Tokenizer,
-    a: &Args,
-) -> Result<PairBatch> {
+    model: &HookedTransformer,
+    tok: &Tokenizer,
+    bos: bool,
+    points: NameFilter,
+) -> Result<(ActivationCache, Vec<usize>)> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let prompts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -233,82 +230,13 @@ fn reference_batch(
         "{}: no reference prompts (one per line)",
         file.display()
     );
-    let bos = a.data.bos.resolve(model);
     let ids = prompts
         .iter()
         .map(|p| tok.encode_prompt(p, bos))
         .collect::<hooklens::Result<Vec<_>>>()?;
-    let lengths = ids.iter().map(Vec::len).collect();
-    let clean = hooklens::tokenizer::pad_batch(&ids, 0, model.device())?;
-    Ok(PairBatch {
-        corrupted: clean.clone(),
-        clean,
-        lengths,
-        answers: vec![],
-        wrong: vec![],
-    })
-}
-
-/// The heatmaps of head deltas and the bar charts of the top units, per metric and ablation.
-fn plots(
-    a: &Args,
-    model: &hooklens::HookedTransformer,
-    rows: &[AblationRow],
-    run: &lab::run::RunDir,
-    manifest: &mut Manifest,
-) -> Result<()> {
-    let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
-    for &metric in &a.metric {
-        for &kind in &a.ablation {
-            let these: Vec<&AblationRow> = rows
-                .iter()
-                .filter(|r| r.metric == metric && r.ablation == kind)
-                .collect();
-            let what = format!("{} ablation, change in {}", kind.name(), metric.name());
-            let mut grid = vec![vec![0f32; nh]; nl];
-            let mut any_head = false;
-            for r in &these {
-                if let Unit::Head { layer, head } = r.unit {
-                    grid[layer][head] = r.ablated - r.baseline;
-                    any_head = true;
-                }
-            }
-            if any_head {
-                let file = format!("heads_{}_{}.png", metric.name(), kind.name());
-                Heatmap {
-                    title: &format!("Heads: {what}"),
-                    values: &grid,
-                    row_labels: &(0..nl).map(|l| format!("L{l}")).collect::<Vec<_>>(),
-                    col_labels: &(0..nh).map(|h| format!("H{h}")).collect::<Vec<_>>(),
-                    x_desc: "head",
-                    y_desc: "layer",
-                    diverging: true,
-                    ..Default::default()
-                }
-                .write(&run.file(&file))?;
-                manifest.add_file(
-                    &file,
-                    &format!("layers x heads: {what} (ablated - baseline; red raises it, blue lowers it)"),
-                );
-            }
-            let mut top: Vec<(String, f32)> = these
-                .iter()
-                .map(|r| (r.unit.to_string(), r.ablated - r.baseline))
-                .collect();
-            top.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()));
-            top.truncate(a.top as usize);
-            let file = format!("top_{}_{}.png", metric.name(), kind.name());
-            bar_chart(
-                &run.file(&file),
-                &format!("Top units: {what}"),
-                &top,
-                &format!("ablated - baseline {}", metric.name()),
-            )?;
-            manifest.add_file(
-                &file,
-                &format!("the units with the largest |change|: {what}"),
-            );
-        }
-    }
-    Ok(())
+    let tokens = hooklens::tokenizer::pad_batch(&ids, 0, model.device())?;
+    Ok((
+        model.run_with_cache(&tokens, points)?.1,
+        ids.iter().map(Vec::len).collect(),
+    ))
 }

@@ -10,14 +10,11 @@
 use anyhow::{bail, Context, Result};
 use candle_core::IndexOp;
 use clap::{Parser, ValueEnum};
-use hooklens::analysis::detectors::{all_head_scores, HeadKind};
-use lab::args::{BosArgs, ModelArgs, RunArgs};
-use hooklens::data::{random_token_range, repeated_random_tokens};
-use lab::html::attention_page;
-use lab::manifest::Manifest;
-use lab::plot::{pattern_grid, Heatmap};
+use hooklens::analysis::detectors::{top_heads, HeadKind};
 use hooklens::{BlockHook, HookPoint, NameFilter};
-use rand::SeedableRng;
+use lab::args::{parse_head, BosArgs, ModelArgs, RunArgs};
+use lab::plot::{pattern_grid, token_labels, Heatmap};
+use lab::tables::PatternsTable;
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,7 +30,7 @@ enum Detector {
 #[derive(Parser, Serialize)]
 #[command(
     about = "Attention patterns of chosen heads as PNGs and a self-contained interactive HTML page",
-    after_help = "Heads: --heads 1.2,5.1 (layer.head), --layers 0,3 (every head of those layers), or --top K --by induction (the default: the top 8 induction heads on repeated random tokens)."
+    after_help = "Heads: --heads L1H2,L5H1, --layers 0,3 (every head of those layers), or --top K --by induction (the default: the top 8 induction heads on repeated random tokens)."
 )]
 struct Args {
     #[command(flatten)]
@@ -44,7 +41,7 @@ struct Args {
     /// A text file whose whole content is the prompt.
     #[arg(long)]
     prompt_file: Option<PathBuf>,
-    /// Heads as layer.head, comma-separated (e.g. 1.2,5.1).
+    /// Heads, comma-separated: L1H2 is head 2 of layer 1 (the older 1.2 still works).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["layers", "top"])]
     heads: Vec<String>,
     /// Every head of these layers (comma-separated).
@@ -66,7 +63,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    lab::args::finish(run(Args::parse()))
+    lab::main(run)
 }
 
 fn run(a: Args) -> Result<()> {
@@ -81,217 +78,144 @@ fn run(a: Args) -> Result<()> {
     if text.trim().is_empty() {
         bail!("the prompt is empty: give at least one token of text");
     }
-    let start = std::time::Instant::now();
-    let (model, tok) = a.model.load().context("loading the model")?;
-    let mut manifest = Manifest::new("attention", &model, &a)?;
-    manifest.record_time("load_model", start);
+    let (mut exp, model, tok) = lab::Experiment::start("attention", &a.model, &a.out, &a)?;
+    let (model, tok) = (&model, &tok);
     let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
-
-    let heads: Vec<(usize, usize)> = if !a.heads.is_empty() {
-        a.heads
+    let kind = match a.by {
+        Detector::Induction => HeadKind::Induction,
+        Detector::PreviousToken => HeadKind::PreviousToken,
+        Detector::DuplicateToken => HeadKind::DuplicateToken,
+    };
+    let heads: Vec<(usize, usize)> = match (a.heads.is_empty(), a.layers.is_empty()) {
+        (false, _) => a
+            .heads
             .iter()
             .map(|s| parse_head(s))
-            .collect::<Result<_>>()?
-    } else if !a.layers.is_empty() {
-        a.layers
+            .collect::<Result<_>>()?,
+        (_, false) => a
+            .layers
             .iter()
             .flat_map(|&l| (0..nh).map(move |h| (l, h)))
-            .collect()
-    } else {
-        top_heads(&model, &tok, &a)?
+            .collect(),
+        _ => top_heads(
+            model,
+            kind,
+            a.top.unwrap_or(8) as usize,
+            model.cfg.bos_token_id.or(tok.bos_token_id),
+            a.seed,
+        )?,
     };
     for &(l, h) in &heads {
         model.block(l)?;
         model.check_head(h)?;
     }
-
-    let bos = a.bos.resolve(&model);
-    let tokens = tok.to_tokens(&[text.as_str()], bos, model.device())?;
+    let tokens = tok.to_tokens(&[text.as_str()], a.bos.resolve(model), model.device())?;
     let ids: Vec<u32> = tokens.i(0)?.to_vec1()?;
-    let n = ids.len();
-    let strs = tok.to_str_tokens(&ids)?;
+    let (n, strs) = (ids.len(), tok.to_str_tokens(&ids)?);
     // The page and the grid hold every head of the chosen heads' layers.
     let mut layers: Vec<usize> = heads.iter().map(|h| h.0).collect();
     layers.sort();
     layers.dedup();
-    let floats = layers.len() * nh * n * n;
-    if floats > 40_000_000 {
-        bail!(
-            "{} layers x {nh} heads x {n}^2 positions is {:.0} MB of patterns for the page; choose fewer layers or a shorter prompt",
-            layers.len(),
-            floats as f64 * 4.0 / 1e6
-        );
+    if layers.len() * nh * n * n > 40_000_000 {
+        bail!("{} layers x {nh} heads x {n}^2 positions is {:.0} MB of patterns for the page; choose fewer layers or a shorter prompt", layers.len(), (layers.len() * nh * n * n) as f64 * 4e-6);
     }
     let points = layers
         .iter()
         .map(|&l| HookPoint::block(l, BlockHook::Pattern))
         .collect();
     let (_, cache) = model.run_with_cache(&tokens, NameFilter::Points(points))?;
-    let pattern = |l: usize, h: usize| -> Result<Vec<Vec<f32>>> {
-        let p = cache.block(l, BlockHook::Pattern)?.i((0, h))?;
-        Ok(p.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
-    };
-
-    let run = a.out.dir("attention")?;
-    let model_name = manifest.model.name.clone();
-    let short: String = match text.chars().count() > 48 {
-        true => text.chars().take(45).collect::<String>() + "...",
-        false => text.clone(),
-    };
-    let labels: Vec<String> = strs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("{i}:{s:?}"))
-        .collect();
-    for &(l, h) in &heads {
-        let file = format!("pattern_L{l}H{h}.png");
-        Heatmap {
-            title: &format!("{model_name} L{l}H{h} on {short:?}"),
-            values: &pattern(l, h)?,
-            row_labels: &labels,
-            col_labels: &labels,
-            x_desc: "key (attended-to token)",
-            y_desc: "query token",
-            range: Some((0.0, 1.0)),
-            ..Default::default()
-        }
-        .write(&run.file(&file))?;
-        manifest.add_file(
-            &file,
-            &format!("attention pattern of L{l}H{h}, query rows, key columns"),
-        );
-    }
     let all: Vec<(usize, usize)> = layers
         .iter()
         .flat_map(|&l| (0..nh).map(move |h| (l, h)))
         .collect();
     let patterns: Vec<Vec<Vec<f32>>> = all
         .iter()
-        .map(|&(l, h)| pattern(l, h))
+        .map(|&(l, h)| {
+            Ok(cache
+                .block(l, BlockHook::Pattern)?
+                .i((0, h))?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec2()?)
+        })
         .collect::<Result<_>>()?;
+    let labels = token_labels(tok, &ids)?;
+    let name = exp.manifest.model.name.clone();
+    let short: String = match text.chars().count() > 48 {
+        true => text.chars().take(45).collect::<String>() + "...",
+        false => text.clone(),
+    };
+
+    for &(l, h) in &heads {
+        let values = &patterns[all.iter().position(|x| *x == (l, h)).unwrap_or(0)];
+        let title = format!("{name} L{l}H{h} on {short:?}");
+        let heatmap = Heatmap {
+            title: &title,
+            values,
+            row_labels: &labels,
+            col_labels: &labels,
+            x_desc: "key (attended-to token)",
+            y_desc: "query token",
+            range: Some((0.0, 1.0)),
+            ..Default::default()
+        };
+        exp.heatmap(
+            &format!("pattern_L{l}H{h}.png"),
+            &format!("attention pattern of L{l}H{h}, query rows, key columns"),
+            &heatmap,
+        )?;
+    }
     let thumbs: Vec<(String, Vec<Vec<f32>>)> = all
         .iter()
         .zip(&patterns)
         .map(|(&(l, h), p)| (format!("L{l}H{h}"), p.clone()))
         .collect();
+    let grid = exp.file(
+        "heads_grid.png",
+        "every head of the chosen layers as thumbnails (query rows, key columns; white 0, red 1)",
+    )?;
     pattern_grid(
-        &run.file("heads_grid.png"),
-        &format!("{model_name}: every head of layer(s) {layers:?} on {short:?}"),
+        &grid,
+        &format!("{name}: every head of layer(s) {layers:?} on {short:?}"),
         &thumbs,
         nh.min(12),
     )?;
-    manifest.add_file(
-        "heads_grid.png",
-        "every head of the chosen layers as thumbnails (query rows, key columns; white 0, red 1)",
-    );
-
     // The page opens on the first chosen head.
-    let first = all.iter().position(|x| *x == heads[0]).unwrap_or(0);
     let mut order: Vec<usize> = (0..all.len()).collect();
-    order.swap(0, first);
+    order.swap(0, all.iter().position(|x| *x == heads[0]).unwrap_or(0));
     let page_heads: Vec<(usize, usize)> = order.iter().map(|&i| all[i]).collect();
     let flat: Vec<Vec<f32>> = order.iter().map(|&i| patterns[i].concat()).collect();
-    let page = attention_page(
-        &format!("{model_name}: attention on {short:?}"),
+    let page = lab::html::attention_page(
+        &format!("{name}: attention on {short:?}"),
         &strs,
         (nl, nh),
         &page_heads,
         &flat,
     )?;
-    lab::atomic_write(&run.file("attention.html"), page.as_bytes())?;
-    manifest.add_file(
+    exp.page(
         "attention.html",
         "interactive attention view, self-contained (open it in a browser)",
-    );
-
-    let mut df = patterns_frame(&page_heads, &flat, &strs)?;
-    run.write_table(&mut manifest, "patterns.parquet", &mut df, PATTERN_COLUMNS)?;
-    manifest.set(
+        &page,
+    )?;
+    exp.table(
+        "patterns.parquet",
+        &PatternsTable {
+            heads: &page_heads,
+            patterns: &flat,
+            tokens: &strs,
+        },
+    )?;
+    exp.manifest.set(
         "heads",
         heads
             .iter()
-            .map(|(l, h)| format!("L{l}H{h}"))
+            .map(|&(l, h)| lab::tables::head_label(l, h))
             .collect::<Vec<_>>(),
     )?;
-    manifest.set("tokens", n)?;
-    run.write_manifest(&manifest)?;
+    exp.manifest.set("tokens", n)?;
     writeln!(
         std::io::stdout().lock(),
-        "{} heads on {n} tokens; wrote {}",
-        heads.len(),
-        run.path.display()
+        "{} heads on {n} tokens",
+        heads.len()
     )?;
-    Ok(())
-}
-
-fn parse_head(s: &str) -> Result<(usize, usize)> {
-    let bad = || anyhow::anyhow!("--heads {s:?}: write LAYER.HEAD, e.g. 1.2");
-    let (l, h) = s.trim().split_once('.').ok_or_else(bad)?;
-    Ok((l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
-}
-
-/// The top `--top` heads (default 8) by the detector's score on repeated random tokens.
-fn top_heads(
-    model: &hooklens::HookedTransformer,
-    tok: &hooklens::Tokenizer,
-    a: &Args,
-) -> Result<Vec<(usize, usize)>> {
-    let k = a.top.unwrap_or(8) as usize;
-    let half = 16.min((model.cfg.n_ctx - 1) / 2);
-    let bos = model.cfg.bos_token_id.or(tok.bos_token_id);
-    let range = random_token_range(&model.cfg, None, None)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let tokens = repeated_random_tokens(&mut rng, 8, half, bos, range, model.device())?;
-    let kind = match a.by {
-        Detector::Induction => HeadKind::Induction,
-        Detector::PreviousToken => HeadKind::PreviousToken,
-        Detector::DuplicateToken => HeadKind::DuplicateToken,
-    };
-    let scores = all_head_scores(model, &tokens, half)?[&kind].to_vec2::<f32>()?;
-    let flat: Vec<f32> = scores.concat();
-    let nh = model.cfg.n_heads;
-    Ok(hooklens::analysis::metrics::top_k(&flat, k)
-        .into_iter()
-        .map(|(i, _)| (i as usize / nh, i as usize % nh))
-        .collect())
-}
-
-const PATTERN_COLUMNS: &[(&str, &str)] = &[
-    ("layer", "the head's layer"),
-    ("head", "the head"),
-    ("query", "query position (the attending token)"),
-    (
-        "key",
-        "key position (the attended-to token), at most the query",
-    ),
-    ("query_token", "the query token's text"),
-    ("key_token", "the key token's text"),
-    ("weight", "attention weight (each query's weights sum to 1)"),
-];
-
-fn patterns_frame(
-    heads: &[(usize, usize)],
-    patterns: &[Vec<f32>],
-    strs: &[String],
-) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let n = strs.len();
-    let (mut l, mut h, mut q, mut k, mut qt, mut kt, mut w) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (&(layer, head), p) in heads.iter().zip(patterns) {
-        for qi in 0..n {
-            for ki in 0..=qi {
-                l.push(layer as u32);
-                h.push(head as u32);
-                q.push(qi as u32);
-                k.push(ki as u32);
-                qt.push(strs[qi].clone());
-                kt.push(strs[ki].clone());
-                w.push(p[qi * n + ki]);
-            }
-        }
-    }
-    Ok(
-        df!("layer" => l, "head" => h, "query" => q, "key" => k, "query_token" => qt, "key_token" => kt, "weight" => w)?,
-    )
+    exp.finish()
 }

@@ -10,16 +10,14 @@
 //! - `copying_scores.png`: layers x heads;
 //! - `manifest.json`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::circuits::{
-    composition_frame, composition_scores, copying_scores, heads_frame, Composition,
-    COMPOSITION_COLUMNS, HEAD_COLUMNS,
+    composition_scores, copying_scores, head_circuits, Composition,
 };
 use lab::args::{ModelArgs, RunArgs};
-use lab::manifest::Manifest;
-use lab::plot::Heatmap;
-use indicatif::{ProgressBar, ProgressStyle};
+use lab::plot::{write_heads, Heatmap};
+use lab::tables::{head_label, HeadsTable};
 use serde::Serialize;
 use std::io::Write;
 
@@ -41,76 +39,65 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    lab::args::finish(run(Args::parse()))
+    lab::main(run)
 }
 
 fn run(a: Args) -> Result<()> {
-    let run = a.out.dir("circuits")?;
-    let start = std::time::Instant::now();
-    let (model, tok) = a.model.load().context("loading the model")?;
-    let mut manifest = Manifest::new("circuits", &model, &a)?;
-    manifest.record_time("load_model", start);
+    let (mut exp, model, tok) = lab::Experiment::start("circuits", &a.model, &a.out, &a)?;
     let (l, h) = (model.cfg.n_layers, model.cfg.n_heads);
-
-    let bar = ProgressBar::new((l * h) as u64).with_message("head circuits");
-    bar.set_style(ProgressStyle::with_template(
-        "{msg} {bar:30} {pos}/{len} heads [{elapsed}<{eta}]",
-    )?);
-    let mut heads = manifest.time("head_circuits", || {
-        heads_frame(
-            &model,
-            &tok,
-            a.top_singular as usize,
-            a.top_tokens as usize,
-            || bar.inc(1),
-        )
+    let bar = lab::args::progress_bar((l * h) as u64, "head circuits", "heads")?;
+    let (k, n) = (a.top_singular as usize, a.top_tokens as usize);
+    let rows = exp.time("head_circuits", || {
+        head_circuits(&model, k, n, || bar.inc(1))
     })?;
     bar.finish_and_clear();
-    run.write_table(&mut manifest, "heads.parquet", &mut heads, HEAD_COLUMNS)?;
-
+    exp.table(
+        "heads.parquet",
+        &HeadsTable {
+            rows: &rows,
+            tok: &tok,
+        },
+    )?;
     let spinner = lab::args::spinner("composition scores");
-    let scores = manifest.time("composition", || {
+    let scores = exp.time("composition", || {
         Composition::ALL
             .into_iter()
             .map(|c| Ok((c, composition_scores(&model, c)?)))
             .collect::<hooklens::Result<Vec<_>>>()
     })?;
     spinner.finish_and_clear();
-    let mut comp = composition_frame(&scores)?;
-    run.write_table(
-        &mut manifest,
-        "composition.parquet",
-        &mut comp,
-        COMPOSITION_COLUMNS,
-    )?;
+    exp.table("composition.parquet", scores.as_slice())?;
 
     let labels: Vec<String> = (0..l)
-        .flat_map(|x| (0..h).map(move |y| format!("L{x}H{y}")))
+        .flat_map(|x| (0..h).map(move |y| head_label(x, y)))
         .collect();
     let mut out = std::io::stdout().lock();
     for (c, s) in &scores {
-        let grid: Vec<Vec<f32>> = s.reshape((l * h, l * h))?.to_vec2()?;
-        let file = format!("composition_{}.png", c.name().to_lowercase());
-        Heatmap {
-            title: &format!(
-                "{}-composition: earlier head's OV into later head's {}",
-                c.name(),
-                match c {
-                    Composition::Q => "queries",
-                    Composition::K => "keys",
-                    Composition::V => "values",
-                }
-            ),
+        let grid: Vec<Vec<f32>> = s.reshape((l * h, l * h))?.to_vec2()?; // [writer head, reader head]
+        let input = match c {
+            Composition::Q => "queries",
+            Composition::K => "keys",
+            Composition::V => "values",
+        };
+        let title = format!(
+            "{}-composition: earlier head's OV into later head's {input}",
+            c.name()
+        );
+        let heatmap = Heatmap {
+            title: &title,
             values: &grid,
             row_labels: &labels,
             col_labels: &labels,
             x_desc: "reader (later head)",
             y_desc: "writer (earlier head)",
             ..Default::default()
-        }
-        .write(&run.file(&file))?;
-        manifest.add_file(&file, &format!("{} composition scores, writer heads (rows) x reader heads (columns); 0 unless the reader is later", c.name()));
-        // The strongest pair.
+        };
+        let what = format!("{} composition scores, writer heads (rows) x reader heads (columns); 0 unless the reader is later", c.name());
+        exp.heatmap(
+            &format!("composition_{}.png", c.name().to_lowercase()),
+            &what,
+            &heatmap,
+        )?;
         let (i, best) = grid
             .iter()
             .flatten()
@@ -127,23 +114,16 @@ fn run(a: Args) -> Result<()> {
     let copying = copying_scores(&model)?
         .to_dtype(candle_core::DType::F32)?
         .to_vec2::<f32>()?;
-    Heatmap {
-        title: "Copying score of each head's full OV circuit",
-        values: &copying,
-        row_labels: &(0..l).map(|x| format!("L{x}")).collect::<Vec<_>>(),
-        col_labels: &(0..h).map(|y| format!("H{y}")).collect::<Vec<_>>(),
-        x_desc: "head",
-        y_desc: "layer",
-        diverging: true,
-        range: Some((-1.0, 1.0)),
-        ..Default::default()
-    }
-    .write(&run.file("copying_scores.png"))?;
-    manifest.add_file(
+    let path = exp.file(
         "copying_scores.png",
         "copying score (-1..1) of each head, layers x heads",
-    );
-    run.write_manifest(&manifest)?;
-    writeln!(out, "wrote {}", run.path.display())?;
-    Ok(())
+    )?;
+    write_heads(
+        &path,
+        "Copying score of each head's full OV circuit",
+        &copying,
+        true,
+        Some((-1.0, 1.0)),
+    )?;
+    exp.finish()
 }

@@ -7,13 +7,12 @@
 //! - `pca_w_e.png`: the chosen tokens' W_E rows projected on their two principal directions;
 //! - `manifest.json`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use hooklens::analysis::embeddings::{pca_2d, UnitRows};
-use lab::args::ModelArgs;
-use lab::args::RunArgs;
-use lab::manifest::Manifest;
+use hooklens::analysis::embeddings::{analogies, nearest_tokens, pca_2d};
+use lab::args::{ModelArgs, RunArgs};
 use lab::plot::labelled_points;
+use lab::tables::{Analogies, Nearest, NeighboursTable};
 use serde::Serialize;
 use std::io::Write;
 
@@ -48,45 +47,19 @@ const BYTES: [&str; 16] = [
     "a", "b", "c", "A", "B", "C", "1", "2", "3", " ", ".", ",", "x", "y", "X", "Y",
 ];
 
-const NEAREST_COLUMNS: &[(&str, &str)] = &[
-    (
-        "matrix",
-        "W_E (embedding rows) or W_U (unembedding columns)",
-    ),
-    ("token", "the token looked up"),
-    ("rank", "0 = most similar"),
-    ("neighbour", "a nearby token's text"),
-    ("neighbour_id", "its id"),
-    ("cosine", "cosine similarity of the two vectors"),
-];
-const ANALOGY_COLUMNS: &[(&str, &str)] = &[
-    ("matrix", "W_E or W_U"),
-    ("analogy", "a - b + c, the tokens as given"),
-    (
-        "rank",
-        "0 = nearest to a - b + c (a, b and c left out, as word2vec)",
-    ),
-    ("result", "the token's text"),
-    ("result_id", "its id"),
-    ("cosine", "cosine similarity with a - b + c (unit vectors)"),
-];
-
 fn main() -> std::process::ExitCode {
-    lab::args::finish(run(Args::parse()))
+    lab::main(run)
 }
 
 fn run(a: Args) -> Result<()> {
-    let start = std::time::Instant::now();
-    let (model, tok) = a.model.load().context("loading the model")?;
-    let mut manifest = Manifest::new("embeddings", &model, &a)?;
-    manifest.record_time("load_model", start);
+    let (mut exp, model, tok) = lab::Experiment::start("embeddings", &a.model, &a.out, &a)?;
     let byte_level = model.cfg.d_vocab <= 512;
     let tokens: Vec<String> = match (a.tokens.is_empty(), byte_level) {
         (false, _) => a.tokens.clone(),
         (true, true) => BYTES.iter().map(|s| s.to_string()).collect(),
         (true, false) => WORDS.iter().map(|s| s.to_string()).collect(),
     };
-    let analogies: Vec<String> = match (a.analogies.is_empty(), byte_level) {
+    let queries: Vec<String> = match (a.analogies.is_empty(), byte_level) {
         (false, _) => a.analogies.clone(),
         (true, true) => vec!["B,A,a".into(), "2,1,7".into()],
         (true, false) => vec![" king, man, woman".into(), " Paris, France, Italy".into()],
@@ -96,7 +69,7 @@ fn run(a: Args) -> Result<()> {
         .iter()
         .map(|t| id(t, "--token"))
         .collect::<hooklens::Result<_>>()?;
-    let triples: Vec<(u32, u32, u32)> = analogies
+    let triples: Vec<(u32, u32, u32)> = queries
         .iter()
         .map(|s| -> Result<(u32, u32, u32)> {
             let parts: Vec<&str> = s.split(',').collect();
@@ -105,62 +78,56 @@ fn run(a: Args) -> Result<()> {
             };
             // The first keeps its spacing; after a comma, one space is the separator's.
             let trim = |t: &str| t.strip_prefix(' ').unwrap_or(t).to_string();
-            let (x, y, z) = (x.to_string(), trim(y), trim(z));
             let sp = |t: &str| match x.starts_with(' ') && !t.starts_with(' ') {
                 true => format!(" {t}"),
                 false => t.to_string(),
             };
             let w = "the --analogy token";
-            Ok((id(&x, w)?, id(&sp(&y), w)?, id(&sp(&z), w)?))
+            Ok((id(x, w)?, id(&sp(&trim(y)), w)?, id(&sp(&trim(z)), w)?))
         })
         .collect::<Result<_>>()?;
-
-    let text = |i: u32| -> hooklens::Result<String> { Ok(tok.to_str_tokens(&[i])?.remove(0)) };
     let k = a.top as usize;
-    let (mut n_m, mut n_t, mut n_r, mut n_n, mut n_i, mut n_c) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut a_m, mut a_a, mut a_r, mut a_t, mut a_i, mut a_c) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let near = nearest_tokens(&model, &ids, k)?;
+    let found = analogies(&model, &triples, k)?;
     let mut out = std::io::stdout().lock();
-    for (name, rows) in [
-        ("W_E", UnitRows::embedding(&model)?),
-        ("W_U", UnitRows::unembedding(&model)?),
-    ] {
-        for (t, &i) in tokens.iter().zip(&ids) {
-            let near = rows.nearest(&rows.row(i)?, k, &[i])?;
-            for (r, &(j, c)) in near.iter().enumerate() {
-                n_m.push(name);
-                n_t.push(t.clone());
-                n_r.push(r as u32);
-                n_n.push(text(j)?);
-                n_i.push(j);
-                n_c.push(c);
-            }
-        }
-        for (s, &abc) in analogies.iter().zip(&triples) {
-            let res = rows.analogy(abc, k)?;
-            let shown: Vec<String> = res
-                .iter()
-                .take(5)
-                .map(|&(j, c)| Ok(format!("{:?} {c:.3}", text(j)?)))
-                .collect::<hooklens::Result<_>>()?;
-            writeln!(out, "{name} {s:?}: {}", shown.join(", "))?;
-            for (r, &(j, c)) in res.iter().enumerate() {
-                a_m.push(name);
-                a_a.push(s.clone());
-                a_r.push(r as u32);
-                a_t.push(text(j)?);
-                a_i.push(j);
-                a_c.push(c);
-            }
-        }
+    for r in found.iter().filter(|r| r.rank == 0) {
+        let these = found
+            .iter()
+            .filter(|x| x.matrix == r.matrix && x.query == r.query)
+            .take(5);
+        let shown: Vec<String> = these
+            .map(|x| {
+                Ok(format!(
+                    "{:?} {:.3}",
+                    tok.to_str_tokens(&[x.id])?[0],
+                    x.cosine
+                ))
+            })
+            .collect::<hooklens::Result<_>>()?;
+        writeln!(
+            out,
+            "{} {:?}: {}",
+            r.matrix,
+            queries[r.query],
+            shown.join(", ")
+        )?;
     }
-    let run = a.out.dir("embeddings")?;
-    let mut df = polars::df!("matrix" => n_m, "token" => n_t, "rank" => n_r, "neighbour" => n_n, "neighbour_id" => n_i, "cosine" => n_c)?;
-    run.write_table(&mut manifest, "nearest.parquet", &mut df, NEAREST_COLUMNS)?;
-    let mut df = polars::df!("matrix" => a_m, "analogy" => a_a, "rank" => a_r, "result" => a_t, "result_id" => a_i, "cosine" => a_c)?;
-    run.write_table(&mut manifest, "analogies.parquet", &mut df, ANALOGY_COLUMNS)?;
-
+    exp.table(
+        "nearest.parquet",
+        &Nearest(NeighboursTable {
+            rows: &near,
+            queries: &tokens,
+            tok: &tok,
+        }),
+    )?;
+    exp.table(
+        "analogies.parquet",
+        &Analogies(NeighboursTable {
+            rows: &found,
+            queries: &queries,
+            tok: &tok,
+        }),
+    )?;
     let idx = candle_core::Tensor::new(ids.as_slice(), model.device())?;
     let xy = pca_2d(&model.w_e.index_select(&idx, 0)?)?;
     let points: Vec<(String, f32, f32)> = tokens
@@ -168,22 +135,21 @@ fn run(a: Args) -> Result<()> {
         .zip(xy)
         .map(|(t, (x, y))| (format!("{t:?}"), x, y))
         .collect();
+    let title = format!(
+        "{}: {} tokens' W_E rows, first two principal components",
+        exp.manifest.model.name,
+        tokens.len()
+    );
+    let path = exp.file(
+        "pca_w_e.png",
+        "the chosen tokens' embeddings projected on their two principal directions",
+    )?;
     labelled_points(
-        &run.file("pca_w_e.png"),
-        &format!(
-            "{}: {} tokens' W_E rows, first two principal components",
-            manifest.model.name,
-            tokens.len()
-        ),
+        &path,
+        &title,
         &points,
         "principal component 1",
         "principal component 2",
     )?;
-    manifest.add_file(
-        "pca_w_e.png",
-        "the chosen tokens' embeddings projected on their two principal directions",
-    );
-    run.write_manifest(&manifest)?;
-    writeln!(out, "wrote {}", run.path.display())?;
-    Ok(())
+    exp.finish()
 }

@@ -4,9 +4,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, IndexOp, D};
 use clap::{Parser, Subcommand};
 use hooklens::analysis::metrics;
-use lab::args::{ModelArgs, PromptArgs};
 use hooklens::generate::{generate_streaming, GenerateOptions};
 use hooklens::NameFilter;
+use lab::args::{ModelArgs, PromptArgs};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -135,7 +135,7 @@ fn run_cli(cli: Cli) -> Result<()> {
 
 fn generate_cmd(margs: ModelArgs, pargs: PromptArgs, opts: GenerateOptions) -> Result<()> {
     let prompts = pargs.prompts()?;
-    let (model, tok) = margs.load().context("loading the model")?;
+    let (model, tok, _) = margs.load().context("loading the model")?;
     opts.validate(model.cfg.d_vocab)?;
     let bos = pargs.prepend_bos(&model);
     let mut out = std::io::stdout().lock();
@@ -167,7 +167,7 @@ fn generate_cmd(margs: ModelArgs, pargs: PromptArgs, opts: GenerateOptions) -> R
 }
 
 fn hooks(margs: ModelArgs, prompt: &str) -> Result<()> {
-    let (model, tok) = margs.load().context("loading the model")?;
+    let (model, tok, _) = margs.load().context("loading the model")?;
     let tokens = tok.to_tokens(&[prompt], model.cfg.default_prepend_bos, model.device())?;
     // Every hook point, the optional attn.hook_result included.
     let (_, cache) = model.run_with_cache(&tokens, NameFilter::regex(".")?)?;
@@ -192,7 +192,7 @@ fn hooks(margs: ModelArgs, prompt: &str) -> Result<()> {
 
 fn run(margs: ModelArgs, pargs: PromptArgs, top_k: usize, answer: Option<String>) -> Result<()> {
     let prompts = pargs.prompts()?;
-    let (model, tok) = margs.load().context("loading the model")?;
+    let (model, tok, _) = margs.load().context("loading the model")?;
     if top_k > model.cfg.d_vocab {
         bail!(
             "--top-k {top_k}: must lie in 1..={} (the vocabulary size)",
@@ -262,7 +262,7 @@ fn cache(
         None => NameFilter::All,
     };
     let prompts = pargs.prompts()?;
-    let (model, tok) = margs.load().context("loading the model")?;
+    let (model, tok, _) = margs.load().context("loading the model")?;
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let bos = pargs.prepend_bos(&model);
     let tokens = tok.to_tokens(&refs, bos, model.device())?;

@@ -48,10 +48,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
-    let mut exp = lab::Experiment::start("induction_heads", &a.model, &a.out, &a)?;
-    let (model, cfg) = (&exp.model, &exp.model.cfg);
-    let half = a.half.unwrap_or(if a.model.model.is_none() { 12 } else { 50 }) as usize;
-    let bos = cfg.bos_token_id.or(exp.tok.bos_token_id);
+    let (mut exp, model, tok) = lab::Experiment::start("induction_heads", &a.model, &a.out, &a)?;
+    let (model, tok) = (&model, &tok);
+    let cfg = &model.cfg;
+    let half = a
+        .half
+        .unwrap_or(if a.model.model.is_none() { 12 } else { 50 }) as usize;
+    let bos = cfg.bos_token_id.or(tok.bos_token_id);
     let needed = 2 * half + bos.is_some() as usize;
     if needed > cfg.n_ctx {
         let most = (cfg.n_ctx - bos.is_some() as usize) / 2;
@@ -59,17 +62,37 @@ fn run(a: Args) -> Result<()> {
     }
     let range = random_token_range(cfg, a.token_min, a.token_max)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let tokens = repeated_random_tokens(&mut rng, a.batch as usize, half, bos, range.clone(), model.device())?;
+    let tokens = repeated_random_tokens(
+        &mut rng,
+        a.batch as usize,
+        half,
+        bos,
+        range.clone(),
+        model.device(),
+    )?;
     let bar = lab::args::spinner("scoring heads");
-    let scores = exp.manifest.time("score_heads", || all_head_scores(model, &tokens, half))?;
+    let scores = exp
+        .manifest
+        .time("score_heads", || all_head_scores(model, &tokens, half))?;
     bar.finish_and_clear();
     // The best head's pattern on a short example (at most 12 repeated tokens).
     let (bl, bh, best) = best_head(&scores[&HeadKind::Induction])?;
-    let example = repeated_random_tokens(&mut rng, 1, half.min(12), bos, range.clone(), model.device())?;
+    let example = repeated_random_tokens(
+        &mut rng,
+        1,
+        half.min(12),
+        bos,
+        range.clone(),
+        model.device(),
+    )?;
     let point = HookPoint::Block(bl, BlockHook::Pattern);
     let (_, cache) = model.run_with_cache(&example, NameFilter::Points(vec![point]))?;
-    let pattern = cache.get(point)?.i((0, bh))?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-    let labels = token_labels(&exp.tok, &example.i(0)?.to_vec1()?)?;
+    let pattern = cache
+        .get(point)?
+        .i((0, bh))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2()?;
+    let labels = token_labels(&tok, &example.i(0)?.to_vec1()?)?;
 
     exp.manifest.seed = Some(a.seed);
     exp.manifest.set("half", half)?;
@@ -77,10 +100,28 @@ fn run(a: Args) -> Result<()> {
     exp.manifest.set("bos", bos)?;
     exp.table("head_scores.parquet", &scores)?;
     let induction = scores[&HeadKind::Induction].to_vec2::<f32>()?;
-    exp.heads("induction_scores.png", "heatmap layers x heads of the induction score", "Induction score per head", &induction, false)?;
+    exp.heads(
+        "induction_scores.png",
+        "heatmap layers x heads of the induction score",
+        "Induction score per head",
+        &induction,
+        false,
+    )?;
     let title = format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})");
-    let heatmap = Heatmap { title: &title, values: &pattern, row_labels: &labels, col_labels: &labels, x_desc: "key (attended-to token)", y_desc: "query token", ..Default::default() };
-    exp.heatmap("top_head_pattern.png", "attention pattern of the best induction head on one example", &heatmap)?;
+    let heatmap = Heatmap {
+        title: &title,
+        values: &pattern,
+        row_labels: &labels,
+        col_labels: &labels,
+        x_desc: "key (attended-to token)",
+        y_desc: "query token",
+        ..Default::default()
+    };
+    exp.heatmap(
+        "top_head_pattern.png",
+        "attention pattern of the best induction head on one example",
+        &heatmap,
+    )?;
     let mut out = std::io::stdout().lock();
     for kind in HeadKind::ALL {
         let (l, h, s) = best_head(&scores[&kind])?;

@@ -10,7 +10,6 @@ use candle_core::IndexOp;
 use clap::Parser;
 use hooklens::analysis::metrics::{probs_at_temperature, top_k};
 use lab::args::{BosArgs, ModelArgs, RunArgs};
-use lab::manifest::Manifest;
 use lab::plot::grouped_bars;
 use serde::Serialize;
 use std::io::Write;
@@ -54,7 +53,7 @@ const COLUMNS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    lab::args::finish(run(Args::parse()))
+    lab::main(run)
 }
 
 fn run(a: Args) -> Result<()> {
@@ -68,10 +67,7 @@ fn run(a: Args) -> Result<()> {
     for &t in &a.temperatures {
         probs_at_temperature(&[0.0], t).context("--temperatures")?;
     }
-    let start = std::time::Instant::now();
-    let (model, tok) = a.model.load().context("loading the model")?;
-    let mut manifest = Manifest::new("temperature", &model, &a)?;
-    manifest.record_time("load_model", start);
+    let (mut exp, model, tok) = lab::Experiment::start("temperature", &a.model, &a.out, &a)?;
     let tokens = tok.to_tokens(&[prompt.as_str()], a.bos.resolve(&model), model.device())?;
     let logits = model.run_with_hooks(&tokens, hooklens::Hooks::none())?;
     let last: Vec<f32> = logits
@@ -101,26 +97,25 @@ fn run(a: Args) -> Result<()> {
             prob.push(p[id as usize]);
         }
     }
-    let run = a.out.dir("temperature")?;
     let mut df = polars::df!("temperature" => temp, "rank" => rank, "token_id" => ids, "token" => text, "logit" => logit, "prob" => prob)?;
-    run.write_table(&mut manifest, "temperature.parquet", &mut df, COLUMNS)?;
+    exp.frame("temperature.parquet", &mut df, COLUMNS)?;
     let n = prompt.chars().count();
     let short: String = match n > 40 {
         true => "...".to_string() + &prompt.chars().skip(n - 40).collect::<String>(),
         false => prompt.clone(),
     };
+    let title = format!("{}: next token after \"{short}\"", exp.manifest.model.name);
+    let path = exp.file(
+        "temperature.png",
+        "the top tokens' probabilities, one bar per temperature",
+    )?;
     grouped_bars(
-        &run.file("temperature.png"),
-        &format!("{}: next token after \"{short}\"", manifest.model.name),
+        &path,
+        &title,
         &names,
         &series,
         "probability softmax(logits / T)",
     )?;
-    manifest.add_file(
-        "temperature.png",
-        "the top tokens' probabilities, one bar per temperature",
-    );
-    run.write_manifest(&manifest)?;
     let mut out = std::io::stdout().lock();
     for (t, (_, p)) in a.temperatures.iter().zip(&series) {
         let p: &Vec<f32> = p;
@@ -133,6 +128,5 @@ fn run(a: Args) -> Result<()> {
             p.iter().sum::<f32>()
         )?;
     }
-    writeln!(out, "wrote {}", run.path.display())?;
-    Ok(())
+    exp.finish()
 }

@@ -77,7 +77,7 @@ enum DataLayout {
 }
 
 fn main() -> std::process::ExitCode {
-    lab::args::finish(run(Args::parse()))
+    lab::main(run)
 }
 
 fn run(a: Args) -> Result<()> {
@@ -149,12 +149,12 @@ fn run(a: Args) -> Result<()> {
     let tensors: HashMap<String, _> = w.tensors.into_iter().collect();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let st = a.out.join("model.safetensors");
-    lab::atomic_write_with(&st, |tmp| {
+    hooklens::atomic::atomic_write_with(&st, |tmp| {
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
-    lab::atomic_write(&a.out.join("config.json"), cfg.to_hf_json().as_bytes())?;
+    hooklens::atomic::atomic_write(&a.out.join("config.json"), cfg.to_hf_json().as_bytes())?;
     // The byte tokenizer, so that the folder is a complete model directory for `--model`.
-    lab::atomic_write(
+    hooklens::atomic::atomic_write(
         &a.out.join("tokenizer.json"),
         hooklens::Tokenizer::bytes()?.to_json()?.as_bytes(),
     )?;
