@@ -37,7 +37,11 @@ pub use model::{HookedTransformer, Run};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
 
-/// The README's Rust snippets, compiled by `cargo test` so that they stay true.
+/// The README's and the docs' Rust snippets, compiled by `cargo test` so that they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/hook-points.md")]
+pub struct HookPointsDoctests;

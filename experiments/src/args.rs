@@ -4,6 +4,7 @@
 use crate::run::RunDir;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use hooklens::analysis::ablation::{top_neurons, NeuronRank, Unit};
 use hooklens::error::{Error, Result};
 use hooklens::loading::{load_model, LoadOptions, Loaded, Processing};
 use hooklens::model::HookedTransformer;
@@ -108,12 +109,7 @@ impl PromptArgs {
             return Ok(vec![p.clone()]);
         }
         if let Some(f) = &self.prompt_file {
-            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
-            let lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect();
+            let lines = read_lines(f)?;
             if lines.is_empty() {
                 return Err(Error::EmptyPrompt);
             }
@@ -283,7 +279,7 @@ impl Choice for hooklens::analysis::ablation::Ablation {
     ];
 }
 
-impl Choice for hooklens::analysis::ablation::NeuronRank {
+impl Choice for NeuronRank {
     const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
         (
             Self::Mean,
@@ -445,4 +441,197 @@ pub fn parse_head(s: &str) -> anyhow::Result<(usize, usize)> {
     let (l, h): (usize, usize) = (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
     eprintln!("note: --heads {s} is the old spelling of L{l}H{h}; write L{l}H{h}");
     Ok((l, h))
+}
+
+/// The non-empty lines of `file` (prompts, one per line).
+pub fn read_lines(file: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitSet {
+    /// Every attention head.
+    Heads,
+    /// Every MLP layer.
+    Mlps,
+}
+
+/// Which units an ablation knocks out: whole sets, a list, and a layer's top neurons.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct UnitArgs {
+    /// Which units to ablate (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "heads,mlps")]
+    pub units: Vec<UnitSet>,
+    /// Ablate exactly these units instead (comma-separated, e.g. L1H2,MLP0,L0N42).
+    #[arg(long, value_delimiter = ',', conflicts_with = "units")]
+    pub unit: Vec<String>,
+    /// Also ablate the top K neurons of each of --neuron-layers.
+    #[arg(long, value_name = "K")]
+    pub top_neurons: Option<usize>,
+    /// Layers for --top-neurons (comma-separated; default every layer).
+    #[arg(long, value_delimiter = ',', requires = "top_neurons")]
+    pub neuron_layers: Vec<usize>,
+    /// How --top-neurons ranks a layer's neurons.
+    #[arg(long, value_parser = choice::<NeuronRank>(), default_value = "mean", requires = "top_neurons")]
+    pub rank_by: NeuronRank,
+}
+
+impl UnitArgs {
+    /// The units these arguments name for `model` (top neurons ranked on `batch`).
+    pub fn select(
+        &self,
+        model: &HookedTransformer,
+        batch: &hooklens::data::PairBatch,
+    ) -> Result<Vec<Unit>> {
+        let mut units: Vec<Unit> = match self.unit.is_empty() {
+            false => self.unit.iter().map(|u| u.parse()).collect::<Result<_>>()?,
+            true => self
+                .units
+                .iter()
+                .flat_map(|s| match s {
+                    UnitSet::Heads => Unit::all_heads(model),
+                    UnitSet::Mlps => Unit::all_mlps(model),
+                })
+                .collect(),
+        };
+        if let Some(k) = self.top_neurons {
+            let all: Vec<usize> = (0..model.cfg.n_layers).collect();
+            let layers = match self.neuron_layers.is_empty() {
+                true => &all,
+                false => &self.neuron_layers,
+            };
+            units.extend(top_neurons(model, batch, layers, k, self.rank_by)?);
+        }
+        Ok(units)
+    }
+}
+
+impl Choice for hooklens::analysis::detectors::HeadKind {
+    const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Self::Induction,
+            "induction",
+            "Attends to the token after an earlier copy of the current one",
+        ),
+        (
+            Self::PreviousToken,
+            "previous-token",
+            "Attends to the previous position",
+        ),
+        (
+            Self::DuplicateToken,
+            "duplicate-token",
+            "Attends to earlier copies of the current token",
+        ),
+    ];
+}
+
+/// Which heads to show: listed, whole layers, or the best by a detector.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct HeadArgs {
+    /// Heads, comma-separated: L1H2 is head 2 of layer 1 (the older 1.2 still works).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["layers", "top"])]
+    pub heads: Vec<String>,
+    /// Every head of these layers (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "top")]
+    pub layers: Vec<usize>,
+    /// The K heads with the highest detector score (see --by); 8 without any of these flags.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: Option<u32>,
+    /// The detector that ranks heads for --top, scored on repeated random tokens.
+    #[arg(long, value_parser = choice::<hooklens::analysis::detectors::HeadKind>(), default_value = "induction")]
+    pub by: hooklens::analysis::detectors::HeadKind,
+    /// Seed of the detector's random tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl HeadArgs {
+    /// The heads (layer, head) these arguments name for `model`, each checked.
+    pub fn select(
+        &self,
+        model: &HookedTransformer,
+        tok: &Tokenizer,
+    ) -> anyhow::Result<Vec<(usize, usize)>> {
+        let nh = model.cfg.n_heads;
+        let heads: Vec<(usize, usize)> = match (self.heads.is_empty(), self.layers.is_empty()) {
+            (false, _) => self
+                .heads
+                .iter()
+                .map(|s| parse_head(s))
+                .collect::<anyhow::Result<_>>()?,
+            (_, false) => self
+                .layers
+                .iter()
+                .flat_map(|&l| (0..nh).map(move |h| (l, h)))
+                .collect(),
+            _ => {
+                let bos = model.cfg.bos_token_id.or(tok.bos_token_id);
+                let k = self.top.unwrap_or(8) as usize;
+                hooklens::analysis::detectors::top_heads(model, self.by, k, bos, self.seed)?
+            }
+        };
+        for &(l, h) in &heads {
+            model.block(l)?;
+            model.check_head(h)?;
+        }
+        Ok(heads)
+    }
+}
+
+/// The token ids (a, b, c) of an analogy a - b + c written `"a, b, c"`: the first keeps its
+/// spacing; after a comma one space is the separator's, and b and c take a's leading space.
+pub fn parse_analogy(tok: &Tokenizer, s: &str) -> anyhow::Result<(u32, u32, u32)> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [x, y, z] = parts[..] else {
+        anyhow::bail!("--analogy {s:?}: write three tokens \"a, b, c\" for a - b + c");
+    };
+    let trim = |t: &str| t.strip_prefix(' ').unwrap_or(t).to_string();
+    let spaced = |t: String| match x.starts_with(' ') && !t.starts_with(' ') {
+        true => format!(" {t}"),
+        false => t,
+    };
+    let id = |t: &str| tok.single_token(t, "the --analogy token");
+    Ok((id(x)?, id(&spaced(trim(y)))?, id(&spaced(trim(z)))?))
+}
+
+impl Choice for hooklens::config::Positional {
+    const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Self::Rotary,
+            "rotary",
+            "Rotary embeddings applied to queries and keys",
+        ),
+        (
+            Self::Standard,
+            "standard",
+            "A learned W_pos added to the token embedding",
+        ),
+        (
+            Self::Sinusoidal,
+            "sinusoidal",
+            "The fixed sine/cosine table of the original transformer",
+        ),
+    ];
+}
+
+impl Choice for hooklens::train::Layout {
+    const CHOICES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Self::Shifted,
+            "shifted",
+            "Random tokens before and between the copies",
+        ),
+        (
+            Self::Adjacent,
+            "adjacent",
+            "The copies right after BOS, back to back",
+        ),
+    ];
 }

@@ -7,12 +7,14 @@
 //! call.
 
 pub mod args;
+pub mod cli;
 pub mod experiment;
 pub mod html;
 pub mod manifest;
 pub mod parquet;
 pub mod plot;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod tables;
 

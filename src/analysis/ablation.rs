@@ -4,7 +4,7 @@
 
 use super::dla::direct_logit_attribution;
 use super::metrics::top_k;
-use super::sweep::{Job, Metric};
+use super::sweep::{Job, Metric, Sweep, Target};
 use crate::cache::ActivationCache;
 use crate::data::PairBatch;
 use crate::error::{Error, Result};
@@ -366,6 +366,88 @@ pub struct AblationRow {
     pub metric: Metric,
     pub baseline: f32,
     pub ablated: f32,
+}
+
+/// An ablation sweep: each of `units` ablated by each of `kinds` at every position of a batch's
+/// clean prompts, measured by each metric (one [`Sweep`] per metric over the same jobs).
+pub struct AblationSweep<'m> {
+    pub units: Vec<Unit>,
+    pub kinds: Vec<Ablation>,
+    pub sweeps: Vec<Sweep<'m>>,
+}
+
+impl<'m> AblationSweep<'m> {
+    /// Plans the sweep. Mean ablation reads the units' activations on the `reference` prompts
+    /// (tokens [batch, pos] and lengths; default the batch's clean prompts), resample on the
+    /// batch's other prompts (drawn with `seed`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &'m HookedTransformer,
+        batch: &PairBatch,
+        units: Vec<Unit>,
+        kinds: Vec<Ablation>,
+        metrics: &[Metric],
+        reference: Option<(&Tensor, &[usize])>,
+        seed: u64,
+        tokens_per_pass: usize,
+    ) -> Result<Self> {
+        if units.is_empty() {
+            return Err(Error::Invalid("no units to ablate".into()));
+        }
+        for u in &units {
+            u.check(model)?;
+        }
+        let wants = |k: Ablation| kinds.contains(&k);
+        let points = || NameFilter::Points(source_points(&units));
+        let dataset =
+            match wants(Ablation::Resample) || (wants(Ablation::Mean) && reference.is_none()) {
+                true => Some(model.run_with_cache(&batch.clean, points())?.1),
+                false => None,
+            };
+        let reference = match (reference, wants(Ablation::Mean)) {
+            (Some((tokens, lengths)), true) => {
+                Some((model.run_with_cache(tokens, points())?.1, lengths))
+            }
+            _ => None,
+        };
+        let mut jobs = vec![];
+        for &kind in &kinds {
+            let source = match (kind, &reference, &dataset) {
+                (Ablation::Zero, ..) => None,
+                (Ablation::Mean, Some((cache, lengths)), _) => Some((cache, *lengths)),
+                (_, _, Some(cache)) => Some((cache, batch.lengths.as_slice())),
+                _ => None,
+            };
+            jobs.extend(ablation_jobs(&units, kind, source, seed)?);
+        }
+        let sweeps = metrics
+            .iter()
+            .map(|&m| {
+                Sweep::new(
+                    model,
+                    Target::new(batch, false)?,
+                    m,
+                    jobs.clone(),
+                    tokens_per_pass,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            units,
+            kinds,
+            sweeps,
+        })
+    }
+
+    /// The rows of the sweeps' `values` (one list per sweep; `None` where another shard ran
+    /// the job).
+    pub fn rows(&self, values: &[Vec<Option<f32>>]) -> Vec<AblationRow> {
+        self.sweeps
+            .iter()
+            .zip(values)
+            .flat_map(|(s, v)| ablation_rows(&self.units, &self.kinds, s.metric(), s.baseline(), v))
+            .collect()
+    }
 }
 
 /// The rows of an ablation sweep whose jobs are [`ablation_jobs`] of `units` for each of

@@ -7,7 +7,8 @@ use crate::model::HookedTransformer;
 use candle_core::{DType, Device, Tensor};
 
 /// The stripe a head type attends along, for input BOS + r + r with `half` = |r|.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum HeadKind {
     /// Each position attends to the one before it.
     PreviousToken,
@@ -131,4 +132,32 @@ pub fn top_heads(
         .into_iter()
         .map(|(i, _)| (i as usize / nh, i as usize % nh))
         .collect())
+}
+
+/// One head's attention pattern on one prompt: ((layer, head), pattern [query][key]).
+pub type HeadPattern = ((usize, usize), Vec<Vec<f32>>);
+
+/// The attention pattern of every head of `layers` on the one prompt `tokens` [1, pos],
+/// layer-major.
+pub fn head_patterns(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    layers: &[usize],
+) -> Result<Vec<HeadPattern>> {
+    let points = layers
+        .iter()
+        .map(|&l| HookPoint::block(l, BlockHook::Pattern))
+        .collect();
+    let (_, cache) = model.run_with_cache(tokens, NameFilter::Points(points))?;
+    let mut out = vec![];
+    for &l in layers {
+        let p = cache
+            .block(l, BlockHook::Pattern)?
+            .get(0)?
+            .to_dtype(DType::F32)?; // [head, q, k]
+        for h in 0..model.cfg.n_heads {
+            out.push(((l, h), p.get(h)?.to_vec2()?));
+        }
+    }
+    Ok(out)
 }

@@ -377,6 +377,11 @@ impl<'m> Sweep<'m> {
     }
 
     /// The metric of the unintervened run, averaged over the prompts.
+    /// What the sweep measures.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
     /// The model the sweep runs.
     pub fn model(&self) -> &'m HookedTransformer {
         self.model

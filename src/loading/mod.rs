@@ -197,6 +197,18 @@ fn file_source(name: String, files: Vec<PathBuf>, opts: &LoadOptions) -> ModelSo
     }
 }
 
+/// Writes `weights` with their `cfg` and `tok` as a model directory that [`load_dir`] reads
+/// back (`config.json`, `model.safetensors`, `tokenizer.json`), each file atomically.
+pub fn save_dir(dir: &Path, cfg: &ModelConfig, weights: Weights, tok: &Tokenizer) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tensors: HashMap<String, Tensor> = weights.tensors.into_iter().collect();
+    crate::atomic::atomic_write_with(&dir.join("model.safetensors"), |tmp| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })?;
+    crate::atomic::atomic_write(&dir.join("config.json"), cfg.to_hf_json().as_bytes())?;
+    crate::atomic::atomic_write(&dir.join("tokenizer.json"), tok.to_json()?.as_bytes())
+}
+
 /// Processes canonical weights, moves them to the device and dtype, and builds the model.
 /// Processing runs in f32 on the CPU so that half-precision models are processed exactly.
 pub fn build(cfg: ModelConfig, w: Weights, opts: &LoadOptions) -> Result<HookedTransformer> {

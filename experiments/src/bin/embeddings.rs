@@ -71,20 +71,7 @@ fn run(a: Args) -> Result<()> {
         .collect::<hooklens::Result<_>>()?;
     let triples: Vec<(u32, u32, u32)> = queries
         .iter()
-        .map(|s| -> Result<(u32, u32, u32)> {
-            let parts: Vec<&str> = s.split(',').collect();
-            let [x, y, z] = parts[..] else {
-                anyhow::bail!("--analogy {s:?}: write three tokens \"a, b, c\" for a - b + c");
-            };
-            // The first keeps its spacing; after a comma, one space is the separator's.
-            let trim = |t: &str| t.strip_prefix(' ').unwrap_or(t).to_string();
-            let sp = |t: &str| match x.starts_with(' ') && !t.starts_with(' ') {
-                true => format!(" {t}"),
-                false => t.to_string(),
-            };
-            let w = "the --analogy token";
-            Ok((id(x, w)?, id(&sp(&trim(y)), w)?, id(&sp(&trim(z)), w)?))
-        })
+        .map(|s| lab::args::parse_analogy(&tok, s))
         .collect::<Result<_>>()?;
     let k = a.top as usize;
     let near = nearest_tokens(&model, &ids, k)?;

@@ -92,7 +92,7 @@ fn run(a: Args) -> Result<()> {
         .i((0, bh))?
         .to_dtype(candle_core::DType::F32)?
         .to_vec2()?;
-    let labels = token_labels(&tok, &example.i(0)?.to_vec1()?)?;
+    let labels = token_labels(tok, &example.i(0)?.to_vec1()?)?;
 
     exp.manifest.seed = Some(a.seed);
     exp.manifest.set("half", half)?;

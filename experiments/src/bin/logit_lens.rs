@@ -14,10 +14,8 @@ use clap::Parser;
 use hooklens::analysis::lens::{logit_lens_on, LensOpts};
 use hooklens::analysis::resid::Positions;
 use lab::args::{ModelArgs, PromptArgs, RunArgs};
-use lab::plot::{line_plot, short, token_labels, Heatmap};
 use lab::tables::LensTable;
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Parser, Serialize)]
 #[command(
@@ -83,87 +81,18 @@ fn run(mut a: Args) -> Result<()> {
     let ids: Vec<Vec<u32>> = (0..prompts.len())
         .map(|i| Ok(tokens.get(i)?.to_vec1::<u32>()?[..lengths[i]].to_vec()))
         .collect::<Result<_>>()?;
-    // Layers x positions of the first prompt: the top token in each cell.
-    let labels: Vec<String> = cells
-        .iter()
-        .filter(|c| c.batch == 0 && c.pos == 0)
-        .map(|c| c.label.clone())
-        .collect();
-    let (mut probs, mut text) = (
-        vec![vec![0f32; lengths[0]]; labels.len()],
-        vec![vec![String::new(); lengths[0]]; labels.len()],
-    );
-    for c in cells.iter().filter(|c| c.batch == 0) {
-        probs[c.entry][c.pos] = c.top[0].1.exp();
-        text[c.entry][c.pos] = short(&tok.decode(&[c.top[0].0])?);
-    }
-    let cols = token_labels(tok, &ids[0])?;
-    let title = format!(
-        "Logit lens on {:?}: top next token (colour: its probability)",
-        prompts[0]
-    );
-    let heatmap = Heatmap {
-        title: &title,
-        values: &probs,
-        row_labels: &labels,
-        col_labels: &cols,
-        x_desc: "position: input token",
-        y_desc: "residual stream read at",
-        cell_text: Some(&text),
-        range: Some((0.0, 1.0)),
-        ..Default::default()
-    };
-    let mut out = std::io::stdout().lock();
-    if let (Some(t), Some(name)) = (target, &a.target) {
-        let lengths = &lengths;
-        let last = |b: usize| {
-            cells
-                .iter()
-                .filter(move |c| c.batch == b && c.pos + 1 == lengths[b])
-        };
-        let series: Vec<(String, Vec<f32>)> = (0..prompts.len().min(8))
-            .map(|b| {
-                (
-                    format!("prompt {b}: {}", short(&prompts[b])),
-                    last(b)
-                        .map(|c| c.target.map_or(f32::NAN, |x| x.1))
-                        .collect(),
-                )
-            })
-            .collect();
-        let path = exp.file(
-            "target.png",
-            "the target's log-prob across layers at each prompt's last token (up to 8 prompts)",
-        )?;
-        line_plot(
-            &path,
-            &format!("Log-prob of {name:?} (id {t}) at the last token, by layer"),
-            &labels,
-            &series,
-            "residual stream read at",
-            "log-prob (nats)",
-        )?;
-        for c in last(0) {
-            let (rank, lp) = c.target.unwrap_or_default();
-            let top = format!("{:?}", tok.decode(&[c.top[0].0])?);
-            writeln!(
-                out,
-                "{:<12} top {top:<14} {name:?} rank {rank:>6}  log-prob {lp:8.3}",
-                c.label
-            )?;
-        }
-    }
-    exp.heatmap("top_tokens.png", "layers x positions of the first prompt: each cell's top token, coloured by its probability", &heatmap)?;
+    let target = target.zip(a.target.as_deref());
+    lab::report::lens_views(&mut exp, &cells, tok, &ids, &prompts, target)?;
     exp.table(
         "lens.parquet",
         &LensTable {
             cells: &cells,
             tokens: &ids,
-            tok: &tok,
-            target,
+            tok,
+            target: target.map(|t| t.0),
         },
     )?;
     exp.manifest.set("prepend_bos", bos)?;
-    exp.manifest.set("target_id", target)?;
+    exp.manifest.set("target_id", target.map(|t| t.0))?;
     exp.finish()
 }

@@ -14,9 +14,6 @@ use clap::Parser;
 use hooklens::analysis::ablation::Unit;
 use hooklens::analysis::neurons::scan_text;
 use lab::args::{BosArgs, ModelArgs, RunArgs};
-use lab::html::{token_values_page, TokenValues};
-use lab::plot::colored_tokens;
-use lab::tables::ExamplesTable;
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -121,107 +118,8 @@ fn run(a: Args) -> Result<()> {
         units = scan.strongest_neurons(l, 4);
     }
     let examples = scan.top_examples(&units, a.top as usize);
-    let ctx = |p: usize| lab::tables::context(p, a.context, ids.len());
-    let (mut sections, mut pngs) = (vec![], vec![]);
-    for e in &examples {
-        let (Unit::Neuron { layer, neuron }, range) = (e.unit, ctx(e.pos)) else {
-            continue;
-        };
-        let series = scan.neuron(layer, neuron).unwrap_or_default();
-        let (u, r, v, pos) = (e.unit, e.rank, e.activation, e.pos);
-        let values = series[range.clone()].iter().map(|&x| Some(x)).collect();
-        sections.push(TokenValues {
-            heading: format!("{u} #{r}: {v:.3} at token {pos} {:?}", strs[pos]),
-            note: None,
-            tokens: strs[range.clone()].to_vec(),
-            values,
-            peak: Some(pos - range.start),
-        });
-        if r == 0 {
-            pngs.push((
-                format!("{u}: strongest at token {pos}"),
-                strs[range.clone()].to_vec(),
-                series[range].to_vec(),
-            ));
-        }
-    }
-    exp.table(
-        "top_activations.parquet",
-        &ExamplesTable {
-            examples: &examples,
-            tokens: &strs,
-            context: a.context,
-        },
-    )?;
-    let name = exp.manifest.model.name.clone();
-    if !sections.is_empty() {
-        let page = token_values_page(
-            &format!("{name}: top activations of {} neurons", units.len()),
-            &sections,
-        )?;
-        exp.page(
-            "neurons.html",
-            "each neuron's top positions in context, tokens coloured by its activation",
-            &page,
-        )?;
-        let path = exp.file(
-            "neurons.png",
-            "each neuron's strongest example, tokens coloured by its activation",
-        )?;
-        colored_tokens(
-            &path,
-            &format!("{name}: each neuron's strongest example"),
-            &pngs,
-        )?;
-    }
-    let loss = TokenValues {
-        heading: "loss of predicting each token from the ones before it (nats)".into(),
-        note: Some("the first token of the text has no prediction".into()),
-        tokens: strs.clone(),
-        values: scan.loss.clone(),
-        peak: None,
-    };
-    exp.page(
-        "token_loss.html",
-        "the text coloured by each token's loss (hover for the value)",
-        &token_values_page(&format!("{name}: per-token loss"), &[loss])?,
-    )?;
-    let shown = strs.len().min(300);
-    let first: Vec<f32> = scan.loss[..shown]
-        .iter()
-        .map(|v| v.unwrap_or(0.0))
-        .collect();
-    let path = exp.file(
-        "token_loss.png",
-        "the text's first tokens coloured by their loss",
-    )?;
-    colored_tokens(
-        &path,
-        &format!("{name}: per-token loss (nats), darker = more surprising"),
-        &[(
-            format!("the first {shown} tokens"),
-            strs[..shown].to_vec(),
-            first,
-        )],
-    )?;
-    if let (Some(x), Some(y)) = (&a.answer, &a.wrong) {
-        let diff = TokenValues {
-            heading: format!("red: {x:?} expected next more than {y:?}; blue: less"),
-            note: None,
-            tokens: strs.clone(),
-            values: scan.logit_diff.clone(),
-            peak: None,
-        };
-        let page = token_values_page(
-            &format!("{name}: logit({x:?}) - logit({y:?}) after each token"),
-            &[diff],
-        )?;
-        exp.page(
-            "logit_diff.html",
-            "the text coloured by logit(answer) - logit(wrong) at each position",
-            &page,
-        )?;
-    }
+    let pair = a.answer.as_deref().zip(a.wrong.as_deref());
+    let headings = lab::report::neuron_views(&mut exp, &scan, &examples, &strs, a.context, pair)?;
     exp.manifest.set("tokens", ids.len())?;
     exp.manifest.set(
         "neurons",
@@ -240,8 +138,8 @@ fn run(a: Args) -> Result<()> {
             "attention-only model: no MLP neurons, only the loss view"
         )?;
     }
-    for s in sections.iter().step_by(a.top as usize) {
-        writeln!(out, "  {}", s.heading)?;
+    for heading in headings.iter().step_by(a.top as usize) {
+        writeln!(out, "  {heading}")?;
     }
     exp.finish()
 }

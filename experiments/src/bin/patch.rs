@@ -9,13 +9,11 @@
 
 use anyhow::Result;
 use clap::Parser;
-use hooklens::analysis::patching::{Grid, PatchRow, Patching};
+use hooklens::analysis::patching::{Grid, Patching};
 use hooklens::analysis::sweep::Metric;
 use lab::args::{choice, ModelArgs, PairArgs, RunArgs, SweepArgs};
-use lab::plot::{scatter, token_labels, Heatmap};
-use lab::tables::head_label;
+use lab::plot::token_labels;
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Parser, Serialize)]
 #[command(
@@ -72,106 +70,14 @@ fn run(mut a: Args) -> Result<()> {
         rows.extend(attribution);
     }
     exp.table("patch.parquet", rows.as_slice())?;
-    let n_pos = batch.clean.dim(1)?;
-    let positions: Vec<String> = match batch.lengths.iter().all(|&l| l == n_pos) {
-        true => token_labels(&tok, &batch.clean.get(0)?.to_vec1()?)?,
-        false => (0..n_pos).map(|i| i.to_string()).collect(),
-    };
-    let layers: Vec<String> = (0..model.cfg.n_layers).map(|l| format!("L{l}")).collect();
-    let heads: Vec<String> = (0..model.cfg.n_heads).map(|h| format!("H{h}")).collect();
-    let layer_heads: Vec<String> = (0..model.cfg.n_layers)
-        .flat_map(|l| (0..model.cfg.n_heads).map(move |h| head_label(l, h)))
-        .collect();
-    for &g in a.grids.iter().filter(|_| a.sweep.shard.is_none()) {
-        let values = p.grid(g, &rows, "activation")?;
-        let (rows_n, cols_n) = (
-            values.dims()[..values.rank() - 1].iter().product::<usize>(),
-            values.dims()[values.rank() - 1],
-        );
-        let values: Vec<Vec<f32>> = values.reshape((rows_n, cols_n))?.to_vec2()?; // [layer (× head), pos or head]
-        let (row_labels, col_labels, x_desc, y_desc) = match g.axes() {
-            [_, "pos"] => (&layers, &positions, "position", "layer"),
-            [_, "head"] => (&layers, &heads, "head", "layer"),
-            _ => (&layer_heads, &positions, "position", "layer and head"),
+    if a.sweep.shard.is_none() {
+        let n_pos = batch.clean.dim(1)?;
+        let positions: Vec<String> = match batch.lengths.iter().all(|&l| l == n_pos) {
+            true => token_labels(&tok, &batch.clean.get(0)?.to_vec1()?)?,
+            false => (0..n_pos).map(|i| i.to_string()).collect(),
         };
-        let title = format!(
-            "Patching {} ({} restored: 0 corrupted, 1 clean)",
-            g.name(),
-            a.metric.name()
-        );
-        let heatmap = Heatmap {
-            title: &title,
-            values: &values,
-            row_labels,
-            col_labels,
-            x_desc,
-            y_desc,
-            diverging: true,
-            ..Default::default()
-        };
-        exp.heatmap(
-            &format!("{}.png", g.name()),
-            &format!(
-                "{}: normalised metric with each cell patched from the clean run",
-                g.name()
-            ),
-            &heatmap,
-        )?;
+        lab::report::patching_plots(&mut exp, &p, &rows, &a.grids, &positions)?;
     }
-    if !a.no_attribution && a.sweep.shard.is_none() {
-        let get = |g: Grid, method: &'static str| {
-            rows.iter()
-                .filter(move |r| r.cell.grid == g && r.method == method)
-        };
-        let groups: Vec<(String, Vec<(f32, f32)>)> = a
-            .grids
-            .iter()
-            .map(|&g| {
-                (
-                    g.name().to_string(),
-                    get(g, "attribution")
-                        .zip(get(g, "activation"))
-                        .map(|(x, y)| (x.value, y.value))
-                        .collect(),
-                )
-            })
-            .collect();
-        let path = exp.file("attribution_vs_patching.png", "each grid cell: the linear estimate (x) against the patched value (y); on the diagonal the linear approximation holds")?;
-        scatter(
-            &path,
-            &format!(
-                "Attribution vs activation patching ({}, normalised)",
-                a.metric.name()
-            ),
-            &groups,
-            "attribution patching estimate",
-            "activation patching",
-        )?;
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{}: clean {:.4}, corrupted {:.4} ({} pairs)",
-        a.metric.name(),
-        p.scale.clean,
-        p.scale.corrupted,
-        pairs.len()
-    )?;
-    for &g in &a.grids {
-        let best = rows
-            .iter()
-            .filter(|r| r.cell.grid == g && r.method == "activation")
-            .max_by(|x, y| x.value.abs().total_cmp(&y.value.abs()));
-        if let Some(PatchRow { cell: c, value, .. }) = best {
-            let head = c.head.map_or(String::new(), |h| format!("H{h}"));
-            let pos = c.pos.map_or(String::new(), |p| format!(" pos {p}"));
-            writeln!(
-                out,
-                "  {:<26} strongest L{}{head}{pos} = {value:+.3}",
-                g.name(),
-                c.layer
-            )?;
-        }
-    }
+    lab::report::patching_summary(&p, &rows, &a.grids, pairs.len())?;
     exp.finish()
 }

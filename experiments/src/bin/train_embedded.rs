@@ -6,7 +6,7 @@
 //! compiled into the `hooklens` library).
 
 use anyhow::bail;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::detectors::{all_head_scores, best_head, HeadKind};
 use hooklens::config::Positional;
@@ -15,7 +15,6 @@ use hooklens::train::{embedded_config, train_induction_model, Layout, TrainConfi
 use hooklens::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -37,12 +36,12 @@ struct Args {
     layers: u64,
     /// Where the copies sit: `shifted` puts random tokens before and between them (no
     /// positional shortcut); `adjacent` puts them right after BOS, back to back.
-    #[arg(long, value_enum, default_value = "shifted")]
-    layout: DataLayout,
+    #[arg(long, value_parser = lab::args::choice::<Layout>(), default_value = "shifted")]
+    layout: Layout,
     /// Positional embeddings: `rotary`, learned absolute (`standard`), or the fixed
     /// sine/cosine table of the original transformer (`sinusoidal`).
-    #[arg(long, value_enum, default_value = "rotary")]
-    positional: Pos,
+    #[arg(long, value_parser = lab::args::choice::<Positional>(), default_value = "rotary")]
+    positional: Positional,
     /// Print the best induction score (repeated random tokens, half 12) every N steps; 0: never.
     #[arg(long, default_value_t = 250)]
     eval_every: usize,
@@ -63,19 +62,6 @@ struct Args {
     force: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Pos {
-    Rotary,
-    Standard,
-    Sinusoidal,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum DataLayout {
-    Shifted,
-    Adjacent,
-}
-
 fn main() -> std::process::ExitCode {
     lab::main(run)
 }
@@ -92,11 +78,7 @@ fn run(a: Args) -> Result<()> {
     }
     let cfg = ModelConfig {
         n_layers: a.layers as usize,
-        positional_embedding_type: match a.positional {
-            Pos::Standard => Positional::Standard,
-            Pos::Rotary => Positional::Rotary,
-            Pos::Sinusoidal => Positional::Sinusoidal,
-        },
+        positional_embedding_type: a.positional,
         ..embedded_config()
     };
     // Fixed probe batches, short and long, so that scores at different steps compare.
@@ -117,10 +99,7 @@ fn run(a: Args) -> Result<()> {
         seq_len: a.seq_len as usize,
         long_from: a.long_from,
         long_seq_len: a.long_seq_len as usize,
-        layout: match a.layout {
-            DataLayout::Shifted => Layout::Shifted,
-            DataLayout::Adjacent => Layout::Adjacent,
-        },
+        layout: a.layout,
     };
     let bar = ProgressBar::new(tc.steps as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -146,18 +125,9 @@ fn run(a: Args) -> Result<()> {
         Ok(())
     })?;
     bar.finish();
-    let tensors: HashMap<String, _> = w.tensors.into_iter().collect();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // With the byte tokenizer, the folder is a complete model directory for `--model`.
+    hooklens::loading::save_dir(&a.out, &cfg, w, &hooklens::Tokenizer::bytes()?)?;
     let st = a.out.join("model.safetensors");
-    hooklens::atomic::atomic_write_with(&st, |tmp| {
-        Ok(candle_core::safetensors::save(&tensors, tmp)?)
-    })?;
-    hooklens::atomic::atomic_write(&a.out.join("config.json"), cfg.to_hf_json().as_bytes())?;
-    // The byte tokenizer, so that the folder is a complete model directory for `--model`.
-    hooklens::atomic::atomic_write(
-        &a.out.join("tokenizer.json"),
-        hooklens::Tokenizer::bytes()?.to_json()?.as_bytes(),
-    )?;
     println!("wrote {}, config.json and tokenizer.json", st.display());
     Ok(())
 }

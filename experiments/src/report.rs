@@ -1,0 +1,452 @@
+//! The plots, pages and printed summaries of the experiments whose outputs are more than a
+//! table and one plot: what a researcher looks at first, drawn from the typed results the
+//! tables hold.
+
+use crate::html::{token_values_page, TokenValues};
+use crate::plot::colored_tokens;
+use crate::plot::{
+    bar_chart, largest, line_plot, pattern_grid, scatter, short, token_labels, Heatmap,
+};
+use crate::tables::head_label;
+use crate::tables::ExamplesTable;
+use crate::Experiment;
+use anyhow::Result;
+use hooklens::analysis::ablation::{Ablation, AblationRow, AblationSweep, Unit};
+use hooklens::analysis::detectors::HeadPattern;
+use hooklens::analysis::lens::LensCell;
+use hooklens::analysis::neurons::{NeuronExample, TextScan};
+use hooklens::analysis::patching::{Grid, PatchRow, Patching};
+use hooklens::analysis::sweep::Metric;
+use std::io::Write;
+
+/// Per (metric, ablation kind): the layers x heads heatmap of the head deltas (when heads
+/// were ablated) and the bar chart of the `top` units that change the metric most.
+pub fn ablation_plots(
+    exp: &mut Experiment,
+    rows: &[AblationRow],
+    metrics: &[Metric],
+    kinds: &[Ablation],
+    top: usize,
+) -> Result<()> {
+    let shape = exp.manifest.model.config.clone();
+    for &metric in metrics {
+        for &kind in kinds {
+            let these: Vec<&AblationRow> = rows
+                .iter()
+                .filter(|r| r.metric == metric && r.ablation == kind)
+                .collect();
+            let what = format!("{} ablation, change in {}", kind.name(), metric.name());
+            let name = format!("{}_{}.png", metric.name(), kind.name());
+            let mut grid = vec![vec![0f32; shape.n_heads]; shape.n_layers];
+            let mut any_head = false;
+            for r in &these {
+                if let Unit::Head { layer, head } = r.unit {
+                    grid[layer][head] = r.ablated - r.baseline;
+                    any_head = true;
+                }
+            }
+            if any_head {
+                let file = format!("heads_{name}");
+                let doc = format!(
+                    "layers x heads: {what} (ablated - baseline; red raises it, blue lowers it)"
+                );
+                exp.heads(&file, &doc, &format!("Heads: {what}"), &grid, true)?;
+            }
+            let deltas = these
+                .iter()
+                .map(|r| (r.unit.to_string(), r.ablated - r.baseline));
+            let doc = format!("the units with the largest |change|: {what}");
+            let path = exp.file(&format!("top_{name}"), &doc)?;
+            let x_desc = format!("ablated - baseline {}", metric.name());
+            bar_chart(
+                &path,
+                &format!("Top units: {what}"),
+                &largest(deltas, top),
+                &x_desc,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints each metric's baseline and the five (unit, ablation) pairs that change it most.
+pub fn ablation_summary(plan: &AblationSweep, rows: &[AblationRow]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for sweep in &plan.sweeps {
+        let metric = sweep.metric();
+        writeln!(out, "{}: baseline {:.4}", metric.name(), sweep.baseline())?;
+        let these = rows.iter().filter(|r| r.metric == metric).map(|r| {
+            let name = format!("{:<8} {:<8}", r.unit.to_string(), r.ablation.name());
+            (name, r.ablated - r.baseline)
+        });
+        for (name, delta) in largest(these, 5) {
+            writeln!(out, "  {name} {delta:+.4}")?;
+        }
+    }
+    Ok(())
+}
+
+/// One heatmap per grid of the activation-patching values (positions labelled `positions`)
+/// and, with attribution rows, the attribution-vs-patching scatter.
+pub fn patching_plots(
+    exp: &mut Experiment,
+    p: &Patching,
+    rows: &[PatchRow],
+    grids: &[Grid],
+    positions: &[String],
+) -> Result<()> {
+    let cfg = &p.sweep.model().cfg;
+    let layers: Vec<String> = (0..cfg.n_layers).map(|l| format!("L{l}")).collect();
+    let heads: Vec<String> = (0..cfg.n_heads).map(|h| format!("H{h}")).collect();
+    let layer_heads: Vec<String> = (0..cfg.n_layers)
+        .flat_map(|l| (0..cfg.n_heads).map(move |h| head_label(l, h)))
+        .collect();
+    let metric = p.metric.name();
+    for &g in grids {
+        let (row_labels, col_labels, x_desc, y_desc) = match g.axes() {
+            [_, "pos"] => (&layers, positions, "position", "layer"),
+            [_, "head"] => (&layers, &heads[..], "head", "layer"),
+            _ => (&layer_heads, positions, "position", "layer and head"),
+        };
+        // [layer, pos], [layer, head] or [layer, head, pos] -> rows x columns.
+        let values = p.grid(g, rows, "activation")?;
+        let values = values
+            .reshape((row_labels.len(), col_labels.len()))?
+            .to_vec2()?;
+        let title = format!(
+            "Patching {} ({metric} restored: 0 corrupted, 1 clean)",
+            g.name()
+        );
+        let heatmap = Heatmap {
+            title: &title,
+            values: &values,
+            row_labels,
+            col_labels,
+            x_desc,
+            y_desc,
+            diverging: true,
+            ..Default::default()
+        };
+        let doc = format!(
+            "{}: normalised metric with each cell patched from the clean run",
+            g.name()
+        );
+        exp.heatmap(&format!("{}.png", g.name()), &doc, &heatmap)?;
+    }
+    if rows.iter().any(|r| r.method == "attribution") {
+        let get = |g: Grid, method: &'static str| {
+            rows.iter()
+                .filter(move |r| r.cell.grid == g && r.method == method)
+        };
+        let groups: Vec<(String, Vec<(f32, f32)>)> = grids
+            .iter()
+            .map(|&g| {
+                let pairs = get(g, "attribution").zip(get(g, "activation"));
+                let points = pairs.map(|(x, y)| (x.value, y.value)).collect();
+                (g.name().to_string(), points)
+            })
+            .collect();
+        let path = exp.file(
+            "attribution_vs_patching.png",
+            "each grid cell: the linear estimate (x) against the patched value (y); on the diagonal the linear approximation holds",
+        )?;
+        let title = format!("Attribution vs activation patching ({metric}, normalised)");
+        let (x, y) = ("attribution patching estimate", "activation patching");
+        scatter(&path, &title, &groups, x, y)?;
+    }
+    Ok(())
+}
+
+/// Prints the clean and corrupted metric and each grid's strongest cell.
+pub fn patching_summary(
+    p: &Patching,
+    rows: &[PatchRow],
+    grids: &[Grid],
+    pairs: usize,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let (clean, corrupted) = (p.scale.clean, p.scale.corrupted);
+    let metric = p.metric.name();
+    writeln!(
+        out,
+        "{metric}: clean {clean:.4}, corrupted {corrupted:.4} ({pairs} pairs)"
+    )?;
+    for &g in grids {
+        let best = rows
+            .iter()
+            .filter(|r| r.cell.grid == g && r.method == "activation")
+            .max_by(|x, y| x.value.abs().total_cmp(&y.value.abs()));
+        if let Some(PatchRow { cell: c, value, .. }) = best {
+            let head = c.head.map_or(String::new(), |h| format!("H{h}"));
+            let pos = c.pos.map_or(String::new(), |p| format!(" pos {p}"));
+            let cell = format!("L{}{head}{pos}", c.layer);
+            writeln!(out, "  {:<26} strongest {cell} = {value:+.3}", g.name())?;
+        }
+    }
+    Ok(())
+}
+
+/// The attention views of `chosen` heads on one prompt: a PNG per chosen head, a grid of every
+/// head in `patterns` (every head of the chosen heads' layers), the interactive page (opening on
+/// the first chosen head) and the patterns table. `text` is the prompt as the titles quote it.
+pub fn attention_views(
+    exp: &mut Experiment,
+    chosen: &[(usize, usize)],
+    patterns: &[HeadPattern],
+    tokens: &[String],
+    labels: &[String],
+    text: &str,
+) -> Result<()> {
+    let cfg = exp.manifest.model.config.clone();
+    let name = exp.manifest.model.name.clone();
+    let short: String = match text.chars().count() > 48 {
+        true => text.chars().take(45).collect::<String>() + "...",
+        false => text.to_string(),
+    };
+    let find = |x: (usize, usize)| patterns.iter().position(|p| p.0 == x).unwrap_or(0);
+    for &(l, h) in chosen {
+        let title = format!("{name} L{l}H{h} on {short:?}");
+        let heatmap = Heatmap {
+            title: &title,
+            values: &patterns[find((l, h))].1,
+            row_labels: labels,
+            col_labels: labels,
+            x_desc: "key (attended-to token)",
+            y_desc: "query token",
+            range: Some((0.0, 1.0)),
+            ..Default::default()
+        };
+        let doc = format!("attention pattern of L{l}H{h}, query rows, key columns");
+        exp.heatmap(&format!("pattern_L{l}H{h}.png"), &doc, &heatmap)?;
+    }
+    let thumbs: Vec<(String, Vec<Vec<f32>>)> = patterns
+        .iter()
+        .map(|&((l, h), ref p)| (head_label(l, h), p.clone()))
+        .collect();
+    let mut layers: Vec<usize> = patterns.iter().map(|p| p.0 .0).collect();
+    layers.dedup();
+    let grid = exp.file(
+        "heads_grid.png",
+        "every head of the chosen layers as thumbnails (query rows, key columns; white 0, red 1)",
+    )?;
+    let title = format!("{name}: every head of layer(s) {layers:?} on {short:?}");
+    pattern_grid(&grid, &title, &thumbs, cfg.n_heads.min(12))?;
+    let mut order: Vec<usize> = (0..patterns.len()).collect();
+    order.swap(0, find(chosen[0]));
+    let heads: Vec<(usize, usize)> = order.iter().map(|&i| patterns[i].0).collect();
+    let flat: Vec<Vec<f32>> = order.iter().map(|&i| patterns[i].1.concat()).collect();
+    let title = format!("{name}: attention on {short:?}");
+    let page =
+        crate::html::attention_page(&title, tokens, (cfg.n_layers, cfg.n_heads), &heads, &flat)?;
+    let doc = "interactive attention view, self-contained (open it in a browser)";
+    exp.page("attention.html", doc, &page)?;
+    let table = crate::tables::PatternsTable {
+        heads: &heads,
+        patterns: &flat,
+        tokens,
+    };
+    exp.table("patterns.parquet", &table)
+}
+
+/// The token views of a scanned text: each neuron example in context (page and PNG), the
+/// per-token loss (page and PNG), and with `pair` (answer, wrong) the logit difference page;
+/// the examples table too. Returns each example's heading.
+pub fn neuron_views(
+    exp: &mut Experiment,
+    scan: &TextScan,
+    examples: &[NeuronExample],
+    strs: &[String],
+    context: usize,
+    pair: Option<(&str, &str)>,
+) -> Result<Vec<String>> {
+    let ctx = |p: usize| crate::tables::context(p, context, strs.len());
+    let (mut sections, mut pngs) = (vec![], vec![]);
+    for e in examples {
+        let (Unit::Neuron { layer, neuron }, range) = (e.unit, ctx(e.pos)) else {
+            continue;
+        };
+        let series = scan.neuron(layer, neuron).unwrap_or_default();
+        let (u, r, v, pos) = (e.unit, e.rank, e.activation, e.pos);
+        let values = series[range.clone()].iter().map(|&x| Some(x)).collect();
+        sections.push(TokenValues {
+            heading: format!("{u} #{r}: {v:.3} at token {pos} {:?}", strs[pos]),
+            note: None,
+            tokens: strs[range.clone()].to_vec(),
+            values,
+            peak: Some(pos - range.start),
+        });
+        if r == 0 {
+            pngs.push((
+                format!("{u}: strongest at token {pos}"),
+                strs[range.clone()].to_vec(),
+                series[range].to_vec(),
+            ));
+        }
+    }
+    exp.table(
+        "top_activations.parquet",
+        &ExamplesTable {
+            examples,
+            tokens: strs,
+            context,
+        },
+    )?;
+    let name = exp.manifest.model.name.clone();
+    if !sections.is_empty() {
+        let page = token_values_page(
+            &format!(
+                "{name}: top activations of {} neurons",
+                examples.iter().filter(|e| e.rank == 0).count()
+            ),
+            &sections,
+        )?;
+        exp.page(
+            "neurons.html",
+            "each neuron's top positions in context, tokens coloured by its activation",
+            &page,
+        )?;
+        let path = exp.file(
+            "neurons.png",
+            "each neuron's strongest example, tokens coloured by its activation",
+        )?;
+        colored_tokens(
+            &path,
+            &format!("{name}: each neuron's strongest example"),
+            &pngs,
+        )?;
+    }
+    let loss = TokenValues {
+        heading: "loss of predicting each token from the ones before it (nats)".into(),
+        note: Some("the first token of the text has no prediction".into()),
+        tokens: strs.to_vec(),
+        values: scan.loss.clone(),
+        peak: None,
+    };
+    exp.page(
+        "token_loss.html",
+        "the text coloured by each token's loss (hover for the value)",
+        &token_values_page(&format!("{name}: per-token loss"), &[loss])?,
+    )?;
+    let shown = strs.len().min(300);
+    let first: Vec<f32> = scan.loss[..shown]
+        .iter()
+        .map(|v| v.unwrap_or(0.0))
+        .collect();
+    let path = exp.file(
+        "token_loss.png",
+        "the text's first tokens coloured by their loss",
+    )?;
+    colored_tokens(
+        &path,
+        &format!("{name}: per-token loss (nats), darker = more surprising"),
+        &[(
+            format!("the first {shown} tokens"),
+            strs[..shown].to_vec(),
+            first,
+        )],
+    )?;
+    if let Some((x, y)) = pair {
+        let diff = TokenValues {
+            heading: format!("red: {x:?} expected next more than {y:?}; blue: less"),
+            note: None,
+            tokens: strs.to_vec(),
+            values: scan.logit_diff.clone(),
+            peak: None,
+        };
+        let page = token_values_page(
+            &format!("{name}: logit({x:?}) - logit({y:?}) after each token"),
+            &[diff],
+        )?;
+        exp.page(
+            "logit_diff.html",
+            "the text coloured by logit(answer) - logit(wrong) at each position",
+            &page,
+        )?;
+    }
+    Ok(sections.into_iter().map(|s| s.heading).collect())
+}
+
+/// The logit lens's views: the first prompt's layers x positions of top tokens, and with a
+/// `target` (id, as given) its log-prob across layers at each prompt's last token (printed
+/// for the first prompt). `ids` are each prompt's real tokens.
+pub fn lens_views(
+    exp: &mut Experiment,
+    cells: &[LensCell],
+    tok: &hooklens::Tokenizer,
+    ids: &[Vec<u32>],
+    prompts: &[String],
+    target: Option<(u32, &str)>,
+) -> Result<()> {
+    // Layers x positions of the first prompt: the top token in each cell.
+    let labels: Vec<String> = cells
+        .iter()
+        .filter(|c| c.batch == 0 && c.pos == 0)
+        .map(|c| c.label.clone())
+        .collect();
+    let (mut probs, mut text) = (
+        vec![vec![0f32; ids[0].len()]; labels.len()],
+        vec![vec![String::new(); ids[0].len()]; labels.len()],
+    );
+    for c in cells.iter().filter(|c| c.batch == 0) {
+        probs[c.entry][c.pos] = c.top[0].1.exp();
+        text[c.entry][c.pos] = short(&tok.decode(&[c.top[0].0])?);
+    }
+    let cols = token_labels(tok, &ids[0])?;
+    let title = format!(
+        "Logit lens on {:?}: top next token (colour: its probability)",
+        prompts[0]
+    );
+    let heatmap = Heatmap {
+        title: &title,
+        values: &probs,
+        row_labels: &labels,
+        col_labels: &cols,
+        x_desc: "position: input token",
+        y_desc: "residual stream read at",
+        cell_text: Some(&text),
+        range: Some((0.0, 1.0)),
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some((t, name)) = target {
+        let last = |b: usize| {
+            cells
+                .iter()
+                .filter(move |c| c.batch == b && c.pos + 1 == ids[b].len())
+        };
+        let series: Vec<(String, Vec<f32>)> = (0..prompts.len().min(8))
+            .map(|b| {
+                (
+                    format!("prompt {b}: {}", short(&prompts[b])),
+                    last(b)
+                        .map(|c| c.target.map_or(f32::NAN, |x| x.1))
+                        .collect(),
+                )
+            })
+            .collect();
+        let path = exp.file(
+            "target.png",
+            "the target's log-prob across layers at each prompt's last token (up to 8 prompts)",
+        )?;
+        line_plot(
+            &path,
+            &format!("Log-prob of {name:?} (id {t}) at the last token, by layer"),
+            &labels,
+            &series,
+            "residual stream read at",
+            "log-prob (nats)",
+        )?;
+        for c in last(0) {
+            let (rank, lp) = c.target.unwrap_or_default();
+            let top = format!("{:?}", tok.decode(&[c.top[0].0])?);
+            writeln!(
+                out,
+                "{:<12} top {top:<14} {name:?} rank {rank:>6}  log-prob {lp:8.3}",
+                c.label
+            )?;
+        }
+    }
+    exp.heatmap(
+        "top_tokens.png", "layers x positions of the first prompt: each cell's top token, coloured by its probability", &heatmap)?;
+    Ok(())
+}
