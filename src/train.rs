@@ -8,6 +8,7 @@
 //! positional shortcut predicts them. With learned absolute positions or the [`Layout::Adjacent`]
 //! layout the model instead learns heads that attend a fixed distance back.
 
+use crate::analysis::detectors::{all_head_scores, best_head, HeadKind};
 use crate::config::{Activation, ModelConfig, Normalization, Positional};
 use crate::error::Result;
 use crate::model::HookedTransformer;
@@ -242,4 +243,39 @@ pub fn train_induction_model(
         .map(|(k, t)| Ok((k, t.detach().copy()?)))
         .collect::<Result<_>>()?;
     Ok(Weights { tensors })
+}
+/// Fixed probe batches of repeated random printable tokens (16 sequences, halves 12 and 50, one
+/// seed), so that head scores at different training steps compare: (half, tokens).
+pub fn probe_batches() -> Result<Vec<(usize, Tensor)>> {
+    [12, 50]
+        .into_iter()
+        .map(|half| {
+            let mut rng = StdRng::seed_from_u64(12345);
+            let dev = Device::Cpu;
+            crate::data::repeated_random_tokens(
+                &mut rng,
+                16,
+                half,
+                Some(BYTE_BOS),
+                crate::data::PRINTABLE_ASCII,
+                &dev,
+            )
+            .map(|t| (half, t))
+        })
+        .collect()
+}
+
+/// A probe's best head of one kind: (half, kind, (layer, head, score)).
+pub type BestHead = (usize, HeadKind, (usize, usize, f32));
+
+/// The best induction and previous-token head of `model` on each probe batch.
+pub fn best_heads(model: &HookedTransformer, probes: &[(usize, Tensor)]) -> Result<Vec<BestHead>> {
+    let mut out = vec![];
+    for (half, probe) in probes {
+        let scores = all_head_scores(model, probe, *half)?;
+        for kind in [HeadKind::Induction, HeadKind::PreviousToken] {
+            out.push((*half, kind, best_head(&scores[&kind])?));
+        }
+    }
+    Ok(out)
 }

@@ -635,3 +635,14 @@ impl Choice for hooklens::train::Layout {
         ),
     ];
 }
+
+/// MLP neurons as the command line writes them, `L1N42` (neuron 42 of layer 1).
+pub fn parse_neurons(names: &[String]) -> anyhow::Result<Vec<Unit>> {
+    names
+        .iter()
+        .map(|s| match s.parse::<Unit>()? {
+            u @ Unit::Neuron { .. } => Ok(u),
+            u => anyhow::bail!("--neuron {u}: write L<layer>N<neuron>, e.g. L1N42"),
+        })
+        .collect()
+}

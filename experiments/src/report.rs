@@ -12,6 +12,7 @@ use crate::tables::ExamplesTable;
 use crate::Experiment;
 use anyhow::Result;
 use hooklens::analysis::ablation::{Ablation, AblationRow, AblationSweep, Unit};
+use hooklens::analysis::circuits::Composition;
 use hooklens::analysis::detectors::HeadPattern;
 use hooklens::analysis::lens::LensCell;
 use hooklens::analysis::neurons::{NeuronExample, TextScan};
@@ -448,5 +449,91 @@ pub fn lens_views(
     }
     exp.heatmap(
         "top_tokens.png", "layers x positions of the first prompt: each cell's top token, coloured by its probability", &heatmap)?;
+    Ok(())
+}
+
+/// One writer heads x reader heads heatmap per composition kind, and the strongest pair of
+/// each, printed.
+pub fn composition_plots(
+    exp: &mut Experiment,
+    scores: &[(Composition, candle_core::Tensor)],
+) -> Result<()> {
+    let cfg = exp.manifest.model.config.clone();
+    let (l, h) = (cfg.n_layers, cfg.n_heads);
+    let labels: Vec<String> = (0..l)
+        .flat_map(|x| (0..h).map(move |y| head_label(x, y)))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for (c, s) in scores {
+        let grid: Vec<Vec<f32>> = s.reshape((l * h, l * h))?.to_vec2()?; // [writer head, reader head]
+        let input = match c {
+            Composition::Q => "queries",
+            Composition::K => "keys",
+            Composition::V => "values",
+        };
+        let title = format!(
+            "{}-composition: earlier head's OV into later head's {input}",
+            c.name()
+        );
+        let heatmap = Heatmap {
+            title: &title,
+            values: &grid,
+            row_labels: &labels,
+            col_labels: &labels,
+            x_desc: "reader (later head)",
+            y_desc: "writer (earlier head)",
+            ..Default::default()
+        };
+        let what = format!("{} composition scores, writer heads (rows) x reader heads (columns); 0 unless the reader is later", c.name());
+        exp.heatmap(
+            &format!("composition_{}.png", c.name().to_lowercase()),
+            &what,
+            &heatmap,
+        )?;
+        let (i, best) = grid
+            .iter()
+            .flatten()
+            .enumerate()
+            .fold((0, f32::MIN), |m, (i, &v)| if v > m.1 { (i, v) } else { m });
+        writeln!(
+            out,
+            "strongest {}-composition: {} -> {} ({best:.3})",
+            c.name(),
+            labels[i / (l * h)],
+            labels[i % (l * h)]
+        )?;
+    }
+    Ok(())
+}
+
+/// Prints each analogy's five nearest tokens in each matrix.
+pub fn print_analogies(
+    found: &[hooklens::analysis::embeddings::Neighbour],
+    queries: &[String],
+    tok: &hooklens::Tokenizer,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for r in found.iter().filter(|r| r.rank == 0) {
+        let these = found
+            .iter()
+            .filter(|x| x.matrix == r.matrix && x.query == r.query)
+            .take(5);
+        let shown: Vec<String> = these
+            .map(|x| {
+                Ok(format!(
+                    "{:?} {:.3}",
+                    tok.to_str_tokens(&[x.id])?[0],
+                    x.cosine
+                ))
+            })
+            .collect::<hooklens::Result<_>>()?;
+        writeln!(
+            out,
+            "{} {:?}: {}",
+            r.matrix,
+            queries[r.query],
+            shown.join(", ")
+        )?;
+    }
     Ok(())
 }

@@ -522,3 +522,42 @@ impl Table for ExamplesTable<'_> {
         ])
     }
 }
+
+/// Next-token probabilities at several temperatures: one row per (temperature, token).
+pub struct TemperatureTable<'a> {
+    pub rows: &'a [hooklens::analysis::metrics::TemperatureRow],
+    pub tok: &'a Tokenizer,
+}
+
+impl Table for TemperatureTable<'_> {
+    const WHAT: &'static str = "temperature";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("temperature", "the sampling temperature T"),
+        (
+            "rank",
+            "the token's rank by logit (0 = most likely at every T)",
+        ),
+        ("token_id", "the token id"),
+        ("token", "the token's text"),
+        ("logit", "the model's logit for the token"),
+        (
+            "prob",
+            "softmax(logits / T) for the token, over the whole vocabulary",
+        ),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        let r = self.rows;
+        let text = |id: u32| -> Result<String> { Ok(self.tok.to_str_tokens(&[id])?.remove(0)) };
+        Ok(vec![
+            col("temperature", r.iter().map(|x| x.temperature).collect()),
+            col("rank", r.iter().map(|x| x.rank as u32).collect()),
+            col("token_id", r.iter().map(|x| x.id).collect()),
+            col(
+                "token",
+                r.iter().map(|x| text(x.id)).collect::<Result<Vec<_>>>()?,
+            ),
+            col("logit", r.iter().map(|x| x.logit).collect()),
+            col("prob", r.iter().map(|x| x.prob).collect()),
+        ])
+    }
+}

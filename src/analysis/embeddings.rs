@@ -117,24 +117,7 @@ pub fn both_matrices(model: &HookedTransformer) -> Result<[(&'static str, UnitRo
 
 /// The `k` nearest tokens of each of `ids` (itself left out) in W_E and in W_U.
 pub fn nearest_tokens(model: &HookedTransformer, ids: &[u32], k: usize) -> Result<Vec<Neighbour>> {
-    let mut out = vec![];
-    for (matrix, rows) in both_matrices(model)? {
-        for (query, &i) in ids.iter().enumerate() {
-            let near = rows.nearest(&rows.row(i)?, k, &[i])?;
-            out.extend(
-                near.into_iter()
-                    .enumerate()
-                    .map(|(rank, (id, cosine))| Neighbour {
-                        matrix,
-                        query,
-                        rank,
-                        id,
-                        cosine,
-                    }),
-            );
-        }
-    }
-    Ok(out)
+    neighbours(model, ids, |rows, &i| rows.nearest(&rows.row(i)?, k, &[i]))
 }
 
 /// The `k` tokens nearest to a − b + c for each (a, b, c) of `triples`, in W_E and in W_U.
@@ -143,21 +126,26 @@ pub fn analogies(
     triples: &[(u32, u32, u32)],
     k: usize,
 ) -> Result<Vec<Neighbour>> {
+    neighbours(model, triples, |rows, &abc| rows.analogy(abc, k))
+}
+
+/// `find`'s ranked (id, cosine) list for each query, in W_E then in W_U, as rows.
+fn neighbours<Q>(
+    model: &HookedTransformer,
+    queries: &[Q],
+    find: impl Fn(&UnitRows, &Q) -> Result<Vec<(u32, f32)>>,
+) -> Result<Vec<Neighbour>> {
     let mut out = vec![];
     for (matrix, rows) in both_matrices(model)? {
-        for (query, &abc) in triples.iter().enumerate() {
-            let res = rows.analogy(abc, k)?;
-            out.extend(
-                res.into_iter()
-                    .enumerate()
-                    .map(|(rank, (id, cosine))| Neighbour {
-                        matrix,
-                        query,
-                        rank,
-                        id,
-                        cosine,
-                    }),
-            );
+        for (query, q) in queries.iter().enumerate() {
+            let ranked = find(&rows, q)?.into_iter().enumerate();
+            out.extend(ranked.map(|(rank, (id, cosine))| Neighbour {
+                matrix,
+                query,
+                rank,
+                id,
+                cosine,
+            }));
         }
     }
     Ok(out)

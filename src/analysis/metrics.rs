@@ -78,6 +78,44 @@ pub fn probs_at_temperature(logits: &[f32], temperature: f64) -> Result<Vec<f32>
     Ok(e.iter().map(|v| (v / z) as f32).collect())
 }
 
+/// One token's probability at one sampling temperature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemperatureRow {
+    pub temperature: f64,
+    /// The token's rank by logit (0 = most likely at every temperature).
+    pub rank: usize,
+    pub id: u32,
+    pub logit: f32,
+    /// softmax(logits / T) for the token, over the whole vocabulary.
+    pub prob: f32,
+}
+
+/// The `k` most likely next tokens of `logits` [d_vocab] at each of `temperatures`,
+/// temperature-major.
+pub fn temperature_rows(
+    logits: &[f32],
+    temperatures: &[f64],
+    k: usize,
+) -> Result<Vec<TemperatureRow>> {
+    let top = top_k(logits, k);
+    let mut rows = vec![];
+    for &temperature in temperatures {
+        let p = probs_at_temperature(logits, temperature)?;
+        rows.extend(
+            top.iter()
+                .enumerate()
+                .map(|(rank, &(id, logit))| TemperatureRow {
+                    temperature,
+                    rank,
+                    id,
+                    logit,
+                    prob: p[id as usize],
+                }),
+        );
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,3 +137,35 @@ impl TextScan {
         known.iter().sum::<f32>() / known.len().max(1) as f32
     }
 }
+
+/// [`scan_text`] for the MLP neurons `units` in windows of the context (less BOS, at most 512
+/// tokens); without units, for the 4 neurons of `layer` (default the middle layer) with the
+/// largest activation anywhere in the text (none on attention-only models). Returns the scan
+/// and the neurons.
+pub fn scan_neurons(
+    model: &HookedTransformer,
+    ids: &[u32],
+    bos: Option<u32>,
+    units: Vec<Unit>,
+    layer: Option<usize>,
+    pair: Option<(u32, u32)>,
+) -> Result<(TextScan, Vec<Unit>)> {
+    for u in &units {
+        u.check(model)?;
+    }
+    let strongest =
+        (units.is_empty() && !model.cfg.attn_only).then(|| layer.unwrap_or(model.cfg.n_layers / 2));
+    if let Some(l) = strongest {
+        model.block(l)?;
+    }
+    let mut layers: Vec<usize> = units.iter().map(|u| u.layer()).chain(strongest).collect();
+    layers.sort();
+    layers.dedup();
+    let window = (model.cfg.n_ctx - bos.is_some() as usize).min(512);
+    let scan = scan_text(model, ids, bos, window, &layers, pair)?;
+    let units = match strongest {
+        Some(l) => scan.strongest_neurons(l, 4),
+        None => units,
+    };
+    Ok((scan, units))
+}

@@ -16,10 +16,9 @@ use hooklens::analysis::circuits::{
     composition_scores, copying_scores, head_circuits, Composition,
 };
 use lab::args::{ModelArgs, RunArgs};
-use lab::plot::{write_heads, Heatmap};
-use lab::tables::{head_label, HeadsTable};
+use lab::plot::write_heads;
+use lab::tables::HeadsTable;
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Parser, Serialize)]
 #[command(
@@ -68,49 +67,7 @@ fn run(a: Args) -> Result<()> {
     spinner.finish_and_clear();
     exp.table("composition.parquet", scores.as_slice())?;
 
-    let labels: Vec<String> = (0..l)
-        .flat_map(|x| (0..h).map(move |y| head_label(x, y)))
-        .collect();
-    let mut out = std::io::stdout().lock();
-    for (c, s) in &scores {
-        let grid: Vec<Vec<f32>> = s.reshape((l * h, l * h))?.to_vec2()?; // [writer head, reader head]
-        let input = match c {
-            Composition::Q => "queries",
-            Composition::K => "keys",
-            Composition::V => "values",
-        };
-        let title = format!(
-            "{}-composition: earlier head's OV into later head's {input}",
-            c.name()
-        );
-        let heatmap = Heatmap {
-            title: &title,
-            values: &grid,
-            row_labels: &labels,
-            col_labels: &labels,
-            x_desc: "reader (later head)",
-            y_desc: "writer (earlier head)",
-            ..Default::default()
-        };
-        let what = format!("{} composition scores, writer heads (rows) x reader heads (columns); 0 unless the reader is later", c.name());
-        exp.heatmap(
-            &format!("composition_{}.png", c.name().to_lowercase()),
-            &what,
-            &heatmap,
-        )?;
-        let (i, best) = grid
-            .iter()
-            .flatten()
-            .enumerate()
-            .fold((0, f32::MIN), |m, (i, &v)| if v > m.1 { (i, v) } else { m });
-        writeln!(
-            out,
-            "strongest {}-composition: {} -> {} ({best:.3})",
-            c.name(),
-            labels[i / (l * h)],
-            labels[i % (l * h)]
-        )?;
-    }
+    lab::report::composition_plots(&mut exp, &scores)?;
     let copying = copying_scores(&model)?
         .to_dtype(candle_core::DType::F32)?
         .to_vec2::<f32>()?;

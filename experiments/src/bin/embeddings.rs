@@ -14,7 +14,6 @@ use lab::args::{ModelArgs, RunArgs};
 use lab::plot::labelled_points;
 use lab::tables::{Analogies, Nearest, NeighboursTable};
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Parser, Serialize)]
 #[command(
@@ -76,29 +75,7 @@ fn run(a: Args) -> Result<()> {
     let k = a.top as usize;
     let near = nearest_tokens(&model, &ids, k)?;
     let found = analogies(&model, &triples, k)?;
-    let mut out = std::io::stdout().lock();
-    for r in found.iter().filter(|r| r.rank == 0) {
-        let these = found
-            .iter()
-            .filter(|x| x.matrix == r.matrix && x.query == r.query)
-            .take(5);
-        let shown: Vec<String> = these
-            .map(|x| {
-                Ok(format!(
-                    "{:?} {:.3}",
-                    tok.to_str_tokens(&[x.id])?[0],
-                    x.cosine
-                ))
-            })
-            .collect::<hooklens::Result<_>>()?;
-        writeln!(
-            out,
-            "{} {:?}: {}",
-            r.matrix,
-            queries[r.query],
-            shown.join(", ")
-        )?;
-    }
+    lab::report::print_analogies(&found, &queries, &tok)?;
     exp.table(
         "nearest.parquet",
         &Nearest(NeighboursTable {

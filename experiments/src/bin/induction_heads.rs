@@ -9,9 +9,8 @@
 use anyhow::Result;
 use candle_core::IndexOp;
 use clap::Parser;
-use hooklens::analysis::detectors::{all_head_scores, best_head, HeadKind};
+use hooklens::analysis::detectors::{all_head_scores, best_head, head_patterns, HeadKind};
 use hooklens::data::{random_token_range, repeated_random_tokens};
-use hooklens::{BlockHook, HookPoint, NameFilter};
 use lab::args::{ModelArgs, RunArgs};
 use lab::plot::{token_labels, Heatmap};
 use rand::SeedableRng;
@@ -85,13 +84,7 @@ fn run(a: Args) -> Result<()> {
         range.clone(),
         model.device(),
     )?;
-    let point = HookPoint::Block(bl, BlockHook::Pattern);
-    let (_, cache) = model.run_with_cache(&example, NameFilter::Points(vec![point]))?;
-    let pattern = cache
-        .get(point)?
-        .i((0, bh))?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec2()?;
+    let pattern = &head_patterns(model, &example, &[bl])?[bh].1; // [query][key]
     let labels = token_labels(tok, &example.i(0)?.to_vec1()?)?;
 
     exp.manifest.seed = Some(a.seed);
@@ -110,7 +103,7 @@ fn run(a: Args) -> Result<()> {
     let title = format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})");
     let heatmap = Heatmap {
         title: &title,
-        values: &pattern,
+        values: pattern,
         row_labels: &labels,
         col_labels: &labels,
         x_desc: "key (attended-to token)",

@@ -11,8 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use hooklens::analysis::ablation::Unit;
-use hooklens::analysis::neurons::scan_text;
+use hooklens::analysis::neurons::scan_neurons;
 use lab::args::{BosArgs, ModelArgs, RunArgs};
 use serde::Serialize;
 use std::io::Write;
@@ -86,37 +85,11 @@ fn run(a: Args) -> Result<()> {
         )),
         _ => None,
     };
-    let (ids, window) = (
-        tok.encode(&text)?,
-        (model.cfg.n_ctx - bos.is_some() as usize).min(512),
-    );
+    let (ids, units) = (tok.encode(&text)?, lab::args::parse_neurons(&a.neuron)?);
     let strs = tok.to_str_tokens(&ids)?;
-    let mut units: Vec<Unit> = a
-        .neuron
-        .iter()
-        .map(|s| match s.parse::<Unit>()? {
-            u @ Unit::Neuron { .. } => Ok(u),
-            u => Err(anyhow::anyhow!(
-                "--neuron {u}: write L<layer>N<neuron>, e.g. L1N42"
-            )),
-        })
-        .collect::<Result<_>>()?;
-    units.iter().try_for_each(|u| u.check(&model))?;
-    // Without --neuron, the strongest neurons of --layer (the middle one by default).
-    let layer = (units.is_empty() && !model.cfg.attn_only)
-        .then(|| a.layer.unwrap_or(model.cfg.n_layers / 2));
-    if let Some(l) = layer {
-        model.block(l)?;
-    }
-    let mut layers: Vec<usize> = units.iter().map(|u| u.layer()).chain(layer).collect();
-    layers.sort();
-    layers.dedup();
-    let scan = exp.time("scan", || {
-        scan_text(&model, &ids, bos, window, &layers, pair)
+    let (scan, units) = exp.time("scan", || {
+        scan_neurons(&model, &ids, bos, units, a.layer, pair)
     })?;
-    if let Some(l) = layer {
-        units = scan.strongest_neurons(l, 4);
-    }
     let examples = scan.top_examples(&units, a.top as usize);
     let pair = a.answer.as_deref().zip(a.wrong.as_deref());
     let headings = lab::report::neuron_views(&mut exp, &scan, &examples, &strs, a.context, pair)?;

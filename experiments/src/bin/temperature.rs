@@ -8,9 +8,10 @@
 use anyhow::{bail, Context, Result};
 use candle_core::IndexOp;
 use clap::Parser;
-use hooklens::analysis::metrics::{probs_at_temperature, top_k};
+use hooklens::analysis::metrics::{probs_at_temperature, temperature_rows};
 use lab::args::{BosArgs, ModelArgs, RunArgs};
 use lab::plot::grouped_bars;
+use lab::tables::TemperatureTable;
 use serde::Serialize;
 use std::io::Write;
 
@@ -37,21 +38,6 @@ struct Args {
     out: RunArgs,
 }
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("temperature", "the sampling temperature T"),
-    (
-        "rank",
-        "the token's rank by logit (0 = most likely at every T)",
-    ),
-    ("token_id", "the token id"),
-    ("token", "the token's text"),
-    ("logit", "the model's logit for the token"),
-    (
-        "prob",
-        "softmax(logits / T) for the token, over the whole vocabulary",
-    ),
-];
-
 fn main() -> std::process::ExitCode {
     lab::main(run)
 }
@@ -74,31 +60,29 @@ fn run(a: Args) -> Result<()> {
         .i((0, tokens.dim(1)? - 1))?
         .to_dtype(candle_core::DType::F32)?
         .to_vec1()?;
-    let top = top_k(&last, a.top as usize);
-    let names: Vec<String> = top
+    let rows = temperature_rows(&last, &a.temperatures, a.top as usize)?;
+    exp.table(
+        "temperature.parquet",
+        &TemperatureTable {
+            rows: &rows,
+            tok: &tok,
+        },
+    )?;
+    // One bar group per token, one bar per temperature.
+    let k = rows.len() / a.temperatures.len();
+    let names: Vec<String> = rows[..k]
         .iter()
-        .map(|&(id, _)| tok.to_str_tokens(&[id]).map(|s| format!("{:?}", s[0])))
+        .map(|r| Ok(format!("{:?}", tok.to_str_tokens(&[r.id])?[0])))
         .collect::<hooklens::Result<_>>()?;
-    let mut series = vec![];
-    let (mut temp, mut rank, mut ids, mut text, mut logit, mut prob) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for &t in &a.temperatures {
-        let p = probs_at_temperature(&last, t)?;
-        series.push((
-            format!("T = {t}"),
-            top.iter().map(|&(id, _)| p[id as usize]).collect(),
-        ));
-        for (r, (&(id, l), name)) in top.iter().zip(&names).enumerate() {
-            temp.push(t);
-            rank.push(r as u32);
-            ids.push(id);
-            text.push(name.trim_matches('"').to_string());
-            logit.push(l);
-            prob.push(p[id as usize]);
-        }
-    }
-    let mut df = polars::df!("temperature" => temp, "rank" => rank, "token_id" => ids, "token" => text, "logit" => logit, "prob" => prob)?;
-    exp.frame("temperature.parquet", &mut df, COLUMNS)?;
+    let series: Vec<(String, Vec<f32>)> = rows
+        .chunks(k)
+        .map(|c| {
+            (
+                format!("T = {}", c[0].temperature),
+                c.iter().map(|r| r.prob).collect(),
+            )
+        })
+        .collect();
     let n = prompt.chars().count();
     let short: String = match n > 40 {
         true => "...".to_string() + &prompt.chars().skip(n - 40).collect::<String>(),

@@ -8,13 +8,11 @@
 use anyhow::bail;
 use anyhow::Result;
 use clap::Parser;
-use hooklens::analysis::detectors::{all_head_scores, best_head, HeadKind};
 use hooklens::config::Positional;
-use hooklens::data::{repeated_random_tokens, PRINTABLE_ASCII};
-use hooklens::train::{embedded_config, train_induction_model, Layout, TrainConfig, BYTE_BOS};
+use hooklens::train::{best_heads, embedded_config, probe_batches, train_induction_model};
+use hooklens::train::{Layout, TrainConfig};
 use hooklens::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{rngs::StdRng, SeedableRng};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -81,16 +79,7 @@ fn run(a: Args) -> Result<()> {
         positional_embedding_type: a.positional,
         ..embedded_config()
     };
-    // Fixed probe batches, short and long, so that scores at different steps compare.
-    let probes = [12, 50]
-        .map(|half| {
-            let mut rng = StdRng::seed_from_u64(12345);
-            let dev = candle_core::Device::Cpu;
-            repeated_random_tokens(&mut rng, 16, half, Some(BYTE_BOS), PRINTABLE_ASCII, &dev)
-                .map(|t| (half, t))
-        })
-        .into_iter()
-        .collect::<hooklens::Result<Vec<_>>>()?;
+    let probes = probe_batches()?;
     let tc = TrainConfig {
         steps: a.steps as usize,
         batch: a.batch as usize,
@@ -113,12 +102,8 @@ fn run(a: Args) -> Result<()> {
         bar.inc(1);
         if a.eval_every > 0 && (step % a.eval_every == 0 || step + 1 == tc.steps) {
             let mut line = format!("step {step:5} loss {avg_loss:.4}  best heads:");
-            for (half, probe) in &probes {
-                let scores = all_head_scores(model, probe, *half)?;
-                for kind in [HeadKind::Induction, HeadKind::PreviousToken] {
-                    let (l, h, v) = best_head(&scores[&kind])?;
-                    line += &format!("  {} L{l}H{h} {v:.3} (half {half})", kind.name());
-                }
+            for (half, kind, (l, h, v)) in best_heads(model, &probes)? {
+                line += &format!("  {} L{l}H{h} {v:.3} (half {half})", kind.name());
             }
             bar.suspend(|| eprintln!("{line}"));
         }
