@@ -11,14 +11,11 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
-use hooklens::analysis::patching::Grid;
-use hooklens::analysis::sweep::{Metric, Sweep, Target};
 use hooklens::data::PairBatch;
 use hooklens::{load_model, HookedTransformer, Hooks, LoadOptions, NameFilter};
 mod common;
 
-use common::{median_secs, read_reference};
+use common::{median_secs, read_reference, timed_sweeps};
 
 #[derive(Parser)]
 #[command(about = "Benchmark hooklens on CUDA against the CPU and transformers")]
@@ -76,41 +73,11 @@ fn sweeps(m: &HookedTransformer) -> Result<Vec<(&'static str, f64, Vec<f32>)>> {
         answers: vec![262],
         wrong: vec![286],
     };
-    let heads = Unit::all_heads(m);
-    let (_, clean_cache) = m.run_with_cache(&batch.clean, NameFilter::All)?;
-    let mut out = vec![];
-    for (name, metric, patch) in [
-        ("144-head zero-ablation, loss", Metric::Loss, false),
-        (
-            "144-head zero-ablation, logit diff",
-            Metric::LogitDiff,
-            false,
-        ),
-        (
-            "resid_pre patching grid, logit diff",
-            Metric::LogitDiff,
-            true,
-        ),
-    ] {
-        let t = std::time::Instant::now();
-        let (jobs, target) = match patch {
-            false => (
-                ablation_jobs(&heads, Ablation::Zero, None, 0)?,
-                Target::new(&batch, false)?,
-            ),
-            true => (
-                Grid::ResidPre
-                    .cells(m, p)?
-                    .iter()
-                    .map(|c| c.job(&clean_cache))
-                    .collect::<hooklens::Result<Vec<_>>>()?,
-                Target::new(&batch, true)?,
-            ),
-        };
-        let values = Sweep::new(m, target, metric, jobs, 4096)?.run_all()?;
-        out.push((name, t.elapsed().as_secs_f64(), values));
-    }
-    Ok(out)
+    let timed = timed_sweeps(m, &batch, 4096)?;
+    Ok(timed
+        .into_iter()
+        .map(|s| (s.name, s.secs, s.values))
+        .collect())
 }
 
 fn main() -> Result<()> {

@@ -10,14 +10,12 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
-use hooklens::analysis::patching::{Cell, Grid};
-use hooklens::analysis::sweep::{Metric, Sweep, Target};
+use hooklens::analysis::sweep::{Metric, Sweep};
 use hooklens::data::PairBatch;
-use hooklens::{load_model, LoadOptions, NameFilter};
+use hooklens::{load_model, LoadOptions};
 mod common;
 
-use common::{matmul_gflops, read_reference};
+use common::{matmul_gflops, read_reference, timed_sweeps};
 
 #[derive(Parser)]
 #[command(about = "Benchmark ablation and patching sweeps against TransformerLens")]
@@ -99,47 +97,9 @@ fn main() -> Result<()> {
         "{:<40} {:>10} {:>16} {:>8} {:>9} {:>9}",
         "", "hooklens", "TransformerLens", "speed-up", "roofline", "max |diff|"
     );
-    let heads = Unit::all_heads(&model);
-    let (_, clean_cache) = model.run_with_cache(&batch.clean, NameFilter::All)?;
-    let cells: Vec<Cell> = Grid::ResidPre.cells(&model, p)?;
-    let cases: Vec<(&str, &str, Metric, bool)> = vec![
-        (
-            "144-head zero-ablation, loss",
-            "ablate_loss",
-            Metric::Loss,
-            false,
-        ),
-        (
-            "144-head zero-ablation, logit diff",
-            "ablate_logit_diff",
-            Metric::LogitDiff,
-            false,
-        ),
-        (
-            "resid_pre patching grid, logit diff",
-            "patch_resid_pre",
-            Metric::LogitDiff,
-            true,
-        ),
-    ];
-    for (name, key, metric, patch) in cases {
-        let t = std::time::Instant::now();
-        let (jobs, target) = match patch {
-            false => (
-                ablation_jobs(&heads, Ablation::Zero, None, 0)?,
-                Target::new(&batch, false)?,
-            ),
-            true => (
-                cells
-                    .iter()
-                    .map(|c| c.job(&clean_cache))
-                    .collect::<hooklens::Result<Vec<_>>>()?,
-                Target::new(&batch, true)?,
-            ),
-        };
-        let sweep = Sweep::new(&model, target, metric, jobs, a.tokens_per_pass)?;
-        let values = sweep.run_all()?;
-        let secs = t.elapsed().as_secs_f64();
+    for s in timed_sweeps(&model, &batch, a.tokens_per_pass)? {
+        let (name, key, secs, values, metric) =
+            (s.name, s.key, s.secs, &s.values, s.sweep.metric());
         let theirs = r[format!("{key}_s")].as_f64().unwrap_or(f64::NAN);
         let want: Vec<f64> = r[key]
             .as_array()
@@ -150,7 +110,7 @@ fn main() -> Result<()> {
             .zip(&want)
             .map(|(g, w)| (*g as f64 - w).abs())
             .fold(0f64, f64::max);
-        let flop = sweep_flops(&sweep, &model, metric);
+        let flop = sweep_flops(&s.sweep, &model, metric);
         println!(
             "{name:<40} {secs:>8.2} s {theirs:>14.2} s {:>7.1}x {:>8.0} % {diff:>9.1e}",
             theirs / secs,

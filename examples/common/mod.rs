@@ -102,3 +102,76 @@ pub fn forward_flops(c: &hooklens::ModelConfig, n: usize) -> f64 {
     let layer = 2.0 * d * (2.0 * q + 2.0 * kv) + mlp + 4.0 * t * q;
     t * (c.n_layers as f64 * layer + 2.0 * d * c.d_vocab as f64)
 }
+
+/// One benchmark sweep, built and run: its name, the key of its reference values, the seconds
+/// it took (jobs built and run), its values and the sweep itself.
+pub struct TimedSweep<'m> {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub secs: f64,
+    pub values: Vec<f32>,
+    pub sweep: hooklens::analysis::sweep::Sweep<'m>,
+}
+
+/// The three sweeps the benchmarks time on one prompt pair: every head zero-ablated (loss, then
+/// logit difference) and the `resid_pre` layer x position patching grid.
+pub fn timed_sweeps<'m>(
+    model: &'m hooklens::HookedTransformer,
+    batch: &hooklens::data::PairBatch,
+    tokens_per_pass: usize,
+) -> Result<Vec<TimedSweep<'m>>> {
+    use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
+    use hooklens::analysis::patching::Grid;
+    use hooklens::analysis::sweep::{Metric, Sweep, Target};
+    let heads = Unit::all_heads(model);
+    let (_, clean) = model.run_with_cache(&batch.clean, hooklens::NameFilter::All)?;
+    let cells = Grid::ResidPre.cells(model, batch.clean.dim(1)?)?;
+    let cases = [
+        (
+            "144-head zero-ablation, loss",
+            "ablate_loss",
+            Metric::Loss,
+            false,
+        ),
+        (
+            "144-head zero-ablation, logit diff",
+            "ablate_logit_diff",
+            Metric::LogitDiff,
+            false,
+        ),
+        (
+            "resid_pre patching grid, logit diff",
+            "patch_resid_pre",
+            Metric::LogitDiff,
+            true,
+        ),
+    ];
+    let mut out = vec![];
+    for (name, key, metric, patch) in cases {
+        let t = Instant::now();
+        let (jobs, target) = match patch {
+            false => (
+                ablation_jobs(&heads, Ablation::Zero, None, 0)?,
+                Target::new(batch, false)?,
+            ),
+            true => (
+                cells
+                    .iter()
+                    .map(|c| c.job(&clean))
+                    .collect::<hooklens::Result<Vec<_>>>()?,
+                Target::new(batch, true)?,
+            ),
+        };
+        let sweep = Sweep::new(model, target, metric, jobs, tokens_per_pass)?;
+        let values = sweep.run_all()?;
+        let secs = t.elapsed().as_secs_f64();
+        out.push(TimedSweep {
+            name,
+            key,
+            secs,
+            values,
+            sweep,
+        });
+    }
+    Ok(out)
+}
