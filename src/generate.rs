@@ -151,7 +151,7 @@ pub fn generate_streaming(
                 &ids[ids.len() - 1..]
             };
             let t = Tensor::new(fresh, model.device())?.unsqueeze(0)?;
-            model.forward_cached(&t, &mut kv, hooks)?
+            model.forward_with_kv(&t, &mut kv, hooks)?
         } else {
             let t = Tensor::new(&ids[..], model.device())?.unsqueeze(0)?;
             last_logits(model, &t, hooks)?

@@ -204,7 +204,7 @@ fn sweeps_on_the_gpu_give_the_cpu_values() {
             let jobs = ablation_jobs(&heads, Ablation::Zero, None, 0).unwrap();
             let target = Target::new(&batch, false).unwrap();
             let sweep = Sweep::new(m, target, metric, jobs, 64).unwrap();
-            values.extend(sweep.run_all().unwrap());
+            values.extend(sweep.compute().unwrap());
         }
         let jobs = Grid::ResidPre
             .cells(m, p)
@@ -214,7 +214,7 @@ fn sweeps_on_the_gpu_give_the_cpu_values() {
             .collect();
         let target = Target::new(&batch, true).unwrap();
         let sweep = Sweep::new(m, target, Metric::LogitDiff, jobs, 64).unwrap();
-        values.extend(sweep.run_all().unwrap());
+        values.extend(sweep.compute().unwrap());
         values
     });
     let scale = results[0].iter().fold(1f32, |m, v| m.max(v.abs()));

@@ -293,7 +293,7 @@ fn kv_cache_steps_equal_the_full_forward_in_every_family() {
             .unwrap();
         let mut kv = vec![LayerKv::default(); model.cfg.n_layers];
         let mut steps = vec![model
-            .forward_cached(
+            .forward_with_kv(
                 &tokens.narrow(1, 0, 7).unwrap(),
                 &mut kv,
                 &mut hooklens::Hooks::none(),
@@ -303,7 +303,7 @@ fn kv_cache_steps_equal_the_full_forward_in_every_family() {
             let t = tokens.narrow(1, pos, 1).unwrap();
             steps.push(
                 model
-                    .forward_cached(&t, &mut kv, &mut hooklens::Hooks::none())
+                    .forward_with_kv(&t, &mut kv, &mut hooklens::Hooks::none())
                     .unwrap(),
             );
         }
@@ -406,14 +406,14 @@ fn attention_in_query_blocks_equals_the_whole_pattern() {
         // 40 positions cached, then 260 at once: blocks start at offset 40.
         let mut kv = vec![LayerKv::default(); model.cfg.n_layers];
         let head = model
-            .forward_cached(
+            .forward_with_kv(
                 &tokens.narrow(1, 0, 40).unwrap(),
                 &mut kv,
                 &mut Hooks::none(),
             )
             .unwrap();
         let rest = model
-            .forward_cached(
+            .forward_with_kv(
                 &tokens.narrow(1, 40, 260).unwrap(),
                 &mut kv,
                 &mut Hooks::none(),

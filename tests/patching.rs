@@ -74,7 +74,7 @@ fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: 
     assert_close("clean metric", &[sweep.baseline()], get("clean"), tol);
     assert_close(
         "ablate_heads",
-        &sweep.run_all().unwrap(),
+        &sweep.compute().unwrap(),
         get("ablate_heads"),
         tol,
     );
@@ -102,7 +102,7 @@ fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: 
             get("corrupted"),
             tol,
         );
-        assert_close(name, &sweep.run_all().unwrap(), get(name), tol);
+        assert_close(name, &sweep.compute().unwrap(), get(name), tol);
     }
 
     // Attribution patching against torch autograd.

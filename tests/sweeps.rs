@@ -109,7 +109,7 @@ fn assert_sweep_equals_naive(model: &HookedTransformer, batch: &PairBatch) {
         // A small budget forces many batches with different offsets; a large one, few.
         for budget in [40, 100_000] {
             let sweep = Sweep::new(model, target.clone(), metric, jobs.clone(), budget).unwrap();
-            let got = sweep.run_all().unwrap();
+            let got = sweep.compute().unwrap();
             let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
@@ -164,7 +164,7 @@ fn patching_the_whole_residual_stream_recovers_the_clean_metric() {
         (sweep.baseline() - clean_value).abs() > 0.1,
         "the pairs differ"
     );
-    for v in sweep.run_all().unwrap() {
+    for v in sweep.compute().unwrap() {
         assert!((v - clean_value).abs() < 1e-5, "{v} vs {clean_value}");
     }
 }
@@ -196,7 +196,7 @@ fn mean_ablation_over_identical_prompts_changes_nothing() {
     for metric in [Metric::Loss, Metric::LogitDiff] {
         let target = Target::new(&batch, false).unwrap();
         let sweep = Sweep::new(&model, target, metric, jobs.clone(), 4096).unwrap();
-        for v in sweep.run_all().unwrap() {
+        for v in sweep.compute().unwrap() {
             assert!(
                 (v - sweep.baseline()).abs() < 1e-5,
                 "{v} vs {}",
@@ -278,7 +278,7 @@ fn a_padded_batch_gives_the_mean_of_each_prompt_alone() {
                 4096,
             )
             .unwrap();
-            let mut v = sweep.run_all().unwrap();
+            let mut v = sweep.compute().unwrap();
             v.push(sweep.baseline());
             v
         };

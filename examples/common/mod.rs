@@ -163,7 +163,7 @@ pub fn timed_sweeps<'m>(
             ),
         };
         let sweep = Sweep::new(model, target, metric, jobs, tokens_per_pass)?;
-        let values = sweep.run_all()?;
+        let values = sweep.compute()?;
         let secs = t.elapsed().as_secs_f64();
         out.push(TimedSweep {
             name,

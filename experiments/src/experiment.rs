@@ -5,7 +5,7 @@
 use crate::args::{ModelArgs, RunArgs, SweepArgs};
 use crate::manifest::Manifest;
 use crate::plot::Heatmap;
-use crate::progress::{run_sweep, Outcome};
+use crate::progress::{sweep_in_folder, Outcome};
 use crate::run::RunDir;
 use crate::tables::Table;
 use anyhow::{Context, Result};
@@ -71,7 +71,7 @@ impl Experiment {
         sweeps: &[Sweep],
     ) -> Result<Outcome> {
         let start = Instant::now();
-        let (dir, outcome) = run_sweep(out, opts, self.name, args, sweeps)?;
+        let (dir, outcome) = sweep_in_folder(out, opts, self.name, args, sweeps)?;
         self.manifest.record_time("sweep", start);
         self.manifest.interventions = outcome.fired.clone();
         self.manifest.set("shard", opts.shard)?;

@@ -196,7 +196,7 @@ fn costs(sweeps: &[Sweep]) -> Vec<f64> {
 /// Runs the batches of `sweeps` in `shard` that `log` does not hold yet, appending each as it
 /// finishes, with a progress bar (batches/s and ETA, on a terminal). Returns everything the
 /// shard computed, earlier runs' batches included.
-pub fn run_sweeps(sweeps: &[Sweep], shard: Shard, log: &Path) -> Result<Outcome> {
+pub fn compute_logged(sweeps: &[Sweep], shard: Shard, log: &Path) -> Result<Outcome> {
     let (mut log, done) = ProgressLog::open(log)?;
     let mine = shard.select(&costs(sweeps));
     let plan: Vec<(usize, usize)> = sweeps
@@ -235,7 +235,7 @@ pub fn run_sweeps(sweeps: &[Sweep], shard: Shard, log: &Path) -> Result<Outcome>
         .map_err(|e| Error::Invalid(e.to_string()))?,
     );
     for (s, b) in todo {
-        let r = sweeps[s].run_batch(b)?;
+        let r = sweeps[s].compute_batch(b)?;
         let entry = Entry {
             sweep: s,
             batch: b,
@@ -279,7 +279,7 @@ pub fn merge_logs(sweeps: &[Sweep], logs: &[PathBuf]) -> Result<Outcome> {
 /// run folder (a shard's own `shard=i` folder), and the values. The arguments are saved in
 /// `args.json`; `--resume` continues from the progress log only with the same arguments (the
 /// error names the ones that differ), and `--merge` checks every shard ran with them.
-pub fn run_sweep(
+pub fn sweep_in_folder(
     run: &RunArgs,
     opts: &SweepArgs,
     experiment: &str,
@@ -351,7 +351,7 @@ pub fn run_sweep(
             atomic_write(&args_path, text.as_bytes())?;
         }
     }
-    let outcome = run_sweeps(sweeps, shard, &dir.file("progress.jsonl"))?;
+    let outcome = compute_logged(sweeps, shard, &dir.file("progress.jsonl"))?;
     Ok((dir, outcome))
 }
 

@@ -173,7 +173,7 @@ pub struct Patching<'m> {
 
 impl<'m> Patching<'m> {
     /// Plans the patching of every cell of `grids` (the clean run's activations cached, the
-    /// metric measured on both runs); [`Sweep::run_all`] or a resumable runner computes it.
+    /// metric measured on both runs); [`Sweep::compute`] or a resumable runner computes it.
     pub fn new(
         model: &'m HookedTransformer,
         batch: &PairBatch,
@@ -275,7 +275,7 @@ pub fn act_patch(
     tokens_per_pass: usize,
 ) -> Result<Tensor> {
     let p = Patching::new(model, batch, &[grid], metric, tokens_per_pass)?;
-    let values: Vec<Option<f32>> = p.sweep.run_all()?.into_iter().map(Some).collect();
+    let values: Vec<Option<f32>> = p.sweep.compute()?.into_iter().map(Some).collect();
     p.grid(grid, &p.rows(&values), "activation")
 }
 

@@ -345,7 +345,7 @@ impl<'m> Sweep<'m> {
             .collect();
         let mut hooks = Hooks::none().with_cache(NameFilter::Points(points));
         let mut kv = vec![LayerKv::default(); n];
-        let logits = model.forward_cached(&target.tokens, &mut kv, &mut hooks)?;
+        let logits = model.forward_with_kv(&target.tokens, &mut kv, &mut hooks)?;
         let cache = hooks.take_cache();
         let resid_pre = (0..n)
             .map(|l| {
@@ -405,7 +405,7 @@ impl<'m> Sweep<'m> {
     }
 
     /// Runs batch `i`.
-    pub fn run_batch(&self, i: usize) -> Result<BatchResult> {
+    pub fn compute_batch(&self, i: usize) -> Result<BatchResult> {
         let batch = &self.batches[i];
         let (b, u) = (self.target.len(), batch.jobs.len());
         let (l, off) = (batch.layer, batch.offset);
@@ -471,10 +471,10 @@ impl<'m> Sweep<'m> {
     }
 
     /// Every job's value, in job order (no progress, no resume: the library call).
-    pub fn run_all(&self) -> Result<Vec<f32>> {
+    pub fn compute(&self) -> Result<Vec<f32>> {
         let mut out = vec![f32::NAN; self.jobs.len()];
         for i in 0..self.batches.len() {
-            for (j, v) in self.run_batch(i)?.values {
+            for (j, v) in self.compute_batch(i)?.values {
                 out[j] = v;
             }
         }
@@ -482,7 +482,7 @@ impl<'m> Sweep<'m> {
     }
 }
 
-/// The same values as [`Sweep::run_all`] by the naive loop: one full forward pass per job.
+/// The same values as [`Sweep::compute`] by the naive loop: one full forward pass per job.
 /// The reference the sweep's tests compare against.
 pub fn naive(
     model: &HookedTransformer,

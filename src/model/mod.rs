@@ -319,7 +319,7 @@ impl HookedTransformer {
     /// This is how a sweep recomputes only what an intervention can change: the layers from
     /// the intervened one, and (causal attention) the positions from the intervened one.
     /// Hook sites name absolute positions; a site before `offset` is not in this pass.
-    pub fn forward_suffix(
+    pub(crate) fn forward_suffix(
         &self,
         resid: &Tensor,
         start_at_layer: usize,
@@ -458,7 +458,7 @@ impl HookedTransformer {
     /// One generation step: runs `tokens` [batch, new] at positions after those already in
     /// `kv` (one entry per layer), appending their keys and values. Returns the logits of the
     /// new positions.
-    pub fn forward_cached(
+    pub fn forward_with_kv(
         &self,
         tokens: &Tensor,
         kv: &mut [LayerKv],
