@@ -137,6 +137,30 @@ impl Experiment {
         )?)
     }
 
+    /// Writes one head's attention pattern [query][key] as `file`, the tokens' `labels` on both
+    /// axes (colour scale `range`, by default the data's).
+    pub fn pattern(
+        &mut self,
+        file: &str,
+        what: &str,
+        title: &str,
+        pattern: &[Vec<f32>],
+        labels: &[String],
+        range: Option<(f32, f32)>,
+    ) -> Result<()> {
+        let heatmap = Heatmap {
+            title,
+            values: pattern,
+            row_labels: labels,
+            col_labels: labels,
+            x_desc: "key (attended-to token)",
+            y_desc: "query token",
+            range,
+            ..Default::default()
+        };
+        self.heatmap(file, what, &heatmap)
+    }
+
     /// Writes the manifest, last, and prints where the run is.
     pub fn finish(self) -> Result<()> {
         let run = self.run.as_ref().context("no run folder")?;

@@ -207,18 +207,10 @@ pub fn attention_views(
     let find = |x: (usize, usize)| patterns.iter().position(|p| p.0 == x).unwrap_or(0);
     for &(l, h) in chosen {
         let title = format!("{name} L{l}H{h} on {short:?}");
-        let heatmap = Heatmap {
-            title: &title,
-            values: &patterns[find((l, h))].1,
-            row_labels: labels,
-            col_labels: labels,
-            x_desc: "key (attended-to token)",
-            y_desc: "query token",
-            range: Some((0.0, 1.0)),
-            ..Default::default()
-        };
         let doc = format!("attention pattern of L{l}H{h}, query rows, key columns");
-        exp.heatmap(&format!("pattern_L{l}H{h}.png"), &doc, &heatmap)?;
+        let file = format!("pattern_L{l}H{h}.png");
+        let pattern = &patterns[find((l, h))].1;
+        exp.pattern(&file, &doc, &title, pattern, labels, Some((0.0, 1.0)))?;
     }
     let thumbs: Vec<(String, Vec<Vec<f32>>)> = patterns
         .iter()

@@ -12,7 +12,7 @@ use clap::Parser;
 use hooklens::analysis::detectors::{all_head_scores, best_head, head_patterns, HeadKind};
 use hooklens::data::{random_token_range, repeated_random_tokens};
 use lab::args::{ModelArgs, RunArgs};
-use lab::plot::{token_labels, Heatmap};
+use lab::plot::token_labels;
 use rand::SeedableRng;
 use serde::Serialize;
 use std::io::Write;
@@ -101,20 +101,8 @@ fn run(a: Args) -> Result<()> {
         false,
     )?;
     let title = format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})");
-    let heatmap = Heatmap {
-        title: &title,
-        values: pattern,
-        row_labels: &labels,
-        col_labels: &labels,
-        x_desc: "key (attended-to token)",
-        y_desc: "query token",
-        ..Default::default()
-    };
-    exp.heatmap(
-        "top_head_pattern.png",
-        "attention pattern of the best induction head on one example",
-        &heatmap,
-    )?;
+    let what = "attention pattern of the best induction head on one example";
+    exp.pattern("top_head_pattern.png", what, &title, pattern, &labels, None)?;
     let mut out = std::io::stdout().lock();
     for kind in HeadKind::ALL {
         let (l, h, s) = best_head(&scores[&kind])?;
