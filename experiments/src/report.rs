@@ -5,7 +5,8 @@
 use crate::html::{token_values_page, TokenValues};
 use crate::plot::colored_tokens;
 use crate::plot::{
-    bar_chart, largest, line_plot, pattern_grid, scatter, short, token_labels, Heatmap,
+    bar_chart, grouped_bars, largest, line_plot, pattern_grid, scatter, short, token_labels,
+    Heatmap,
 };
 use crate::tables::head_label;
 use crate::tables::ExamplesTable;
@@ -525,6 +526,132 @@ pub fn print_analogies(
             r.matrix,
             queries[r.query],
             shown.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// The direct logit attribution's views: the `top` components as bars, the layers x heads
+/// heatmap (when heads are components), and the check that the contributions sum to the
+/// logit difference, printed with the ten largest.
+pub fn dla_views(
+    exp: &mut Experiment,
+    dla: &hooklens::analysis::dla::Dla,
+    pairs: &[hooklens::data::PromptPair],
+    top: usize,
+) -> Result<()> {
+    let cfg = exp.manifest.model.config.clone();
+    let top = largest(
+        dla.contributions
+            .iter()
+            .map(|c| (c.component.clone(), c.value)),
+        top,
+    );
+    let what = match pairs.len() {
+        1 => format!("{:?} over {:?}", pairs[0].answer, pairs[0].wrong),
+        n => format!("answer over wrong answer, mean of {n} prompts"),
+    };
+    let path = exp.file(
+        "top_components.png",
+        "bar chart of the components with the largest |contribution|",
+    )?;
+    bar_chart(
+        &path,
+        &format!("Direct logit attribution: {what}"),
+        &top,
+        "contribution to the logit difference",
+    )?;
+    // Models with post-sublayer norms (Gemma 2) attribute whole attention layers, not heads.
+    if dla.contributions.iter().any(|c| c.kind == "head") {
+        let mut grid = vec![vec![0f32; cfg.n_heads]; cfg.n_layers];
+        for c in dla.contributions.iter().filter(|c| c.kind == "head") {
+            if let (Some(l), Some(h)) = (c.layer, c.head) {
+                grid[l as usize][h as usize] = c.value;
+            }
+        }
+        exp.heads(
+            "heads.png",
+            "layers x heads heatmap of head contributions (red pushes towards the answer)",
+            &format!("Head contributions: {what}"),
+            &grid,
+            true,
+        )?;
+    }
+    let sum: f32 = dla.contributions.iter().map(|c| c.value).sum();
+    let capped = match cfg.output_logits_soft_cap {
+        Some(_) => " (before the final logit soft-cap)",
+        None => "",
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "logit difference{capped} {:.4}; sum of the {} contributions {sum:.4} (|diff| {:.1e})",
+        dla.logit_diff,
+        dla.contributions.len(),
+        (sum - dla.logit_diff).abs()
+    )?;
+    for (name, v) in top.iter().take(10) {
+        writeln!(out, "  {name:<14} {v:+.4}")?;
+    }
+    Ok(())
+}
+
+/// The temperature views: the top tokens' probabilities, one bar per temperature, and each
+/// temperature's top-1 and top-k mass, printed. `rows` are temperature-major, for
+/// `temperatures` temperatures.
+pub fn temperature_views(
+    exp: &mut Experiment,
+    rows: &[hooklens::analysis::metrics::TemperatureRow],
+    temperatures: usize,
+    tok: &hooklens::Tokenizer,
+    prompt: &str,
+) -> Result<()> {
+    // One bar group per token, one bar per temperature.
+    let k = rows.len() / temperatures.max(1); // tokens per temperature
+    let names: Vec<String> = rows[..k]
+        .iter()
+        .map(|r| Ok(format!("{:?}", tok.to_str_tokens(&[r.id])?[0])))
+        .collect::<hooklens::Result<_>>()?;
+    let series: Vec<(String, Vec<f32>)> = rows
+        .chunks(k)
+        .map(|c| {
+            (
+                format!("T = {}", c[0].temperature),
+                c.iter().map(|r| r.prob).collect(),
+            )
+        })
+        .collect();
+    let n = prompt.chars().count();
+    let short: String = match n > 40 {
+        true => "...".to_string() + &prompt.chars().skip(n - 40).collect::<String>(),
+        false => prompt.to_string(),
+    };
+    let title = format!("{}: next token after \"{short}\"", exp.manifest.model.name);
+    let path = exp.file(
+        "temperature.png",
+        "the top tokens' probabilities, one bar per temperature",
+    )?;
+    grouped_bars(
+        &path,
+        &title,
+        &names,
+        &series,
+        "probability softmax(logits / T)",
+    )?;
+    let mut out = std::io::stdout().lock();
+    for (t, p) in series
+        .iter()
+        .map(|(_, p)| p)
+        .enumerate()
+        .map(|(i, p)| (rows[i * k].temperature, p))
+    {
+        writeln!(
+            out,
+            "T = {t}: top {} {:.3}, top {} together {:.3}",
+            names[0],
+            p[0],
+            names.len(),
+            p.iter().sum::<f32>()
         )?;
     }
     Ok(())

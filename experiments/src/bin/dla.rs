@@ -11,9 +11,7 @@ use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::dla::dla_on;
 use lab::args::{ModelArgs, PairArgs, RunArgs};
-use lab::plot::{bar_chart, largest};
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Parser, Serialize)]
 #[command(
@@ -56,57 +54,6 @@ fn run(mut a: Args) -> Result<()> {
         .set("prepend_bos", a.data.bos.resolve(&model))?;
     exp.manifest.set("logit_diff", dla.logit_diff)?;
     exp.table("dla.parquet", &dla)?;
-    let top = largest(
-        dla.contributions
-            .iter()
-            .map(|c| (c.component.clone(), c.value)),
-        a.top as usize,
-    );
-    let what = match pairs.len() {
-        1 => format!("{:?} over {:?}", pairs[0].answer, pairs[0].wrong),
-        n => format!("answer over wrong answer, mean of {n} prompts"),
-    };
-    let path = exp.file(
-        "top_components.png",
-        "bar chart of the components with the largest |contribution|",
-    )?;
-    bar_chart(
-        &path,
-        &format!("Direct logit attribution: {what}"),
-        &top,
-        "contribution to the logit difference",
-    )?;
-    // Models with post-sublayer norms (Gemma 2) attribute whole attention layers, not heads.
-    if dla.contributions.iter().any(|c| c.kind == "head") {
-        let mut grid = vec![vec![0f32; model.cfg.n_heads]; model.cfg.n_layers];
-        for c in dla.contributions.iter().filter(|c| c.kind == "head") {
-            if let (Some(l), Some(h)) = (c.layer, c.head) {
-                grid[l as usize][h as usize] = c.value;
-            }
-        }
-        exp.heads(
-            "heads.png",
-            "layers x heads heatmap of head contributions (red pushes towards the answer)",
-            &format!("Head contributions: {what}"),
-            &grid,
-            true,
-        )?;
-    }
-    let sum: f32 = dla.contributions.iter().map(|c| c.value).sum();
-    let capped = match model.cfg.output_logits_soft_cap {
-        Some(_) => " (before the final logit soft-cap)",
-        None => "",
-    };
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "logit difference{capped} {:.4}; sum of the {} contributions {sum:.4} (|diff| {:.1e})",
-        dla.logit_diff,
-        dla.contributions.len(),
-        (sum - dla.logit_diff).abs()
-    )?;
-    for (name, v) in top.iter().take(10) {
-        writeln!(out, "  {name:<14} {v:+.4}")?;
-    }
+    lab::report::dla_views(&mut exp, &dla, &pairs, a.top as usize)?;
     exp.finish()
 }

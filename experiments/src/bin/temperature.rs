@@ -10,10 +10,8 @@ use candle_core::IndexOp;
 use clap::Parser;
 use hooklens::analysis::metrics::{probs_at_temperature, temperature_rows};
 use lab::args::{BosArgs, ModelArgs, RunArgs};
-use lab::plot::grouped_bars;
 use lab::tables::TemperatureTable;
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Parser, Serialize)]
 #[command(
@@ -68,49 +66,6 @@ fn run(a: Args) -> Result<()> {
             tok: &tok,
         },
     )?;
-    // One bar group per token, one bar per temperature.
-    let k = rows.len() / a.temperatures.len();
-    let names: Vec<String> = rows[..k]
-        .iter()
-        .map(|r| Ok(format!("{:?}", tok.to_str_tokens(&[r.id])?[0])))
-        .collect::<hooklens::Result<_>>()?;
-    let series: Vec<(String, Vec<f32>)> = rows
-        .chunks(k)
-        .map(|c| {
-            (
-                format!("T = {}", c[0].temperature),
-                c.iter().map(|r| r.prob).collect(),
-            )
-        })
-        .collect();
-    let n = prompt.chars().count();
-    let short: String = match n > 40 {
-        true => "...".to_string() + &prompt.chars().skip(n - 40).collect::<String>(),
-        false => prompt.clone(),
-    };
-    let title = format!("{}: next token after \"{short}\"", exp.manifest.model.name);
-    let path = exp.file(
-        "temperature.png",
-        "the top tokens' probabilities, one bar per temperature",
-    )?;
-    grouped_bars(
-        &path,
-        &title,
-        &names,
-        &series,
-        "probability softmax(logits / T)",
-    )?;
-    let mut out = std::io::stdout().lock();
-    for (t, (_, p)) in a.temperatures.iter().zip(&series) {
-        let p: &Vec<f32> = p;
-        writeln!(
-            out,
-            "T = {t}: top {} {:.3}, top {} together {:.3}",
-            names[0],
-            p[0],
-            names.len(),
-            p.iter().sum::<f32>()
-        )?;
-    }
+    lab::report::temperature_views(&mut exp, &rows, a.temperatures.len(), &tok, &prompt)?;
     exp.finish()
 }
