@@ -3,18 +3,19 @@
 //! tables hold.
 
 use crate::html::{token_values_page, TokenValues};
-use crate::plot::colored_tokens;
 use crate::plot::{
     bar_chart, grouped_bars, largest, line_plot, pattern_grid, scatter, short, token_labels,
     Heatmap,
 };
+use crate::plot::{colored_tokens, labelled_points};
 use crate::tables::head_label;
-use crate::tables::ExamplesTable;
+use crate::tables::{Analogies, ExamplesTable, Nearest, NeighboursTable};
 use crate::Experiment;
 use anyhow::Result;
 use hooklens::analysis::ablation::{Ablation, AblationRow, AblationSweep, Unit};
 use hooklens::analysis::circuits::Composition;
 use hooklens::analysis::detectors::HeadPattern;
+use hooklens::analysis::embeddings::Neighbour;
 use hooklens::analysis::lens::LensCell;
 use hooklens::analysis::neurons::{NeuronExample, TextScan};
 use hooklens::analysis::patching::{Grid, PatchRow, Patching};
@@ -654,5 +655,54 @@ pub fn temperature_views(
             p.iter().sum::<f32>()
         )?;
     }
+    Ok(())
+}
+
+/// The embeddings' views: the nearest-token table (rows, the tokens looked up), the analogy
+/// table (rows, the analogies as given) and the PCA map of the tokens' W_E rows (`xy`).
+pub fn embedding_views(
+    exp: &mut Experiment,
+    tok: &hooklens::Tokenizer,
+    (near, tokens): (&[Neighbour], &[String]),
+    (found, queries): (&[Neighbour], &[String]),
+    xy: &[(f32, f32)],
+) -> Result<()> {
+    exp.table(
+        "nearest.parquet",
+        &Nearest(NeighboursTable {
+            rows: near,
+            queries: tokens,
+            tok,
+        }),
+    )?;
+    exp.table(
+        "analogies.parquet",
+        &Analogies(NeighboursTable {
+            rows: found,
+            queries,
+            tok,
+        }),
+    )?;
+    let points: Vec<(String, f32, f32)> = tokens
+        .iter()
+        .zip(xy)
+        .map(|(t, &(x, y))| (format!("{t:?}"), x, y))
+        .collect();
+    let title = format!(
+        "{}: {} tokens' W_E rows, first two principal components",
+        exp.manifest.model.name,
+        tokens.len()
+    );
+    let path = exp.file(
+        "pca_w_e.png",
+        "the chosen tokens' embeddings projected on their two principal directions",
+    )?;
+    labelled_points(
+        &path,
+        &title,
+        &points,
+        "principal component 1",
+        "principal component 2",
+    )?;
     Ok(())
 }

@@ -11,8 +11,6 @@ use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::embeddings::{analogies, nearest_tokens, pca_2d};
 use lab::args::{ModelArgs, RunArgs};
-use lab::plot::labelled_points;
-use lab::tables::{Analogies, Nearest, NeighboursTable};
 use serde::Serialize;
 
 #[derive(Parser, Serialize)]
@@ -76,44 +74,8 @@ fn run(a: Args) -> Result<()> {
     let near = nearest_tokens(&model, &ids, k)?;
     let found = analogies(&model, &triples, k)?;
     lab::report::print_analogies(&found, &queries, &tok)?;
-    exp.table(
-        "nearest.parquet",
-        &Nearest(NeighboursTable {
-            rows: &near,
-            queries: &tokens,
-            tok: &tok,
-        }),
-    )?;
-    exp.table(
-        "analogies.parquet",
-        &Analogies(NeighboursTable {
-            rows: &found,
-            queries: &queries,
-            tok: &tok,
-        }),
-    )?;
     let idx = candle_core::Tensor::new(ids.as_slice(), model.device())?;
-    let xy = pca_2d(&model.w_e.index_select(&idx, 0)?)?;
-    let points: Vec<(String, f32, f32)> = tokens
-        .iter()
-        .zip(xy)
-        .map(|(t, (x, y))| (format!("{t:?}"), x, y))
-        .collect();
-    let title = format!(
-        "{}: {} tokens' W_E rows, first two principal components",
-        exp.manifest.model.name,
-        tokens.len()
-    );
-    let path = exp.file(
-        "pca_w_e.png",
-        "the chosen tokens' embeddings projected on their two principal directions",
-    )?;
-    labelled_points(
-        &path,
-        &title,
-        &points,
-        "principal component 1",
-        "principal component 2",
-    )?;
+    let xy = pca_2d(&model.w_e.index_select(&idx, 0)?)?; // the tokens' W_E rows
+    lab::report::embedding_views(&mut exp, &tok, (&near, &tokens), (&found, &queries), &xy)?;
     exp.finish()
 }
