@@ -6,7 +6,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
-use hooklens::analysis::patching::{attribution, clean_points, Cell, Grid};
+use hooklens::analysis::patching::{act_patch, attribution, clean_points, Cell, Grid};
 use hooklens::analysis::sweep::{Metric, Sweep, Target};
 use hooklens::data::{tokenize_pairs, PairBatch, PromptPair};
 use hooklens::{HookedTransformer, NameFilter, Processing, Tokenizer};
@@ -49,6 +49,10 @@ fn assert_close(what: &str, got: &[f32], want: &Tensor, tol: f32) {
         &got[..got.len().min(6)],
         &want[..want.len().min(6)]
     );
+}
+
+fn scalar(t: &Tensor) -> f32 {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
 }
 
 fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: f32) {
@@ -103,6 +107,28 @@ fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: 
             tol,
         );
         assert_close(name, &sweep.compute().unwrap(), get(name), tol);
+    }
+
+    // TransformerLens's get_act_patch_* shape from one call: the same values normalised
+    // (0 = corrupted, 1 = clean) and laid out [layer, pos] / [layer, head].
+    let normalise = |raw: &Tensor| -> Vec<f32> {
+        let (c, k) = (scalar(get("clean")), scalar(get("corrupted")));
+        let raw = raw.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        raw.iter().map(|v| (v - k) / (c - k)).collect()
+    };
+    for (grid, name, shape) in [
+        (Grid::ResidPre, "resid_pre", [model.cfg.n_layers, n_pos]),
+        (
+            Grid::AttnHeadOutAllPos,
+            "head_out_all_pos",
+            [model.cfg.n_layers, model.cfg.n_heads],
+        ),
+    ] {
+        let got = act_patch(model, grid, &batch, Metric::LogitDiff, 4096).unwrap();
+        assert_eq!(got.dims(), shape, "act_patch {name}: shape");
+        let want = Tensor::new(normalise(get(name)), &Device::Cpu).unwrap();
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_close(&format!("act_patch {name}"), &got, &want, tol);
     }
 
     // Attribution patching against torch autograd.
