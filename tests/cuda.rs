@@ -247,18 +247,7 @@ fn half_precision_on_the_gpu_is_within_the_cpu_bounds() {
                     .unwrap();
                 log_probs(&m.forward(&t, &mut Hooks::none()).unwrap())
             });
-            let (mut worst, mut agree) = (0f32, 0usize);
-            for p in 0..ids.len() {
-                let (ra, rb): (Vec<f32>, Vec<f32>) = (
-                    a.i(p).unwrap().to_vec1().unwrap(),
-                    b.i(p).unwrap().to_vec1().unwrap(),
-                );
-                let top = hooklens::analysis::metrics::top_k(&ra, 10);
-                for (id, v) in &top {
-                    worst = worst.max((v - rb[*id as usize]).abs());
-                }
-                agree += (hooklens::analysis::metrics::top_k(&rb, 1)[0].0 == top[0].0) as usize;
-            }
+            let (worst, agree) = top10_gap(&a, &b);
             let agree = agree as f32 / ids.len() as f32;
             eprintln!(
                 "{spec:?} {dtype:?} on the GPU: max |Δ log-prob| (top-10) {worst:.4}, top-1 agreement {:.0} %",

@@ -34,33 +34,21 @@ fn compare(spec: Option<&str>, dtype: DType) -> (f32, f32, f32) {
         let t = tok
             .to_tokens(&[prompt], full.cfg.default_prepend_bos, full.device())
             .unwrap();
-        let lp = |m: &HookedTransformer| -> Tensor {
+        // One forward per model: its log-probs and its loss.
+        let run = |m: &HookedTransformer| -> (Tensor, f32) {
             let logits = m.forward(&t, &mut Hooks::none()).unwrap();
-            let logits = logits.to_dtype(DType::F32).unwrap();
-            candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap()
-        };
-        let (a, b) = (lp(&full), lp(&half));
-        let loss = |m: &HookedTransformer| {
-            let logits = m.forward(&t, &mut Hooks::none()).unwrap();
-            hooklens::analysis::metrics::mean_next_token_loss(&logits, &t)
+            let loss = hooklens::analysis::metrics::mean_next_token_loss(&logits, &t)
                 .unwrap()
                 .to_scalar::<f32>()
-                .unwrap()
+                .unwrap();
+            let logits = logits.to_dtype(DType::F32).unwrap();
+            let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
+            (lp, loss)
         };
-        loss_diff = loss_diff.max((loss(&full) - loss(&half)).abs());
-        for p in 0..a.dim(0).unwrap() {
-            let (ra, rb): (Vec<f32>, Vec<f32>) = (
-                a.i(p).unwrap().to_vec1().unwrap(),
-                b.i(p).unwrap().to_vec1().unwrap(),
-            );
-            let top = hooklens::analysis::metrics::top_k(&ra, 10);
-            for (id, v) in &top {
-                worst = worst.max((v - rb[*id as usize]).abs());
-            }
-            let best_b = hooklens::analysis::metrics::top_k(&rb, 1)[0].0;
-            agree += (best_b == top[0].0) as usize;
-            n += 1;
-        }
+        let ((a, loss_a), (b, loss_b)) = (run(&full), run(&half));
+        loss_diff = loss_diff.max((loss_a - loss_b).abs());
+        let (w, g) = top10_gap(&a, &b);
+        (worst, agree, n) = (worst.max(w), agree + g, n + a.dim(0).unwrap());
     }
     (worst, agree as f32 / n as f32, loss_diff)
 }

@@ -131,3 +131,21 @@ pub fn gpt2_both_modes() -> Vec<(HookedTransformer, &'static str)> {
     .map(|(processing, key)| (load_gpt2(dir.path(), processing).0, key))
     .collect()
 }
+
+/// Half precision against f32 at one sequence of log-probs [pos, d_vocab] each: (largest
+/// |Δ log-prob| over the f32 top-10 tokens of any position, positions whose top-1 agrees).
+pub fn top10_gap(full: &Tensor, half: &Tensor) -> (f32, usize) {
+    use candle_core::IndexOp;
+    use hooklens::analysis::metrics::top_k;
+    let (mut worst, mut agree) = (0f32, 0usize);
+    for p in 0..full.dim(0).unwrap() {
+        let a: Vec<f32> = full.i(p).unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = half.i(p).unwrap().to_vec1().unwrap();
+        let top = top_k(&a, 10);
+        for (id, v) in &top {
+            worst = worst.max((v - b[*id as usize]).abs());
+        }
+        agree += (top_k(&b, 1)[0].0 == top[0].0) as usize;
+    }
+    (worst, agree)
+}
