@@ -1,6 +1,7 @@
 //! Long sweeps that survive interruption and spread over machines: finished batches are
 //! appended to a progress log as they finish (a resumed run skips them and ends with the same
-//! table), and `--shard i/n` runs a deterministic slice of the batches.
+//! table), and `--shard i/n` runs a deterministic slice of the batches. Training shows its
+//! progress here too.
 
 use crate::args::{RunArgs, SweepArgs};
 use crate::run::RunDir;
@@ -417,6 +418,40 @@ fn check_same_args(
             diffs.join("; ")
         ))),
     }
+}
+
+/// Trains the embedded model's architecture `cfg` by `tc` with a progress bar (smoothed loss),
+/// printing the best induction and previous-token heads on fixed probes every `eval_every`
+/// steps (0: never) and at the last.
+pub fn train_with_progress(
+    cfg: &hooklens::ModelConfig,
+    tc: &hooklens::train::TrainConfig,
+    eval_every: usize,
+) -> anyhow::Result<hooklens::Weights> {
+    use hooklens::train::{best_heads, probe_batches, train_induction_model};
+    use indicatif::{ProgressBar, ProgressStyle};
+    let probes = probe_batches()?;
+    let bar = ProgressBar::new(tc.steps as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
+    let mut avg = None;
+    let w = train_induction_model(cfg, tc, |step, loss, model| {
+        let avg_loss: f32 = avg.map_or(loss, |m: f32| 0.98 * m + 0.02 * loss);
+        avg = Some(avg_loss);
+        bar.set_message(format!("loss {avg_loss:.3}"));
+        bar.inc(1);
+        if eval_every > 0 && (step % eval_every == 0 || step + 1 == tc.steps) {
+            let mut line = format!("step {step:5} loss {avg_loss:.4}  best heads:");
+            for (half, kind, (l, h, v)) in best_heads(model, &probes)? {
+                line += &format!("  {} L{l}H{h} {v:.3} (half {half})", kind.name());
+            }
+            bar.suspend(|| eprintln!("{line}"));
+        }
+        Ok(())
+    })?;
+    bar.finish();
+    Ok(w)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::Experiment;
 use anyhow::Result;
 use hooklens::analysis::ablation::{Ablation, AblationRow, AblationSweep, Unit};
 use hooklens::analysis::circuits::Composition;
-use hooklens::analysis::detectors::HeadPattern;
+use hooklens::analysis::detectors::{best_head, HeadKind, HeadPattern};
 use hooklens::analysis::embeddings::Neighbour;
 use hooklens::analysis::lens::LensCell;
 use hooklens::analysis::neurons::{NeuronExample, TextScan};
@@ -245,7 +245,7 @@ pub fn attention_views(
 
 /// The token views of a scanned text: each neuron example in context (page and PNG), the
 /// per-token loss (page and PNG), and with `pair` (answer, wrong) the logit difference page;
-/// the examples table too. Returns each example's heading.
+/// the examples table too; then the mean loss and each neuron's strongest example, printed.
 pub fn neuron_views(
     exp: &mut Experiment,
     scan: &TextScan,
@@ -253,7 +253,7 @@ pub fn neuron_views(
     strs: &[String],
     context: usize,
     pair: Option<(&str, &str)>,
-) -> Result<Vec<String>> {
+) -> Result<()> {
     let ctx = |p: usize| crate::tables::context(p, context, strs.len());
     let (mut sections, mut pngs) = (vec![], vec![]);
     for e in examples {
@@ -358,7 +358,24 @@ pub fn neuron_views(
             &page,
         )?;
     }
-    Ok(sections.into_iter().map(|s| s.heading).collect())
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} tokens, mean loss {:.3}",
+        strs.len(),
+        scan.mean_loss()
+    )?;
+    if exp.manifest.model.config.attn_only {
+        writeln!(
+            out,
+            "attention-only model: no MLP neurons, only the loss view"
+        )?;
+    }
+    // One section per example, in order: each neuron's strongest.
+    for (s, _) in sections.iter().zip(examples).filter(|(_, e)| e.rank == 0) {
+        writeln!(out, "  {}", s.heading)?;
+    }
+    Ok(())
 }
 
 /// The logit lens's views: the first prompt's layers x positions of top tokens, and with a
@@ -704,5 +721,37 @@ pub fn embedding_views(
         "principal component 1",
         "principal component 2",
     )?;
+    Ok(())
+}
+
+/// The head detector's views: the scores table, the layers x heads heatmap of induction
+/// scores, the best induction head's `pattern` on an example (tokens `labels`), and each kind's
+/// best head, printed.
+pub fn induction_views(
+    exp: &mut Experiment,
+    scores: &std::collections::HashMap<HeadKind, candle_core::Tensor>,
+    pattern: &[Vec<f32>],
+    labels: &[String],
+) -> Result<()> {
+    exp.table("head_scores.parquet", scores)?;
+    let induction = scores[&HeadKind::Induction].to_vec2::<f32>()?;
+    let what = "heatmap layers x heads of the induction score";
+    exp.heads(
+        "induction_scores.png",
+        what,
+        "Induction score per head",
+        &induction,
+        false,
+    )?;
+    let (bl, bh, best) = best_head(&scores[&HeadKind::Induction])?;
+    let title = format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})");
+    let what = "attention pattern of the best induction head on one example";
+    exp.pattern("top_head_pattern.png", what, &title, pattern, labels, None)?;
+    let mut out = std::io::stdout().lock();
+    for kind in HeadKind::ALL {
+        let (l, h, s) = best_head(&scores[&kind])?;
+        writeln!(out, "top {:<16} head: L{l}H{h}  score {s:.3}", kind.name())?;
+    }
+    writeln!(out, "best induction head: L{bl}H{bh} with score {best:.3}")?;
     Ok(())
 }

@@ -15,7 +15,6 @@ use lab::args::{ModelArgs, RunArgs};
 use lab::plot::token_labels;
 use rand::SeedableRng;
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Parser, Serialize)]
 #[command(about = "Find induction heads: score every attention head on repeated random tokens")]
@@ -75,7 +74,7 @@ fn run(a: Args) -> Result<()> {
         .time("score_heads", || all_head_scores(model, &tokens, half))?;
     bar.finish_and_clear();
     // The best head's pattern on a short example (at most 12 repeated tokens).
-    let (bl, bh, best) = best_head(&scores[&HeadKind::Induction])?;
+    let (bl, bh, _) = best_head(&scores[&HeadKind::Induction])?;
     let example = repeated_random_tokens(
         &mut rng,
         1,
@@ -86,28 +85,10 @@ fn run(a: Args) -> Result<()> {
     )?;
     let pattern = &head_patterns(model, &example, &[bl])?[bh].1; // [query][key]
     let labels = token_labels(tok, &example.i(0)?.to_vec1()?)?;
-
     exp.manifest.seed = Some(a.seed);
     exp.manifest.set("half", half)?;
     exp.manifest.set("token_range", [range.start, range.end])?;
     exp.manifest.set("bos", bos)?;
-    exp.table("head_scores.parquet", &scores)?;
-    let induction = scores[&HeadKind::Induction].to_vec2::<f32>()?;
-    exp.heads(
-        "induction_scores.png",
-        "heatmap layers x heads of the induction score",
-        "Induction score per head",
-        &induction,
-        false,
-    )?;
-    let title = format!("Attention pattern of L{bl}H{bh} (induction score {best:.2})");
-    let what = "attention pattern of the best induction head on one example";
-    exp.pattern("top_head_pattern.png", what, &title, pattern, &labels, None)?;
-    let mut out = std::io::stdout().lock();
-    for kind in HeadKind::ALL {
-        let (l, h, s) = best_head(&scores[&kind])?;
-        writeln!(out, "top {:<16} head: L{l}H{h}  score {s:.3}", kind.name())?;
-    }
-    writeln!(out, "best induction head: L{bl}H{bh} with score {best:.3}")?;
+    lab::report::induction_views(&mut exp, &scores, pattern, &labels)?;
     exp.finish()
 }

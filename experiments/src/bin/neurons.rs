@@ -14,7 +14,6 @@ use clap::Parser;
 use hooklens::analysis::neurons::scan_neurons;
 use lab::args::{BosArgs, ModelArgs, RunArgs};
 use serde::Serialize;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser, Serialize)]
@@ -92,27 +91,9 @@ fn run(a: Args) -> Result<()> {
     })?;
     let examples = scan.top_examples(&units, a.top as usize);
     let pair = a.answer.as_deref().zip(a.wrong.as_deref());
-    let headings = lab::report::neuron_views(&mut exp, &scan, &examples, &strs, a.context, pair)?;
     exp.manifest.set("tokens", ids.len())?;
-    exp.manifest.set(
-        "neurons",
-        units.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
-    )?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{} tokens, mean loss {:.3}",
-        ids.len(),
-        scan.mean_loss()
-    )?;
-    if model.cfg.attn_only {
-        writeln!(
-            out,
-            "attention-only model: no MLP neurons, only the loss view"
-        )?;
-    }
-    for heading in headings.iter().step_by(a.top as usize) {
-        writeln!(out, "  {heading}")?;
-    }
+    let names: Vec<String> = units.iter().map(|u| u.to_string()).collect();
+    exp.manifest.set("neurons", names)?;
+    lab::report::neuron_views(&mut exp, &scan, &examples, &strs, a.context, pair)?;
     exp.finish()
 }

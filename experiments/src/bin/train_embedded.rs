@@ -9,10 +9,9 @@ use anyhow::bail;
 use anyhow::Result;
 use clap::Parser;
 use hooklens::config::Positional;
-use hooklens::train::{best_heads, embedded_config, probe_batches, train_induction_model};
+use hooklens::train::embedded_config;
 use hooklens::train::{Layout, TrainConfig};
 use hooklens::ModelConfig;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -79,7 +78,6 @@ fn run(a: Args) -> Result<()> {
         positional_embedding_type: a.positional,
         ..embedded_config()
     };
-    let probes = probe_batches()?;
     let tc = TrainConfig {
         steps: a.steps as usize,
         batch: a.batch as usize,
@@ -90,26 +88,7 @@ fn run(a: Args) -> Result<()> {
         long_seq_len: a.long_seq_len as usize,
         layout: a.layout,
     };
-    let bar = ProgressBar::new(tc.steps as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-    )?);
-    let mut avg = None;
-    let w = train_induction_model(&cfg, &tc, |step, loss, model| {
-        let avg_loss: f32 = avg.map_or(loss, |m: f32| 0.98 * m + 0.02 * loss);
-        avg = Some(avg_loss);
-        bar.set_message(format!("loss {avg_loss:.3}"));
-        bar.inc(1);
-        if a.eval_every > 0 && (step % a.eval_every == 0 || step + 1 == tc.steps) {
-            let mut line = format!("step {step:5} loss {avg_loss:.4}  best heads:");
-            for (half, kind, (l, h, v)) in best_heads(model, &probes)? {
-                line += &format!("  {} L{l}H{h} {v:.3} (half {half})", kind.name());
-            }
-            bar.suspend(|| eprintln!("{line}"));
-        }
-        Ok(())
-    })?;
-    bar.finish();
+    let w = lab::progress::train_with_progress(&cfg, &tc, a.eval_every)?;
     // With the byte tokenizer, the folder is a complete model directory for `--model`.
     hooklens::loading::save_dir(&a.out, &cfg, w, &hooklens::Tokenizer::bytes()?)?;
     let st = a.out.join("model.safetensors");
