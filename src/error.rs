@@ -62,6 +62,12 @@ pub enum Error {
         line: Option<usize>,
         reason: String,
     },
+    #[error("{source_name}{}: {reason}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    BadCorpus {
+        source_name: String,
+        line: Option<usize>,
+        reason: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("Hugging Face Hub: {0}")]

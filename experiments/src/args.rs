@@ -48,6 +48,16 @@ pub enum DTypeArg {
     Bf16,
 }
 
+impl DTypeArg {
+    pub fn dtype(self) -> DType {
+        match self {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
+}
+
 impl ModelArgs {
     pub fn options(&self) -> Result<LoadOptions> {
         let device = match self.device {
@@ -58,11 +68,7 @@ impl ModelArgs {
                 ))
             })?,
         };
-        let dtype = match self.dtype {
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::F16 => DType::F16,
-            DTypeArg::Bf16 => DType::BF16,
-        };
+        let dtype = self.dtype.dtype();
         let processing = if self.no_processing {
             Processing::none()
         } else {
@@ -419,12 +425,20 @@ pub struct SweepArgs {
     /// recomputed). Larger runs faster until memory runs short.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub tokens_per_pass: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub shards: ShardArgs,
+}
+
+/// `--shard i/n` and `--merge`: a long run spread over machines (cluster array jobs).
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct ShardArgs {
     /// Run slice INDEX of COUNT (0-based; e.g. `--shard $SLURM_ARRAY_TASK_ID/8`) into
     /// `<run>/shard=INDEX/`. Needs --run NAME, the same for every shard; combine the finished
     /// shards with --merge.
     #[arg(long, requires = "run", conflicts_with = "merge")]
     pub shard: Option<crate::progress::Shard>,
-    /// Combine the finished shards of --run NAME into the run's table and plots.
+    /// Combine the finished shards of --run NAME into one run.
     #[arg(long, requires = "run")]
     pub merge: bool,
 }

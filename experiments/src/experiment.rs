@@ -74,9 +74,14 @@ impl Experiment {
         let (dir, outcome) = sweep_in_folder(out, opts, self.name, args, sweeps)?;
         self.manifest.record_time("sweep", start);
         self.manifest.interventions = outcome.fired.clone();
-        self.manifest.set("shard", opts.shard)?;
+        self.manifest.set("shard", opts.shards.shard)?;
         self.run = Some(dir);
         Ok(outcome)
+    }
+
+    /// Makes `dir` this run's folder (for binaries that open their own: shards, merges).
+    pub fn set_run(&mut self, dir: RunDir) {
+        self.run = Some(dir);
     }
 
     /// The run folder.

@@ -16,6 +16,7 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod store;
 pub mod tables;
 
 pub use experiment::{Experiment, Started};

@@ -204,7 +204,7 @@ impl ModelRecord {
     }
 }
 
-fn hash_file(path: &std::path::Path) -> Result<WeightsFile> {
+pub fn hash_file(path: &std::path::Path) -> Result<WeightsFile> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -289,7 +289,7 @@ pub fn sweep_in_folder(
 ) -> Result<(RunDir, Outcome)> {
     let args = comparable_args(args)?;
     let base = run.outputs.join(experiment);
-    if opts.merge {
+    if opts.shards.merge {
         let root = RunDir::create(&run.outputs, experiment, run.run.as_deref(), true)?;
         if root.file("manifest.json").exists() {
             return Err(Error::Invalid(format!(
@@ -329,7 +329,7 @@ pub fn sweep_in_folder(
             .collect();
         return Ok((root, merge_logs(sweeps, &logs)?));
     }
-    let (dir, shard) = match opts.shard {
+    let (dir, shard) = match opts.shards.shard {
         Some(shard) => {
             let name = run.run.as_deref().unwrap_or_default();
             let mut dir = RunDir::create(
@@ -358,7 +358,7 @@ pub fn sweep_in_folder(
 
 /// The arguments as JSON without those that may differ between a run and its resumption or
 /// its shards: where outputs go, --resume, --merge (the shard is kept: each has its own).
-fn comparable_args(args: &impl serde::Serialize) -> Result<serde_json::Value> {
+pub fn comparable_args(args: &impl serde::Serialize) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(args).map_err(|e| Error::Invalid(e.to_string()))?;
     if let Some(o) = v.as_object_mut() {
         o.remove("out");
@@ -369,7 +369,7 @@ fn comparable_args(args: &impl serde::Serialize) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
+pub fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Invalid(format!(
             "{} cannot be read ({e}): this folder is not a sweep run started by this binary",
@@ -384,7 +384,7 @@ fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
 
 /// Errors naming each argument whose value differs between `saved` (the run's) and `now`;
 /// the shard is compared only when resuming (merging reads every shard).
-fn check_same_args(
+pub fn check_same_args(
     saved: &serde_json::Value,
     now: &serde_json::Value,
     dir: &std::path::Path,

@@ -755,3 +755,63 @@ pub fn induction_views(
     writeln!(out, "best induction head: L{bl}H{bh} with score {best:.3}")?;
     Ok(())
 }
+
+/// An activation store's tables beside its shards: `tokens.parquet` (every token with its
+/// shard and row), `stats.parquet` (each hook's norms over the corpus) and
+/// `means.safetensors` (each hook's mean, the reference of `ablate --reference`).
+pub fn store_views(
+    exp: &mut Experiment,
+    spec: &hooklens::store::StoreSpec,
+    stats: &[hooklens::store::HookStats],
+    contexts: &hooklens::corpus::Contexts,
+    tok: &hooklens::Tokenizer,
+) -> Result<()> {
+    use crate::store::{tokens_frame, TOKEN_COLUMNS};
+    use polars::prelude::*;
+    exp.frame(
+        "tokens.parquet",
+        &mut tokens_frame(spec, contexts, tok)?,
+        TOKEN_COLUMNS,
+    )?;
+    let col = |f: fn(&hooklens::store::HookStats) -> f32| stats.iter().map(f).collect::<Vec<_>>();
+    let mut df = df!(
+        "hook" => stats.iter().map(|s| s.hook.clone()).collect::<Vec<_>>(),
+        "tokens" => stats.iter().map(|s| s.tokens as u64).collect::<Vec<_>>(),
+        "mean_norm" => col(|s| s.mean_norm),
+        "rms_norm" => col(|s| s.rms_norm),
+        "max_norm" => col(|s| s.max_norm),
+        "norm_of_mean" => col(|s| s.mean.iter().map(|v| v * v).sum::<f32>().sqrt()),
+    )?;
+    exp.frame(
+        "stats.parquet",
+        &mut df,
+        &[
+            ("hook", "The hook point (TransformerLens name)"),
+            ("tokens", "Tokens it was measured over (the whole store)"),
+            ("mean_norm", "Mean L2 norm of one token's activation"),
+            ("rms_norm", "Root-mean-square L2 norm"),
+            ("max_norm", "Largest L2 norm"),
+            (
+                "norm_of_mean",
+                "L2 norm of the mean activation (in means.safetensors)",
+            ),
+        ],
+    )?;
+    let mut means = std::collections::HashMap::new();
+    for (s, h) in stats.iter().zip(&spec.hooks) {
+        let t = candle_core::Tensor::from_slice(
+            &s.mean,
+            h.shape.as_slice(),
+            &candle_core::Device::Cpu,
+        )?;
+        means.insert(s.hook.clone(), t);
+    }
+    let path = exp.file(
+        "means.safetensors",
+        "Each hook's mean activation over the corpus (f32, one token's shape): the reference of `ablate --reference`",
+    )?;
+    hooklens::atomic::atomic_write_with(&path, |tmp| {
+        candle_core::safetensors::save(&means, tmp).map_err(hooklens::Error::from)
+    })?;
+    Ok(())
+}

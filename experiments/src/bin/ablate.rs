@@ -93,7 +93,7 @@ fn run(a: Args) -> Result<()> {
     exp.manifest.set("units", plan.units.len())?;
     let rows = plan.rows(&outcome.values);
     exp.table("ablate.parquet", rows.as_slice())?;
-    if a.sweep.shard.is_none() {
+    if a.sweep.shards.shard.is_none() {
         lab::report::ablation_plots(&mut exp, &rows, &a.metric, &a.ablation, a.top as usize)?;
     }
     lab::report::ablation_summary(&plan, &rows)?;

@@ -65,12 +65,12 @@ fn run(mut a: Args) -> Result<()> {
     exp.manifest.set("corrupted_metric", p.scale.corrupted)?;
     let mut rows = p.rows(&outcome.values[0]);
     // Attribution is one pass for every cell: the unsharded run (or the merge) does it.
-    if !a.no_attribution && a.sweep.shard.is_none() {
+    if !a.no_attribution && a.sweep.shards.shard.is_none() {
         let attribution = exp.time("attribution", || p.attribution_rows(&model))?;
         rows.extend(attribution);
     }
     exp.table("patch.parquet", rows.as_slice())?;
-    if a.sweep.shard.is_none() {
+    if a.sweep.shards.shard.is_none() {
         let n_pos = batch.clean.dim(1)?;
         let positions: Vec<String> = match batch.lengths.iter().all(|&l| l == n_pos) {
             true => token_labels(&tok, &batch.clean.get(0)?.to_vec1()?)?,

@@ -1,0 +1,409 @@
+//! The lab side of activation stores: the corpus from files (parquet too), a capture into a
+//! run folder with a memory budget, progress, resume, `--shard i/n` and `--merge`, and the
+//! measured peak memory.
+
+use crate::manifest::hash_file;
+use crate::progress::{check_same_args, comparable_args, read_args, Shard};
+use crate::run::RunDir;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hooklens::corpus::{pack, read_documents, Contexts, Document, Packing};
+use hooklens::store::{plan, shard_path, write_shard, Capture, StoreSpec, FORMAT};
+use hooklens::{HookedTransformer, Tokenizer};
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The corpus and how it is packed into contexts.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct CorpusArgs {
+    /// Text files: .txt (documents separated by blank lines, or one per line when there are
+    /// none), .jsonl (one object per line) or .parquet, with the text in --text-field. The real
+    /// English corpus: `bash scripts/fetch_corpus.sh` prints its path. Default: the small
+    /// committed corpus tests/fixtures/corpus/tiny.txt.
+    #[arg(long, value_delimiter = ',')]
+    pub corpus: Vec<PathBuf>,
+    /// The text field of .jsonl objects and the text column of .parquet files.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Tokens per context, BOS included (at most the model's context).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
+    pub context_len: u64,
+    /// Stop after this many tokens (whole contexts). Default: the whole corpus.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tokens: Option<u64>,
+    /// Seeds the order of the documents.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The committed test corpus, used when no --corpus is given.
+pub const TINY_CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/corpus/tiny.txt"
+);
+
+impl CorpusArgs {
+    /// The corpus files, or the committed tiny corpus.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self.corpus.is_empty() {
+            true => vec![PathBuf::from(TINY_CORPUS)],
+            false => self.corpus.clone(),
+        }
+    }
+
+    /// Reads, tokenizes and packs the corpus for `model` (BOS first and between documents when
+    /// the model has one), with each file's sha256 for the record.
+    pub fn contexts(
+        &self,
+        model: &HookedTransformer,
+        tok: &Tokenizer,
+    ) -> Result<(Contexts, serde_json::Value)> {
+        let mut docs = Vec::new();
+        let mut files = Vec::new();
+        for f in self.files() {
+            docs.extend(read_any(&f, &self.text_field)?);
+            files.push(hash_file(&f.canonicalize().unwrap_or(f))?);
+        }
+        let bos = tok.bos_token_id.or(tok.eos_token_id);
+        let packing = Packing {
+            context_len: self.context_len as usize,
+            bos: bos.filter(|_| model.cfg.default_prepend_bos),
+            separator: bos,
+            seed: self.seed,
+        };
+        let max = self
+            .tokens
+            .map(|t| (t as usize / packing.context_len).max(1));
+        let contexts = pack(&docs, tok, model.cfg.n_ctx, &packing, max)?;
+        if let Some(t) = self.tokens {
+            if (t as usize) < contexts.context_len {
+                bail!(
+                    "--tokens {t} is less than one context of {}",
+                    contexts.context_len
+                );
+            }
+            if contexts.tokens.len() + contexts.context_len <= t as usize {
+                bail!(
+                    "--tokens {t}: the corpus has only {} tokens in {} contexts of {}; leave --tokens out to use all of it",
+                    contexts.tokens.len(),
+                    contexts.len(),
+                    contexts.context_len
+                );
+            }
+        }
+        let record = serde_json::json!({
+            "files": files,
+            "text_field": self.text_field,
+            "documents": contexts.documents,
+            "text_tokens": contexts.text_tokens,
+            "bos": packing.bos,
+            "separator": packing.separator,
+            "seed": self.seed,
+        });
+        Ok((contexts, record))
+    }
+}
+
+/// The documents of a .txt, .jsonl or .parquet file.
+pub fn read_any(path: &Path, text_field: &str) -> Result<Vec<Document>> {
+    if path.extension().and_then(|e| e.to_str()) != Some("parquet") {
+        return Ok(read_documents(path, text_field)?);
+    }
+    let df = crate::parquet::read_parquet(path)?;
+    let col = df.column(text_field).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: no column `{text_field}` (it has {:?}); name the text column with --text-field",
+            path.display(),
+            df.get_column_names()
+        )
+    })?;
+    let texts = col.str().map_err(|_| {
+        anyhow::anyhow!(
+            "{}: column `{text_field}` is {}, not text",
+            path.display(),
+            col.dtype()
+        )
+    })?;
+    let mut docs = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let Some(text) = t.filter(|t| !t.trim().is_empty()) else {
+            continue;
+        };
+        docs.push(Document {
+            text: text.into(),
+            source: path.display().to_string(),
+            line: i + 1,
+        });
+    }
+    if docs.is_empty() {
+        bail!("{}: holds no text: the corpus is empty", path.display());
+    }
+    Ok(docs)
+}
+
+/// Resident and peak resident memory of this process in bytes (Linux; zeros elsewhere).
+pub fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A byte size as written on the command line: `4G`, `512M`, `1.5GiB`, or plain bytes.
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .map(|v| (v * mult as f64) as u64)
+        .ok_or_else(|| format!("{s:?} is not a size: write e.g. 4G, 512M or 1.5GiB"))
+}
+
+/// What a capture wrote.
+pub struct Captured {
+    pub dir: RunDir,
+    pub spec: StoreSpec,
+    /// Shards computed now (not found from an earlier run) and their tokens.
+    pub computed: usize,
+    pub tokens: usize,
+}
+
+/// Captures `capture` over `contexts` into the run folder (a shard's `shard=i` folder with
+/// `--shard`), skipping shards already written on `--resume`. The store layout (batch and
+/// shard sizes) comes from `spec`; `args` are saved and must match on resume.
+pub fn capture_in_folder(
+    dir: RunDir,
+    resume: bool,
+    shard: Shard,
+    args: &impl serde::Serialize,
+    capture: &Capture,
+    contexts: &Contexts,
+    spec: StoreSpec,
+) -> Result<Captured> {
+    let args = comparable_args(args)?;
+    let args_path = dir.file("args.json");
+    let spec_path = dir.file("store.json");
+    if resume {
+        check_same_args(&read_args(&args_path)?, &args, &dir.path)?;
+        let saved: StoreSpec = serde_json::from_str(&std::fs::read_to_string(&spec_path)?)
+            .with_context(|| format!("reading {}", spec_path.display()))?;
+        if saved != spec {
+            bail!(
+                "{}: the store there was planned differently (batches, shards or hooks); start a new run with --run NAME",
+                spec_path.display()
+            );
+        }
+    } else {
+        hooklens::atomic::atomic_write(
+            &args_path,
+            serde_json::to_string_pretty(&args)?.as_bytes(),
+        )?;
+        hooklens::atomic::atomic_write(
+            &spec_path,
+            serde_json::to_string_pretty(&spec)?.as_bytes(),
+        )?;
+    }
+    // A shard cut short by a kill is a hidden temporary file: drop it, it is recomputed.
+    if let Ok(entries) = std::fs::read_dir(dir.path.join("shards")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    let mine = shard.select(&vec![1.0; spec.shards]);
+    let todo: Vec<usize> = (0..spec.shards)
+        .filter(|&i| mine[i] && !shard_path(&dir.path, i).is_file())
+        .collect();
+    let tokens: usize = todo
+        .iter()
+        .map(|&i| spec.shard_contexts(i).len() * spec.context_len)
+        .sum();
+    let bar = indicatif::ProgressBar::new(tokens as u64).with_style(indicatif::ProgressStyle::with_template(
+        "capturing {bar:30} {human_pos}/{human_len} tokens  {per_sec}  [{elapsed}<{eta}]  shard {msg}",
+    )?);
+    for &i in &todo {
+        bar.set_message(format!("{i} of {}", spec.shards));
+        let data = capture.shard(&spec, contexts, i, &mut |n| bar.inc(n as u64))?;
+        write_shard(&dir.path, &spec, i, &data)?;
+    }
+    bar.finish_and_clear();
+    Ok(Captured {
+        dir,
+        spec,
+        computed: todo.len(),
+        tokens,
+    })
+}
+
+/// The store spec for capturing `capture` over `contexts` within `max_memory` bytes of
+/// resident memory in all (what is resident now, the model and corpus, counted).
+pub fn plan_store(
+    capture: &Capture,
+    contexts: &Contexts,
+    max_memory: u64,
+    shard_tokens: Option<u64>,
+    provenance: serde_json::Value,
+) -> Result<StoreSpec> {
+    let shapes = capture.shapes()?;
+    let widths: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+    let (resident, _) = memory();
+    let available = max_memory.checked_sub(resident).with_context(|| {
+        format!(
+            "--max-memory {} MB is below the {} MB already resident (model and corpus); raise it",
+            max_memory >> 20,
+            resident >> 20
+        )
+    })?;
+    let p = plan(
+        capture,
+        &widths,
+        contexts.context_len,
+        available,
+        shard_tokens.map(|t| t as usize),
+    )?;
+    eprintln!(
+        "plan: {} MB resident (model and corpus), {} contexts per forward (~{} MB), {} per shard ({} MB), within --max-memory {} MB",
+        resident >> 20,
+        p.contexts_per_batch,
+        p.forward_bytes >> 20,
+        p.contexts_per_shard,
+        p.shard_bytes >> 20,
+        max_memory >> 20
+    );
+    Ok(StoreSpec {
+        format: FORMAT.into(),
+        hooks: capture
+            .hooks
+            .iter()
+            .zip(shapes)
+            .map(|(h, shape)| hooklens::store::StoredHook {
+                name: h.to_string(),
+                shape,
+            })
+            .collect(),
+        dtype: match capture.dtype {
+            candle_core::DType::F16 => "f16",
+            candle_core::DType::BF16 => "bf16",
+            _ => "f32",
+        }
+        .into(),
+        context_len: contexts.context_len,
+        contexts: contexts.len(),
+        tokens: contexts.tokens.len(),
+        contexts_per_shard: p.contexts_per_shard,
+        contexts_per_batch: p.contexts_per_batch,
+        shards: contexts.len().div_ceil(p.contexts_per_shard),
+        stop_at_layer: capture.stop_at_layer,
+        provenance,
+    })
+}
+
+/// Combines the finished `shard=i` folders of the run `root` into it: every store shard
+/// hard-linked (or copied) into `root/shards/`, and `store.json`. The shards must have run with
+/// the same arguments (`args`) and plan.
+pub fn merge_store(root: &RunDir, args: &impl serde::Serialize) -> Result<StoreSpec> {
+    let args = comparable_args(args)?;
+    let mut spec: Option<StoreSpec> = None;
+    let mut folders = Vec::new();
+    for entry in
+        std::fs::read_dir(&root.path).with_context(|| format!("reading {}", root.path.display()))?
+    {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("shard="))
+        {
+            check_same_args(&read_args(&path.join("args.json"))?, &args, &path)?;
+            let s: StoreSpec =
+                serde_json::from_str(&std::fs::read_to_string(path.join("store.json"))?)?;
+            if spec.as_ref().is_some_and(|p| *p != s) {
+                bail!("{}: planned differently from the other shards; rerun it with the same --max-memory", path.display());
+            }
+            spec = Some(s);
+            folders.push(path);
+        }
+    }
+    let Some(spec) = spec else {
+        bail!(
+            "--merge: {} has no shard=INDEX folders; run the shards with --shard INDEX/COUNT first",
+            root.path.display()
+        );
+    };
+    for i in 0..spec.shards {
+        let found = folders
+            .iter()
+            .map(|f| shard_path(f, i))
+            .find(|p| p.is_file());
+        let Some(from) = found else {
+            bail!("store shard {i} is in none of the shard=INDEX folders: a shard run is unfinished; resume it with --resume");
+        };
+        let to = shard_path(&root.path, i);
+        std::fs::create_dir_all(to.parent().context("shard path")?)?;
+        if !to.exists() && std::fs::hard_link(&from, &to).is_err() {
+            hooklens::atomic::atomic_write(&to, &std::fs::read(&from)?)?;
+        }
+    }
+    hooklens::atomic::atomic_write(
+        &root.file("store.json"),
+        serde_json::to_string_pretty(&spec)?.as_bytes(),
+    )?;
+    Ok(spec)
+}
+
+/// Every token of the store as a table: `token_id`, `context`, `position`, `shard`, `row` (its
+/// row in the shard) and `token` (its text).
+pub fn tokens_frame(spec: &StoreSpec, contexts: &Contexts, tok: &Tokenizer) -> Result<DataFrame> {
+    let n = spec.tokens;
+    let c = spec.context_len;
+    let ids = &contexts.tokens[..n];
+    let shard: Vec<u32> = (0..n)
+        .map(|t| (t / c / spec.contexts_per_shard) as u32)
+        .collect();
+    let row: Vec<u32> = (0..n)
+        .map(|t| (t - (t / c / spec.contexts_per_shard) * spec.contexts_per_shard * c) as u32)
+        .collect();
+    let text: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.decode(&[i]))
+        .collect::<hooklens::Result<_>>()?;
+    Ok(df!(
+        "token_id" => ids.to_vec(),
+        "context" => (0..n).map(|t| (t / c) as u32).collect::<Vec<_>>(),
+        "position" => (0..n).map(|t| (t % c) as u32).collect::<Vec<_>>(),
+        "shard" => shard,
+        "row" => row,
+        "token" => text,
+    )?)
+}
+
+/// The columns of `tokens.parquet`.
+pub const TOKEN_COLUMNS: &[(&str, &str)] = &[
+    ("token_id", "The token's id"),
+    ("context", "Its context (row of the packed corpus), from 0"),
+    (
+        "position",
+        "Its position in the context, from 0 (0 is BOS when the model uses one)",
+    ),
+    (
+        "shard",
+        "The store shard holding its activations: shards/NNNNNN.safetensors",
+    ),
+    ("row", "Its row in that shard's tensors"),
+    ("token", "The token's text"),
+];

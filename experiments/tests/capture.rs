@@ -1,0 +1,303 @@
+//! The `capture` binary as a user meets it: the store holds exactly what `hooklens cache`
+//! records (f32), rounded as the stored dtype rounds (f16, bf16); a capture killed with
+//! SIGKILL resumes to byte-identical shards; `--shard i/n` runs merge into the unsharded store;
+//! bad input is a clear error.
+
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CAPTURE: &str = env!("CARGO_BIN_EXE_capture");
+const HOOKLENS: &str = env!("CARGO_BIN_EXE_hooklens");
+
+fn run(bin: &str, args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn ok(bin: &str, args: &[&str], dir: &Path) {
+    let (code, err) = run(bin, args, dir);
+    assert_eq!(code, 0, "{args:?}: {err}");
+}
+
+fn shards(store: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(store.join("shards"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The tiny corpus ten times over (as paragraphs): enough tokens that a capture takes a while.
+fn big_corpus(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(lab::store::TINY_CORPUS).unwrap();
+    let path = dir.join("big.txt");
+    std::fs::write(&path, [text.as_str(); 10].join("\n\n")).unwrap();
+    path
+}
+
+#[test]
+fn the_store_holds_what_hooklens_cache_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hooks = "blocks.0.attn.hook_z,blocks.1.hook_resid_post";
+    for dtype in ["f32", "f16", "bf16"] {
+        let args = [
+            "--run",
+            dtype,
+            "--store-dtype",
+            dtype,
+            "--hooks",
+            hooks,
+            "--shard-tokens",
+            "1024",
+        ];
+        ok(CAPTURE, &args, d);
+    }
+    let store = hooklens::store::ActivationStore::open(&d.join("outputs/capture/f32")).unwrap();
+    assert!(store.spec.shards >= 4, "{} shards", store.spec.shards);
+    // Shard 1's contexts as prompts (bytes, BOS added by the model's default) through `hooklens
+    // cache`, one batch as the capture ran them.
+    let tok = hooklens::Tokenizer::bytes().unwrap();
+    let ids = store.column(1, "token_id").unwrap();
+    let c = store.spec.context_len;
+    let contexts: Vec<&[u32]> = ids.chunks(c).collect();
+    let prompts: Vec<String> = contexts
+        .iter()
+        .map(|r| tok.decode(&r[1..]).unwrap())
+        .collect();
+    let clean: Vec<usize> = (0..prompts.len())
+        .filter(|&i| !prompts[i].contains(['\n', '\r']))
+        .collect();
+    assert!(
+        clean.len() >= 2,
+        "contexts without line breaks to pass as prompt lines"
+    );
+    let file = d.join("prompts.txt");
+    let lines: Vec<&str> = clean.iter().map(|&i| prompts[i].as_str()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let args = [
+        "cache",
+        "--prompt-file",
+        "prompts.txt",
+        "--names",
+        "hook_z|resid_post",
+        "--out",
+        "cache.safetensors",
+    ];
+    ok(HOOKLENS, &args, d);
+    let cache = candle_core::safetensors::load(d.join("cache.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(cache["tokens"].dims(), &[clean.len(), c]);
+    for (name, width) in [
+        ("blocks.0.attn.hook_z", 64),
+        ("blocks.1.hook_resid_post", 64),
+    ] {
+        // [prompts, pos, ...] -> [prompts·pos, width]
+        let want = cache[name].reshape((clean.len() * c, width)).unwrap();
+        let rows = |store: &hooklens::store::ActivationStore| {
+            let x = store
+                .read(1, name)
+                .unwrap()
+                .reshape((contexts.len(), c, width))
+                .unwrap();
+            let idx = Tensor::new(
+                clean.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            x.index_select(&idx, 0)
+                .unwrap()
+                .reshape((clean.len() * c, width))
+                .unwrap()
+        };
+        let got = rows(&store);
+        let diff: f32 = (&got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(
+            diff, 0.0,
+            "{name} f32: the store differs from the cache by {diff}"
+        );
+        for (dtype, dt) in [("f16", DType::F16), ("bf16", DType::BF16)] {
+            let half =
+                hooklens::store::ActivationStore::open(&d.join("outputs/capture").join(dtype))
+                    .unwrap();
+            let rounded = want.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap();
+            let diff: f32 = (&rows(&half) - &rounded)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert_eq!(
+                diff, 0.0,
+                "{name} {dtype}: not the f32 values rounded to {dtype}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_capture_resumes_to_identical_shards_and_shards_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = big_corpus(d);
+    let corpus = corpus.to_str().unwrap();
+    let common = [
+        "--corpus",
+        corpus,
+        "--shard-tokens",
+        "2048",
+        "--hooks",
+        "blocks.0.attn.hook_z,blocks.1.hook_resid_post",
+    ];
+    ok(CAPTURE, &[&common[..], &["--run", "full"]].concat(), d);
+    let full = shards(&d.join("outputs/capture/full"));
+    assert!(full.len() >= 10, "{} shards", full.len());
+
+    // SIGKILL as soon as the first shard is in place, then --resume.
+    let mut child = Command::new(CAPTURE)
+        .args([&common[..], &["--run", "killed"]].concat())
+        .current_dir(d)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let killed = d.join("outputs/capture/killed");
+    let first = killed.join("shards/000000.safetensors");
+    let t0 = std::time::Instant::now();
+    while !first.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no shard written");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = shards(&killed).len();
+    assert!(
+        before < full.len(),
+        "the capture finished before it was killed; make it longer"
+    );
+    assert!(!killed.join("manifest.json").exists());
+    let (code, err) = run(CAPTURE, &[&common[..], &["--run", "killed"]].concat(), d);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("incomplete") && err.contains("--resume"),
+        "{err}"
+    );
+    ok(
+        CAPTURE,
+        &[&common[..], &["--run", "killed", "--resume"]].concat(),
+        d,
+    );
+    assert!(
+        shards(&killed) == full,
+        "resumed shards differ from the uninterrupted run's"
+    );
+
+    // Three array jobs, merged.
+    for i in 0..3 {
+        ok(
+            CAPTURE,
+            &[
+                &common[..],
+                &["--run", "sharded", "--shard", &format!("{i}/3")],
+            ]
+            .concat(),
+            d,
+        );
+    }
+    ok(
+        CAPTURE,
+        &[&common[..], &["--run", "sharded", "--merge"]].concat(),
+        d,
+    );
+    let merged = d.join("outputs/capture/sharded");
+    assert!(
+        shards(&merged) == full,
+        "merged shards differ from the unsharded run's"
+    );
+    let spec = |p: &Path| std::fs::read_to_string(p.join("store.json")).unwrap();
+    assert_eq!(spec(&merged), spec(&d.join("outputs/capture/full")));
+    assert!(merged.join("tokens.parquet").exists() && merged.join("means.safetensors").exists());
+    // Resuming with other arguments is refused, naming them.
+    let (code, err) = run(
+        CAPTURE,
+        &[&common[..], &["--run", "full", "--resume", "--seed", "3"]].concat(),
+        d,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--seed was 0, now 3"), "{err}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("empty.txt"), "\n\n").unwrap();
+    std::fs::write(d.join("bad.txt"), b"fine\n\xff\n").unwrap();
+    std::fs::write(
+        d.join("docs.jsonl"),
+        "{\"text\": \"a\"}\n{\"body\": \"b\"}\n",
+    )
+    .unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--corpus", "empty.txt"], "empty.txt: holds no text"),
+        (&["--corpus", "bad.txt"], "bad.txt line 2: not valid UTF-8"),
+        (
+            &["--corpus", "docs.jsonl"],
+            "docs.jsonl line 2: no string field `text`",
+        ),
+        (&["--corpus", "missing.txt"], "missing.txt"),
+        (
+            &["--context-len", "129"],
+            "--context-len 129: is longer than the model's context of 128",
+        ),
+        (
+            &["--hooks", "blocks.0.attn.hook_pattern"],
+            "no row per token",
+        ),
+        (
+            &["--hooks", "blocks.0.hook_resid_pots"],
+            "did you mean blocks.0.hook_resid_post",
+        ),
+        (
+            &["--hooks", "blocks.7.hook_resid_post"],
+            "layer 7 is out of range",
+        ),
+        (&["--tokens", "100000000"], "the corpus has only"),
+        (&["--max-memory", "1M"], "--max-memory"),
+        (&["--max-memory", "lots"], "is not a size"),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run(CAPTURE, args, d);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(
+        !d.join("outputs").exists()
+            || std::fs::read_dir(d.join("outputs/capture"))
+                .map_or(true, |mut r| r.next().is_none()),
+        "failed runs left folders behind"
+    );
+}
