@@ -1,0 +1,108 @@
+//! The activation store's reader: the mixing buffer hands out every row exactly once, seeded;
+//! the model on the fly and the store on disk give the same rows; one-pass statistics equal a
+//! brute-force mean; a capture stops after its deepest layer.
+
+use candle_core::{DType, Device, Tensor};
+use hooklens::corpus::{pack, read_documents, Contexts, Packing};
+use hooklens::store::{hook_stats, write_shard, ActivationStore, Batches, Capture, Source, StoreSpec, StoredHook, FORMAT};
+use hooklens::{load_model, HookPoint, HookedTransformer, LoadOptions};
+use std::path::Path;
+
+fn setup() -> (HookedTransformer, Contexts) {
+    let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let docs = read_documents(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/corpus/tiny.txt")), "text").unwrap();
+    let packing = Packing { context_len: 32, bos: tok.bos_token_id, separator: tok.bos_token_id, seed: 0 };
+    let contexts = pack(&docs, &tok, model.cfg.n_ctx, &packing, Some(24)).unwrap();
+    (model, contexts)
+}
+
+/// Writes `capture` over `contexts` as a store in `dir`, 5 contexts a shard, 2 a batch.
+fn write_store(dir: &Path, capture: &Capture, contexts: &Contexts) -> ActivationStore {
+    let shapes = capture.shapes().unwrap();
+    let spec = StoreSpec {
+        format: FORMAT.into(),
+        hooks: capture.hooks.iter().zip(shapes).map(|(h, shape)| StoredHook { name: h.to_string(), shape }).collect(),
+        dtype: "f32".into(),
+        context_len: contexts.context_len,
+        contexts: contexts.len(),
+        tokens: contexts.tokens.len(),
+        contexts_per_shard: 5,
+        contexts_per_batch: 2,
+        shards: contexts.len().div_ceil(5),
+        stop_at_layer: capture.stop_at_layer,
+        provenance: serde_json::Value::Null,
+    };
+    std::fs::write(dir.join("store.json"), serde_json::to_string(&spec).unwrap()).unwrap();
+    for i in 0..spec.shards {
+        let data = capture.shard(&spec, contexts, i, &mut |_| {}).unwrap();
+        write_shard(dir, &spec, i, &data).unwrap();
+    }
+    ActivationStore::open(dir).unwrap()
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<u32>> {
+    let mut v: Vec<Vec<u32>> = t.to_vec2::<f32>().unwrap().into_iter().map(|r| r.iter().map(|x| x.to_bits()).collect()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_mixing_buffer_hands_out_every_row_once_seeded() {
+    let (model, contexts) = setup();
+    let hooks = vec!["blocks.0.hook_resid_post".parse().unwrap(), "blocks.1.attn.hook_z".parse().unwrap()];
+    let capture = Capture::new(&model, hooks, DType::F32).unwrap();
+    assert_eq!(capture.stop_at_layer, Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let store = write_store(dir.path(), &capture, &contexts);
+    assert_eq!(store.spec.shards, 5);
+    let disk = Source::Disk(&store);
+    let all = Tensor::cat(&(0..5).map(|i| store.read(i, "blocks.1.attn.hook_z").unwrap()).collect::<Vec<_>>(), 0).unwrap();
+    assert_eq!(all.dims(), &[24 * 32, 64]);
+    let batches = |source: &Source, seed| -> Vec<Tensor> { Batches::new(source, 1, 50, 200, seed).unwrap().map(|b| b.unwrap()).collect() };
+    let a = batches(&disk, 7);
+    assert!(a[..a.len() - 1].iter().all(|b| b.dims() == [50, 64]));
+    let got = Tensor::cat(&a, 0).unwrap();
+    assert_eq!(rows(&got), rows(&all), "every row exactly once");
+    let again = Tensor::cat(&batches(&disk, 7), 0).unwrap();
+    assert_eq!(again.to_vec2::<f32>().unwrap(), got.to_vec2::<f32>().unwrap(), "seeded");
+    let other = Tensor::cat(&batches(&disk, 8), 0).unwrap();
+    assert_ne!(other.to_vec2::<f32>().unwrap(), got.to_vec2::<f32>().unwrap());
+    // Mixed: the first batch draws from more than one context.
+    let first = &a[0];
+    let ctx_of = |row: &[f32]| (0..all.dim(0).unwrap()).find(|&r| all.get(r).unwrap().to_vec1::<f32>().unwrap() == row).unwrap() / 32;
+    let contexts_seen: std::collections::HashSet<usize> = first.to_vec2::<f32>().unwrap().iter().map(|r| ctx_of(r)).collect();
+    assert!(contexts_seen.len() > 3, "first batch from {} contexts", contexts_seen.len());
+    // The model on the fly gives the same rows as the disk.
+    let live = Source::Model { capture: &capture, contexts: &contexts, contexts_per_chunk: 4 };
+    let fly = Tensor::cat(&batches(&live, 7), 0).unwrap();
+    assert_eq!(rows(&fly), rows(&all));
+    assert!(Batches::new(&disk, 0, 50, 60, 0).is_err());
+}
+
+#[test]
+fn statistics_equal_a_brute_force_pass_and_stop_layers_follow_the_hooks() {
+    let (model, contexts) = setup();
+    let capture = Capture::new(&model, vec!["blocks.0.attn.hook_z".parse().unwrap()], DType::F32).unwrap();
+    assert_eq!(capture.stop_at_layer, Some(1));
+    let dir = tempfile::tempdir().unwrap();
+    let store = write_store(dir.path(), &capture, &contexts);
+    let stats = hook_stats(&Source::Disk(&store), &["blocks.0.attn.hook_z".into()], &mut |_| {}).unwrap();
+    let all = Tensor::cat(&(0..store.spec.shards).map(|i| store.read(i, "blocks.0.attn.hook_z").unwrap()).collect::<Vec<_>>(), 0).unwrap();
+    let mean: Vec<f32> = all.mean(0).unwrap().to_vec1().unwrap();
+    let norms: Vec<f32> = all.sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_vec1().unwrap();
+    assert_eq!(stats[0].tokens, 24 * 32);
+    for (a, b) in stats[0].mean.iter().zip(&mean) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let mean_norm = norms.iter().sum::<f32>() / norms.len() as f32;
+    assert!((stats[0].mean_norm - mean_norm).abs() < 1e-4 * mean_norm);
+    let max = norms.iter().cloned().fold(0.0, f32::max);
+    assert!((stats[0].max_norm - max).abs() < 1e-5 * max);
+    // Embedding hooks stop before layer 0; ln_final runs the whole model.
+    let c = Capture::new(&model, vec![HookPoint::Embed], DType::F32).unwrap();
+    assert_eq!(c.stop_at_layer, Some(0));
+    assert_eq!(c.activations(&contexts.batch(0..1, &Device::Cpu).unwrap()).unwrap()[0].dims(), &[32, 64]);
+    let c = Capture::new(&model, vec![HookPoint::LnFinalNormalized], DType::F16).unwrap();
+    assert_eq!(c.stop_at_layer, None);
+    assert_eq!(c.shapes().unwrap(), vec![vec![64]]);
+}
