@@ -106,3 +106,53 @@ fn statistics_equal_a_brute_force_pass_and_stop_layers_follow_the_hooks() {
     assert_eq!(c.stop_at_layer, None);
     assert_eq!(c.shapes().unwrap(), vec![vec![64]]);
 }
+
+#[test]
+fn dashboards_equal_a_brute_force_top_k() {
+    use hooklens::analysis::dashboards::{dashboards, logit_effects, DashboardOptions};
+    let (model, contexts) = setup();
+    let hook: HookPoint = "blocks.1.attn.hook_z".parse().unwrap();
+    let capture = Capture::new(&model, vec![hook], DType::F32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = write_store(dir.path(), &capture, &contexts);
+    let units: Vec<usize> = (0..64).step_by(3).collect();
+    let opts = DashboardOptions { units: units.clone(), k: 6, bins: 10, before: 4, after: 2 };
+    let dash = dashboards(&store, "blocks.1.attn.hook_z", &opts, &mut |_| {}).unwrap();
+    let all: Vec<Vec<f32>> = Tensor::cat(&(0..store.spec.shards).map(|i| store.read(i, "blocks.1.attn.hook_z").unwrap()).collect::<Vec<_>>(), 0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for (d, &u) in dash.iter().zip(&units) {
+        let col: Vec<f32> = all.iter().map(|r| r[u]).collect();
+        let mut order: Vec<usize> = (0..col.len()).collect();
+        order.sort_by(|&a, &b| col[b].total_cmp(&col[a]).then(a.cmp(&b)));
+        let want: Vec<(u64, f32)> = order[..6].iter().map(|&t| (t as u64, col[t])).collect();
+        let got: Vec<(u64, f32)> = d.examples.iter().map(|e| (e.token, e.activation)).collect();
+        assert_eq!(got, want, "unit {u}");
+        let e = &d.examples[0];
+        let c = 32;
+        for (o, &(id, v)) in e.window.iter().enumerate() {
+            let t = e.context * c + e.window_start + o;
+            assert_eq!(id, contexts.tokens[t]);
+            assert_eq!(v, col[t]);
+        }
+        assert!(e.window_start == e.position.saturating_sub(4) && e.window.len() <= 7);
+        assert_eq!(d.histogram.counts.iter().sum::<u64>(), col.len() as u64);
+        let (lo, hi) = (d.histogram.lo, d.histogram.hi);
+        assert_eq!((lo, hi), (d.min, d.max));
+        let top_bin = col.iter().filter(|&&v| ((v - lo) / (hi - lo) * 10.0) as usize >= 9).count() as u64;
+        assert_eq!(d.histogram.counts[9], top_bin);
+        let mean = col.iter().map(|&v| v as f64).sum::<f64>() / col.len() as f64;
+        assert!((d.mean as f64 - mean).abs() < 1e-5);
+    }
+    // Logit effects of hook_z units are W_O's rows times W_U.
+    let effects = logit_effects(&model, &hook, &[5], 3).unwrap().unwrap();
+    let w_o = model.W_O(1).unwrap().reshape((64, 64)).unwrap();
+    let want = w_o.get(5).unwrap().unsqueeze(0).unwrap().matmul(&model.w_u.contiguous().unwrap()).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let best = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    assert!((effects[0].0[0].1 - best).abs() < 1e-4, "{:?} vs {best}", effects[0].0[0]);
+    let worst = want.iter().cloned().fold(f32::INFINITY, f32::min);
+    assert!((effects[0].1[0].1 - worst).abs() < 1e-4);
+    let e = dashboards(&store, "blocks.1.attn.hook_z", &DashboardOptions { units: vec![64], ..opts }, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("units 64"), "{e}");
+}

@@ -2,6 +2,7 @@
 
 pub mod ablation;
 pub mod circuits;
+pub mod dashboards;
 pub mod detectors;
 pub mod dla;
 pub mod embeddings;
