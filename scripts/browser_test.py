@@ -1,12 +1,19 @@
-"""Opens an attention run's attention.html in headless chromium and checks it as a user would,
-over the DevTools protocol: real mouse events, the page's own handlers.
+"""Opens a run's page in headless chromium and checks it as a user would, over the DevTools
+protocol: real mouse events, the page's own handlers.
 
     python scripts/browser_test.py RUN_DIR [SCREENSHOT.png]
 
-Checks: the page loads with no console errors or exceptions; the head selector has
-n_layers x n_heads cells; clicking a head draws its pattern (a canvas for that head whose
-pixel below the diagonal has the colour of the weight); hovering a matrix cell and a token shows
-values equal to patterns.parquet. Exits non-zero, saying what failed, otherwise.
+An attention run (attention.html): the page loads with no console errors or exceptions; the
+head selector has n_layers x n_heads cells; clicking a head draws its pattern (a canvas for that
+head whose pixel below the diagonal has the colour of the weight); hovering a matrix cell and a
+token shows values equal to patterns.parquet.
+
+A dashboards run (dashboard.html): no console errors; the unit list has one entry per row of
+units.parquet; clicking a unit shows it, with one histogram bar per bin holding
+histograms.parquet's counts, its strongest logit effect from logit_effects.parquet, and its top
+examples in order, the hovered example token showing top_examples.parquet's activation.
+
+Exits non-zero, saying what failed, otherwise.
 """
 import base64
 import json
@@ -90,13 +97,51 @@ def center(page, selector):
                      f"const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
 
 
+def check_dashboard(page, run, failures):
+    units = pl.read_parquet(run / "units.parquet")
+    page.call("Page.navigate", url=(run / "dashboard.html").as_uri())
+    for _ in range(100):
+        if page.eval("document.readyState") == "complete" and page.eval("!!document.querySelector('#unit-title')"):
+            break
+        time.sleep(0.1)
+    n = page.eval("document.querySelectorAll('#list div').length")
+    if n != units.height:
+        failures.append(f"the unit list has {n} entries, units.parquet {units.height}")
+    # Click the unit with the smallest max (last in the default order).
+    unit = units.sort("max").row(0, named=True)["unit"]
+    page.click(*center(page, f'#list div[data-unit="{unit}"]'))
+    shown = page.eval("document.getElementById('unit').dataset.unit")
+    if shown != str(unit):
+        failures.append(f"clicking unit {unit} shows unit {shown}")
+    hist = pl.read_parquet(run / "histograms.parquet").filter(pl.col("unit") == unit).sort("bin")["count"].to_list()
+    bars = page.eval("[...document.querySelectorAll('#hist rect.bar')].map(r => +r.dataset.count)")
+    if bars != hist:
+        failures.append(f"unit {unit}: histogram bars {bars[:5]}... not histograms.parquet's {hist[:5]}...")
+    if (run / "logit_effects.parquet").exists():
+        le = pl.read_parquet(run / "logit_effects.parquet").filter((pl.col("unit") == unit) & (pl.col("direction") == "raises") & (pl.col("rank") == 0)).row(0, named=True)
+        first = page.eval("document.querySelector('table.logits tr:nth-child(2) td').textContent")
+        if first != json.dumps(le["token"], ensure_ascii=False):
+            failures.append(f"unit {unit}: first raised token {first!r}, logit_effects.parquet says {le['token']!r}")
+    ex = pl.read_parquet(run / "top_examples.parquet").filter((pl.col("unit") == unit) & pl.col("is_example")).sort("rank")
+    lines = page.eval("document.querySelectorAll('.ex').length")
+    if lines != ex.height:
+        failures.append(f"unit {unit}: {lines} example lines, top_examples.parquet has {ex.height}")
+    top = ex.row(0, named=True)
+    page.mouse("mouseMoved", *center(page, '.ex[data-rank="0"] span.peak'))
+    shown = page.eval("document.getElementById('info').dataset.value")
+    if shown is None or abs(float(shown) - top["activation"]) > 1e-6 * max(1, abs(top["activation"])):
+        failures.append(f"hovering unit {unit}'s top example shows {shown!r}, top_examples.parquet says {top['activation']}")
+    return f"{n} units, unit {unit}: {len(bars)} bins and {lines} examples equal the parquet tables"
+
+
 def main():
     run = Path(sys.argv[1]).resolve()
     shot = Path(sys.argv[2]) if len(sys.argv) > 2 else None
     manifest = json.loads((run / "manifest.json").read_text())
     cfg = manifest["model"]["config"]
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
-    df = pl.read_parquet(run / "patterns.parquet")
+    dashboard = (run / "dashboard.html").exists()
+    df = None if dashboard else pl.read_parquet(run / "patterns.parquet")
     profile = tempfile.mkdtemp()
     port = 9400 + os.getpid() % 500
     proc = subprocess.Popen(
@@ -116,6 +161,12 @@ def main():
         page = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         for domain in ("Runtime", "Log", "Page"):
             page.call(f"{domain}.enable")
+        if dashboard:
+            summary = check_dashboard(page, run, failures)
+            failures += [f"console: {e}" for e in page.errors()]
+            if shot:
+                shot.write_bytes(base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
+            return finish(failures, summary)
         page.call("Page.navigate", url=(run / "attention.html").as_uri())
         for _ in range(100):
             if page.eval("document.readyState") == "complete" and page.eval("!!document.querySelector('canvas.matrix')"):
@@ -184,10 +235,14 @@ def main():
         proc.terminate()
         proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
+    finish(failures, f"{n_layers * n_heads} cells, {n} tokens, values equal patterns.parquet")
+
+
+def finish(failures, summary):
     if failures:
         print("\n".join(["FAILED:"] + failures))
         sys.exit(1)
-    print(f"browser test passed: {n_layers * n_heads} cells, {n} tokens, values equal patterns.parquet")
+    print(f"browser test passed: {summary}")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,29 @@
 
 use candle_core::{DType, Device, Tensor};
 use hooklens::corpus::{pack, read_documents, Contexts, Packing};
-use hooklens::store::{hook_stats, write_shard, ActivationStore, Batches, Capture, Source, StoreSpec, StoredHook, FORMAT};
+use hooklens::store::{
+    hook_stats, write_shard, ActivationStore, Batches, Capture, Source, StoreSpec, StoredHook,
+    FORMAT,
+};
 use hooklens::{load_model, HookPoint, HookedTransformer, LoadOptions};
 use std::path::Path;
 
 fn setup() -> (HookedTransformer, Contexts) {
     let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
-    let docs = read_documents(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/corpus/tiny.txt")), "text").unwrap();
-    let packing = Packing { context_len: 32, bos: tok.bos_token_id, separator: tok.bos_token_id, seed: 0 };
+    let docs = read_documents(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/corpus/tiny.txt"
+        )),
+        "text",
+    )
+    .unwrap();
+    let packing = Packing {
+        context_len: 32,
+        bos: tok.bos_token_id,
+        separator: tok.bos_token_id,
+        seed: 0,
+    };
     let contexts = pack(&docs, &tok, model.cfg.n_ctx, &packing, Some(24)).unwrap();
     (model, contexts)
 }
@@ -21,7 +36,15 @@ fn write_store(dir: &Path, capture: &Capture, contexts: &Contexts) -> Activation
     let shapes = capture.shapes().unwrap();
     let spec = StoreSpec {
         format: FORMAT.into(),
-        hooks: capture.hooks.iter().zip(shapes).map(|(h, shape)| StoredHook { name: h.to_string(), shape }).collect(),
+        hooks: capture
+            .hooks
+            .iter()
+            .zip(shapes)
+            .map(|(h, shape)| StoredHook {
+                name: h.to_string(),
+                shape,
+            })
+            .collect(),
         dtype: "f32".into(),
         context_len: contexts.context_len,
         contexts: contexts.len(),
@@ -32,7 +55,11 @@ fn write_store(dir: &Path, capture: &Capture, contexts: &Contexts) -> Activation
         stop_at_layer: capture.stop_at_layer,
         provenance: serde_json::Value::Null,
     };
-    std::fs::write(dir.join("store.json"), serde_json::to_string(&spec).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("store.json"),
+        serde_json::to_string(&spec).unwrap(),
+    )
+    .unwrap();
     for i in 0..spec.shards {
         let data = capture.shard(&spec, contexts, i, &mut |_| {}).unwrap();
         write_shard(dir, &spec, i, &data).unwrap();
@@ -41,7 +68,12 @@ fn write_store(dir: &Path, capture: &Capture, contexts: &Contexts) -> Activation
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<u32>> {
-    let mut v: Vec<Vec<u32>> = t.to_vec2::<f32>().unwrap().into_iter().map(|r| r.iter().map(|x| x.to_bits()).collect()).collect();
+    let mut v: Vec<Vec<u32>> = t
+        .to_vec2::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.iter().map(|x| x.to_bits()).collect())
+        .collect();
     v.sort();
     v
 }
@@ -49,31 +81,70 @@ fn rows(t: &Tensor) -> Vec<Vec<u32>> {
 #[test]
 fn the_mixing_buffer_hands_out_every_row_once_seeded() {
     let (model, contexts) = setup();
-    let hooks = vec!["blocks.0.hook_resid_post".parse().unwrap(), "blocks.1.attn.hook_z".parse().unwrap()];
+    let hooks = vec![
+        "blocks.0.hook_resid_post".parse().unwrap(),
+        "blocks.1.attn.hook_z".parse().unwrap(),
+    ];
     let capture = Capture::new(&model, hooks, DType::F32).unwrap();
     assert_eq!(capture.stop_at_layer, Some(2));
     let dir = tempfile::tempdir().unwrap();
     let store = write_store(dir.path(), &capture, &contexts);
     assert_eq!(store.spec.shards, 5);
     let disk = Source::Disk(&store);
-    let all = Tensor::cat(&(0..5).map(|i| store.read(i, "blocks.1.attn.hook_z").unwrap()).collect::<Vec<_>>(), 0).unwrap();
+    let all = Tensor::cat(
+        &(0..5)
+            .map(|i| store.read(i, "blocks.1.attn.hook_z").unwrap())
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
     assert_eq!(all.dims(), &[24 * 32, 64]);
-    let batches = |source: &Source, seed| -> Vec<Tensor> { Batches::new(source, 1, 50, 200, seed).unwrap().map(|b| b.unwrap()).collect() };
+    let batches = |source: &Source, seed| -> Vec<Tensor> {
+        Batches::new(source, 1, 50, 200, seed)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+    };
     let a = batches(&disk, 7);
     assert!(a[..a.len() - 1].iter().all(|b| b.dims() == [50, 64]));
     let got = Tensor::cat(&a, 0).unwrap();
     assert_eq!(rows(&got), rows(&all), "every row exactly once");
     let again = Tensor::cat(&batches(&disk, 7), 0).unwrap();
-    assert_eq!(again.to_vec2::<f32>().unwrap(), got.to_vec2::<f32>().unwrap(), "seeded");
+    assert_eq!(
+        again.to_vec2::<f32>().unwrap(),
+        got.to_vec2::<f32>().unwrap(),
+        "seeded"
+    );
     let other = Tensor::cat(&batches(&disk, 8), 0).unwrap();
-    assert_ne!(other.to_vec2::<f32>().unwrap(), got.to_vec2::<f32>().unwrap());
+    assert_ne!(
+        other.to_vec2::<f32>().unwrap(),
+        got.to_vec2::<f32>().unwrap()
+    );
     // Mixed: the first batch draws from more than one context.
     let first = &a[0];
-    let ctx_of = |row: &[f32]| (0..all.dim(0).unwrap()).find(|&r| all.get(r).unwrap().to_vec1::<f32>().unwrap() == row).unwrap() / 32;
-    let contexts_seen: std::collections::HashSet<usize> = first.to_vec2::<f32>().unwrap().iter().map(|r| ctx_of(r)).collect();
-    assert!(contexts_seen.len() > 3, "first batch from {} contexts", contexts_seen.len());
+    let ctx_of = |row: &[f32]| {
+        (0..all.dim(0).unwrap())
+            .find(|&r| all.get(r).unwrap().to_vec1::<f32>().unwrap() == row)
+            .unwrap()
+            / 32
+    };
+    let contexts_seen: std::collections::HashSet<usize> = first
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .map(|r| ctx_of(r))
+        .collect();
+    assert!(
+        contexts_seen.len() > 3,
+        "first batch from {} contexts",
+        contexts_seen.len()
+    );
     // The model on the fly gives the same rows as the disk.
-    let live = Source::Model { capture: &capture, contexts: &contexts, contexts_per_chunk: 4 };
+    let live = Source::Model {
+        capture: &capture,
+        contexts: &contexts,
+        contexts_per_chunk: 4,
+    };
     let fly = Tensor::cat(&batches(&live, 7), 0).unwrap();
     assert_eq!(rows(&fly), rows(&all));
     assert!(Batches::new(&disk, 0, 50, 60, 0).is_err());
@@ -82,14 +153,38 @@ fn the_mixing_buffer_hands_out_every_row_once_seeded() {
 #[test]
 fn statistics_equal_a_brute_force_pass_and_stop_layers_follow_the_hooks() {
     let (model, contexts) = setup();
-    let capture = Capture::new(&model, vec!["blocks.0.attn.hook_z".parse().unwrap()], DType::F32).unwrap();
+    let capture = Capture::new(
+        &model,
+        vec!["blocks.0.attn.hook_z".parse().unwrap()],
+        DType::F32,
+    )
+    .unwrap();
     assert_eq!(capture.stop_at_layer, Some(1));
     let dir = tempfile::tempdir().unwrap();
     let store = write_store(dir.path(), &capture, &contexts);
-    let stats = hook_stats(&Source::Disk(&store), &["blocks.0.attn.hook_z".into()], &mut |_| {}).unwrap();
-    let all = Tensor::cat(&(0..store.spec.shards).map(|i| store.read(i, "blocks.0.attn.hook_z").unwrap()).collect::<Vec<_>>(), 0).unwrap();
+    let stats = hook_stats(
+        &Source::Disk(&store),
+        &["blocks.0.attn.hook_z".into()],
+        &mut |_| {},
+    )
+    .unwrap();
+    let all = Tensor::cat(
+        &(0..store.spec.shards)
+            .map(|i| store.read(i, "blocks.0.attn.hook_z").unwrap())
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
     let mean: Vec<f32> = all.mean(0).unwrap().to_vec1().unwrap();
-    let norms: Vec<f32> = all.sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_vec1().unwrap();
+    let norms: Vec<f32> = all
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(stats[0].tokens, 24 * 32);
     for (a, b) in stats[0].mean.iter().zip(&mean) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
@@ -101,7 +196,12 @@ fn statistics_equal_a_brute_force_pass_and_stop_layers_follow_the_hooks() {
     // Embedding hooks stop before layer 0; ln_final runs the whole model.
     let c = Capture::new(&model, vec![HookPoint::Embed], DType::F32).unwrap();
     assert_eq!(c.stop_at_layer, Some(0));
-    assert_eq!(c.activations(&contexts.batch(0..1, &Device::Cpu).unwrap()).unwrap()[0].dims(), &[32, 64]);
+    assert_eq!(
+        c.activations(&contexts.batch(0..1, &Device::Cpu).unwrap())
+            .unwrap()[0]
+            .dims(),
+        &[32, 64]
+    );
     let c = Capture::new(&model, vec![HookPoint::LnFinalNormalized], DType::F16).unwrap();
     assert_eq!(c.stop_at_layer, None);
     assert_eq!(c.shapes().unwrap(), vec![vec![64]]);
@@ -116,15 +216,36 @@ fn dashboards_equal_a_brute_force_top_k() {
     let dir = tempfile::tempdir().unwrap();
     let store = write_store(dir.path(), &capture, &contexts);
     let units: Vec<usize> = (0..64).step_by(3).collect();
-    let opts = DashboardOptions { units: units.clone(), k: 6, bins: 10, before: 4, after: 2 };
+    let opts = DashboardOptions {
+        units: units.clone(),
+        k: 6,
+        bins: 10,
+        before: 4,
+        after: 2,
+        skip_tokens: vec![256],
+    };
     let dash = dashboards(&store, "blocks.1.attn.hook_z", &opts, &mut |_| {}).unwrap();
-    let all: Vec<Vec<f32>> = Tensor::cat(&(0..store.spec.shards).map(|i| store.read(i, "blocks.1.attn.hook_z").unwrap()).collect::<Vec<_>>(), 0)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let all: Vec<Vec<f32>> = Tensor::cat(
+        &(0..store.spec.shards)
+            .map(|i| store.read(i, "blocks.1.attn.hook_z").unwrap())
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap()
+    .to_vec2()
+    .unwrap();
     for (d, &u) in dash.iter().zip(&units) {
         let col: Vec<f32> = all.iter().map(|r| r[u]).collect();
-        let mut order: Vec<usize> = (0..col.len()).collect();
+        // BOS and separators (256) left out.
+        let kept: Vec<f32> = col
+            .iter()
+            .zip(&contexts.tokens)
+            .filter(|(_, &t)| t != 256)
+            .map(|(&v, _)| v)
+            .collect();
+        let mut order: Vec<usize> = (0..col.len())
+            .filter(|&t| contexts.tokens[t] != 256)
+            .collect();
         order.sort_by(|&a, &b| col[b].total_cmp(&col[a]).then(a.cmp(&b)));
         let want: Vec<(u64, f32)> = order[..6].iter().map(|&t| (t as u64, col[t])).collect();
         let got: Vec<(u64, f32)> = d.examples.iter().map(|e| (e.token, e.activation)).collect();
@@ -137,22 +258,49 @@ fn dashboards_equal_a_brute_force_top_k() {
             assert_eq!(v, col[t]);
         }
         assert!(e.window_start == e.position.saturating_sub(4) && e.window.len() <= 7);
-        assert_eq!(d.histogram.counts.iter().sum::<u64>(), col.len() as u64);
+        assert_eq!(d.histogram.counts.iter().sum::<u64>(), kept.len() as u64);
+        assert_eq!(d.tokens, kept.len() as u64);
         let (lo, hi) = (d.histogram.lo, d.histogram.hi);
         assert_eq!((lo, hi), (d.min, d.max));
-        let top_bin = col.iter().filter(|&&v| ((v - lo) / (hi - lo) * 10.0) as usize >= 9).count() as u64;
+        let top_bin = kept
+            .iter()
+            .filter(|&&v| ((v - lo) / (hi - lo) * 10.0) as usize >= 9)
+            .count() as u64;
         assert_eq!(d.histogram.counts[9], top_bin);
-        let mean = col.iter().map(|&v| v as f64).sum::<f64>() / col.len() as f64;
+        let mean = kept.iter().map(|&v| v as f64).sum::<f64>() / kept.len() as f64;
         assert!((d.mean as f64 - mean).abs() < 1e-5);
     }
     // Logit effects of hook_z units are W_O's rows times W_U.
     let effects = logit_effects(&model, &hook, &[5], 3).unwrap().unwrap();
     let w_o = model.W_O(1).unwrap().reshape((64, 64)).unwrap();
-    let want = w_o.get(5).unwrap().unsqueeze(0).unwrap().matmul(&model.w_u.contiguous().unwrap()).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let want = w_o
+        .get(5)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .matmul(&model.w_u.contiguous().unwrap())
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let best = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    assert!((effects[0].0[0].1 - best).abs() < 1e-4, "{:?} vs {best}", effects[0].0[0]);
+    assert!(
+        (effects[0].0[0].1 - best).abs() < 1e-4,
+        "{:?} vs {best}",
+        effects[0].0[0]
+    );
     let worst = want.iter().cloned().fold(f32::INFINITY, f32::min);
     assert!((effects[0].1[0].1 - worst).abs() < 1e-4);
-    let e = dashboards(&store, "blocks.1.attn.hook_z", &DashboardOptions { units: vec![64], ..opts }, &mut |_| {}).unwrap_err();
+    let e = dashboards(
+        &store,
+        "blocks.1.attn.hook_z",
+        &DashboardOptions {
+            units: vec![64],
+            ..opts
+        },
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("units 64"), "{e}");
 }

@@ -660,3 +660,30 @@ pub fn parse_neurons(names: &[String]) -> anyhow::Result<Vec<Unit>> {
         })
         .collect()
 }
+
+/// Numbers and ranges below `limit`, comma-separated: `0..64,100` (`flag` names them in errors).
+pub fn parse_ranges(s: &str, limit: usize, flag: &str) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            anyhow::anyhow!(
+                "{flag} {part:?}: write numbers and ranges below {limit}, e.g. 0..64,100"
+            )
+        };
+        let (a, b) = match part.split_once("..") {
+            Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+            None => {
+                let n: usize = part.parse().map_err(|_| bad())?;
+                (n, n + 1)
+            }
+        };
+        if a >= b || b > limit {
+            return Err(bad());
+        }
+        out.extend(a..b);
+    }
+    if out.is_empty() {
+        anyhow::bail!("{flag} {s:?} names no units");
+    }
+    Ok(out)
+}

@@ -69,6 +69,55 @@ pub fn token_values_page(title: &str, sections: &[TokenValues]) -> Result<String
     Ok(fill(include_str!("token_values.html"), title, &data))
 }
 
+/// The unit dashboards (`dashboard_view.html`), as Neuronpedia shows a neuron: a unit list
+/// (sortable, filterable), and for the chosen unit its histogram, its logit effects (when
+/// `effects` has them) and its top examples with each token coloured by the unit's
+/// activation, the value on hover. Token texts come from `tok`, inline for the tokens shown.
+pub fn dashboard_page(
+    title: &str,
+    subtitle: &str,
+    hook: &str,
+    dash: &[hooklens::analysis::dashboards::UnitDashboard],
+    effects: Option<&hooklens::analysis::dashboards::LogitEffects>,
+    tok: &hooklens::Tokenizer,
+) -> Result<String> {
+    let mut text = std::collections::BTreeMap::new();
+    let mut name = |id: u32| -> Result<()> {
+        if let std::collections::btree_map::Entry::Vacant(e) = text.entry(id) {
+            e.insert(tok.decode(&[id])?);
+        }
+        Ok(())
+    };
+    let mut units = Vec::with_capacity(dash.len());
+    for (i, d) in dash.iter().enumerate() {
+        let effect = effects.map(|e| &e[i]);
+        for &(id, _) in effect.iter().flat_map(|(up, down)| up.iter().chain(down)) {
+            name(id)?;
+        }
+        let ex: Vec<serde_json::Value> = d
+            .examples
+            .iter()
+            .map(|e| {
+                e.window.iter().try_for_each(|&(id, _)| name(id))?;
+                Ok(serde_json::json!({
+                    "a": e.activation, "ctx": e.context, "pos": e.position, "start": e.window_start,
+                    "ids": e.window.iter().map(|w| w.0).collect::<Vec<_>>(),
+                    "vals": e.window.iter().map(|w| w.1).collect::<Vec<_>>(),
+                }))
+            })
+            .collect::<Result<_>>()?;
+        units.push(serde_json::json!({
+            "unit": d.unit, "tokens": d.tokens, "max": d.max, "min": d.min, "mean": d.mean, "frac": d.frac_active,
+            "hist": { "lo": d.histogram.lo, "hi": d.histogram.hi, "counts": d.histogram.counts },
+            "up": effect.map(|e| &e.0), "down": effect.map(|e| &e.1), "ex": ex,
+        }));
+    }
+    let data = serde_json::json!({
+        "title": title, "subtitle": subtitle, "hook": hook, "units": units, "text": text,
+    });
+    Ok(fill(include_str!("dashboard_view.html"), title, &data))
+}
+
 /// A page template with its title and inline JSON data filled in.
 fn fill(template: &str, title: &str, data: &serde_json::Value) -> String {
     // Inside <script>, a "</" in a token would end the element: JSON allows "<\/".

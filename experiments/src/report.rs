@@ -815,3 +815,62 @@ pub fn store_views(
     })?;
     Ok(())
 }
+
+/// Unit dashboards as tables (`units`, `top_examples`, `histograms`, `logit_effects`) and the
+/// page `dashboard.html`; prints the units with the largest activations.
+pub fn dashboard_views(
+    exp: &mut Experiment,
+    store: &hooklens::store::ActivationStore,
+    hook: &str,
+    dash: &[hooklens::analysis::dashboards::UnitDashboard],
+    effects: Option<&hooklens::analysis::dashboards::LogitEffects>,
+    tok: &hooklens::Tokenizer,
+) -> Result<()> {
+    use crate::tables::{DashExamples, DashHistograms, DashLogits, DashUnits, Dashboards};
+    let tables = Dashboards { dash, effects, tok };
+    exp.table("units.parquet", &DashUnits(&tables))?;
+    exp.table("top_examples.parquet", &DashExamples(&tables))?;
+    exp.table("histograms.parquet", &DashHistograms(&tables))?;
+    if effects.is_some() {
+        exp.table("logit_effects.parquet", &DashLogits(&tables))?;
+    }
+    let model = store.spec.provenance["model"].as_str().unwrap_or("?");
+    let subtitle = format!(
+        "{model}, {} tokens of {} in contexts of {}; store {}",
+        store.spec.tokens,
+        store.spec.provenance["corpus"]["files"][0]["path"]
+            .as_str()
+            .unwrap_or("?"),
+        store.spec.context_len,
+        store.dir.display()
+    );
+    let page = crate::html::dashboard_page(
+        &format!("{hook}: unit dashboards"),
+        &subtitle,
+        hook,
+        dash,
+        effects,
+        tok,
+    )?;
+    exp.page(
+        "dashboard.html",
+        "Unit dashboards: top examples coloured by activation, histograms, logit effects",
+        &page,
+    )?;
+    let mut order: Vec<&hooklens::analysis::dashboards::UnitDashboard> = dash.iter().collect();
+    order.sort_by(|a, b| b.max.total_cmp(&a.max));
+    let mut out = std::io::stdout().lock();
+    for d in order.iter().take(5) {
+        let e = &d.examples[0];
+        let ids: Vec<u32> = e.window.iter().map(|w| w.0).collect();
+        writeln!(
+            out,
+            "unit {:5} max {:8.3}  density {:.4}  {:?}",
+            d.unit,
+            d.max,
+            d.frac_active,
+            tok.decode(&ids)?
+        )?;
+    }
+    Ok(())
+}

@@ -561,3 +561,169 @@ impl Table for TemperatureTable<'_> {
         ])
     }
 }
+
+/// Unit dashboards ([`hooklens::analysis::dashboards`]) as four tables: units, top examples,
+/// histograms and logit effects.
+pub struct Dashboards<'a> {
+    pub dash: &'a [hooklens::analysis::dashboards::UnitDashboard],
+    pub effects: Option<&'a hooklens::analysis::dashboards::LogitEffects>,
+    pub tok: &'a Tokenizer,
+}
+
+/// `units.parquet`: one row per unit.
+pub struct DashUnits<'a>(pub &'a Dashboards<'a>);
+/// `top_examples.parquet`: one row per token of each top example's window.
+pub struct DashExamples<'a>(pub &'a Dashboards<'a>);
+/// `histograms.parquet`: one row per histogram bin.
+pub struct DashHistograms<'a>(pub &'a Dashboards<'a>);
+/// `logit_effects.parquet`: one row per (unit, direction, rank).
+pub struct DashLogits<'a>(pub &'a Dashboards<'a>);
+
+impl Table for DashUnits<'_> {
+    const WHAT: &'static str = "dashboard units";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        (
+            "unit",
+            "the unit: its index on the hook's last axis (flattened: hook_z unit h·d_head + i)",
+        ),
+        ("max", "largest activation over the store"),
+        ("min", "smallest activation"),
+        ("mean", "mean activation"),
+        (
+            "frac_active",
+            "fraction of tokens where it is above zero (density)",
+        ),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        let d = self.0.dash;
+        Ok(vec![
+            col("unit", d.iter().map(|u| u.unit as u32).collect()),
+            col("max", d.iter().map(|u| u.max).collect()),
+            col("min", d.iter().map(|u| u.min).collect()),
+            col("mean", d.iter().map(|u| u.mean).collect()),
+            col("frac_active", d.iter().map(|u| u.frac_active).collect()),
+        ])
+    }
+}
+
+impl Table for DashExamples<'_> {
+    const WHAT: &'static str = "top examples";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("unit", "the unit"),
+        ("rank", "0 = the unit's strongest token over the store; ties go to the earlier token"),
+        ("activation", "the unit's activation on the example's token"),
+        ("context", "the example's context in the store (tokens.parquet's `context`)"),
+        ("position", "the example token's position in its context"),
+        ("window_position", "the position of this row's token (the window runs from --before tokens before the example to --after after, within the context)"),
+        ("is_example", "whether this row is the example's token itself"),
+        ("token_id", "this row's token id"),
+        ("token", "this row's token text"),
+        ("value", "the unit's activation on this row's token"),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        let (mut unit, mut rank, mut act, mut ctx, mut pos) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut wpos, mut is_ex, mut ids, mut text, mut val) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for u in self.0.dash {
+            for (r, e) in u.examples.iter().enumerate() {
+                for (o, &(id, v)) in e.window.iter().enumerate() {
+                    unit.push(u.unit as u32);
+                    rank.push(r as u32);
+                    act.push(e.activation);
+                    ctx.push(e.context as u32);
+                    pos.push(e.position as u32);
+                    wpos.push((e.window_start + o) as u32);
+                    is_ex.push(e.window_start + o == e.position);
+                    ids.push(id);
+                    text.push(self.0.tok.decode(&[id])?);
+                    val.push(v);
+                }
+            }
+        }
+        Ok(vec![
+            col("unit", unit),
+            col("rank", rank),
+            col("activation", act),
+            col("context", ctx),
+            col("position", pos),
+            col("window_position", wpos),
+            col("is_example", is_ex),
+            col("token_id", ids),
+            col("token", text),
+            col("value", val),
+        ])
+    }
+}
+
+impl Table for DashHistograms<'_> {
+    const WHAT: &'static str = "histograms";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("unit", "the unit"),
+        (
+            "bin",
+            "the bin, from 0 (equal bins from the unit's min to its max)",
+        ),
+        ("lo", "the bin's lower edge"),
+        ("hi", "the bin's upper edge (the last bin includes it)"),
+        ("count", "tokens whose activation falls in the bin"),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        let (mut unit, mut bin, mut lo, mut hi, mut count) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for u in self.0.dash {
+            let h = &u.histogram;
+            let n = h.counts.len() as f32;
+            for (b, &c) in h.counts.iter().enumerate() {
+                unit.push(u.unit as u32);
+                bin.push(b as u32);
+                lo.push(h.lo + (h.hi - h.lo) * b as f32 / n);
+                hi.push(h.lo + (h.hi - h.lo) * (b + 1) as f32 / n);
+                count.push(c);
+            }
+        }
+        Ok(vec![
+            col("unit", unit),
+            col("bin", bin),
+            col("lo", lo),
+            col("hi", hi),
+            col("count", count),
+        ])
+    }
+}
+
+impl Table for DashLogits<'_> {
+    const WHAT: &'static str = "logit effects";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("unit", "the unit"),
+        ("direction", "raises | lowers: the tokens whose logits the unit's output direction raises or lowers most"),
+        ("rank", "0 = the largest effect"),
+        ("token_id", "the token id"),
+        ("token", "the token text"),
+        ("effect", "the logit change per unit of activation: output direction · W_U (the final norm's scale left out)"),
+    ];
+    fn columns(&self) -> Result<Vec<Column>> {
+        let (mut unit, mut dir, mut rank, mut ids, mut text, mut eff) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (u, (up, down)) in self.0.dash.iter().zip(self.0.effects.into_iter().flatten()) {
+            for (name, rows) in [("raises", up), ("lowers", down)] {
+                for (r, &(id, v)) in rows.iter().enumerate() {
+                    unit.push(u.unit as u32);
+                    dir.push(name);
+                    rank.push(r as u32);
+                    ids.push(id);
+                    text.push(self.0.tok.decode(&[id])?);
+                    eff.push(v);
+                }
+            }
+        }
+        Ok(vec![
+            col("unit", unit),
+            col("direction", dir),
+            col("rank", rank),
+            col("token_id", ids),
+            col("token", text),
+            col("effect", eff),
+        ])
+    }
+}

@@ -301,3 +301,76 @@ fn bad_input_is_a_clear_error() {
         "failed runs left folders behind"
     );
 }
+
+#[test]
+fn dashboards_read_a_store_and_check_its_model() {
+    const DASHBOARDS: &str = env!("CARGO_BIN_EXE_dashboards");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        CAPTURE,
+        &["--run", "s", "--hooks", "blocks.0.hook_resid_post"],
+        d,
+    );
+    let args = [
+        "--store",
+        "outputs/capture/s",
+        "--run",
+        "d",
+        "--units",
+        "0..8,40",
+        "--top-k",
+        "5",
+        "--bins",
+        "12",
+    ];
+    ok(DASHBOARDS, &args, d);
+    let out = d.join("outputs/dashboards/d");
+    for f in [
+        "units.parquet",
+        "top_examples.parquet",
+        "histograms.parquet",
+        "logit_effects.parquet",
+        "dashboard.html",
+        "manifest.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let units = lab::parquet::read_parquet(&out.join("units.parquet")).unwrap();
+    assert_eq!(units.height(), 9);
+    let hist = lab::parquet::read_parquet(&out.join("histograms.parquet")).unwrap();
+    assert_eq!(hist.height(), 9 * 12);
+    let page = std::fs::read_to_string(out.join("dashboard.html")).unwrap();
+    // Nothing fetched: no external sources (the SVG namespace URI is a name, not a fetch).
+    assert!(
+        page.contains("blocks.0.hook_resid_post")
+            && !page.contains("src=\"http")
+            && !page.contains("fetch(")
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--store", "outputs/capture/s", "--units", "0..65"],
+            "--units \"0..65\"",
+        ),
+        (
+            &[
+                "--store",
+                "outputs/capture/s",
+                "--hook",
+                "blocks.1.hook_resid_post",
+            ],
+            "does not hold blocks.1.hook_resid_post",
+        ),
+        (
+            &["--store", "outputs/capture/s", "--model", "gpt2-random"],
+            "model",
+        ),
+        (&["--store", "outputs/nothing"], "not an activation store"),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run(DASHBOARDS, args, d);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -28,6 +28,9 @@ pub struct DashboardOptions {
     /// Tokens shown before and after each example's token (within its context).
     pub before: usize,
     pub after: usize,
+    /// Tokens left out of examples, histograms and moments wherever they stand: BOS and the
+    /// document separator, whose activations are outliers in most models.
+    pub skip_tokens: Vec<u32>,
 }
 
 /// One of a unit's top-activating tokens, with the tokens around it.
@@ -55,6 +58,8 @@ pub struct Histogram {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitDashboard {
     pub unit: usize,
+    /// Tokens counted (the store's, less the skipped positions).
+    pub tokens: u64,
     pub max: f32,
     pub min: f32,
     pub mean: f32,
@@ -102,10 +107,18 @@ pub fn dashboards(
     let (_, stored) = store.spec.hook(hook)?;
     let width = stored.width();
     if let Some(&u) = opts.units.iter().find(|&&u| u >= width) {
-        return Err(Error::bad_parameter("units", u, format!("{hook} has {width} units, 0..{width}")));
+        return Err(Error::bad_parameter(
+            "units",
+            u,
+            format!("{hook} has {width} units, 0..{width}"),
+        ));
     }
     if opts.k == 0 || opts.bins == 0 {
-        return Err(Error::bad_parameter("top_k", opts.k, "top examples and histogram bins must be at least 1"));
+        return Err(Error::bad_parameter(
+            "top_k",
+            opts.k,
+            "top examples and histogram bins must be at least 1",
+        ));
     }
     let n_units = opts.units.len();
     let shards = store.spec.shards;
@@ -114,21 +127,35 @@ pub fn dashboards(
     // The units in contiguous groups, one per thread: each reads a shard row by row once.
     let groups: Vec<std::ops::Range<usize>> = {
         let per = n_units.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        (0..n_units).step_by(per).map(|a| a..(a + per).min(n_units)).collect()
+        (0..n_units)
+            .step_by(per)
+            .map(|a| a..(a + per).min(n_units))
+            .collect()
     };
     let columns = |x: &Tensor| -> Result<Vec<f32>> {
         // [rows, width] -> [rows, units]
-        let idx = Tensor::new(opts.units.iter().map(|&u| u as u32).collect::<Vec<_>>(), x.device())?;
+        let idx = Tensor::new(
+            opts.units.iter().map(|&u| u as u32).collect::<Vec<_>>(),
+            x.device(),
+        )?;
         Ok(x.index_select(&idx, 1)?.flatten_all()?.to_vec1()?)
     };
 
     let mut acc: Vec<Pass1> = vec![
-        Pass1 { heap: BinaryHeap::new(), min: f32::INFINITY, max: f32::NEG_INFINITY, sum: 0.0, active: 0 };
+        Pass1 {
+            heap: BinaryHeap::new(),
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+            active: 0
+        };
         n_units
     ];
     let mut tokens = 0u64;
     for s in 0..shards {
         let x = columns(&store.read(s, hook)?)?;
+        let ids = store.column(s, "token_id")?;
+        let counted = |r: usize| !opts.skip_tokens.contains(&ids[r]);
         let rows = x.len() / n_units.max(1);
         let base = first_token(s);
         let mut parts: Vec<&mut [Pass1]> = Vec::new();
@@ -138,25 +165,28 @@ pub fn dashboards(
             parts.push(a);
             rest = b;
         }
-        parts.into_par_iter().zip(groups.par_iter()).for_each(|(part, g)| {
-            for r in 0..rows {
-                let row = &x[r * n_units + g.start..r * n_units + g.end];
-                for (a, &v) in part.iter_mut().zip(row) {
-                    a.min = a.min.min(v);
-                    a.max = a.max.max(v);
-                    a.sum += v as f64;
-                    a.active += (v > 0.0) as u64;
-                    let key = (Reverse(OrdF32(v)), base + r as u64);
-                    if a.heap.len() < opts.k {
-                        a.heap.push(key);
-                    } else if a.heap.peek().is_some_and(|top| key < *top) {
-                        a.heap.pop();
-                        a.heap.push(key);
+        parts
+            .into_par_iter()
+            .zip(groups.par_iter())
+            .for_each(|(part, g)| {
+                for r in (0..rows).filter(|&r| counted(r)) {
+                    let row = &x[r * n_units + g.start..r * n_units + g.end];
+                    for (a, &v) in part.iter_mut().zip(row) {
+                        a.min = a.min.min(v);
+                        a.max = a.max.max(v);
+                        a.sum += v as f64;
+                        a.active += (v > 0.0) as u64;
+                        let key = (Reverse(OrdF32(v)), base + r as u64);
+                        if a.heap.len() < opts.k {
+                            a.heap.push(key);
+                        } else if a.heap.peek().is_some_and(|top| key < *top) {
+                            a.heap.pop();
+                            a.heap.push(key);
+                        }
                     }
                 }
-            }
-        });
-        tokens += rows as u64;
+            });
+        tokens += (0..rows).filter(|&r| counted(r)).count() as u64;
         progress(rows);
     }
 
@@ -186,12 +216,17 @@ pub fn dashboards(
             let (lo, hi) = (a.min, a.max);
             UnitDashboard {
                 unit,
+                tokens,
                 max: a.max,
                 min: a.min,
                 mean: (a.sum / tokens.max(1) as f64) as f32,
                 frac_active: a.active as f32 / tokens.max(1) as f32,
                 examples,
-                histogram: Histogram { lo, hi, counts: vec![0; opts.bins] },
+                histogram: Histogram {
+                    lo,
+                    hi,
+                    counts: vec![0; opts.bins],
+                },
             }
         })
         .collect();
@@ -207,6 +242,7 @@ pub fn dashboards(
     for s in 0..shards {
         let x = columns(&store.read(s, hook)?)?;
         let ids = store.column(s, "token_id")?;
+        let counted = |r: usize| !opts.skip_tokens.contains(&ids[r]);
         let rows = ids.len();
         let base = first_token(s);
         let bins = opts.bins;
@@ -217,17 +253,20 @@ pub fn dashboards(
             parts.push(a);
             rest = b;
         }
-        parts.into_par_iter().zip(groups.par_iter()).for_each(|(part, g)| {
-            for r in 0..rows {
-                let row = &x[r * n_units + g.start..r * n_units + g.end];
-                for (d, &v) in part.iter_mut().zip(row) {
-                    let h = &mut d.histogram;
-                    let span = (h.hi - h.lo).max(f32::MIN_POSITIVE);
-                    let b = (((v - h.lo) / span) * bins as f32) as usize;
-                    h.counts[b.min(bins - 1)] += 1;
+        parts
+            .into_par_iter()
+            .zip(groups.par_iter())
+            .for_each(|(part, g)| {
+                for r in (0..rows).filter(|&r| counted(r)) {
+                    let row = &x[r * n_units + g.start..r * n_units + g.end];
+                    for (d, &v) in part.iter_mut().zip(row) {
+                        let h = &mut d.histogram;
+                        let span = (h.hi - h.lo).max(f32::MIN_POSITIVE);
+                        let b = (((v - h.lo) / span) * bins as f32) as usize;
+                        h.counts[b.min(bins - 1)] += 1;
+                    }
                 }
-            }
-        });
+            });
         let lo = wanted.partition_point(|w| w.0 < base);
         let hi = wanted.partition_point(|w| w.0 < base + rows as u64);
         for &(t, ui, ei, o) in &wanted[lo..hi] {
@@ -244,8 +283,8 @@ pub type LogitEffects = Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>)>;
 
 /// Each unit's direct effect on the logits: its output direction times W_U (without the final
 /// norm's scale), as the `k` most raised and the `k` most lowered tokens. The output direction
-/// is `W_out`'s row for `mlp.hook_post` neurons, `W_O`'s row for `attn.hook_z` units (h·d_head
-/// + i), and the basis vector for hooks of width d_model (the residual stream); other hooks
+/// is `W_out`'s row for `mlp.hook_post` neurons, `W_O`'s row for `attn.hook_z` units
+/// (h·d_head + i), and the basis vector for hooks of width d_model (the residual stream); other hooks
 /// have none (`None`).
 pub fn logit_effects(
     model: &HookedTransformer,
@@ -255,7 +294,10 @@ pub fn logit_effects(
 ) -> Result<Option<LogitEffects>> {
     let cfg = &model.cfg;
     let rows = |w: &Tensor| -> Result<Tensor> {
-        let idx = Tensor::new(units.iter().map(|&u| u as u32).collect::<Vec<_>>(), w.device())?;
+        let idx = Tensor::new(
+            units.iter().map(|&u| u as u32).collect::<Vec<_>>(),
+            w.device(),
+        )?;
         Ok(w.index_select(&idx, 0)?.to_dtype(DType::F32)?)
     };
     let directions = match hook {
@@ -265,9 +307,16 @@ pub fn logit_effects(
         },
         HookPoint::Block(l, BlockHook::Z) => {
             // W_O [n_heads, d_head, d_model] -> [n_heads·d_head, d_model]
-            rows(&model.W_O(*l)?.reshape((cfg.n_heads * cfg.d_head, cfg.d_model))?)?
+            rows(
+                &model
+                    .W_O(*l)?
+                    .reshape((cfg.n_heads * cfg.d_head, cfg.d_model))?,
+            )?
         }
-        h if h.axes().head.is_none() && h.axes().neuron.is_some() && units.iter().all(|&u| u < cfg.d_model) => {
+        h if h.axes().head.is_none()
+            && h.axes().neuron.is_some()
+            && units.iter().all(|&u| u < cfg.d_model) =>
+        {
             rows(&Tensor::eye(cfg.d_model, DType::F32, model.device())?)?
         }
         _ => return Ok(None),

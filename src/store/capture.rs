@@ -209,15 +209,17 @@ pub fn plan(
     let contexts_per_batch = (third / forward_per_context).clamp(1, 32) as usize;
     let most = (third / shard_per_context) as usize;
     let per_shard = match shard_tokens {
-        Some(t) if t / context_len > most => return Err(Error::bad_parameter(
-            "shard_tokens",
-            t,
-            format!(
+        Some(t) if t / context_len > most => {
+            return Err(Error::bad_parameter(
+                "shard_tokens",
+                t,
+                format!(
                 "shards that large need {} MB; within `max_memory` a shard holds at most {} tokens",
                 (3 * t as u64 / context_len as u64 * shard_per_context) >> 20,
                 most * context_len
             ),
-        )),
+            ))
+        }
         Some(t) => (t / context_len).max(1),
         None => (MAX_SHARD_BYTES / shard_per_context).clamp(1, most as u64) as usize,
     };

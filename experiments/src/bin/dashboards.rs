@@ -1,0 +1,136 @@
+//! Unit dashboards over an activation store (from `capture`): for each MLP neuron (or any
+//! stored unit) its top-k examples over the whole corpus with the tokens around them, its
+//! activation histogram and its logit effects. Writes under `outputs/dashboards/<run>/`:
+//!
+//! - `units.parquet`, `top_examples.parquet`, `histograms.parquet`, `logit_effects.parquet`
+//!   (columns documented in `manifest.json`);
+//! - `dashboard.html`: one self-contained page to browse the units;
+//! - `manifest.json`.
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use hooklens::analysis::dashboards::{dashboards, logit_effects, DashboardOptions};
+use hooklens::store::ActivationStore;
+use lab::args::{ModelArgs, RunArgs};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Parser, Serialize)]
+#[command(
+    about = "Neuron dashboards over a corpus: top examples, histograms and logit effects per unit of a stored hook",
+    after_help = "Example: capture --model smollm2 --corpus FILE --hooks blocks.5.mlp.hook_post --run mlp5, then\n  dashboards --store outputs/capture/mlp5 --units 0..64"
+)]
+struct Args {
+    /// The activation store (a `capture` run folder).
+    #[arg(long)]
+    store: PathBuf,
+    /// The stored hook whose units to show. Default: the store's first `mlp.hook_post`, else its
+    /// first hook.
+    #[arg(long)]
+    hook: Option<String>,
+    /// Units (the hook's last axis, flattened), comma-separated numbers and ranges: `0..64,100`.
+    /// Default: all.
+    #[arg(long)]
+    units: Option<String>,
+    /// Top examples per unit.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    top_k: u32,
+    /// Histogram bins.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    bins: u32,
+    /// Tokens shown before and after each example.
+    #[arg(long, default_value_t = 12)]
+    before: usize,
+    #[arg(long, default_value_t = 4)]
+    after: usize,
+    /// Count BOS and the document separator too (left out by default: their activations are
+    /// outliers in most models).
+    #[arg(long)]
+    include_bos: bool,
+    /// Tokens listed per unit as raised and lowered by its logit effect.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    logit_k: u32,
+    /// The model the store was captured with (default: the store's own, checked by sha256).
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    out: RunArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    lab::main(run)
+}
+
+fn run(mut a: Args) -> Result<()> {
+    let store = ActivationStore::open(&a.store)?;
+    let prov = &store.spec.provenance;
+    if a.model.model.is_none() {
+        a.model.model = prov["model"]
+            .as_str()
+            .filter(|m| *m != hooklens::loading::EMBEDDED_NAME)
+            .map(String::from);
+    }
+    let (mut exp, model, tok) = lab::Experiment::start("dashboards", &a.model, &a.out, &a)?;
+    if prov["weights"] != serde_json::to_value(&exp.manifest.model.weights)? {
+        bail!(
+            "{} was captured with {} (weights {}), not this model; pass that --model",
+            a.store.display(),
+            prov["model"],
+            prov["weights"]
+        );
+    }
+    let hook = match &a.hook {
+        Some(h) => store.spec.hook(h)?.1.name.clone(),
+        None => {
+            let hooks = &store.spec.hooks;
+            hooks
+                .iter()
+                .find(|h| h.name.ends_with("mlp.hook_post"))
+                .unwrap_or(&hooks[0])
+                .name
+                .clone()
+        }
+    };
+    let width = store.spec.hook(&hook)?.1.width();
+    let units = match &a.units {
+        Some(s) => lab::args::parse_ranges(s, width, "--units")?,
+        None => (0..width).collect(),
+    };
+    let special = ["bos", "separator"].map(|k| prov["corpus"][k].as_u64().map(|t| t as u32));
+    let skip_tokens = if a.include_bos {
+        vec![]
+    } else {
+        special.into_iter().flatten().collect()
+    };
+    let (k, bins) = (a.top_k as usize, a.bins as usize);
+    let opts = DashboardOptions {
+        units,
+        k,
+        bins,
+        before: a.before,
+        after: a.after,
+        skip_tokens,
+    };
+    let bar = lab::args::progress_bar(
+        2 * store.spec.tokens as u64,
+        "two passes over the store",
+        "tokens",
+    )?;
+    let dash = exp.time("dashboards", || {
+        dashboards(&store, &hook, &opts, &mut |n| bar.inc(n as u64))
+    })?;
+    bar.finish_and_clear();
+    let effects = exp.time("logit_effects", || {
+        logit_effects(
+            &model,
+            &model.hook_point(&hook)?,
+            &opts.units,
+            a.logit_k as usize,
+        )
+    })?;
+    exp.manifest.set("hook", &hook)?;
+    exp.manifest
+        .set("tokens_counted", dash.first().map(|d| d.tokens))?;
+    lab::report::dashboard_views(&mut exp, &store, &hook, &dash, effects.as_ref(), &tok)?;
+    exp.finish()
+}
