@@ -304,3 +304,110 @@ fn dashboards_equal_a_brute_force_top_k() {
     .unwrap_err();
     assert!(e.to_string().contains("units 64"), "{e}");
 }
+
+#[test]
+fn mean_ablation_from_a_store_equals_the_naive_loop_with_the_corpus_mean() {
+    use hooklens::analysis::ablation::{Ablation, AblationSweep, MeanReference, Unit};
+    use hooklens::analysis::sweep::{naive, Job, Metric, Target};
+    use hooklens::data::{tokenize_pairs, PairBatch, PromptPair};
+    use hooklens::{BlockHook, Intervention, Site};
+    let (model, contexts) = setup();
+    let (_, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let z: Vec<HookPoint> = (0..2).map(|l| HookPoint::block(l, BlockHook::Z)).collect();
+    let capture = Capture::new(&model, z.clone(), DType::F32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = write_store(dir.path(), &capture, &contexts);
+    let names: Vec<String> = z.iter().map(|p| p.to_string()).collect();
+    let stats = hook_stats(&Source::Disk(&store), &names, &mut |_| {}).unwrap();
+    let means: std::collections::HashMap<HookPoint, Tensor> = z
+        .iter()
+        .zip(&stats)
+        .map(|(&p, s)| {
+            (
+                p,
+                Tensor::from_slice(&s.mean, (4, 16), &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    let pair = PromptPair {
+        clean: "Hello world! Hello world! Hello w".into(),
+        corrupted: "Hello wyrld! Hello wyrld! Hello w".into(),
+        answer: "o".into(),
+        wrong: "r".into(),
+        line: None,
+    };
+    let batch = PairBatch::new(
+        &tokenize_pairs(&[pair], &tok, true, "t").unwrap(),
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let heads = Unit::all_heads(&model);
+    let plan = AblationSweep::new(
+        &model,
+        &batch,
+        heads.clone(),
+        vec![Ablation::Mean],
+        &[Metric::Loss],
+        MeanReference::Means(&means),
+        0,
+        4096,
+    )
+    .unwrap();
+    let got = plan.sweeps[0].compute().unwrap();
+    // The naive loop, each head set to the brute-force mean of its store rows.
+    let jobs: Vec<Job> = heads
+        .iter()
+        .map(|u| {
+            let Unit::Head { layer, head } = *u else {
+                unreachable!()
+            };
+            let all = Tensor::cat(
+                &(0..store.spec.shards)
+                    .map(|i| store.read(i, &names[layer]).unwrap())
+                    .collect::<Vec<_>>(),
+                0,
+            )
+            .unwrap();
+            let mean = all.mean(0).unwrap().reshape((1, 1, 4, 16)).unwrap();
+            Job {
+                site: Site::head(z[layer], head),
+                intervention: Intervention::Mean(mean),
+            }
+        })
+        .collect();
+    let want = naive(
+        &model,
+        &Target::new(&batch, false).unwrap(),
+        Metric::Loss,
+        &jobs,
+    )
+    .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+    }
+    assert!(
+        got.iter()
+            .any(|v| (v - plan.sweeps[0].baseline()).abs() > 1e-3),
+        "the ablations change the loss"
+    );
+    let mut partial = means.clone();
+    partial.remove(&z[1]);
+    let e = AblationSweep::new(
+        &model,
+        &batch,
+        heads,
+        vec![Ablation::Mean],
+        &[Metric::Loss],
+        MeanReference::Means(&partial),
+        0,
+        4096,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string()
+            .contains("capture it (--hooks blocks.1.attn.hook_z)"),
+        "{e}"
+    );
+}

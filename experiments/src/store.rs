@@ -407,3 +407,51 @@ pub const TOKEN_COLUMNS: &[(&str, &str)] = &[
     ("row", "Its row in that shard's tensors"),
     ("token", "The token's text"),
 ];
+
+/// An error unless the store `store` was captured from the model whose weight files
+/// `weights` lists (`Manifest::model.weights`: paths and sha256).
+pub fn check_store_model(
+    store: &hooklens::store::ActivationStore,
+    weights: &[crate::manifest::WeightsFile],
+) -> Result<()> {
+    let prov = &store.spec.provenance;
+    let sha = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["sha256"].as_str().map(String::from))
+            .collect()
+    };
+    let mine: Vec<String> = weights.iter().map(|w| w.sha256.clone()).collect();
+    if sha(&prov["weights"]) != mine {
+        bail!(
+            "{} was captured with {} (weights sha256 {:?}), not this model (sha256 {mine:?}); pass that --model",
+            store.dir.display(),
+            prov["model"],
+            sha(&prov["weights"])
+        );
+    }
+    Ok(())
+}
+
+/// The corpus means of the activation store `dir` (its `means.safetensors`), by hook point,
+/// on `model`'s device, checked to come from this model (`weights`).
+pub fn corpus_means(
+    dir: &Path,
+    model: &HookedTransformer,
+    weights: &[crate::manifest::WeightsFile],
+) -> Result<std::collections::HashMap<hooklens::HookPoint, candle_core::Tensor>> {
+    let store = hooklens::store::ActivationStore::open(dir)?;
+    check_store_model(&store, weights)?;
+    let path = dir.join("means.safetensors");
+    let means = candle_core::safetensors::load(&path, model.device()).with_context(|| {
+        format!(
+            "{}: no corpus means; the capture did not finish",
+            path.display()
+        )
+    })?;
+    means
+        .into_iter()
+        .map(|(name, t)| Ok((model.hook_point(&name)?, t.to_dtype(model.dtype())?)))
+        .collect()
+}

@@ -16,6 +16,7 @@ use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -220,6 +221,41 @@ pub fn ablation_jobs(
         .collect()
 }
 
+/// What mean ablation averages over.
+#[derive(Debug, Clone, Copy)]
+pub enum MeanReference<'a> {
+    /// The batch's clean prompts, at each position.
+    Dataset,
+    /// Other prompts (tokens [batch, pos] and their lengths), at each position.
+    Prompts(&'a Tensor, &'a [usize]),
+    /// A corpus: one mean per hook point, one token's shape (an activation store's
+    /// `means.safetensors`), the same at every position.
+    Means(&'a HashMap<HookPoint, Tensor>),
+}
+
+/// Mean-ablation jobs of `units` from corpus `means` (one per hook point): each unit's hook
+/// point must be there.
+pub fn corpus_mean_jobs(units: &[Unit], means: &HashMap<HookPoint, Tensor>) -> Result<Vec<Job>> {
+    units
+        .iter()
+        .map(|unit| {
+            let site = unit.site();
+            let mean = means.get(&site.point).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "mean ablation of {unit} needs the mean of {} over the corpus, which the store does not hold; capture it (--hooks {})",
+                    site.point, site.point
+                ))
+            })?;
+            // [...] -> [1, 1, ...]: the same mean at every prompt and position.
+            let mean = mean.unsqueeze(0)?.unsqueeze(0)?;
+            Ok(Job {
+                site,
+                intervention: Intervention::Mean(mean),
+            })
+        })
+        .collect()
+}
+
 /// The mean of `act` [batch, pos, ...] over the prompts whose length covers each position:
 /// [1, pos, ...]. Equal lengths give the plain batch mean.
 pub fn position_mean(act: &Tensor, lengths: &[usize]) -> Result<Tensor> {
@@ -377,9 +413,8 @@ pub struct AblationSweep<'m> {
 }
 
 impl<'m> AblationSweep<'m> {
-    /// Plans the sweep. Mean ablation reads the units' activations on the `reference` prompts
-    /// (tokens [batch, pos] and lengths; default the batch's clean prompts), resample on the
-    /// batch's other prompts (drawn with `seed`).
+    /// Plans the sweep. Mean ablation averages over `reference` (see [`MeanReference`]),
+    /// resample draws the batch's other prompts (with `seed`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: &'m HookedTransformer,
@@ -387,7 +422,7 @@ impl<'m> AblationSweep<'m> {
         units: Vec<Unit>,
         kinds: Vec<Ablation>,
         metrics: &[Metric],
-        reference: Option<(&Tensor, &[usize])>,
+        reference: MeanReference,
         seed: u64,
         tokens_per_pass: usize,
     ) -> Result<Self> {
@@ -399,20 +434,24 @@ impl<'m> AblationSweep<'m> {
         }
         let wants = |k: Ablation| kinds.contains(&k);
         let points = || NameFilter::Points(source_points(&units));
-        let dataset =
-            match wants(Ablation::Resample) || (wants(Ablation::Mean) && reference.is_none()) {
-                true => Some(model.run_with_cache(&batch.clean, points())?.1),
-                false => None,
-            };
-        let reference = match (reference, wants(Ablation::Mean)) {
-            (Some((tokens, lengths)), true) => {
-                Some((model.run_with_cache(tokens, points())?.1, lengths))
+        let on_dataset = matches!(reference, MeanReference::Dataset);
+        let dataset = match wants(Ablation::Resample) || (wants(Ablation::Mean) && on_dataset) {
+            true => Some(model.run_with_cache(&batch.clean, points())?.1),
+            false => None,
+        };
+        let prompts = match (&reference, wants(Ablation::Mean)) {
+            (MeanReference::Prompts(tokens, lengths), true) => {
+                Some((model.run_with_cache(tokens, points())?.1, *lengths))
             }
             _ => None,
         };
         let mut jobs = vec![];
         for &kind in &kinds {
-            let source = match (kind, &reference, &dataset) {
+            if let (Ablation::Mean, MeanReference::Means(means)) = (kind, &reference) {
+                jobs.extend(corpus_mean_jobs(&units, means)?);
+                continue;
+            }
+            let source = match (kind, &prompts, &dataset) {
                 (Ablation::Zero, ..) => None,
                 (Ablation::Mean, Some((cache, lengths)), _) => Some((cache, *lengths)),
                 (_, _, Some(cache)) => Some((cache, batch.lengths.as_slice())),

@@ -9,7 +9,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use hooklens::analysis::ablation::{Ablation, AblationSweep};
+use hooklens::analysis::ablation::{Ablation, AblationSweep, MeanReference};
 use hooklens::analysis::sweep::Metric;
 use lab::args::{choice, read_lines, ModelArgs, PairArgs, RunArgs, SweepArgs, UnitArgs};
 use serde::Serialize;
@@ -34,8 +34,10 @@ struct Args {
     /// Metrics (comma-separated).
     #[arg(long, value_parser = choice::<Metric>(), value_delimiter = ',', default_value = "logit-diff,loss")]
     metric: Vec<Metric>,
-    /// A file of reference prompts (one per line) for mean ablation; default the dataset's
-    /// clean prompts.
+    /// What mean ablation averages over: a file of prompts (one per line; the mean at each
+    /// position), or an activation store from `capture` (its corpus means, the same at every
+    /// position; it must hold each unit's hook: hook_z for heads, hook_mlp_out for MLPs,
+    /// mlp.hook_post for neurons). Default: the dataset's clean prompts.
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Bars in the top-units charts.
@@ -55,27 +57,31 @@ fn run(a: Args) -> Result<()> {
     let (mut exp, model, tok) = lab::Experiment::load("ablate", &a.model, &a)?;
     let (pairs, batch) = a.data.load(&model, &tok)?;
     let units = a.units.select(&model, &batch)?;
+    let prompts;
+    let means;
     let reference = match &a.reference {
+        Some(store) if store.is_dir() => {
+            means = lab::store::corpus_means(store, &model, &exp.manifest.model.weights)?;
+            MeanReference::Means(&means)
+        }
         Some(file) => {
-            let prompts = read_lines(file)?;
+            let lines = read_lines(file)?;
             anyhow::ensure!(
-                !prompts.is_empty(),
+                !lines.is_empty(),
                 "{}: no reference prompts (one per line)",
                 file.display()
             );
             let bos = a.data.bos.resolve(&model);
-            let ids = prompts
+            let ids = lines
                 .iter()
                 .map(|p| tok.encode_prompt(p, bos))
                 .collect::<hooklens::Result<Vec<_>>>()?;
-            Some((
-                hooklens::tokenizer::pad_batch(&ids, 0, model.device())?,
-                ids.iter().map(Vec::len).collect::<Vec<_>>(),
-            ))
+            let tokens = hooklens::tokenizer::pad_batch(&ids, 0, model.device())?;
+            prompts = (tokens, ids.iter().map(Vec::len).collect::<Vec<_>>());
+            MeanReference::Prompts(&prompts.0, &prompts.1)
         }
-        None => None,
+        None => MeanReference::Dataset,
     };
-    let reference = reference.as_ref().map(|(t, l)| (t, l.as_slice()));
     let tokens_per_pass = a.sweep.tokens_per_pass as usize;
     let plan = AblationSweep::new(
         &model,

@@ -7,7 +7,7 @@
 //! - `dashboard.html`: one self-contained page to browse the units;
 //! - `manifest.json`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::dashboards::{dashboards, logit_effects, DashboardOptions};
 use hooklens::store::ActivationStore;
@@ -71,14 +71,7 @@ fn run(mut a: Args) -> Result<()> {
             .map(String::from);
     }
     let (mut exp, model, tok) = lab::Experiment::start("dashboards", &a.model, &a.out, &a)?;
-    if prov["weights"] != serde_json::to_value(&exp.manifest.model.weights)? {
-        bail!(
-            "{} was captured with {} (weights {}), not this model; pass that --model",
-            a.store.display(),
-            prov["model"],
-            prov["weights"]
-        );
-    }
+    lab::store::check_store_model(&store, &exp.manifest.model.weights)?;
     let hook = match &a.hook {
         Some(h) => store.spec.hook(h)?.1.name.clone(),
         None => {
