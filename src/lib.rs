@@ -47,3 +47,7 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/hook-points.md")]
 pub struct HookPointsDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/activation-store.md")]
+pub struct ActivationStoreDoctests;
