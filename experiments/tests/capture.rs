@@ -7,25 +7,11 @@ use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::{ok, run};
+
 const CAPTURE: &str = env!("CARGO_BIN_EXE_capture");
 const HOOKLENS: &str = env!("CARGO_BIN_EXE_hooklens");
-
-fn run(bin: &str, args: &[&str], dir: &Path) -> (i32, String) {
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running the binary");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn ok(bin: &str, args: &[&str], dir: &Path) {
-    let (code, err) = run(bin, args, dir);
-    assert_eq!(code, 0, "{args:?}: {err}");
-}
 
 fn shards(store: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(store.join("shards"))
@@ -40,6 +26,11 @@ fn shards(store: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     v.sort();
     v
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b).unwrap().abs().unwrap();
+    d.max_all().unwrap().to_scalar().unwrap()
 }
 
 /// The tiny corpus ten times over (as paragraphs): enough tokens that a capture takes a while.
@@ -124,15 +115,7 @@ fn the_store_holds_what_hooklens_cache_records() {
                 .reshape((clean.len() * c, width))
                 .unwrap()
         };
-        let got = rows(&store);
-        let diff: f32 = (&got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_diff(&rows(&store), &want);
         assert_eq!(
             diff, 0.0,
             "{name} f32: the store differs from the cache by {diff}"
@@ -142,14 +125,7 @@ fn the_store_holds_what_hooklens_cache_records() {
                 hooklens::store::ActivationStore::open(&d.join("outputs/capture").join(dtype))
                     .unwrap();
             let rounded = want.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap();
-            let diff: f32 = (&rows(&half) - &rounded)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = max_diff(&rows(&half), &rounded);
             assert_eq!(
                 diff, 0.0,
                 "{name} {dtype}: not the f32 values rounded to {dtype}"

@@ -5,26 +5,11 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::{ok, run};
+
 const ABLATE: &str = env!("CARGO_BIN_EXE_ablate");
 const PATCH: &str = env!("CARGO_BIN_EXE_patch");
-
-/// Runs `bin` with `args` in `dir`; returns (exit code, stderr).
-fn run(bin: &str, args: &[&str], dir: &Path) -> (i32, String) {
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running the binary");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn ok(bin: &str, args: &[&str], dir: &Path) {
-    let (code, err) = run(bin, args, dir);
-    assert_eq!(code, 0, "{args:?}: {err}");
-}
 
 /// Every interventions of the embedded model in small batches: many progress-log lines.
 const SWEEP: &[&str] = &[

@@ -158,14 +158,7 @@ pub fn dashboards(
         let counted = |r: usize| !opts.skip_tokens.contains(&ids[r]);
         let rows = x.len() / n_units.max(1);
         let base = first_token(s);
-        let mut parts: Vec<&mut [Pass1]> = Vec::new();
-        let mut rest = acc.as_mut_slice();
-        for g in &groups {
-            let (a, b) = rest.split_at_mut(g.len());
-            parts.push(a);
-            rest = b;
-        }
-        parts
+        split(&mut acc, &groups)
             .into_par_iter()
             .zip(groups.par_iter())
             .for_each(|(part, g)| {
@@ -246,14 +239,7 @@ pub fn dashboards(
         let rows = ids.len();
         let base = first_token(s);
         let bins = opts.bins;
-        let mut parts: Vec<&mut [UnitDashboard]> = Vec::new();
-        let mut rest = dash.as_mut_slice();
-        for g in &groups {
-            let (a, b) = rest.split_at_mut(g.len());
-            parts.push(a);
-            rest = b;
-        }
-        parts
+        split(&mut dash, &groups)
             .into_par_iter()
             .zip(groups.par_iter())
             .for_each(|(part, g)| {
@@ -276,6 +262,18 @@ pub fn dashboards(
         progress(rows);
     }
     Ok(dash)
+}
+
+/// `v` cut into the consecutive `groups` (which cover it), one mutable part per thread.
+fn split<'a, T>(v: &'a mut [T], groups: &[std::ops::Range<usize>]) -> Vec<&'a mut [T]> {
+    let mut parts = Vec::with_capacity(groups.len());
+    let mut rest = v;
+    for g in groups {
+        let (a, b) = rest.split_at_mut(g.len());
+        parts.push(a);
+        rest = b;
+    }
+    parts
 }
 
 /// Per unit: the tokens whose logits it raises most, and those it lowers most (token, effect).
