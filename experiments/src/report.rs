@@ -840,6 +840,7 @@ pub fn dashboard_views(
         store.spec.tokens,
         store.spec.provenance["corpus"]["files"][0]["path"]
             .as_str()
+            .and_then(|p| std::path::Path::new(p).file_name()?.to_str())
             .unwrap_or("?"),
         store.spec.context_len,
         store.dir.display()
