@@ -68,6 +68,8 @@ pub enum Error {
         line: Option<usize>,
         reason: String,
     },
+    #[error("{path}: {reason}")]
+    BadSae { path: PathBuf, reason: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("Hugging Face Hub: {0}")]

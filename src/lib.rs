@@ -23,6 +23,7 @@ pub mod intervention;
 pub mod loading;
 pub mod matmul;
 pub mod model;
+pub mod sae;
 pub mod store;
 pub mod tokenizer;
 pub mod train;

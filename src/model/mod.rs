@@ -507,6 +507,22 @@ impl HookedTransformer {
         self.forward(tokens, &mut hooks)
     }
 
+    /// The shape of one token's activation at `point` (`[d_model]`, `[n_heads, d_head]`, ...),
+    /// from a one-token forward pass stopped after the point's layer. Points without a row
+    /// per token (patterns, scores) give their shape after [batch, head].
+    pub fn hook_shape(&self, point: &HookPoint) -> Result<Vec<usize>> {
+        self.check_hook(point)?;
+        let stop = match point {
+            HookPoint::Block(l, _) => Some(l + 1),
+            HookPoint::Embed | HookPoint::PosEmbed => Some(0),
+            _ => None,
+        };
+        let one = Tensor::zeros((1, 1), DType::U32, self.device())?;
+        let hooks = Hooks::none().with_cache(NameFilter::Points(vec![*point]));
+        let run = self.run_range(&one, 0, stop, hooks)?;
+        Ok(run.cache.get(*point)?.dims()[2..].to_vec())
+    }
+
     /// Every hook point this model has, in forward order.
     pub fn hook_points(&self) -> Vec<HookPoint> {
         let mut v = vec![HookPoint::Embed];

@@ -89,12 +89,10 @@ impl<'a> Capture<'a> {
 
     /// The shape of one token's activation at each hook.
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
-        let one = Tensor::zeros((1, 1), DType::U32, self.model.device())?;
-        Ok(self
-            .activations(&one)?
+        self.hooks
             .iter()
-            .map(|t| t.dims()[1..].to_vec())
-            .collect())
+            .map(|h| self.model.hook_shape(h))
+            .collect()
     }
 
     /// Computes shard `i` of `spec` from `contexts`, in batches of `spec.contexts_per_batch`,

@@ -1,0 +1,350 @@
+//! Sparse autoencoders as SAELens defines them, loaded from the folders SAELens writes
+//! (`cfg.json` + `sae_weights.safetensors`).
+//!
+//! sae_in = x − b_dec·[apply_b_dec_to_input]; pre = sae_in·W_enc + b_enc; then
+//! - standard: relu(pre);
+//! - JumpReLU (and BatchTopK, which SAELens saves for inference as JumpReLU): relu(pre)·[pre > θ];
+//! - TopK: the k largest of pre (each scaled by its decoder row's norm first when
+//!   `rescale_acts_by_decoder_norm`), relu'd, the rest zero;
+//! - gated: [sae_in·W_enc + b_gate > 0] · relu(sae_in·(W_enc·exp(r_mag)) + b_mag);
+//!
+//! and recons = acts·W_dec + b_dec (acts divided by the decoder norms first for a rescaled TopK).
+
+use crate::error::{Error, Result};
+use crate::hook_points::HookPoint;
+use crate::model::HookedTransformer;
+use candle_core::{DType, Device, Tensor, D};
+use std::path::{Path, PathBuf};
+
+/// How an SAE turns pre-activations into feature activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Standard,
+    JumpRelu,
+    TopK {
+        k: usize,
+        rescale_acts_by_decoder_norm: bool,
+    },
+    Gated,
+}
+
+/// The gated architecture's extra parameters, each [d_sae].
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub b_gate: Tensor,
+    pub r_mag: Tensor,
+    pub b_mag: Tensor,
+}
+
+/// A sparse autoencoder reading the activation at `hook`.
+#[derive(Debug, Clone)]
+pub struct Sae {
+    pub architecture: Architecture,
+    /// Where it reads (SAELens's `hook_name`).
+    pub hook: HookPoint,
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub apply_b_dec_to_input: bool,
+    /// [d_in, d_sae]
+    pub w_enc: Tensor,
+    /// [d_sae] (the gated architecture has none)
+    pub b_enc: Option<Tensor>,
+    /// [d_sae, d_in]
+    pub w_dec: Tensor,
+    /// [d_in]
+    pub b_dec: Tensor,
+    /// JumpReLU thresholds [d_sae].
+    pub threshold: Option<Tensor>,
+    pub gate: Option<Gate>,
+    /// The folder it was loaded from.
+    pub path: PathBuf,
+}
+
+impl Sae {
+    /// Loads a SAELens folder: `cfg.json` (architecture, d_in, d_sae, `hook_name` under
+    /// `metadata` or, in older files, at the top) and `sae_weights.safetensors`. An unknown
+    /// architecture or option, a missing or unused tensor, a wrong shape, a non-finite
+    /// threshold: each is an error naming the file and what to do.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("cfg.json");
+        let bad = |reason: String| Error::BadSae {
+            path: cfg_path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let int = |key: &str| {
+            cfg[key]
+                .as_u64()
+                .map(|v| v as usize)
+                .filter(|&v| v > 0)
+                .ok_or_else(|| bad(format!("`{key}` must be a positive integer")))
+        };
+        let (d_in, d_sae) = (int("d_in")?, int("d_sae")?);
+        let architecture = match cfg["architecture"].as_str().unwrap_or("standard") {
+            "standard" => Architecture::Standard,
+            "jumprelu" => Architecture::JumpRelu,
+            "gated" => Architecture::Gated,
+            "topk" => Architecture::TopK {
+                k: int("k")?,
+                rescale_acts_by_decoder_norm: cfg["rescale_acts_by_decoder_norm"]
+                    .as_bool()
+                    .unwrap_or(false),
+            },
+            other => {
+                return Err(bad(format!(
+                    "architecture `{other}` is not supported; hooklens loads standard, jumprelu (and batchtopk saved for inference), topk and gated SAEs"
+                )))
+            }
+        };
+        if let Architecture::TopK { k, .. } = architecture {
+            if k > d_sae {
+                return Err(bad(format!("k {k} is larger than d_sae {d_sae}")));
+            }
+        }
+        for (key, fine) in [
+            ("normalize_activations", "none"),
+            ("reshape_activations", "none"),
+        ] {
+            match cfg[key].as_str() {
+                None => {}
+                Some(v) if v == fine => {}
+                Some(v) => {
+                    return Err(bad(format!(
+                        "`{key}: {v}` is not supported yet; only `{fine}`"
+                    )))
+                }
+            }
+        }
+        let hook_name = cfg["metadata"]["hook_name"]
+            .as_str()
+            .or(cfg["hook_name"].as_str())
+            .ok_or_else(|| bad("no `hook_name` (in `metadata` or at the top)".into()))?;
+        let hook: HookPoint = hook_name
+            .parse()
+            .map_err(|e| bad(format!("hook_name: {e}")))?;
+
+        let weights_path = dir.join("sae_weights.safetensors");
+        let mut tensors =
+            candle_core::safetensors::load(&weights_path, device).map_err(|e| Error::BadSae {
+                path: weights_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut take = |name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
+            let Some(t) = tensors.remove(name) else {
+                return Ok(None);
+            };
+            if t.dims() != shape {
+                return Err(Error::BadSae {
+                    path: weights_path.clone(),
+                    reason: format!(
+                        "{name} has shape {:?}; cfg.json implies {shape:?}",
+                        t.dims()
+                    ),
+                });
+            }
+            Ok(Some(t.to_dtype(DType::F32)?))
+        };
+        let need = |t: Option<Tensor>, name: &str| {
+            t.ok_or_else(|| Error::BadSae {
+                path: weights_path.clone(),
+                reason: format!("{name} is missing"),
+            })
+        };
+        let w_enc = need(take("W_enc", &[d_in, d_sae])?, "W_enc")?;
+        let w_dec = need(take("W_dec", &[d_sae, d_in])?, "W_dec")?;
+        let b_dec = need(take("b_dec", &[d_in])?, "b_dec")?;
+        let (b_enc, threshold, gate) = match architecture {
+            Architecture::Gated => {
+                let gate = Gate {
+                    b_gate: need(take("b_gate", &[d_sae])?, "b_gate")?,
+                    r_mag: need(take("r_mag", &[d_sae])?, "r_mag")?,
+                    b_mag: need(take("b_mag", &[d_sae])?, "b_mag")?,
+                };
+                (None, None, Some(gate))
+            }
+            Architecture::JumpRelu => {
+                let b_enc = need(take("b_enc", &[d_sae])?, "b_enc")?;
+                // Older files store log θ.
+                let threshold = match take("threshold", &[d_sae])? {
+                    Some(t) => t,
+                    None => need(take("log_threshold", &[d_sae])?, "threshold")?.exp()?,
+                };
+                (Some(b_enc), Some(threshold), None)
+            }
+            _ => (Some(need(take("b_enc", &[d_sae])?, "b_enc")?), None, None),
+        };
+        if let Some(name) = tensors.keys().next() {
+            return Err(Error::BadSae {
+                path: weights_path.clone(),
+                reason: format!(
+                    "tensor {name} is not used by a {architecture:?} SAE; the file does not match cfg.json's architecture"
+                ),
+            });
+        }
+        let sae = Self {
+            architecture,
+            hook,
+            d_in,
+            d_sae,
+            apply_b_dec_to_input: cfg["apply_b_dec_to_input"].as_bool().unwrap_or(true),
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+            threshold,
+            gate,
+            path: dir.into(),
+        };
+        sae.check_finite(&weights_path)?;
+        Ok(sae)
+    }
+
+    /// Every parameter finite (a NaN threshold would silently switch features off).
+    fn check_finite(&self, path: &Path) -> Result<()> {
+        let mut named: Vec<(&str, &Tensor)> = vec![
+            ("W_enc", &self.w_enc),
+            ("W_dec", &self.w_dec),
+            ("b_dec", &self.b_dec),
+        ];
+        named.extend(self.b_enc.iter().map(|t| ("b_enc", t)));
+        named.extend(self.threshold.iter().map(|t| ("threshold", t)));
+        if let Some(g) = &self.gate {
+            named.extend([
+                ("b_gate", &g.b_gate),
+                ("r_mag", &g.r_mag),
+                ("b_mag", &g.b_mag),
+            ]);
+        }
+        for (name, t) in named {
+            let bad = t
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .filter(|v| !v.is_finite())
+                .count();
+            if bad > 0 {
+                return Err(Error::BadSae {
+                    path: path.into(),
+                    reason: format!("{name} has {bad} non-finite values (NaN or infinite)"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// An error unless `model` has this SAE's hook point with a last axis of d_in.
+    pub fn check_fits(&self, model: &HookedTransformer) -> Result<()> {
+        model.check_hook(&self.hook)?;
+        let width: usize = model.hook_shape(&self.hook)?.iter().product();
+        if width != self.d_in {
+            return Err(Error::BadSae {
+                path: self.path.join("cfg.json"),
+                reason: format!(
+                    "d_in {} does not fit {}, whose activations have {width} values per token on this model",
+                    self.d_in, self.hook
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The input minus b_dec (when `apply_b_dec_to_input`), [.., d_in], in f32.
+    fn sae_in(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        match self.apply_b_dec_to_input {
+            true => Ok(x.broadcast_sub(&self.b_dec)?),
+            false => Ok(x),
+        }
+    }
+
+    /// Pre-activations (`hook_sae_acts_pre`) [.., d_sae] of inputs [.., d_in].
+    pub fn encode_pre(&self, x: &Tensor) -> Result<Tensor> {
+        let sae_in = self.sae_in(x)?;
+        let pre = match (&self.gate, &self.b_enc) {
+            (Some(g), _) => {
+                let w = self.w_enc.broadcast_mul(&g.r_mag.exp()?)?;
+                matmul_last(&sae_in, &w)?.broadcast_add(&g.b_mag)?
+            }
+            (None, Some(b)) => matmul_last(&sae_in, &self.w_enc)?.broadcast_add(b)?,
+            (None, None) => return Err(Error::Invalid("an SAE without b_enc or gate".into())),
+        };
+        Ok(pre)
+    }
+
+    /// Feature activations (`hook_sae_acts_post`) [.., d_sae] of inputs [.., d_in].
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let pre = self.encode_pre(x)?;
+        Ok(match self.architecture {
+            Architecture::Standard => pre.relu()?,
+            Architecture::JumpRelu => {
+                let theta = self
+                    .threshold
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("a JumpReLU SAE without thresholds".into()))?;
+                let on = pre.broadcast_gt(theta)?.to_dtype(DType::F32)?;
+                (pre.relu()? * on)?
+            }
+            Architecture::Gated => {
+                let g = self
+                    .gate
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("a gated SAE without its gate".into()))?;
+                let gating =
+                    matmul_last(&self.sae_in(x)?, &self.w_enc)?.broadcast_add(&g.b_gate)?;
+                let on = gating.gt(0f64)?.to_dtype(DType::F32)?;
+                (pre.relu()? * on)?
+            }
+            Architecture::TopK {
+                k,
+                rescale_acts_by_decoder_norm,
+            } => {
+                let pre = match rescale_acts_by_decoder_norm {
+                    true => pre.broadcast_mul(&self.decoder_norms()?)?,
+                    false => pre,
+                };
+                // The k-th largest of each row; ties at it keep more than k (as good as never
+                // with real-valued activations).
+                let sorted = pre.sort_last_dim(false)?.0;
+                let kth = sorted.narrow(D::Minus1, k - 1, 1)?;
+                let on = pre.broadcast_ge(&kth)?.to_dtype(DType::F32)?;
+                (pre.relu()? * on)?
+            }
+        })
+    }
+
+    /// ‖W_dec row‖ per feature [d_sae].
+    pub fn decoder_norms(&self) -> Result<Tensor> {
+        Ok(self.w_dec.sqr()?.sum(1)?.sqrt()?)
+    }
+
+    /// The reconstruction (`hook_sae_recons`) [.., d_in] of feature activations [.., d_sae].
+    pub fn decode(&self, acts: &Tensor) -> Result<Tensor> {
+        let acts = acts.to_dtype(DType::F32)?;
+        let acts = match self.architecture {
+            Architecture::TopK {
+                rescale_acts_by_decoder_norm: true,
+                ..
+            } => acts.broadcast_div(&self.decoder_norms()?)?,
+            _ => acts,
+        };
+        Ok(matmul_last(&acts, &self.w_dec)?.broadcast_add(&self.b_dec)?)
+    }
+
+    /// decode(encode(x)).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.decode(&self.encode(x)?)
+    }
+}
+
+/// x [.., n] · w [n, m] -> [.., m].
+fn matmul_last(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let n = dims[dims.len() - 1];
+    let rows = x.elem_count() / n.max(1);
+    let y = crate::matmul::matmul(&x.reshape((rows, n))?, w)?; // [rows, m]
+    let mut out = dims;
+    *out.last_mut().unwrap_or(&mut 0) = w.dim(1)?;
+    Ok(y.reshape(out)?)
+}

@@ -1,0 +1,81 @@
+"""Random SAEs of every architecture hooklens loads, written by SAELens 6 itself, and their
+encode / decode / forward on a random input, for tests/sae.rs.
+
+    tests/reference/setup_saelens.sh      # SAELens 6.54.12 in its own venv (TransformerLens < 4)
+    ~/.cache/hooklens-peers/saelens/bin/python tests/reference/make_sae_reference.py
+
+Writes tests/fixtures/saes/<name>/{cfg.json, sae_weights.safetensors} (SAELens's own save_model /
+save_inference_model) and tests/reference/sae_ref.safetensors: per SAE `<name>.x` [10, 64] (the
+input), `<name>.acts` (encode), `<name>.recons` (decode of those), `<name>.out` (forward). d_in 64
+is the embedded model's d_model; every parameter is randomised (thresholds positive) so that
+biases, thresholds and gates all matter.
+"""
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from sae_lens import (GatedSAE, GatedSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig,
+                      TopKSAE, TopKSAEConfig)
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+ROOT = Path(__file__).resolve().parent.parent
+D_IN, D_SAE, HOOK = 64, 96, "blocks.0.hook_resid_post"
+
+
+def meta():
+    return SAEMetadata(hook_name=HOOK, model_name="embedded-induction-2l")
+
+
+def randomise(sae, gen):
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if name.startswith("W") else 0.5))
+            if name == "threshold":
+                p.copy_(p.abs() * 0.5)
+    return sae
+
+
+def main():
+    gen = torch.Generator().manual_seed(0)
+    saes = {
+        "standard": StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta())),
+        "standard_no_b_dec_in": StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False, metadata=meta())),
+        "jumprelu": JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta())),
+        "topk": TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=8, metadata=meta())),
+        "topk_rescaled": TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=8, rescale_acts_by_decoder_norm=True, metadata=meta())),
+        "gated": GatedSAE(GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta())),
+    }
+    ref = {}
+    out_root = ROOT / "fixtures" / "saes"
+    for name, sae in saes.items():
+        randomise(sae, gen)
+        d = out_root / name
+        shutil.rmtree(d, ignore_errors=True)
+        sae.save_model(d)
+    # BatchTopK trains with a batch-level top-k and is saved for inference with a threshold,
+    # as SAELens runs it after training.
+    bt = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=8, metadata=meta()))
+    randomise(bt, gen)
+    with torch.no_grad():
+        bt.topk_threshold.fill_(0.7)
+    d = out_root / "batchtopk"
+    shutil.rmtree(d, ignore_errors=True)
+    bt.save_inference_model(d)
+    from sae_lens import SAE
+    for name in list(saes) + ["batchtopk"]:
+        sae = SAE.load_from_disk(str(out_root / name))
+        x = torch.randn(10, D_IN, generator=gen) * 2
+        with torch.no_grad():
+            acts = sae.encode(x)
+            ref[f"{name}.x"] = x
+            ref[f"{name}.acts"] = acts
+            ref[f"{name}.recons"] = sae.decode(acts)
+            ref[f"{name}.out"] = sae(x)
+        print(name, sae.cfg.architecture(), "active per row", (acts != 0).sum(-1).float().mean().item())
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(ROOT / "reference" / "sae_ref.safetensors"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+//! SAEs written by SAELens 6 itself (tests/reference/make_sae_reference.py) load, and encode,
+//! decode and forward as SAELens does, within float32 rounding; bad SAE files are clear errors.
+
+use candle_core::{Device, Tensor};
+use hooklens::sae::{Architecture, Sae};
+use hooklens::{load_model, LoadOptions};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/saes")
+        .join(name)
+}
+
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d: f32 = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let s: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    d / s.max(1e-6)
+}
+
+#[test]
+fn every_architecture_matches_saelens() {
+    let reference = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sae_ref.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (model, _, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let names = [
+        "standard",
+        "standard_no_b_dec_in",
+        "jumprelu",
+        "topk",
+        "topk_rescaled",
+        "gated",
+        "batchtopk",
+    ];
+    for name in names {
+        let sae = Sae::load(&fixture(name), &Device::Cpu).unwrap();
+        sae.check_fits(&model).unwrap();
+        assert_eq!(sae.hook.to_string(), "blocks.0.hook_resid_post");
+        let r = |k: &str| &reference[&format!("{name}.{k}")];
+        let acts = sae.encode(r("x")).unwrap();
+        let e = max_rel_diff(&acts, r("acts"));
+        assert!(e < 1e-5, "{name} encode: {e}");
+        // The same features active (a threshold or top-k boundary, not just close values).
+        let on = |t: &Tensor| {
+            t.ne(0f32)
+                .unwrap()
+                .to_dtype(candle_core::DType::U8)
+                .unwrap()
+                .to_vec2::<u8>()
+                .unwrap()
+        };
+        assert_eq!(on(&acts), on(r("acts")), "{name}: active features");
+        let e = max_rel_diff(&sae.decode(r("acts")).unwrap(), r("recons"));
+        assert!(e < 1e-5, "{name} decode: {e}");
+        let e = max_rel_diff(&sae.forward(r("x")).unwrap(), r("out"));
+        assert!(e < 1e-5, "{name} forward: {e}");
+        match name {
+            "topk" | "topk_rescaled" => {
+                assert!(matches!(sae.architecture, Architecture::TopK { k: 8, .. }));
+                assert!(on(&acts)
+                    .iter()
+                    .all(|row| row.iter().map(|&v| v as usize).sum::<usize>() == 8));
+            }
+            "batchtopk" | "jumprelu" => assert_eq!(sae.architecture, Architecture::JumpRelu),
+            _ => {}
+        }
+    }
+}
+
+/// A copy of fixture `name` in a temporary folder, with `edit` applied to its cfg.json and
+/// `tensors` to its weights.
+fn edited(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+    tensors: impl FnOnce(&mut std::collections::HashMap<String, Tensor>),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("cfg.json")).unwrap())
+            .unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.path().join("cfg.json"), cfg.to_string()).unwrap();
+    let mut w =
+        candle_core::safetensors::load(fixture(name).join("sae_weights.safetensors"), &Device::Cpu)
+            .unwrap();
+    tensors(&mut w);
+    candle_core::safetensors::save(&w, dir.path().join("sae_weights.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn bad_sae_files_are_clear_errors() {
+    let (model, _, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let none = |_: &mut std::collections::HashMap<String, Tensor>| {};
+    let cases: Vec<(tempfile::TempDir, &str)> = vec![
+        (
+            edited(
+                "standard",
+                |c| c["architecture"] = "matching_pursuit".into(),
+                none,
+            ),
+            "architecture `matching_pursuit` is not supported",
+        ),
+        (
+            edited(
+                "standard",
+                |c| c["metadata"]["hook_name"] = "blocks.0.hook_resid_pots".into(),
+                none,
+            ),
+            "hook_name: unknown hook point `blocks.0.hook_resid_pots`",
+        ),
+        (
+            edited("standard", |c| c["d_in"] = 65.into(), none),
+            "W_enc has shape [64, 96]; cfg.json implies [65, 96]",
+        ),
+        (
+            edited(
+                "standard",
+                |c| c["normalize_activations"] = "layer_norm".into(),
+                none,
+            ),
+            "`normalize_activations: layer_norm` is not supported",
+        ),
+        (
+            edited(
+                "standard",
+                |_| {},
+                |w| {
+                    w.remove("b_dec");
+                },
+            ),
+            "b_dec is missing",
+        ),
+        (
+            edited(
+                "standard",
+                |_| {},
+                |w| {
+                    w.insert(
+                        "threshold".into(),
+                        Tensor::zeros(96, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                    );
+                },
+            ),
+            "tensor threshold is not used",
+        ),
+        (
+            edited(
+                "jumprelu",
+                |_| {},
+                |w| {
+                    w.insert(
+                        "threshold".into(),
+                        Tensor::full(f32::NAN, 96, &Device::Cpu).unwrap(),
+                    );
+                },
+            ),
+            "threshold has 96 non-finite values",
+        ),
+        (
+            edited("topk", |c| c["k"] = 200.into(), none),
+            "k 200 is larger than d_sae 96",
+        ),
+    ];
+    for (dir, want) in cases {
+        let e = Sae::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains(want), "{want}: {e}");
+        assert!(
+            e.contains(&dir.path().display().to_string()),
+            "names the file: {e}"
+        );
+    }
+    // An SAE for a hook of another width, and one for a layer the model lacks.
+    let dir = edited(
+        "standard",
+        |c| c["metadata"]["hook_name"] = "blocks.1.attn.hook_pattern".into(),
+        |_| {},
+    );
+    let e = Sae::load(dir.path(), &Device::Cpu)
+        .unwrap()
+        .check_fits(&model)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("d_in 64 does not fit blocks.1.attn.hook_pattern"),
+        "{e}"
+    );
+    let dir = edited(
+        "standard",
+        |c| c["metadata"]["hook_name"] = "blocks.9.hook_resid_post".into(),
+        |_| {},
+    );
+    let e = Sae::load(dir.path(), &Device::Cpu)
+        .unwrap()
+        .check_fits(&model)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 9 is out of range"), "{e}");
+    // Older SAELens files: log_threshold, and hook_name at the top level.
+    let dir = edited(
+        "jumprelu",
+        |c| {
+            c["hook_name"] = c["metadata"]["hook_name"].clone();
+            c["metadata"].as_object_mut().unwrap().remove("hook_name");
+        },
+        |w| {
+            let t = w.remove("threshold").unwrap();
+            w.insert("log_threshold".into(), t.log().unwrap());
+        },
+    );
+    let old = Sae::load(dir.path(), &Device::Cpu).unwrap();
+    let new = Sae::load(&fixture("jumprelu"), &Device::Cpu).unwrap();
+    let e = max_rel_diff(
+        old.threshold.as_ref().unwrap(),
+        new.threshold.as_ref().unwrap(),
+    );
+    assert!(e < 1e-6, "{e}");
+}
