@@ -226,3 +226,112 @@ fn bad_sae_files_are_clear_errors() {
     );
     assert!(e < 1e-6, "{e}");
 }
+
+#[test]
+fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
+    use hooklens::analysis::metrics::next_token_losses;
+    use hooklens::corpus::{pack, read_documents, Packing};
+    use hooklens::sae::{ce_loss, reconstruction};
+    use hooklens::store::{Capture, Source};
+    use hooklens::{HookPoint, Hooks, Intervention, NameFilter};
+    let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let docs = read_documents(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus/tiny.txt"),
+        "text",
+    )
+    .unwrap();
+    let packing = Packing {
+        context_len: 32,
+        bos: tok.bos_token_id,
+        separator: tok.bos_token_id,
+        seed: 0,
+    };
+    let contexts = pack(&docs, &tok, model.cfg.n_ctx, &packing, Some(12)).unwrap();
+    let hook: HookPoint = "blocks.0.hook_resid_post".parse().unwrap();
+    let capture = Capture::new(&model, vec![hook], candle_core::DType::F32).unwrap();
+    let source = Source::Model {
+        capture: &capture,
+        contexts: &contexts,
+        contexts_per_chunk: 5,
+    };
+    let sae = Sae::load(&fixture("jumprelu"), &Device::Cpu).unwrap();
+    let m = reconstruction(&sae, &source, 0, &mut |_| {}).unwrap();
+    // Brute force over all 12 · 32 tokens at once, in f64.
+    let x = capture
+        .activations(&contexts.batch(0..12, &Device::Cpu).unwrap())
+        .unwrap()
+        .swap_remove(0);
+    let acts = sae.encode(&x).unwrap();
+    let recon = sae.decode(&acts).unwrap();
+    let f64s = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+    let (x64, r64) = (f64s(&x), f64s(&recon));
+    let err2: f64 = (&x64 - &r64)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let centred = x64.broadcast_sub(&x64.mean_keepdim(0).unwrap()).unwrap();
+    let var: f64 = centred
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let on: Vec<Vec<f32>> = acts
+        .ne(0f32)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let l0 = on.iter().map(|r| r.iter().sum::<f32>()).sum::<f32>() / 384.0;
+    assert_eq!(m.tokens, 384);
+    assert!((m.l0 - l0).abs() < 1e-4, "{} vs {l0}", m.l0);
+    assert!(
+        ((m.mse as f64) - err2 / (384.0 * 64.0)).abs() < 1e-5 * (err2 / 384.0 / 64.0),
+        "mse {}",
+        m.mse
+    );
+    assert!(
+        ((m.explained_variance as f64) - (1.0 - err2 / var)).abs() < 1e-4,
+        "ev {} vs {}",
+        m.explained_variance,
+        1.0 - err2 / var
+    );
+    let density0 = on.iter().map(|r| r[0]).sum::<f32>() / 384.0;
+    assert!((m.density[0] - density0).abs() < 1e-6);
+    assert_eq!(m.dead, m.density.iter().filter(|&&d| d == 0.0).count());
+
+    // CE with the SAE spliced = patching its reconstruction of the clean activation in.
+    let tokens = contexts.batch(0..4, &Device::Cpu).unwrap();
+    let ce = ce_loss(&model, &sae, &tokens).unwrap();
+    let loss = |hooks: Hooks| -> f32 {
+        let logits = model.run_with_hooks(&tokens, hooks).unwrap();
+        next_token_losses(&logits, &tokens)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let (_, cache) = model
+        .run_with_cache(&tokens, NameFilter::Points(vec![hook]))
+        .unwrap();
+    let patched = sae.reconstruct(cache.get(hook).unwrap()).unwrap();
+    let want = loss(Hooks::none().intervene(hook, Intervention::Patch(patched)));
+    assert!((ce.spliced - want).abs() < 1e-5, "{} vs {want}", ce.spliced);
+    assert!((ce.clean - loss(Hooks::none())).abs() < 1e-6);
+    assert!(
+        (ce.zero_ablated - loss(Hooks::none().intervene(hook, Intervention::Zero))).abs() < 1e-6
+    );
+    let recovered = (ce.zero_ablated - ce.spliced) / (ce.zero_ablated - ce.clean);
+    assert!((ce.recovered - recovered).abs() < 1e-6);
+    assert!(
+        ce.spliced > ce.clean,
+        "a random SAE loses something: {ce:?}"
+    );
+}

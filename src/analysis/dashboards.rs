@@ -105,12 +105,25 @@ pub fn dashboards(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<UnitDashboard>> {
     let (_, stored) = store.spec.hook(hook)?;
-    let width = stored.width();
+    let read = |s: usize| store.read(s, hook);
+    dashboards_of(store, hook, stored.width(), &read, opts, progress)
+}
+
+/// [`dashboards`] of units computed from each shard by `units_of` ([tokens, width] for shard
+/// i): an SAE's features of a stored hook, say. `what` names them in errors.
+pub fn dashboards_of(
+    store: &ActivationStore,
+    what: &str,
+    width: usize,
+    units_of: &dyn Fn(usize) -> Result<Tensor>,
+    opts: &DashboardOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<UnitDashboard>> {
     if let Some(&u) = opts.units.iter().find(|&&u| u >= width) {
         return Err(Error::bad_parameter(
             "units",
             u,
-            format!("{hook} has {width} units, 0..{width}"),
+            format!("{what} has {width} units, 0..{width}"),
         ));
     }
     if opts.k == 0 || opts.bins == 0 {
@@ -153,7 +166,7 @@ pub fn dashboards(
     ];
     let mut tokens = 0u64;
     for s in 0..shards {
-        let x = columns(&store.read(s, hook)?)?;
+        let x = columns(&units_of(s)?)?;
         let ids = store.column(s, "token_id")?;
         let counted = |r: usize| !opts.skip_tokens.contains(&ids[r]);
         let rows = x.len() / n_units.max(1);
@@ -233,7 +246,7 @@ pub fn dashboards(
     wanted.sort();
 
     for s in 0..shards {
-        let x = columns(&store.read(s, hook)?)?;
+        let x = columns(&units_of(s)?)?;
         let ids = store.column(s, "token_id")?;
         let counted = |r: usize| !opts.skip_tokens.contains(&ids[r]);
         let rows = ids.len();

@@ -10,6 +10,10 @@
 //!
 //! and recons = acts·W_dec + b_dec (acts divided by the decoder norms first for a rescaled TopK).
 
+pub mod metrics;
+
+pub use metrics::{ce_loss, reconstruction, CeLoss, Reconstruction};
+
 use crate::error::{Error, Result};
 use crate::hook_points::HookPoint;
 use crate::model::HookedTransformer;
@@ -335,6 +339,15 @@ impl Sae {
     /// decode(encode(x)).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.decode(&self.encode(x)?)
+    }
+
+    /// The reconstruction of an activation as the model holds it ([batch, pos, ...], its
+    /// dtype): what replaces it when the SAE is spliced in.
+    pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        // [batch, pos, ...] -> [batch, pos, d_in]
+        let flat = x.reshape((dims[0], dims[1], self.d_in))?;
+        Ok(self.forward(&flat)?.reshape(dims)?.to_dtype(x.dtype())?)
     }
 }
 

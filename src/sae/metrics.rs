@@ -1,0 +1,121 @@
+//! How good an SAE is: reconstruction over a store or the model on the fly (L0, MSE, explained
+//! variance, feature density), and the language-modelling loss with it spliced in against the
+//! clean model and the hook zero-ablated (CE loss recovered).
+
+use super::Sae;
+use crate::analysis::metrics::next_token_losses;
+use crate::error::{Error, Result};
+use crate::hooks::Hooks;
+use crate::intervention::Intervention;
+use crate::model::HookedTransformer;
+use crate::store::Source;
+use candle_core::{DType, Tensor};
+
+/// Features whose density is above this are counted dense.
+pub const DENSE: f32 = 0.1;
+
+/// Reconstruction of every token of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconstruction {
+    pub tokens: usize,
+    /// Mean number of active features per token.
+    pub l0: f32,
+    /// Mean squared error per element, (1 / tokens·d_in) Σ‖x − x̂‖².
+    pub mse: f32,
+    /// 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean over the source.
+    pub explained_variance: f32,
+    /// Per feature, the fraction of tokens where it is active [d_sae].
+    pub density: Vec<f32>,
+    /// Features never active, and active on more than [`DENSE`] of tokens.
+    pub dead: usize,
+    pub dense: usize,
+}
+
+/// The reconstruction metrics of `sae` over hook number `hook` of `source` (one pass; every
+/// chunk is read once), `progress` told each chunk's tokens.
+pub fn reconstruction(
+    sae: &Sae,
+    source: &Source,
+    hook: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Reconstruction> {
+    let (mut tokens, mut active, mut err2, mut sum2) = (0usize, 0f64, 0f64, 0f64);
+    let mut sum = vec![0f64; sae.d_in];
+    let mut count = vec![0u64; sae.d_sae];
+    for c in 0..source.chunks() {
+        let x = source.chunk(c)?.swap_remove(hook); // [tokens, d_in]
+        if x.dim(1)? != sae.d_in {
+            return Err(Error::ShapeMismatch {
+                what: format!("the SAE's input (d_in) from {}", sae.path.display()),
+                expected: vec![x.dim(0)?, sae.d_in],
+                got: x.dims().to_vec(),
+            });
+        }
+        let acts = sae.encode(&x)?;
+        let recon = sae.decode(&acts)?;
+        let on = acts.ne(0f32)?.to_dtype(DType::F32)?; // [tokens, d_sae]
+        active += on.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        for (n, v) in count.iter_mut().zip(on.sum(0)?.to_vec1::<f32>()?) {
+            *n += v as u64;
+        }
+        err2 += (&x - &recon)?
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        sum2 += x
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        for (s, v) in sum.iter_mut().zip(x.sum(0)?.to_vec1::<f32>()?) {
+            *s += v as f64;
+        }
+        tokens += x.dim(0)?;
+        progress(x.dim(0)?);
+    }
+    let n = tokens.max(1) as f64;
+    // Σ‖x − x̄‖² = Σ‖x‖² − N‖x̄‖²
+    let var = sum2 - sum.iter().map(|s| s * s).sum::<f64>() / n;
+    let density: Vec<f32> = count.iter().map(|&c| (c as f64 / n) as f32).collect();
+    Ok(Reconstruction {
+        tokens,
+        l0: (active / n) as f32,
+        mse: (err2 / (n * sae.d_in as f64)) as f32,
+        explained_variance: (1.0 - err2 / var.max(f64::MIN_POSITIVE)) as f32,
+        dead: count.iter().filter(|&&c| c == 0).count(),
+        dense: density.iter().filter(|&&d| d > DENSE).count(),
+        density,
+    })
+}
+
+/// Mean next-token loss (nats) of the clean model, with the SAE spliced in (its
+/// reconstruction replacing the activation at its hook), and with that activation zeroed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CeLoss {
+    pub clean: f32,
+    pub spliced: f32,
+    pub zero_ablated: f32,
+    /// (zero_ablated − spliced) / (zero_ablated − clean): 1 = the SAE loses nothing.
+    pub recovered: f32,
+}
+
+/// [`CeLoss`] of `sae` on `model` over token ids [batch, pos] (contexts of a store, say).
+pub fn ce_loss(model: &HookedTransformer, sae: &Sae, tokens: &Tensor) -> Result<CeLoss> {
+    sae.check_fits(model)?;
+    let loss = |hooks: Hooks| -> Result<f32> {
+        let logits = model.run_with_hooks(tokens, hooks)?;
+        Ok(next_token_losses(&logits, tokens)?
+            .mean_all()?
+            .to_scalar::<f32>()?)
+    };
+    let clean = loss(Hooks::none())?;
+    let spliced = loss(Hooks::none().add(sae.hook, |x, _| Ok(Some(sae.reconstruct(x)?))))?;
+    let zero_ablated = loss(Hooks::none().intervene(sae.hook, Intervention::Zero))?;
+    Ok(CeLoss {
+        clean,
+        spliced,
+        zero_ablated,
+        recovered: (zero_ablated - spliced) / (zero_ablated - clean),
+    })
+}
