@@ -209,7 +209,9 @@ fn statistics_equal_a_brute_force_pass_and_stop_layers_follow_the_hooks() {
 
 #[test]
 fn dashboards_equal_a_brute_force_top_k() {
-    use hooklens::analysis::dashboards::{dashboards, logit_effects, DashboardOptions};
+    use hooklens::analysis::dashboards::{
+        dashboards, logit_effects, output_directions, DashboardOptions,
+    };
     let (model, contexts) = setup();
     let hook: HookPoint = "blocks.1.attn.hook_z".parse().unwrap();
     let capture = Capture::new(&model, vec![hook], DType::F32).unwrap();
@@ -271,7 +273,8 @@ fn dashboards_equal_a_brute_force_top_k() {
         assert!((d.mean as f64 - mean).abs() < 1e-5);
     }
     // Logit effects of hook_z units are W_O's rows times W_U.
-    let effects = logit_effects(&model, &hook, &[5], 3).unwrap().unwrap();
+    let dirs = output_directions(&model, &hook).unwrap().unwrap();
+    let effects = logit_effects(&model, &dirs, &[5], 3).unwrap();
     let w_o = model.W_O(1).unwrap().reshape((64, 64)).unwrap();
     let want = w_o
         .get(5)

@@ -875,3 +875,120 @@ pub fn dashboard_views(
     }
     Ok(())
 }
+
+/// An SAE's measurements: `metrics.parquet` (one row), `density.parquet` (one row per feature)
+/// and `similar.parquet` (each shown feature's nearest features by decoder direction), and
+/// the one-line summary.
+pub fn sae_views(
+    exp: &mut Experiment,
+    sae: &hooklens::sae::Sae,
+    recon: &hooklens::sae::Reconstruction,
+    ce: &hooklens::sae::CeLoss,
+    similar: &[Vec<(u32, f32)>],
+    features: &[usize],
+) -> Result<()> {
+    use polars::prelude::*;
+    let mut metrics = df!(
+        "sae" => [sae.path.display().to_string()],
+        "hook" => [sae.hook.to_string()],
+        "architecture" => [format!("{:?}", sae.architecture)],
+        "d_in" => [sae.d_in as u32],
+        "d_sae" => [sae.d_sae as u32],
+        "tokens" => [recon.tokens as u64],
+        "l0" => [recon.l0],
+        "mse" => [recon.mse],
+        "explained_variance" => [recon.explained_variance],
+        "dead" => [recon.dead as u32],
+        "dense" => [recon.dense as u32],
+        "ce_clean" => [ce.clean],
+        "ce_spliced" => [ce.spliced],
+        "ce_zero_ablated" => [ce.zero_ablated],
+        "ce_loss_recovered" => [ce.recovered],
+    )?;
+    exp.frame(
+        "metrics.parquet",
+        &mut metrics,
+        &[
+            ("sae", "the SAE folder"),
+            ("hook", "the hook point it reads and, spliced, replaces"),
+            (
+                "architecture",
+                "Standard | JumpRelu | TopK { k, rescale_acts_by_decoder_norm } | Gated",
+            ),
+            ("d_in", "input width"),
+            ("d_sae", "features"),
+            (
+                "tokens",
+                "tokens of the store the reconstruction was measured on",
+            ),
+            ("l0", "mean number of active features per token"),
+            ("mse", "mean squared reconstruction error per element"),
+            (
+                "explained_variance",
+                "1 - sum |x - x_hat|^2 / sum |x - mean x|^2",
+            ),
+            ("dead", "features never active over the store"),
+            ("dense", "features active on more than 10 % of tokens"),
+            (
+                "ce_clean",
+                "mean next-token loss (nats) of the model, over the first --ce-contexts contexts",
+            ),
+            (
+                "ce_spliced",
+                "the same with the SAE's reconstruction replacing the hook's activation",
+            ),
+            (
+                "ce_zero_ablated",
+                "the same with the hook's activation zeroed",
+            ),
+            (
+                "ce_loss_recovered",
+                "(ce_zero_ablated - ce_spliced) / (ce_zero_ablated - ce_clean); 1 = nothing lost",
+            ),
+        ],
+    )?;
+    let mut density = df!(
+        "feature" => (0..sae.d_sae as u32).collect::<Vec<_>>(),
+        "density" => recon.density.clone(),
+    )?;
+    exp.frame(
+        "density.parquet",
+        &mut density,
+        &[
+            ("feature", "the feature"),
+            (
+                "density",
+                "fraction of the store's tokens where it is active (0: dead)",
+            ),
+        ],
+    )?;
+    let (mut f, mut rank, mut other, mut cos) = (vec![], vec![], vec![], vec![]);
+    for (&u, near) in features.iter().zip(similar) {
+        for (r, &(o, c)) in near.iter().enumerate() {
+            f.push(u as u32);
+            rank.push(r as u32);
+            other.push(o);
+            cos.push(c);
+        }
+    }
+    let mut sim = df!("feature" => f, "rank" => rank, "other" => other, "cosine" => cos)?;
+    exp.frame(
+        "similar.parquet",
+        &mut sim,
+        &[
+            ("feature", "a feature with a dashboard"),
+            ("rank", "0 = the most similar other feature"),
+            ("other", "another feature"),
+            (
+                "cosine",
+                "cosine similarity of their decoder directions (W_dec rows)",
+            ),
+        ],
+    )?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}: L0 {:.1}, explained variance {:.3}, MSE {:.4}, CE loss recovered {:.3} (clean {:.3}, spliced {:.3}, zero-ablated {:.3}); {} dead and {} dense of {} features over {} tokens",
+        sae.hook, recon.l0, recon.explained_variance, recon.mse, ce.recovered, ce.clean, ce.spliced, ce.zero_ablated, recon.dead, recon.dense, sae.d_sae, recon.tokens
+    )?;
+    Ok(())
+}

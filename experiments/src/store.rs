@@ -408,6 +408,16 @@ pub const TOKEN_COLUMNS: &[(&str, &str)] = &[
     ("token", "The token's text"),
 ];
 
+/// Without `--model`, the model `store` was captured with.
+pub fn default_model(model: &mut crate::args::ModelArgs, store: &hooklens::store::ActivationStore) {
+    if model.model.is_none() {
+        model.model = store.spec.provenance["model"]
+            .as_str()
+            .filter(|m| *m != hooklens::loading::EMBEDDED_NAME)
+            .map(String::from);
+    }
+}
+
 /// An error unless the store `store` was captured from the model whose weight files
 /// `weights` lists (`Manifest::model.weights`: paths and sha256).
 pub fn check_store_model(
@@ -454,4 +464,35 @@ pub fn corpus_means(
         .into_iter()
         .map(|(name, t)| Ok((model.hook_point(&name)?, t.to_dtype(model.dtype())?)))
         .collect()
+}
+
+/// The token ids of the store's first `n` contexts (fewer if it has fewer), [n, context_len].
+pub fn store_contexts(
+    store: &hooklens::store::ActivationStore,
+    n: usize,
+    device: &candle_core::Device,
+) -> Result<candle_core::Tensor> {
+    let c = store.spec.context_len;
+    let n = n.min(store.spec.contexts);
+    let mut ids = Vec::with_capacity(n * c);
+    for s in 0..store.spec.shards {
+        if ids.len() >= n * c {
+            break;
+        }
+        ids.extend(store.column(s, "token_id")?);
+    }
+    ids.truncate(n * c);
+    Ok(candle_core::Tensor::from_vec(ids, (n, c), device)?)
+}
+
+/// The store's BOS and document separator: left out of dashboards (their activations are
+/// outliers in most models).
+pub fn special_tokens(store: &hooklens::store::ActivationStore) -> Vec<u32> {
+    let corpus = &store.spec.provenance["corpus"];
+    let mut ids: Vec<u32> = ["bos", "separator"]
+        .iter()
+        .filter_map(|k| corpus[*k].as_u64().map(|t| t as u32))
+        .collect();
+    ids.dedup();
+    ids
 }

@@ -350,3 +350,65 @@ fn dashboards_read_a_store_and_check_its_model() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_sae_binary_measures_and_browses_an_sae_over_a_store() {
+    const SAE: &str = env!("CARGO_BIN_EXE_sae");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fixture = |n: &str| format!("{}/../tests/fixtures/saes/{n}", env!("CARGO_MANIFEST_DIR"));
+    ok(
+        CAPTURE,
+        &["--run", "s", "--hooks", "blocks.0.hook_resid_post"],
+        d,
+    );
+    let args = [
+        "--sae",
+        &fixture("topk"),
+        "--store",
+        "outputs/capture/s",
+        "--run",
+        "t",
+        "--features",
+        "0..10",
+        "--ce-contexts",
+        "4",
+    ];
+    ok(SAE, &args, d);
+    let out = d.join("outputs/sae/t");
+    let m = lab::parquet::read_parquet(&out.join("metrics.parquet")).unwrap();
+    let l0 = m.column("l0").unwrap().f32().unwrap().get(0).unwrap();
+    assert!((l0 - 8.0).abs() < 1e-4, "a TopK-8 SAE has L0 8, got {l0}");
+    for f in [
+        "density.parquet",
+        "similar.parquet",
+        "units.parquet",
+        "top_examples.parquet",
+        "logit_effects.parquet",
+        "dashboard.html",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        lab::parquet::read_parquet(&out.join("units.parquet"))
+            .unwrap()
+            .height(),
+        10
+    );
+    // An SAE whose hook the store does not hold.
+    ok(
+        CAPTURE,
+        &["--run", "z", "--hooks", "blocks.1.attn.hook_z"],
+        d,
+    );
+    let (code, err) = run(
+        SAE,
+        &["--sae", &fixture("topk"), "--store", "outputs/capture/z"],
+        d,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("does not hold blocks.0.hook_resid_post"),
+        "{err}"
+    );
+}

@@ -292,49 +292,43 @@ fn split<'a, T>(v: &'a mut [T], groups: &[std::ops::Range<usize>]) -> Vec<&'a mu
 /// Per unit: the tokens whose logits it raises most, and those it lowers most (token, effect).
 pub type LogitEffects = Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>)>;
 
-/// Each unit's direct effect on the logits: its output direction times W_U (without the final
-/// norm's scale), as the `k` most raised and the `k` most lowered tokens. The output direction
-/// is `W_out`'s row for `mlp.hook_post` neurons, `W_O`'s row for `attn.hook_z` units
-/// (h·d_head + i), and the basis vector for hooks of width d_model (the residual stream); other hooks
-/// have none (`None`).
-pub fn logit_effects(
-    model: &HookedTransformer,
-    hook: &HookPoint,
-    units: &[usize],
-    k: usize,
-) -> Result<Option<LogitEffects>> {
+/// The direction each unit of `hook` writes into the residual stream, [width, d_model]:
+/// `W_out`'s rows for `mlp.hook_post` neurons, `W_O`'s rows for `attn.hook_z` units
+/// (h·d_head + i), the basis vectors for hooks of width d_model (the residual stream, attention
+/// and MLP outputs); `None` for other hooks.
+pub fn output_directions(model: &HookedTransformer, hook: &HookPoint) -> Result<Option<Tensor>> {
     let cfg = &model.cfg;
-    let rows = |w: &Tensor| -> Result<Tensor> {
-        let idx = Tensor::new(
-            units.iter().map(|&u| u as u32).collect::<Vec<_>>(),
-            w.device(),
-        )?;
-        Ok(w.index_select(&idx, 0)?.to_dtype(DType::F32)?)
-    };
-    let directions = match hook {
+    let dirs = match hook {
         HookPoint::Block(l, BlockHook::MlpPost) => match &model.block(*l)?.mlp {
-            Some(mlp) => rows(&mlp.w_out)?, // [units, d_model]
+            Some(mlp) => mlp.w_out.clone(), // [d_mlp, d_model]
             None => return Ok(None),
         },
-        HookPoint::Block(l, BlockHook::Z) => {
-            // W_O [n_heads, d_head, d_model] -> [n_heads·d_head, d_model]
-            rows(
-                &model
-                    .W_O(*l)?
-                    .reshape((cfg.n_heads * cfg.d_head, cfg.d_model))?,
-            )?
-        }
-        h if h.axes().head.is_none()
-            && h.axes().neuron.is_some()
-            && units.iter().all(|&u| u < cfg.d_model) =>
-        {
-            rows(&Tensor::eye(cfg.d_model, DType::F32, model.device())?)?
+        // W_O [n_heads, d_head, d_model] -> [n_heads·d_head, d_model]
+        HookPoint::Block(l, BlockHook::Z) => model
+            .W_O(*l)?
+            .reshape((cfg.n_heads * cfg.d_head, cfg.d_model))?,
+        h if h.axes().head.is_none() && model.hook_shape(h)? == [cfg.d_model] => {
+            Tensor::eye(cfg.d_model, DType::F32, model.device())?
         }
         _ => return Ok(None),
     };
-    if directions.dim(1)? != cfg.d_model {
-        return Ok(None);
-    }
+    Ok(Some(dirs.to_dtype(DType::F32)?))
+}
+
+/// The direct effect on the logits of the units `units` whose residual-stream directions are
+/// the rows of `directions` [width, d_model] (see [`output_directions`]): direction · W_U,
+/// without the final norm's scale, as the `k` tokens raised most and the `k` lowered most.
+pub fn logit_effects(
+    model: &HookedTransformer,
+    directions: &Tensor,
+    units: &[usize],
+    k: usize,
+) -> Result<LogitEffects> {
+    let idx = Tensor::new(
+        units.iter().map(|&u| u as u32).collect::<Vec<_>>(),
+        directions.device(),
+    )?;
+    let directions = directions.index_select(&idx, 0)?; // [units, d_model]
     let w_u = model.w_u.to_dtype(DType::F32)?;
     let mut out = Vec::with_capacity(units.len());
     for start in (0..units.len()).step_by(64) {
@@ -346,5 +340,31 @@ pub fn logit_effects(
             out.push((top_k(&row, k), bottom));
         }
     }
-    Ok(Some(out))
+    Ok(out)
+}
+
+/// For each of `units`, the `k` other rows of `directions` [n, d] most similar to its own by
+/// cosine (an SAE's features with the nearest decoder directions): (row, cosine), best first.
+pub fn most_similar(
+    directions: &Tensor,
+    units: &[usize],
+    k: usize,
+) -> Result<Vec<Vec<(u32, f32)>>> {
+    let d = directions.to_dtype(DType::F32)?;
+    let unit = d.broadcast_div(&d.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?)?;
+    let mut out = Vec::with_capacity(units.len());
+    for chunk in units.chunks(64) {
+        let idx = Tensor::new(
+            chunk.iter().map(|&u| u as u32).collect::<Vec<_>>(),
+            d.device(),
+        )?;
+        let cos = matmul(&unit.index_select(&idx, 0)?, &unit.t()?)?; // [chunk, n]
+        for (row, &u) in cos.to_vec2::<f32>()?.into_iter().zip(chunk) {
+            let mut best = top_k(&row, k + 1);
+            best.retain(|&(j, _)| j as usize != u);
+            best.truncate(k);
+            out.push(best);
+        }
+    }
+    Ok(out)
 }

@@ -9,7 +9,9 @@
 
 use anyhow::Result;
 use clap::Parser;
-use hooklens::analysis::dashboards::{dashboards, logit_effects, DashboardOptions};
+use hooklens::analysis::dashboards::{
+    dashboards, logit_effects, output_directions, DashboardOptions,
+};
 use hooklens::store::ActivationStore;
 use lab::args::{ModelArgs, RunArgs};
 use serde::Serialize;
@@ -63,13 +65,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(mut a: Args) -> Result<()> {
     let store = ActivationStore::open(&a.store)?;
-    let prov = &store.spec.provenance;
-    if a.model.model.is_none() {
-        a.model.model = prov["model"]
-            .as_str()
-            .filter(|m| *m != hooklens::loading::EMBEDDED_NAME)
-            .map(String::from);
-    }
+    lab::store::default_model(&mut a.model, &store);
     let (mut exp, model, tok) = lab::Experiment::start("dashboards", &a.model, &a.out, &a)?;
     lab::store::check_store_model(&store, &exp.manifest.model.weights)?;
     let hook = match &a.hook {
@@ -89,11 +85,9 @@ fn run(mut a: Args) -> Result<()> {
         Some(s) => lab::args::parse_ranges(s, width, "--units")?,
         None => (0..width).collect(),
     };
-    let special = ["bos", "separator"].map(|k| prov["corpus"][k].as_u64().map(|t| t as u32));
-    let skip_tokens = if a.include_bos {
-        vec![]
-    } else {
-        special.into_iter().flatten().collect()
+    let skip_tokens = match a.include_bos {
+        true => vec![],
+        false => lab::store::special_tokens(&store),
     };
     let (k, bins) = (a.top_k as usize, a.bins as usize);
     let opts = DashboardOptions {
@@ -113,13 +107,11 @@ fn run(mut a: Args) -> Result<()> {
         dashboards(&store, &hook, &opts, &mut |n| bar.inc(n as u64))
     })?;
     bar.finish_and_clear();
+    let point = model.hook_point(&hook)?;
     let effects = exp.time("logit_effects", || {
-        logit_effects(
-            &model,
-            &model.hook_point(&hook)?,
-            &opts.units,
-            a.logit_k as usize,
-        )
+        output_directions(&model, &point)?
+            .map(|d| logit_effects(&model, &d, &opts.units, a.logit_k as usize))
+            .transpose()
     })?;
     exp.manifest.set("hook", &hook)?;
     exp.manifest
