@@ -12,6 +12,14 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+mod common;
+
+/// The random GPT-2 fixture (3 layers, d_model 32), with weight processing as by default.
+fn gpt2_random() -> hooklens::HookedTransformer {
+    let dir = common::gpt2_dir();
+    common::load_gpt2(dir.path(), hooklens::Processing::default()).0
+}
+
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let d: f32 = (a - b)
         .unwrap()
@@ -33,6 +41,7 @@ fn every_architecture_matches_saelens() {
     )
     .unwrap();
     let (model, _, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let gpt2 = gpt2_random();
     let names = [
         "standard",
         "standard_no_b_dec_in",
@@ -41,11 +50,29 @@ fn every_architecture_matches_saelens() {
         "topk_rescaled",
         "gated",
         "batchtopk",
+        "transcoder",
+        "skip_transcoder",
+        "jumprelu_transcoder",
+        "jumprelu_skip_transcoder",
     ];
     for name in names {
         let sae = Sae::load(&fixture(name), &Device::Cpu).unwrap();
-        sae.check_fits(&model).unwrap();
-        assert_eq!(sae.hook.to_string(), "blocks.0.hook_resid_post");
+        match name.ends_with("transcoder") {
+            true => {
+                sae.check_fits(&gpt2).unwrap();
+                assert_eq!(sae.hook.to_string(), "blocks.1.ln2.hook_normalized");
+                assert_eq!(sae.writes().to_string(), "blocks.1.hook_mlp_out");
+                assert_eq!(sae.w_skip.is_some(), name.contains("skip"));
+                assert!(
+                    sae.check_fits(&model).is_err(),
+                    "the embedded model has no MLP"
+                );
+            }
+            false => {
+                sae.check_fits(&model).unwrap();
+                assert_eq!(sae.hook.to_string(), "blocks.0.hook_resid_post");
+            }
+        }
         let r = |k: &str| &reference[&format!("{name}.{k}")];
         let acts = sae.encode(r("x")).unwrap();
         let e = max_rel_diff(&acts, r("acts"));
@@ -71,7 +98,9 @@ fn every_architecture_matches_saelens() {
                     .iter()
                     .all(|row| row.iter().map(|&v| v as usize).sum::<usize>() == 8));
             }
-            "batchtopk" | "jumprelu" => assert_eq!(sae.architecture, Architecture::JumpRelu),
+            "batchtopk" | "jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder" => {
+                assert_eq!(sae.architecture, Architecture::JumpRelu)
+            }
             _ => {}
         }
     }
@@ -255,7 +284,7 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
         contexts_per_chunk: 5,
     };
     let sae = Sae::load(&fixture("jumprelu"), &Device::Cpu).unwrap();
-    let m = reconstruction(&sae, &source, 0, &mut |_| {}).unwrap();
+    let m = reconstruction(&sae, &source, (0, 0), &mut |_| {}).unwrap();
     // Brute force over all 12 · 32 tokens at once, in f64.
     let x = capture
         .activations(&contexts.batch(0..12, &Device::Cpu).unwrap())
@@ -321,7 +350,8 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
     let (_, cache) = model
         .run_with_cache(&tokens, NameFilter::Points(vec![hook]))
         .unwrap();
-    let patched = sae.reconstruct(cache.get(hook).unwrap()).unwrap();
+    let x = cache.get(hook).unwrap();
+    let patched = sae.reconstruct(x, x).unwrap();
     let want = loss(Hooks::none().intervene(hook, Intervention::Patch(patched)));
     assert!((ce.spliced - want).abs() < 1e-5, "{} vs {want}", ce.spliced);
     assert!((ce.clean - loss(Hooks::none())).abs() < 1e-6);
@@ -334,4 +364,53 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
         ce.spliced > ce.clean,
         "a random SAE loses something: {ce:?}"
     );
+}
+
+#[test]
+fn a_transcoder_stands_in_for_the_mlp() {
+    use hooklens::analysis::metrics::next_token_losses;
+    use hooklens::sae::ce_loss;
+    use hooklens::{Hooks, Intervention, NameFilter};
+    let model = gpt2_random();
+    let tokens = Tensor::new(
+        &[
+            [50256u32, 464, 3139, 286, 4881, 318, 6342, 13],
+            [50256, 15496, 995, 11, 703, 389, 345, 30],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    for name in ["transcoder", "jumprelu_skip_transcoder"] {
+        let tc = Sae::load(&fixture(name), &Device::Cpu).unwrap();
+        let ce = ce_loss(&model, &tc, &tokens).unwrap();
+        // Naively: the MLP's input from a clean run, through the transcoder, patched in as the
+        // MLP's output (the MLP's input does not depend on its own output).
+        let (_, cache) = model
+            .run_with_cache(&tokens, NameFilter::Points(vec![tc.hook, tc.writes()]))
+            .unwrap();
+        let out = tc
+            .reconstruct(cache.get(tc.hook).unwrap(), cache.get(tc.writes()).unwrap())
+            .unwrap();
+        let logits = model
+            .run_with_hooks(
+                &tokens,
+                Hooks::none().intervene(tc.writes(), Intervention::Patch(out)),
+            )
+            .unwrap();
+        let want: f32 = next_token_losses(&logits, &tokens)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(
+            (ce.spliced - want).abs() < 1e-5,
+            "{name}: {} vs {want}",
+            ce.spliced
+        );
+        assert!(
+            (ce.spliced - ce.clean).abs() > 1e-4,
+            "{name}: a random transcoder changes the loss"
+        );
+    }
 }

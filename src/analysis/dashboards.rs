@@ -58,7 +58,7 @@ pub struct Histogram {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitDashboard {
     pub unit: usize,
-    /// Tokens counted (the store's, less the skipped positions).
+    /// Tokens counted (the store's, less BOS and separators unless asked for).
     pub tokens: u64,
     pub max: f32,
     pub min: f32,

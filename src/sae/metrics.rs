@@ -20,9 +20,10 @@ pub struct Reconstruction {
     pub tokens: usize,
     /// Mean number of active features per token.
     pub l0: f32,
-    /// Mean squared error per element, (1 / tokens·d_in) Σ‖x − x̂‖².
+    /// Mean squared error per element, (1 / tokens·d_out) Σ‖y − ŷ‖² (y = x for an SAE; a
+    /// transcoder's target is its output hook's activation).
     pub mse: f32,
-    /// 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean over the source.
+    /// 1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖², ȳ the mean over the source.
     pub explained_variance: f32,
     /// Per feature, the fraction of tokens where it is active [d_sae].
     pub density: Vec<f32>,
@@ -31,57 +32,57 @@ pub struct Reconstruction {
     pub dense: usize,
 }
 
-/// The reconstruction metrics of `sae` over hook number `hook` of `source` (one pass; every
-/// chunk is read once), `progress` told each chunk's tokens.
+/// The reconstruction metrics of `sae` over hook number `input` of `source` against hook
+/// number `target` (the same for an SAE; a transcoder's output hook), in one pass that reads
+/// every chunk once, `progress` told each chunk's tokens.
 pub fn reconstruction(
     sae: &Sae,
     source: &Source,
-    hook: usize,
+    (input, target): (usize, usize),
     progress: &mut dyn FnMut(usize),
 ) -> Result<Reconstruction> {
     let (mut tokens, mut active, mut err2, mut sum2) = (0usize, 0f64, 0f64, 0f64);
-    let mut sum = vec![0f64; sae.d_in];
+    let mut sum = vec![0f64; sae.d_out];
     let mut count = vec![0u64; sae.d_sae];
     for c in 0..source.chunks() {
-        let x = source.chunk(c)?.swap_remove(hook); // [tokens, d_in]
-        if x.dim(1)? != sae.d_in {
+        let chunk = source.chunk(c)?;
+        let (x, y) = (&chunk[input], &chunk[target]); // [tokens, d_in], [tokens, d_out]
+        if x.dim(1)? != sae.d_in || y.dim(1)? != sae.d_out {
             return Err(Error::ShapeMismatch {
                 what: format!("the SAE's input (d_in) from {}", sae.path.display()),
-                expected: vec![x.dim(0)?, sae.d_in],
-                got: x.dims().to_vec(),
+                expected: vec![x.dim(0)?, sae.d_in, sae.d_out],
+                got: vec![x.dim(0)?, x.dim(1)?, y.dim(1)?],
             });
         }
-        let acts = sae.encode(&x)?;
-        let recon = sae.decode(&acts)?;
+        let acts = sae.encode(x)?;
+        let recon = match &sae.w_skip {
+            Some(_) => sae.forward(x)?,
+            None => sae.decode(&acts)?,
+        };
         let on = acts.ne(0f32)?.to_dtype(DType::F32)?; // [tokens, d_sae]
         active += on.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         for (n, v) in count.iter_mut().zip(on.sum(0)?.to_vec1::<f32>()?) {
             *n += v as u64;
         }
-        err2 += (&x - &recon)?
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        sum2 += x
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        for (s, v) in sum.iter_mut().zip(x.sum(0)?.to_vec1::<f32>()?) {
+        let total = |t: Tensor| -> Result<f64> {
+            Ok(t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        };
+        err2 += total((y - &recon)?.sqr()?)?;
+        sum2 += total(y.sqr()?)?;
+        for (s, v) in sum.iter_mut().zip(y.sum(0)?.to_vec1::<f32>()?) {
             *s += v as f64;
         }
         tokens += x.dim(0)?;
         progress(x.dim(0)?);
     }
     let n = tokens.max(1) as f64;
-    // Σ‖x − x̄‖² = Σ‖x‖² − N‖x̄‖²
+    // Σ‖y − ȳ‖² = Σ‖y‖² − N‖ȳ‖²
     let var = sum2 - sum.iter().map(|s| s * s).sum::<f64>() / n;
     let density: Vec<f32> = count.iter().map(|&c| (c as f64 / n) as f32).collect();
     Ok(Reconstruction {
         tokens,
         l0: (active / n) as f32,
-        mse: (err2 / (n * sae.d_in as f64)) as f32,
+        mse: (err2 / (n * sae.d_out as f64)) as f32,
         explained_variance: (1.0 - err2 / var.max(f64::MIN_POSITIVE)) as f32,
         dead: count.iter().filter(|&&c| c == 0).count(),
         dense: density.iter().filter(|&&d| d > DENSE).count(),
@@ -90,7 +91,8 @@ pub fn reconstruction(
 }
 
 /// Mean next-token loss (nats) of the clean model, with the SAE spliced in (its
-/// reconstruction replacing the activation at its hook), and with that activation zeroed.
+/// reconstruction replacing the activation at its hook; a transcoder's output replacing its
+/// output hook's), and with that activation zeroed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CeLoss {
     pub clean: f32,
@@ -110,8 +112,26 @@ pub fn ce_loss(model: &HookedTransformer, sae: &Sae, tokens: &Tensor) -> Result<
             .to_scalar::<f32>()?)
     };
     let clean = loss(Hooks::none())?;
-    let spliced = loss(Hooks::none().add(sae.hook, |x, _| Ok(Some(sae.reconstruct(x)?))))?;
-    let zero_ablated = loss(Hooks::none().intervene(sae.hook, Intervention::Zero))?;
+    // The activation the SAE reads, kept for the point it writes (later in the pass, or the
+    // same point for an SAE).
+    let read = std::cell::RefCell::new(None);
+    let spliced = match sae.hook_out {
+        None => loss(Hooks::none().add(sae.hook, |x, _| Ok(Some(sae.reconstruct(x, x)?))))?,
+        Some(out) => loss(
+            Hooks::none()
+                .add(sae.hook, |x, _| {
+                    *read.borrow_mut() = Some(x.clone());
+                    Ok(None)
+                })
+                .add(out, |y, _| {
+                    let x = read.borrow_mut().take().ok_or_else(|| {
+                        Error::Invalid(format!("{} did not fire before {out}", sae.hook))
+                    })?;
+                    Ok(Some(sae.reconstruct(&x, y)?))
+                }),
+        )?,
+    };
+    let zero_ablated = loss(Hooks::none().intervene(sae.writes(), Intervention::Zero))?;
     Ok(CeLoss {
         clean,
         spliced,

@@ -9,6 +9,11 @@
 //! - gated: [sae_in·W_enc + b_gate > 0] · relu(sae_in·(W_enc·exp(r_mag)) + b_mag);
 //!
 //! and recons = acts·W_dec + b_dec (acts divided by the decoder norms first for a rescaled TopK).
+//!
+//! A transcoder (`transcoder`, `skip_transcoder`, `jumprelu_transcoder`,
+//! `jumprelu_skip_transcoder`) reads one hook point (the MLP's input) and writes another
+//! (`hook_name_out`, by default the same layer's `hook_mlp_out`): W_dec is [d_sae, d_out], b_dec
+//! is not subtracted from the input, and a skip transcoder adds x·W_skipᵀ.
 
 pub mod metrics;
 
@@ -46,17 +51,23 @@ pub struct Sae {
     pub architecture: Architecture,
     /// Where it reads (SAELens's `hook_name`).
     pub hook: HookPoint,
+    /// Where a transcoder writes (`hook_name_out`); `None` for an SAE, which writes where it reads.
+    pub hook_out: Option<HookPoint>,
     pub d_in: usize,
     pub d_sae: usize,
+    /// Output width: d_in for an SAE.
+    pub d_out: usize,
     pub apply_b_dec_to_input: bool,
     /// [d_in, d_sae]
     pub w_enc: Tensor,
     /// [d_sae] (the gated architecture has none)
     pub b_enc: Option<Tensor>,
-    /// [d_sae, d_in]
+    /// [d_sae, d_out]
     pub w_dec: Tensor,
-    /// [d_in]
+    /// [d_out]
     pub b_dec: Tensor,
+    /// A skip transcoder's [d_out, d_in].
+    pub w_skip: Option<Tensor>,
     /// JumpReLU thresholds [d_sae].
     pub threshold: Option<Tensor>,
     pub gate: Option<Gate>,
@@ -86,9 +97,14 @@ impl Sae {
                 .ok_or_else(|| bad(format!("`{key}` must be a positive integer")))
         };
         let (d_in, d_sae) = (int("d_in")?, int("d_sae")?);
-        let architecture = match cfg["architecture"].as_str().unwrap_or("standard") {
-            "standard" => Architecture::Standard,
-            "jumprelu" => Architecture::JumpRelu,
+        let name = cfg["architecture"].as_str().unwrap_or("standard");
+        let transcoder = name.ends_with("transcoder");
+        let skip = name.ends_with("skip_transcoder");
+        let architecture = match name {
+            "standard" | "transcoder" | "skip_transcoder" => Architecture::Standard,
+            "jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder" => {
+                Architecture::JumpRelu
+            }
             "gated" => Architecture::Gated,
             "topk" => Architecture::TopK {
                 k: int("k")?,
@@ -98,10 +114,20 @@ impl Sae {
             },
             other => {
                 return Err(bad(format!(
-                    "architecture `{other}` is not supported; hooklens loads standard, jumprelu (and batchtopk saved for inference), topk and gated SAEs"
+                    "architecture `{other}` is not supported; hooklens loads standard, jumprelu (and batchtopk saved for inference), topk and gated SAEs, and (jumprelu_)(skip_)transcoders"
                 )))
             }
         };
+        let d_out = match transcoder {
+            true => int("d_out")?,
+            false => d_in,
+        };
+        let apply_b_dec_to_input = cfg["apply_b_dec_to_input"].as_bool().unwrap_or(!transcoder);
+        if transcoder && apply_b_dec_to_input {
+            return Err(bad(
+                "apply_b_dec_to_input is true, which transcoders do not support (b_dec is an output bias)".into(),
+            ));
+        }
         if let Architecture::TopK { k, .. } = architecture {
             if k > d_sae {
                 return Err(bad(format!("k {k} is larger than d_sae {d_sae}")));
@@ -128,6 +154,21 @@ impl Sae {
         let hook: HookPoint = hook_name
             .parse()
             .map_err(|e| bad(format!("hook_name: {e}")))?;
+        let hook_out = match (transcoder, cfg["metadata"]["hook_name_out"].as_str()) {
+            (false, _) => None,
+            (true, Some(out)) => Some(
+                out.parse()
+                    .map_err(|e| bad(format!("hook_name_out: {e}")))?,
+            ),
+            (true, None) => match hook.layer() {
+                Some(l) => Some(HookPoint::block(l, crate::hook_points::BlockHook::MlpOut)),
+                None => {
+                    return Err(bad(
+                        "a transcoder needs `hook_name_out` in `metadata`".into()
+                    ))
+                }
+            },
+        };
 
         let weights_path = dir.join("sae_weights.safetensors");
         let mut tensors =
@@ -157,8 +198,12 @@ impl Sae {
             })
         };
         let w_enc = need(take("W_enc", &[d_in, d_sae])?, "W_enc")?;
-        let w_dec = need(take("W_dec", &[d_sae, d_in])?, "W_dec")?;
-        let b_dec = need(take("b_dec", &[d_in])?, "b_dec")?;
+        let w_dec = need(take("W_dec", &[d_sae, d_out])?, "W_dec")?;
+        let b_dec = need(take("b_dec", &[d_out])?, "b_dec")?;
+        let w_skip = match skip {
+            true => Some(need(take("W_skip", &[d_out, d_in])?, "W_skip")?),
+            false => None,
+        };
         let (b_enc, threshold, gate) = match architecture {
             Architecture::Gated => {
                 let gate = Gate {
@@ -190,13 +235,16 @@ impl Sae {
         let sae = Self {
             architecture,
             hook,
+            hook_out,
             d_in,
             d_sae,
-            apply_b_dec_to_input: cfg["apply_b_dec_to_input"].as_bool().unwrap_or(true),
+            d_out,
+            apply_b_dec_to_input,
             w_enc,
             b_enc,
             w_dec,
             b_dec,
+            w_skip,
             threshold,
             gate,
             path: dir.into(),
@@ -214,6 +262,7 @@ impl Sae {
         ];
         named.extend(self.b_enc.iter().map(|t| ("b_enc", t)));
         named.extend(self.threshold.iter().map(|t| ("threshold", t)));
+        named.extend(self.w_skip.iter().map(|t| ("W_skip", t)));
         if let Some(g) = &self.gate {
             named.extend([
                 ("b_gate", &g.b_gate),
@@ -238,20 +287,30 @@ impl Sae {
         Ok(())
     }
 
-    /// An error unless `model` has this SAE's hook point with a last axis of d_in.
+    /// An error unless `model` has this SAE's hook point with d_in values per token (and a
+    /// transcoder's output hook point with d_out).
     pub fn check_fits(&self, model: &HookedTransformer) -> Result<()> {
-        model.check_hook(&self.hook)?;
-        let width: usize = model.hook_shape(&self.hook)?.iter().product();
-        if width != self.d_in {
-            return Err(Error::BadSae {
-                path: self.path.join("cfg.json"),
-                reason: format!(
-                    "d_in {} does not fit {}, whose activations have {width} values per token on this model",
-                    self.d_in, self.hook
-                ),
-            });
+        let ends = [(self.hook, self.d_in, "d_in")]
+            .into_iter()
+            .chain(self.hook_out.map(|h| (h, self.d_out, "d_out")));
+        for (hook, want, what) in ends {
+            model.check_hook(&hook)?;
+            let width: usize = model.hook_shape(&hook)?.iter().product();
+            if width != want {
+                return Err(Error::BadSae {
+                    path: self.path.join("cfg.json"),
+                    reason: format!(
+                        "{what} {want} does not fit {hook}, whose activations have {width} values per token on this model"
+                    ),
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Where the reconstruction goes: the output hook of a transcoder, else the input hook.
+    pub fn writes(&self) -> HookPoint {
+        self.hook_out.unwrap_or(self.hook)
     }
 
     /// The input minus b_dec (when `apply_b_dec_to_input`), [.., d_in], in f32.
@@ -336,18 +395,26 @@ impl Sae {
         Ok(matmul_last(&acts, &self.w_dec)?.broadcast_add(&self.b_dec)?)
     }
 
-    /// decode(encode(x)).
+    /// decode(encode(x)), plus x·W_skipᵀ for a skip transcoder: [.., d_in] -> [.., d_out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.decode(&self.encode(x)?)
+        let out = self.decode(&self.encode(x)?)?;
+        match &self.w_skip {
+            Some(w) => Ok((out + matmul_last(&x.to_dtype(DType::F32)?, &w.t()?)?)?),
+            None => Ok(out),
+        }
     }
 
-    /// The reconstruction of an activation as the model holds it ([batch, pos, ...], its
-    /// dtype): what replaces it when the SAE is spliced in.
-    pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
+    /// The output for an activation as the model holds it at [`Self::hook`] ([batch, pos,
+    /// ...]), shaped `like` the activation at [`Self::writes`] (its dtype too): what replaces
+    /// that activation when the SAE is spliced in.
+    pub fn reconstruct(&self, x: &Tensor, like: &Tensor) -> Result<Tensor> {
+        let (b, p) = (x.dim(0)?, x.dim(1)?);
         // [batch, pos, ...] -> [batch, pos, d_in]
-        let flat = x.reshape((dims[0], dims[1], self.d_in))?;
-        Ok(self.forward(&flat)?.reshape(dims)?.to_dtype(x.dtype())?)
+        let flat = x.reshape((b, p, self.d_in))?;
+        Ok(self
+            .forward(&flat)?
+            .reshape(like.dims())?
+            .to_dtype(like.dtype())?)
     }
 }
 

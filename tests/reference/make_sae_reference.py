@@ -1,5 +1,7 @@
 """Random SAEs of every architecture hooklens loads, written by SAELens 6 itself, and their
-encode / decode / forward on a random input, for tests/sae.rs.
+encode / decode / forward on a random input, for tests/sae.rs. Transcoders (plain, skip,
+JumpReLU, JumpReLU skip) read the random GPT-2's blocks.1.ln2.hook_normalized and stand in for
+its blocks.1.hook_mlp_out.
 
     tests/reference/setup_saelens.sh      # SAELens 6.54.12 in its own venv (TransformerLens < 4)
     ~/.cache/hooklens-peers/saelens/bin/python tests/reference/make_sae_reference.py
@@ -19,9 +21,14 @@ from sae_lens import (GatedSAE, GatedSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, 
                       TopKSAE, TopKSAEConfig)
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.transcoder import (JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig, JumpReLUTranscoder,
+                                      JumpReLUTranscoderConfig, SkipTranscoder, SkipTranscoderConfig, Transcoder,
+                                      TranscoderConfig)
 
 ROOT = Path(__file__).resolve().parent.parent
 D_IN, D_SAE, HOOK = 64, 96, "blocks.0.hook_resid_post"
+# Transcoders stand in for an MLP: the random GPT-2 fixture's layer 1 (d_model 32).
+TC_D, TC_SAE, TC_IN, TC_OUT = 32, 48, "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
 
 
 def meta():
@@ -47,6 +54,14 @@ def main():
         "topk_rescaled": TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=8, rescale_acts_by_decoder_norm=True, metadata=meta())),
         "gated": GatedSAE(GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta())),
     }
+    tc_meta = lambda: SAEMetadata(hook_name=TC_IN, hook_name_out=TC_OUT, model_name="gpt2-random")
+    tc = dict(d_in=TC_D, d_sae=TC_SAE, d_out=TC_D, apply_b_dec_to_input=False)
+    saes.update({
+        "transcoder": Transcoder(TranscoderConfig(**tc, metadata=tc_meta())),
+        "skip_transcoder": SkipTranscoder(SkipTranscoderConfig(**tc, metadata=tc_meta())),
+        "jumprelu_transcoder": JumpReLUTranscoder(JumpReLUTranscoderConfig(**tc, metadata=tc_meta())),
+        "jumprelu_skip_transcoder": JumpReLUSkipTranscoder(JumpReLUSkipTranscoderConfig(**tc, metadata=tc_meta())),
+    })
     ref = {}
     out_root = ROOT / "fixtures" / "saes"
     for name, sae in saes.items():
@@ -66,7 +81,7 @@ def main():
     from sae_lens import SAE
     for name in list(saes) + ["batchtopk"]:
         sae = SAE.load_from_disk(str(out_root / name))
-        x = torch.randn(10, D_IN, generator=gen) * 2
+        x = torch.randn(10, sae.cfg.d_in, generator=gen) * 2
         with torch.no_grad():
             acts = sae.encode(x)
             ref[f"{name}.x"] = x

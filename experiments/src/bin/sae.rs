@@ -66,10 +66,11 @@ fn run(mut a: Args) -> Result<()> {
     lab::store::check_store_model(&store, &exp.manifest.model.weights)?;
     let sae = Sae::load(&a.sae, model.device())?;
     sae.check_fits(&model)?;
-    let (index, _) = store.spec.hook(&sae.hook.to_string())?;
+    let (input, _) = store.spec.hook(&sae.hook.to_string())?;
+    let (target, _) = store.spec.hook(&sae.writes().to_string())?;
     let bar = lab::args::progress_bar(store.spec.tokens as u64, "reconstruction", "tokens")?;
     let recon = exp.time("reconstruction", || {
-        reconstruction(&sae, &Source::Disk(&store), index, &mut |n| {
+        reconstruction(&sae, &Source::Disk(&store), (input, target), &mut |n| {
             bar.inc(n as u64)
         })
     })?;
@@ -98,7 +99,7 @@ fn run(mut a: Args) -> Result<()> {
         })
     })?;
     bar.finish_and_clear();
-    let dirs = output_directions(&model, &sae.hook)?
+    let dirs = output_directions(&model, &sae.writes())?
         .map(|d| hooklens::matmul::matmul(&sae.w_dec, &d))
         .transpose()?;
     let effects = dirs
