@@ -54,6 +54,7 @@ fn every_architecture_matches_saelens() {
         "skip_transcoder",
         "jumprelu_transcoder",
         "jumprelu_skip_transcoder",
+        "jumprelu_gemma",
     ];
     for name in names {
         let sae = Sae::load(&fixture(name), &Device::Cpu).unwrap();
@@ -413,4 +414,49 @@ fn a_transcoder_stands_in_for_the_mlp() {
             "{name}: a random transcoder changes the loss"
         );
     }
+}
+
+#[test]
+fn gemma_scope_folders_load_to_the_same_sae() {
+    let reference = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sae_ref.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let saelens = Sae::load(&fixture("jumprelu_gemma"), &Device::Cpu).unwrap();
+    assert!(!saelens.apply_b_dec_to_input);
+    for folder in [
+        "gemma-scope-2b-pt-res/layer_0/width_16k/average_l0_50",
+        "gemma-scope-2-270m-pt/resid_post/layer_0_width_16k_l0_medium",
+    ] {
+        let sae = Sae::load(&fixture(folder), &Device::Cpu).unwrap();
+        assert_eq!(sae.hook.to_string(), "blocks.0.hook_resid_post", "{folder}");
+        assert_eq!(sae.architecture, Architecture::JumpRelu);
+        assert!(!sae.apply_b_dec_to_input);
+        assert_eq!((sae.d_in, sae.d_sae), (64, 96));
+        let x = &reference["jumprelu_gemma.x"];
+        let e = max_rel_diff(&sae.encode(x).unwrap(), &reference["jumprelu_gemma.acts"]);
+        assert!(e < 1e-5, "{folder}: {e}");
+        let e = max_rel_diff(&sae.forward(x).unwrap(), &saelens.forward(x).unwrap());
+        assert!(e == 0.0, "{folder}: {e}");
+    }
+    // A Gemma Scope file out of its published folders cannot say its hook point.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("gemma-scope-2b-pt-res/layer_0/width_16k/average_l0_50/params.npz"),
+        dir.path().join("params.npz"),
+    )
+    .unwrap();
+    let e = Sae::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("params.npz") && e.contains("keep the folders as Gemma Scope publishes them"),
+        "{e}"
+    );
+    let e = Sae::load(&fixture("nothing"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("an SAE folder holds cfg.json and sae_weights.safetensors"),
+        "{e}"
+    );
 }

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::hook_points::HookPoint;
 use crate::model::HookedTransformer;
 use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// How an SAE turns pre-activations into feature activations.
@@ -76,124 +77,79 @@ pub struct Sae {
 }
 
 impl Sae {
-    /// Loads a SAELens folder: `cfg.json` (architecture, d_in, d_sae, `hook_name` under
-    /// `metadata` or, in older files, at the top) and `sae_weights.safetensors`. An unknown
-    /// architecture or option, a missing or unused tensor, a wrong shape, a non-finite
-    /// threshold: each is an error naming the file and what to do.
+    /// Loads an SAE folder as it is shared:
+    /// - SAELens: `cfg.json` (architecture, d_in, d_sae, `hook_name` under `metadata` or, in
+    ///   older files, at the top) and `sae_weights.safetensors`;
+    /// - Gemma Scope 1: `params.npz` (`w_enc`, `w_dec`, `b_enc`, `b_dec`, `threshold`) in its
+    ///   published path (`gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/`), which says
+    ///   the hook point;
+    /// - Gemma Scope 2: `params.safetensors` (and `config.json`) likewise
+    ///   (`.../resid_post/layer_12_width_16k_l0_medium/`).
+    ///
+    /// An unknown architecture or option, a missing or unused tensor, a wrong shape, a
+    /// non-finite parameter: each is an error naming the file and what to do.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg_path = dir.join("cfg.json");
-        let bad = |reason: String| Error::BadSae {
-            path: cfg_path.clone(),
-            reason,
-        };
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let cfg: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
-        let int = |key: &str| {
-            cfg[key]
-                .as_u64()
-                .map(|v| v as usize)
-                .filter(|&v| v > 0)
-                .ok_or_else(|| bad(format!("`{key}` must be a positive integer")))
-        };
-        let (d_in, d_sae) = (int("d_in")?, int("d_sae")?);
-        let name = cfg["architecture"].as_str().unwrap_or("standard");
-        let transcoder = name.ends_with("transcoder");
-        let skip = name.ends_with("skip_transcoder");
-        let architecture = match name {
-            "standard" | "transcoder" | "skip_transcoder" => Architecture::Standard,
-            "jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder" => {
-                Architecture::JumpRelu
-            }
-            "gated" => Architecture::Gated,
-            "topk" => Architecture::TopK {
-                k: int("k")?,
-                rescale_acts_by_decoder_norm: cfg["rescale_acts_by_decoder_norm"]
-                    .as_bool()
-                    .unwrap_or(false),
-            },
-            other => {
-                return Err(bad(format!(
-                    "architecture `{other}` is not supported; hooklens loads standard, jumprelu (and batchtopk saved for inference), topk and gated SAEs, and (jumprelu_)(skip_)transcoders"
-                )))
-            }
-        };
-        let d_out = match transcoder {
-            true => int("d_out")?,
-            false => d_in,
-        };
-        let apply_b_dec_to_input = cfg["apply_b_dec_to_input"].as_bool().unwrap_or(!transcoder);
-        if transcoder && apply_b_dec_to_input {
-            return Err(bad(
-                "apply_b_dec_to_input is true, which transcoders do not support (b_dec is an output bias)".into(),
-            ));
-        }
-        if let Architecture::TopK { k, .. } = architecture {
-            if k > d_sae {
-                return Err(bad(format!("k {k} is larger than d_sae {d_sae}")));
+        for (file, npz) in [("params.npz", true), ("params.safetensors", false)] {
+            let path = dir.join(file);
+            if path.is_file() {
+                let tensors: HashMap<String, Tensor> = match npz {
+                    true => Tensor::read_npz(&path)
+                        .map_err(|e| Error::BadSae {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })?
+                        .into_iter()
+                        .collect(),
+                    false => load_safetensors(&path, device)?,
+                };
+                let (layout, tensors) = gemma_scope(dir, &path, tensors)?;
+                return Self::from_tensors(layout, tensors, &path, dir, device);
             }
         }
-        for (key, fine) in [
-            ("normalize_activations", "none"),
-            ("reshape_activations", "none"),
-        ] {
-            match cfg[key].as_str() {
-                None => {}
-                Some(v) if v == fine => {}
-                Some(v) => {
-                    return Err(bad(format!(
-                        "`{key}: {v}` is not supported yet; only `{fine}`"
-                    )))
-                }
-            }
-        }
-        let hook_name = cfg["metadata"]["hook_name"]
-            .as_str()
-            .or(cfg["hook_name"].as_str())
-            .ok_or_else(|| bad("no `hook_name` (in `metadata` or at the top)".into()))?;
-        let hook: HookPoint = hook_name
-            .parse()
-            .map_err(|e| bad(format!("hook_name: {e}")))?;
-        let hook_out = match (transcoder, cfg["metadata"]["hook_name_out"].as_str()) {
-            (false, _) => None,
-            (true, Some(out)) => Some(
-                out.parse()
-                    .map_err(|e| bad(format!("hook_name_out: {e}")))?,
-            ),
-            (true, None) => match hook.layer() {
-                Some(l) => Some(HookPoint::block(l, crate::hook_points::BlockHook::MlpOut)),
-                None => {
-                    return Err(bad(
-                        "a transcoder needs `hook_name_out` in `metadata`".into()
-                    ))
-                }
-            },
-        };
-
+        let layout = saelens_layout(dir)?;
         let weights_path = dir.join("sae_weights.safetensors");
-        let mut tensors =
-            candle_core::safetensors::load(&weights_path, device).map_err(|e| Error::BadSae {
-                path: weights_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let tensors = load_safetensors(&weights_path, device)?;
+        Self::from_tensors(layout, tensors, &weights_path, dir, device)
+    }
+
+    /// The SAE of `layout` from its `tensors` (read from `weights_path`; SAELens's names),
+    /// each checked for shape, none left over.
+    fn from_tensors(
+        layout: Layout,
+        mut tensors: HashMap<String, Tensor>,
+        weights_path: &Path,
+        dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let Layout {
+            architecture,
+            hook,
+            hook_out,
+            d_in,
+            d_sae,
+            d_out,
+            skip,
+            apply_b_dec_to_input,
+        } = layout;
+
         let mut take = |name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
             let Some(t) = tensors.remove(name) else {
                 return Ok(None);
             };
             if t.dims() != shape {
                 return Err(Error::BadSae {
-                    path: weights_path.clone(),
+                    path: weights_path.into(),
                     reason: format!(
                         "{name} has shape {:?}; cfg.json implies {shape:?}",
                         t.dims()
                     ),
                 });
             }
-            Ok(Some(t.to_dtype(DType::F32)?))
+            Ok(Some(t.to_dtype(DType::F32)?.to_device(device)?))
         };
         let need = |t: Option<Tensor>, name: &str| {
             t.ok_or_else(|| Error::BadSae {
-                path: weights_path.clone(),
+                path: weights_path.into(),
                 reason: format!("{name} is missing"),
             })
         };
@@ -226,9 +182,9 @@ impl Sae {
         };
         if let Some(name) = tensors.keys().next() {
             return Err(Error::BadSae {
-                path: weights_path.clone(),
+                path: weights_path.into(),
                 reason: format!(
-                    "tensor {name} is not used by a {architecture:?} SAE; the file does not match cfg.json's architecture"
+                    "tensor {name} is not used by a {architecture:?} SAE; the file does not match its architecture"
                 ),
             });
         }
@@ -249,7 +205,7 @@ impl Sae {
             gate,
             path: dir.into(),
         };
-        sae.check_finite(&weights_path)?;
+        sae.check_finite(weights_path)?;
         Ok(sae)
     }
 
@@ -416,6 +372,237 @@ impl Sae {
             .reshape(like.dims())?
             .to_dtype(like.dtype())?)
     }
+}
+
+const NOT_AN_SAE: &str = "an SAE folder holds cfg.json and sae_weights.safetensors (SAELens), params.npz (Gemma Scope) or params.safetensors (Gemma Scope 2)";
+
+/// What a loader reads from a file's configuration (or path) before the tensors.
+struct Layout {
+    architecture: Architecture,
+    hook: HookPoint,
+    hook_out: Option<HookPoint>,
+    d_in: usize,
+    d_sae: usize,
+    d_out: usize,
+    skip: bool,
+    apply_b_dec_to_input: bool,
+}
+
+fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if !path.is_file() {
+        return Err(Error::BadSae {
+            path: path.into(),
+            reason: format!("not found: {NOT_AN_SAE}"),
+        });
+    }
+    candle_core::safetensors::load(path, device).map_err(|e| Error::BadSae {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// A SAELens `cfg.json`.
+fn saelens_layout(dir: &Path) -> Result<Layout> {
+    let cfg_path = dir.join("cfg.json");
+    if !cfg_path.is_file() {
+        return Err(Error::BadSae {
+            path: dir.into(),
+            reason: format!("{NOT_AN_SAE}; this folder has none of them"),
+        });
+    }
+    let bad = |reason: String| Error::BadSae {
+        path: cfg_path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let int = |key: &str| {
+        cfg[key]
+            .as_u64()
+            .map(|v| v as usize)
+            .filter(|&v| v > 0)
+            .ok_or_else(|| bad(format!("`{key}` must be a positive integer")))
+    };
+    let (d_in, d_sae) = (int("d_in")?, int("d_sae")?);
+    let name = cfg["architecture"].as_str().unwrap_or("standard");
+    let transcoder = name.ends_with("transcoder");
+    let skip = name.ends_with("skip_transcoder");
+    let architecture = match name {
+            "standard" | "transcoder" | "skip_transcoder" => Architecture::Standard,
+            "jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder" => {
+                Architecture::JumpRelu
+            }
+            "gated" => Architecture::Gated,
+            "topk" => Architecture::TopK {
+                k: int("k")?,
+                rescale_acts_by_decoder_norm: cfg["rescale_acts_by_decoder_norm"]
+                    .as_bool()
+                    .unwrap_or(false),
+            },
+            other => {
+                return Err(bad(format!(
+                    "architecture `{other}` is not supported; hooklens loads standard, jumprelu (and batchtopk saved for inference), topk and gated SAEs, and (jumprelu_)(skip_)transcoders"
+                )))
+            }
+        };
+    let d_out = match transcoder {
+        true => int("d_out")?,
+        false => d_in,
+    };
+    let apply_b_dec_to_input = cfg["apply_b_dec_to_input"].as_bool().unwrap_or(!transcoder);
+    if transcoder && apply_b_dec_to_input {
+        return Err(bad(
+                "apply_b_dec_to_input is true, which transcoders do not support (b_dec is an output bias)".into(),
+            ));
+    }
+    if let Architecture::TopK { k, .. } = architecture {
+        if k > d_sae {
+            return Err(bad(format!("k {k} is larger than d_sae {d_sae}")));
+        }
+    }
+    for (key, fine) in [
+        ("normalize_activations", "none"),
+        ("reshape_activations", "none"),
+    ] {
+        match cfg[key].as_str() {
+            None => {}
+            Some(v) if v == fine => {}
+            Some(v) => {
+                return Err(bad(format!(
+                    "`{key}: {v}` is not supported yet; only `{fine}`"
+                )))
+            }
+        }
+    }
+    let hook_name = cfg["metadata"]["hook_name"]
+        .as_str()
+        .or(cfg["hook_name"].as_str())
+        .ok_or_else(|| bad("no `hook_name` (in `metadata` or at the top)".into()))?;
+    let hook: HookPoint = hook_name
+        .parse()
+        .map_err(|e| bad(format!("hook_name: {e}")))?;
+    let hook_out = match (transcoder, cfg["metadata"]["hook_name_out"].as_str()) {
+        (false, _) => None,
+        (true, Some(out)) => Some(
+            out.parse()
+                .map_err(|e| bad(format!("hook_name_out: {e}")))?,
+        ),
+        (true, None) => match hook.layer() {
+            Some(l) => Some(HookPoint::block(l, crate::hook_points::BlockHook::MlpOut)),
+            None => {
+                return Err(bad(
+                    "a transcoder needs `hook_name_out` in `metadata`".into()
+                ))
+            }
+        },
+    };
+    Ok(Layout {
+        architecture,
+        hook,
+        hook_out,
+        d_in,
+        d_sae,
+        d_out,
+        skip,
+        apply_b_dec_to_input,
+    })
+}
+
+/// Gemma Scope 1 and 2: tensors renamed to SAELens's (`w_enc` -> `W_enc`, an affine skip
+/// connection [d_in, d_out] -> `W_skip` [d_out, d_in]), shapes from the tensors, and the hook
+/// point from the published path: `layer_N` and the kind of site, as SAELens reads them
+/// (`res`/`resid_post` -> `hook_resid_post`, `embedding` -> `hook_embed`, `mlp`/`mlp_out` ->
+/// `hook_mlp_out`, `att`/`attn_out` -> `attn.hook_z`; a transcoder reads the MLP's input,
+/// `hook_resid_mid` in hooklens, and writes `hook_mlp_out`). JumpReLU, b_dec not subtracted.
+fn gemma_scope(
+    dir: &Path,
+    file: &Path,
+    tensors: HashMap<String, Tensor>,
+) -> Result<(Layout, HashMap<String, Tensor>)> {
+    use crate::hook_points::BlockHook;
+    let bad = |reason: String| Error::BadSae {
+        path: file.into(),
+        reason,
+    };
+    let config = dir.join("config.json");
+    if config.is_file() {
+        let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::BadSae {
+            path: config.clone(),
+            reason: format!("not JSON ({e})"),
+        })?;
+        if let Some(a) = cfg["architecture"].as_str().filter(|a| *a != "jump_relu") {
+            return Err(Error::BadSae {
+                path: config,
+                reason: format!("architecture `{a}`; Gemma Scope SAEs are jump_relu"),
+            });
+        }
+    }
+    let mut renamed = HashMap::new();
+    for (name, t) in tensors {
+        let (name, t) = match name.as_str() {
+            "affine_skip_connection" => ("W_skip".to_string(), t.t()?.contiguous()?),
+            n if n.starts_with("w_") => (format!("W_{}", &n[2..]), t),
+            _ => (name, t),
+        };
+        renamed.insert(name, t);
+    }
+    let dims = |name: &str| -> Result<Vec<usize>> {
+        Ok(renamed
+            .get(name)
+            .ok_or_else(|| bad(format!("{} is missing", name.to_lowercase())))?
+            .dims()
+            .to_vec())
+    };
+    let (enc, dec) = (dims("W_enc")?, dims("W_dec")?);
+    let (&[d_in, d_sae], &[_, d_out]) = (enc.as_slice(), dec.as_slice()) else {
+        return Err(bad(format!(
+            "w_enc {enc:?} and w_dec {dec:?} must be matrices"
+        )));
+    };
+    let path = dir.display().to_string();
+    let layer = regex::Regex::new(r"layer_(\d+)")
+        .ok()
+        .and_then(|r| r.captures(&path)?.get(1)?.as_str().parse::<usize>().ok());
+    let has = |s: &str| {
+        dir.components()
+            .any(|c| c.as_os_str().to_string_lossy().contains(s))
+    };
+    let block = |h: BlockHook| -> Result<HookPoint> {
+        layer.map(|l| HookPoint::block(l, h)).ok_or_else(|| {
+            bad(format!(
+                "no `layer_N` in its path {path}: keep the folders as Gemma Scope publishes them"
+            ))
+        })
+    };
+    let transcoder = has("transcoder");
+    let (hook, hook_out) = if transcoder {
+        (block(BlockHook::ResidMid)?, Some(block(BlockHook::MlpOut)?))
+    } else if has("embedding") {
+        (HookPoint::Embed, None)
+    } else if has("resid_post") || has("-res") {
+        (block(BlockHook::ResidPost)?, None)
+    } else if has("mlp_out") || has("-mlp") {
+        (block(BlockHook::MlpOut)?, None)
+    } else if has("attn_out") || has("-att") {
+        (block(BlockHook::Z)?, None)
+    } else {
+        return Err(bad(format!(
+            "its path {path} does not say the site (res, mlp, att; resid_post, mlp_out, attn_out, transcoder): keep the folders as Gemma Scope publishes them"
+        )));
+    };
+    let layout = Layout {
+        architecture: Architecture::JumpRelu,
+        hook,
+        hook_out,
+        d_in,
+        d_sae,
+        d_out,
+        skip: renamed.contains_key("W_skip"),
+        apply_b_dec_to_input: false,
+    };
+    Ok((layout, renamed))
 }
 
 /// x [.., n] · w [n, m] -> [.., m].

@@ -7,15 +7,19 @@ its blocks.1.hook_mlp_out.
     ~/.cache/hooklens-peers/saelens/bin/python tests/reference/make_sae_reference.py
 
 Writes tests/fixtures/saes/<name>/{cfg.json, sae_weights.safetensors} (SAELens's own save_model /
-save_inference_model) and tests/reference/sae_ref.safetensors: per SAE `<name>.x` [10, 64] (the
+save_inference_model), the `jumprelu_gemma` weights again as Gemma Scope 1 (`params.npz`) and
+Gemma Scope 2 (`params.safetensors` + `config.json`) lay them out, and tests/reference/sae_ref.safetensors: per SAE `<name>.x` [10, 64] (the
 input), `<name>.acts` (encode), `<name>.recons` (decode of those), `<name>.out` (forward). d_in 64
 is the embedded model's d_model; every parameter is randomised (thresholds positive) so that
 biases, thresholds and gates all matter.
 """
+import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.numpy import save_file as save_np
 from safetensors.torch import save_file
 from sae_lens import (GatedSAE, GatedSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig,
                       TopKSAE, TopKSAEConfig)
@@ -62,6 +66,9 @@ def main():
         "jumprelu_transcoder": JumpReLUTranscoder(JumpReLUTranscoderConfig(**tc, metadata=tc_meta())),
         "jumprelu_skip_transcoder": JumpReLUSkipTranscoder(JumpReLUSkipTranscoderConfig(**tc, metadata=tc_meta())),
     })
+    # Gemma Scope's SAEs are JumpReLU without b_dec subtracted from the input; the same
+    # weights are also written in Gemma Scope 1 (params.npz) and 2 (params.safetensors) layouts.
+    saes["jumprelu_gemma"] = JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False, metadata=meta()))
     ref = {}
     out_root = ROOT / "fixtures" / "saes"
     for name, sae in saes.items():
@@ -69,6 +76,16 @@ def main():
         d = out_root / name
         shutil.rmtree(d, ignore_errors=True)
         sae.save_model(d)
+    gemma = {k.lower(): v.detach().numpy() for k, v in saes["jumprelu_gemma"].state_dict().items()}
+    gs1 = out_root / "gemma-scope-2b-pt-res" / "layer_0" / "width_16k" / "average_l0_50"
+    shutil.rmtree(out_root / "gemma-scope-2b-pt-res", ignore_errors=True)
+    gs1.mkdir(parents=True)
+    np.savez(gs1 / "params.npz", **gemma)
+    gs2 = out_root / "gemma-scope-2-270m-pt" / "resid_post" / "layer_0_width_16k_l0_medium"
+    shutil.rmtree(out_root / "gemma-scope-2-270m-pt", ignore_errors=True)
+    gs2.mkdir(parents=True)
+    save_np(gemma, str(gs2 / "params.safetensors"))
+    (gs2 / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-v3-270m-pt", "hf_hook_point_in": "model.layers.0.output"}))
     # BatchTopK trains with a batch-level top-k and is saved for inference with a threshold,
     # as SAELens runs it after training.
     bt = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=8, metadata=meta()))
