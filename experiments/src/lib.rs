@@ -11,6 +11,7 @@ pub mod cli;
 pub mod experiment;
 pub mod html;
 pub mod manifest;
+pub mod neuronpedia;
 pub mod parquet;
 pub mod plot;
 pub mod progress;

@@ -7,7 +7,8 @@
 //! - `density.parquet`: each feature's density;
 //! - feature dashboards as `dashboards` writes them (`units`, `top_examples`, `histograms`,
 //!   `logit_effects` from W_dec·W_U, `dashboard.html`), and `similar.parquet`: each feature's
-//!   nearest features by decoder direction;
+//!   nearest features by decoder direction; `neuronpedia.json`: the same in Neuronpedia's
+//!   feature JSON;
 //! - `manifest.json`.
 
 use anyhow::Result;
@@ -108,6 +109,15 @@ fn run(mut a: Args) -> Result<()> {
         .transpose()?;
     let similar = most_similar(&sae.w_dec, &opts.units, a.similar)?;
     lab::report::sae_views(&mut exp, &sae, &recon, &ce, &similar, &opts.units)?;
+    let np = lab::neuronpedia::features_json(
+        &exp.manifest.model.name,
+        &hook,
+        &dash,
+        effects.as_ref(),
+        &similar,
+        &tok,
+    )?;
+    exp.page("neuronpedia.json", "The feature dashboards in Neuronpedia's feature JSON (pos_str, freq_hist_data_bar_heights, activations, ...)", &serde_json::to_string(&np)?)?;
     lab::report::dashboard_views(
         &mut exp,
         &store,
