@@ -313,49 +313,6 @@ fn dashboards_read_a_store_and_check_its_model() {
         assert!(out.join(f).is_file(), "{f}");
     }
     let units = lab::parquet::read_parquet(&out.join("units.parquet")).unwrap();
-    // Neuronpedia's feature JSON: its field names, histogram arrays of one length.
-    let np: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("neuronpedia.json")).unwrap())
-            .unwrap();
-    let features = np["features"].as_array().unwrap();
-    assert_eq!(features.len(), 10);
-    for f in features {
-        for key in [
-            "index",
-            "maxActApprox",
-            "frac_nonzero",
-            "pos_str",
-            "pos_values",
-            "neg_str",
-            "neg_values",
-            "freq_hist_data_bar_heights",
-            "freq_hist_data_bar_values",
-            "topkCosSimIndices",
-            "topkCosSimValues",
-            "activations",
-        ] {
-            assert!(!f[key].is_null(), "{key} missing");
-        }
-        let len = |k: &str| f[k].as_array().unwrap().len();
-        assert_eq!(
-            len("freq_hist_data_bar_heights"),
-            len("freq_hist_data_bar_values")
-        );
-        assert_eq!(
-            (len("pos_str"), len("pos_values"), len("neg_str")),
-            (10, 10, 10)
-        );
-        let a = &f["activations"][0];
-        let peak = a["maxValueTokenIndex"].as_u64().unwrap() as usize;
-        assert_eq!(
-            a["values"][peak].as_f64().unwrap() as f32,
-            a["maxValue"].as_f64().unwrap() as f32
-        );
-        assert_eq!(
-            a["tokens"].as_array().unwrap().len(),
-            a["values"].as_array().unwrap().len()
-        );
-    }
     assert_eq!(units.height(), 9);
     let hist = lab::parquet::read_parquet(&out.join("histograms.parquet")).unwrap();
     assert_eq!(hist.height(), 9 * 12);
@@ -438,6 +395,49 @@ fn the_sae_binary_measures_and_browses_an_sae_over_a_store() {
             .height(),
         10
     );
+    // Neuronpedia's feature JSON: its field names, histogram arrays of one length.
+    let np: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("neuronpedia.json")).unwrap())
+            .unwrap();
+    let features = np["features"].as_array().unwrap();
+    assert_eq!(features.len(), 10);
+    for f in features {
+        for key in [
+            "index",
+            "maxActApprox",
+            "frac_nonzero",
+            "pos_str",
+            "pos_values",
+            "neg_str",
+            "neg_values",
+            "freq_hist_data_bar_heights",
+            "freq_hist_data_bar_values",
+            "topkCosSimIndices",
+            "topkCosSimValues",
+            "activations",
+        ] {
+            assert!(!f[key].is_null(), "{key} missing");
+        }
+        let len = |k: &str| f[k].as_array().unwrap().len();
+        assert_eq!(
+            len("freq_hist_data_bar_heights"),
+            len("freq_hist_data_bar_values")
+        );
+        assert_eq!(
+            (len("pos_str"), len("pos_values"), len("neg_str")),
+            (10, 10, 10)
+        );
+        let a = &f["activations"][0];
+        let peak = a["maxValueTokenIndex"].as_u64().unwrap() as usize;
+        assert_eq!(
+            a["values"][peak].as_f64().unwrap() as f32,
+            a["maxValue"].as_f64().unwrap() as f32
+        );
+        assert_eq!(
+            a["tokens"].as_array().unwrap().len(),
+            a["values"].as_array().unwrap().len()
+        );
+    }
     // An SAE whose hook the store does not hold.
     ok(
         CAPTURE,
