@@ -496,3 +496,54 @@ pub fn special_tokens(store: &hooklens::store::ActivationStore) -> Vec<u32> {
     ids.dedup();
     ids
 }
+
+/// The folder of a capture: `outputs/capture/<run>`, a shard's `<run>/shard=i` with `--shard`,
+/// the existing `<run>` with `--merge`.
+pub fn capture_dir(out: &crate::args::RunArgs, shards: &crate::args::ShardArgs) -> Result<RunDir> {
+    let name = out.run.as_deref();
+    Ok(match (shards.shard, shards.merge) {
+        (Some(s), _) => RunDir::create(
+            &out.outputs.join("capture"),
+            name.unwrap_or_default(),
+            Some(&format!("shard={}", s.index)),
+            out.resume,
+        )?,
+        (None, true) => RunDir::create(&out.outputs, "capture", name, true)?,
+        (None, false) => out.dir("capture")?,
+    })
+}
+
+/// A finished store's statistics (one pass over its shards, with a progress bar) and tables
+/// ([`crate::report::store_views`]), written into `dir`.
+pub fn store_tables(
+    exp: &mut crate::Experiment,
+    dir: &RunDir,
+    spec: &StoreSpec,
+    contexts: &Contexts,
+    tok: &Tokenizer,
+) -> Result<()> {
+    use hooklens::store::{hook_stats, ActivationStore, Source};
+    let store = ActivationStore::open(&dir.path)?;
+    let names: Vec<String> = spec.hooks.iter().map(|h| h.name.clone()).collect();
+    let bar = crate::args::progress_bar(spec.tokens as u64, "statistics", "tokens")?;
+    let stats = exp.time("statistics", || {
+        hook_stats(&Source::Disk(&store), &names, &mut |n| bar.inc(n as u64))
+    })?;
+    bar.finish_and_clear();
+    crate::report::store_views(exp, spec, &stats, contexts, tok)
+}
+
+/// The stored hook whose units a dashboard shows: `name`, or the store's first
+/// `mlp.hook_post` (MLP neurons), or its first hook.
+pub fn unit_hook(store: &hooklens::store::ActivationStore, name: Option<&str>) -> Result<String> {
+    let hooks = &store.spec.hooks;
+    Ok(match name {
+        Some(h) => store.spec.hook(h)?.1.name.clone(),
+        None => hooks
+            .iter()
+            .find(|h| h.name.ends_with("mlp.hook_post"))
+            .unwrap_or(&hooks[0])
+            .name
+            .clone(),
+    })
+}

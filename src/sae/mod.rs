@@ -333,6 +333,15 @@ impl Sae {
         })
     }
 
+    /// Each feature's direction in the residual stream [d_sae, d_model]: its decoder row
+    /// through the output directions of the hook it writes
+    /// ([`crate::analysis::dashboards::output_directions`]); `None` where that hook has none.
+    pub fn residual_directions(&self, model: &HookedTransformer) -> Result<Option<Tensor>> {
+        crate::analysis::dashboards::output_directions(model, &self.writes())?
+            .map(|d| crate::matmul::matmul(&self.w_dec, &d))
+            .transpose()
+    }
+
     /// ‖W_dec row‖ per feature [d_sae].
     pub fn decoder_norms(&self) -> Result<Tensor> {
         Ok(self.w_dec.sqr()?.sum(1)?.sqrt()?)

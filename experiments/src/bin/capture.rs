@@ -10,10 +10,13 @@
 
 use anyhow::Result;
 use clap::Parser;
-use hooklens::store::{hook_stats, ActivationStore, Capture, Source};
+use hooklens::store::Capture;
 use lab::args::{DTypeArg, ModelArgs, RunArgs, ShardArgs};
 use lab::progress::Shard;
-use lab::store::{capture_in_folder, memory, merge_store, parse_bytes, plan_store, CorpusArgs};
+use lab::store::{
+    capture_dir, capture_in_folder, memory, merge_store, parse_bytes, plan_store, store_tables,
+    CorpusArgs,
+};
 use serde::Serialize;
 
 #[derive(Parser, Serialize)]
@@ -58,18 +61,7 @@ fn run(mut a: Args) -> Result<()> {
             "blocks.1.hook_resid_post".into(),
         ];
     }
-    let base = a.out.outputs.join("capture");
-    let name = a.out.run.as_deref();
-    let dir = match (a.sweep.shard, a.sweep.merge) {
-        (Some(s), _) => lab::run::RunDir::create(
-            &base,
-            name.unwrap_or_default(),
-            Some(&format!("shard={}", s.index)),
-            a.out.resume,
-        )?,
-        (None, true) => lab::run::RunDir::create(&a.out.outputs, "capture", name, true)?,
-        (None, false) => a.out.dir("capture")?,
-    };
+    let dir = capture_dir(&a.out, &a.sweep)?;
     let (mut exp, model, tok) = lab::Experiment::load("capture", &a.model, &a)?;
     let hooks = a
         .hooks
@@ -111,14 +103,7 @@ fn run(mut a: Args) -> Result<()> {
     exp.set_run(dir.clone());
     exp.manifest.set("store", &spec)?;
     if a.sweep.shard.is_none() {
-        let store = ActivationStore::open(&dir.path)?;
-        let names: Vec<String> = spec.hooks.iter().map(|h| h.name.clone()).collect();
-        let bar = lab::args::progress_bar(spec.tokens as u64, "statistics", "tokens")?;
-        let stats = exp.time("statistics", || {
-            hook_stats(&Source::Disk(&store), &names, &mut |n| bar.inc(n as u64))
-        })?;
-        bar.finish_and_clear();
-        lab::report::store_views(&mut exp, &spec, &stats, &contexts, &tok)?;
+        store_tables(&mut exp, &dir, &spec, &contexts, &tok)?;
     }
     let (_, peak) = memory();
     exp.manifest.set("peak_rss_bytes", peak)?;

@@ -68,18 +68,7 @@ fn run(mut a: Args) -> Result<()> {
     lab::store::default_model(&mut a.model, &store);
     let (mut exp, model, tok) = lab::Experiment::start("dashboards", &a.model, &a.out, &a)?;
     lab::store::check_store_model(&store, &exp.manifest.model.weights)?;
-    let hook = match &a.hook {
-        Some(h) => store.spec.hook(h)?.1.name.clone(),
-        None => {
-            let hooks = &store.spec.hooks;
-            hooks
-                .iter()
-                .find(|h| h.name.ends_with("mlp.hook_post"))
-                .unwrap_or(&hooks[0])
-                .name
-                .clone()
-        }
-    };
+    let hook = lab::store::unit_hook(&store, a.hook.as_deref())?;
     let width = store.spec.hook(&hook)?.1.width();
     let units = match &a.units {
         Some(s) => lab::args::parse_ranges(s, width, "--units")?,

@@ -14,7 +14,7 @@
 use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::dashboards::{
-    dashboards_of, logit_effects, most_similar, output_directions, DashboardOptions,
+    dashboards_of, logit_effects, most_similar, DashboardOptions,
 };
 use hooklens::sae::{ce_loss, reconstruction, Sae};
 use hooklens::store::{ActivationStore, Source};
@@ -100,9 +100,7 @@ fn run(mut a: Args) -> Result<()> {
         })
     })?;
     bar.finish_and_clear();
-    let dirs = output_directions(&model, &sae.writes())?
-        .map(|d| hooklens::matmul::matmul(&sae.w_dec, &d))
-        .transpose()?;
+    let dirs = sae.residual_directions(&model)?;
     let effects = dirs
         .as_ref()
         .map(|d| logit_effects(&model, d, &opts.units, a.logit_k))
