@@ -126,6 +126,50 @@ impl BlockHook {
     }
 }
 
+/// A hook point inside an SAE spliced into the model (see [`crate::Hooks::splice`]), named
+/// as SAELens's `HookedSAETransformer` names them after the hook point the SAE writes:
+/// `blocks.{layer}.{hook}.{name}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SaeHook {
+    /// The input as the SAE reads it, flattened to [batch, pos, d_in].
+    Input,
+    /// Pre-activations [batch, pos, d_sae].
+    ActsPre,
+    /// Feature activations [batch, pos, d_sae]: where features are ablated and steered.
+    ActsPost,
+    /// The decoded reconstruction [batch, pos, d_out].
+    Recons,
+    /// With the error term: the activation minus the reconstruction of the unhooked SAE,
+    /// shaped as the hook point it writes.
+    Error,
+    /// What replaces the activation, shaped as the hook point it writes.
+    Output,
+}
+
+impl SaeHook {
+    /// In the order a spliced SAE reaches them.
+    pub const ALL: [SaeHook; 6] = [
+        SaeHook::Input,
+        SaeHook::ActsPre,
+        SaeHook::ActsPost,
+        SaeHook::Recons,
+        SaeHook::Error,
+        SaeHook::Output,
+    ];
+
+    /// SAELens's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaeHook::Input => "hook_sae_input",
+            SaeHook::ActsPre => "hook_sae_acts_pre",
+            SaeHook::ActsPost => "hook_sae_acts_post",
+            SaeHook::Recons => "hook_sae_recons",
+            SaeHook::Error => "hook_sae_error",
+            SaeHook::Output => "hook_sae_output",
+        }
+    }
+}
+
 /// A named place in the forward pass whose activation can be read or replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
@@ -139,14 +183,25 @@ pub enum HookPoint {
     LnFinalScale,
     /// `ln_final.hook_normalized` [batch, pos, d_model].
     LnFinalNormalized,
+    /// `blocks.{layer}.{hook}.{sae hook}`: inside the SAE spliced at `blocks.{layer}.{hook}`.
+    Sae(usize, BlockHook, SaeHook),
 }
 
 impl HookPoint {
     /// The block this hook point belongs to, if any.
     pub fn layer(&self) -> Option<usize> {
         match self {
-            HookPoint::Block(l, _) => Some(*l),
+            HookPoint::Block(l, _) | HookPoint::Sae(l, ..) => Some(*l),
             _ => None,
+        }
+    }
+
+    /// The model's hook point an SAE hook point belongs to (the one its SAE writes); itself
+    /// for any other.
+    pub fn base(&self) -> HookPoint {
+        match self {
+            HookPoint::Sae(l, h, _) => HookPoint::Block(*l, *h),
+            p => *p,
         }
     }
 
@@ -161,6 +216,10 @@ impl HookPoint {
     pub fn axes(&self) -> Axes {
         use BlockHook::*;
         let (pos, head, neuron) = match self {
+            // The error and output have the shape of the hook point the SAE writes.
+            HookPoint::Sae(_, _, SaeHook::Error | SaeHook::Output) => return self.base().axes(),
+            // [batch, pos, d]: the SAE's features are its neurons.
+            HookPoint::Sae(..) => (Some(1), None, Some(2)),
             HookPoint::Block(
                 _,
                 Q | K | V | QNormNormalized | QNormed | KNormNormalized | KNormed | RotQ | RotK | Z
@@ -205,6 +264,7 @@ impl fmt::Display for HookPoint {
             HookPoint::Block(l, h) => write!(f, "blocks.{l}.{}", h.name()),
             HookPoint::LnFinalScale => f.write_str("ln_final.hook_scale"),
             HookPoint::LnFinalNormalized => f.write_str("ln_final.hook_normalized"),
+            HookPoint::Sae(l, h, s) => write!(f, "blocks.{l}.{}.{}", h.name(), s.name()),
         }
     }
 }
@@ -225,6 +285,14 @@ impl FromStr for HookPoint {
             "ln_final.hook_scale" => return Ok(HookPoint::LnFinalScale),
             "ln_final.hook_normalized" => return Ok(HookPoint::LnFinalNormalized),
             _ => {}
+        }
+        if let Some((base, name)) = s.rsplit_once('.') {
+            if let Some(sae) = SaeHook::ALL.into_iter().find(|h| h.name() == name) {
+                return match base.parse().map_err(|_| unknown())? {
+                    HookPoint::Block(l, h) => Ok(HookPoint::Sae(l, h, sae)),
+                    _ => Err(unknown()),
+                };
+            }
         }
         let rest = s.strip_prefix("blocks.").ok_or_else(unknown)?;
         let (layer, name) = rest.split_once('.').ok_or_else(unknown)?;

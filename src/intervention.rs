@@ -246,6 +246,7 @@ impl Intervention {
             factor,
             seed,
             source_shape: source_shape.map(<[usize]>::to_vec),
+            sae: None,
         }
     }
 
@@ -317,7 +318,8 @@ fn fit(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InterventionSpec {
     pub site: Site,
-    /// `zero`, `mean`, `resample`, `patch`, `scale`, `add`, or `closure` for a hook function.
+    /// `zero`, `mean`, `resample`, `patch`, `scale`, `add`, `closure` for a hook function, or
+    /// `sae` / `sae_with_error_term` for a spliced SAE.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub factor: Option<f64>,
@@ -325,6 +327,9 @@ pub struct InterventionSpec {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_shape: Option<Vec<usize>>,
+    /// The folder of a spliced SAE (kind `sae` or `sae_with_error_term`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sae: Option<std::path::PathBuf>,
 }
 
 impl InterventionSpec {
@@ -335,6 +340,7 @@ impl InterventionSpec {
             factor: None,
             seed: None,
             source_shape: None,
+            sae: None,
         }
     }
 }

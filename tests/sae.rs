@@ -159,7 +159,7 @@ fn bad_sae_files_are_clear_errors() {
                 |c| c["normalize_activations"] = "layer_norm".into(),
                 none,
             ),
-            "`normalize_activations: layer_norm` is not supported",
+            "`normalize_activations: layer_norm` is not supported for blocks.0.hook_resid_post",
         ),
         (
             edited(

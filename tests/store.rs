@@ -381,6 +381,7 @@ fn mean_ablation_from_a_store_equals_the_naive_loop_with_the_corpus_mean() {
         .collect();
     let want = naive(
         &model,
+        &[],
         &Target::new(&batch, false).unwrap(),
         Metric::Loss,
         &jobs,

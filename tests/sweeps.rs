@@ -105,7 +105,7 @@ fn assert_sweep_equals_naive(model: &HookedTransformer, batch: &PairBatch) {
     let jobs = jobs(model, batch);
     for metric in [Metric::LogitDiff, Metric::Loss, Metric::Prob] {
         let target = Target::new(batch, true).unwrap();
-        let want = naive(model, &target, metric, &jobs).unwrap();
+        let want = naive(model, &[], &target, metric, &jobs).unwrap();
         // A small budget forces many batches with different offsets; a large one, few.
         for budget in [40, 100_000] {
             let sweep = Sweep::new(model, target.clone(), metric, jobs.clone(), budget).unwrap();
@@ -118,7 +118,7 @@ fn assert_sweep_equals_naive(model: &HookedTransformer, batch: &PairBatch) {
                     jobs[i].site
                 );
             }
-            let base = naive(model, &target, metric, &[]).unwrap();
+            let base = naive(model, &[], &target, metric, &[]).unwrap();
             assert!(base.is_empty());
         }
     }

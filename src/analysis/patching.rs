@@ -9,7 +9,7 @@ use crate::cache::ActivationCache;
 use crate::data::PairBatch;
 use crate::error::{Error, Result};
 use crate::hook_points::{BlockHook, HookPoint, NameFilter};
-use crate::hooks::Hooks;
+use crate::hooks::{Hooks, Splice};
 use crate::intervention::{Intervention, Site};
 use crate::model::HookedTransformer;
 use candle_core::{DType, Tensor, Var};
@@ -332,13 +332,28 @@ pub fn attribution(
     clean: &ActivationCache,
     cells: &[Cell],
 ) -> Result<Vec<f32>> {
-    let mut points: Vec<HookPoint> = cells.iter().map(|c| c.site().point).collect();
+    let sites: Vec<Site> = cells.iter().map(Cell::site).collect();
+    attribution_sites(model, &[], target, metric, clean, &sites)
+}
+
+/// [`attribution`] of any sites (a head, position or neuron of a hook point, or all of it)
+/// with `splices` spliced in: at `hook_sae_acts_post` the sites are SAE features. `clean` is
+/// the clean run's cache with the same splices.
+pub fn attribution_sites(
+    model: &HookedTransformer,
+    splices: &[Splice],
+    target: &Target,
+    metric: Metric,
+    clean: &ActivationCache,
+    sites: &[Site],
+) -> Result<Vec<f32>> {
+    let mut points: Vec<HookPoint> = sites.iter().map(|s| s.point).collect();
     points.sort();
     points.dedup();
     // One pass at the corrupted run: a zero variable added at each point (its gradient is the
     // activation's, with every path through the model intact), the activations recorded. The
     // clean cache has the corrupted run's shapes (the same padded token positions).
-    let mut hooks = Hooks::none().with_cache(NameFilter::Points(points.clone()));
+    let mut hooks = Hooks::spliced(splices)?.with_cache(NameFilter::Points(points.clone()));
     let mut deltas = vec![];
     for &point in &points {
         let act = clean.get(point)?;
@@ -361,22 +376,22 @@ pub fn attribution(
             - corrupted.get(*point)?.detach().to_dtype(DType::F32)?)?;
         products.insert(*point, (diff * grad.to_dtype(DType::F32)?)?);
     }
-    cells
+    sites
         .iter()
-        .map(|cell| {
-            let site = cell.site();
+        .map(|site| {
             let mut x = products[&site.point].clone();
             let axes = site.point.axes();
-            // Narrow to the cell's head and position (axes from the back, so the earlier
-            // indices stay valid), then sum everything, the batch included: the metric is a
-            // batch mean already.
-            let mut picks: Vec<(usize, usize)> = vec![];
-            if let (Some(h), Some(a)) = (site.head, axes.head) {
-                picks.push((a, h));
-            }
-            if let (Some(p), Some(a)) = (site.pos, axes.pos) {
-                picks.push((a, p));
-            }
+            // Narrow to the site's head, position and neuron (axes from the back, so the
+            // earlier indices stay valid), then sum everything, the batch included: the
+            // metric is a batch mean already.
+            let mut picks: Vec<(usize, usize)> = [
+                (axes.head, site.head),
+                (axes.pos, site.pos),
+                (axes.neuron, site.neuron),
+            ]
+            .into_iter()
+            .filter_map(|(a, i)| Some((a?, i?)))
+            .collect();
             picks.sort_by_key(|p| std::cmp::Reverse(p.0));
             for (axis, i) in picks {
                 x = x.narrow(axis, i, 1)?;

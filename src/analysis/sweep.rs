@@ -16,7 +16,7 @@ use crate::analysis::metrics::next_token_losses;
 use crate::data::PairBatch;
 use crate::error::{Error, Result};
 use crate::hook_points::{HookPoint, NameFilter};
-use crate::hooks::Hooks;
+use crate::hooks::{Hooks, Splice};
 use crate::intervention::{Fired, Intervention, Site};
 use crate::model::{HookedTransformer, LayerKv};
 use candle_core::{DType, Tensor, D};
@@ -277,6 +277,7 @@ pub struct BatchResult {
 /// A planned sweep: jobs grouped into batches, and the unintervened run they start from.
 pub struct Sweep<'m> {
     model: &'m HookedTransformer,
+    splices: Vec<Splice<'m>>,
     target: Target,
     metric: Metric,
     jobs: Vec<Job>,
@@ -297,6 +298,20 @@ impl<'m> Sweep<'m> {
         jobs: Vec<Job>,
         tokens_per_pass: usize,
     ) -> Result<Self> {
+        Self::spliced(model, &[], target, metric, jobs, tokens_per_pass)
+    }
+
+    /// [`Self::new`] on the model with `splices` spliced in (every pass, the unintervened one
+    /// included): jobs may then sit at the SAEs' hook points (feature ablation, steering,
+    /// patching).
+    pub fn spliced(
+        model: &'m HookedTransformer,
+        splices: &[Splice<'m>],
+        target: Target,
+        metric: Metric,
+        jobs: Vec<Job>,
+        tokens_per_pass: usize,
+    ) -> Result<Self> {
         let n = model.cfg.n_layers;
         let p = target.tokens.dim(1)?;
         if metric == Metric::Loss && target.lengths.iter().any(|&l| l < 2) {
@@ -306,6 +321,22 @@ impl<'m> Sweep<'m> {
         }
         for job in &jobs {
             model.check_hook(&job.site.point)?;
+            // A pass from layer L starts from the cached residual stream: a transcoder that
+            // reads before L and writes from L on would miss its input.
+            let l = job.layer()?;
+            if let Some(s) = splices
+                .iter()
+                .find(|s| s.sae.hook.layer().unwrap_or(0) < l && s.sae.writes().layer() >= Some(l))
+            {
+                return Err(Error::BadSite {
+                    site: job.site.to_string(),
+                    reason: format!(
+                        "a sweep cannot start inside the transcoder spliced from {} to {}",
+                        s.sae.hook,
+                        s.sae.writes()
+                    ),
+                });
+            }
             if job.first_pos() >= p {
                 return Err(Error::PositionOutOfRange {
                     pos: job.first_pos(),
@@ -343,7 +374,7 @@ impl<'m> Sweep<'m> {
         let points = (0..n)
             .map(|l| HookPoint::block(l, crate::hook_points::BlockHook::ResidPre))
             .collect();
-        let mut hooks = Hooks::none().with_cache(NameFilter::Points(points));
+        let mut hooks = Hooks::spliced(splices)?.with_cache(NameFilter::Points(points));
         let mut kv = vec![LayerKv::default(); n];
         let logits = model.forward_with_kv(&target.tokens, &mut kv, &mut hooks)?;
         let cache = hooks.take_cache();
@@ -363,6 +394,7 @@ impl<'m> Sweep<'m> {
         };
         Ok(Self {
             model,
+            splices: splices.to_vec(),
             target,
             metric,
             jobs,
@@ -436,7 +468,12 @@ impl<'m> Sweep<'m> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut hooks = Hooks::none();
+        // The SAEs from layer l on (those before are in the cached residual stream).
+        let later: Vec<Splice> = (self.splices.iter())
+            .filter(|s| s.sae.hook.layer().unwrap_or(0) >= l)
+            .copied()
+            .collect();
+        let mut hooks = Hooks::spliced(&later)?;
         for (slot, &j) in batch.jobs.iter().enumerate() {
             let job = &self.jobs[j];
             let iv = match &job.intervention {
@@ -482,17 +519,19 @@ impl<'m> Sweep<'m> {
     }
 }
 
-/// The same values as [`Sweep::compute`] by the naive loop: one full forward pass per job.
-/// The reference the sweep's tests compare against.
+/// The same values as [`Sweep::compute`] (of a sweep with `splices`) by the naive loop: one
+/// full forward pass per job. The reference the sweep's tests compare against.
 pub fn naive(
     model: &HookedTransformer,
+    splices: &[Splice],
     target: &Target,
     metric: Metric,
     jobs: &[Job],
 ) -> Result<Vec<f32>> {
     jobs.iter()
         .map(|job| {
-            let hooks = Hooks::none().intervene(job.site.clone(), job.intervention.clone());
+            let hooks =
+                Hooks::spliced(splices)?.intervene(job.site.clone(), job.intervention.clone());
             let run = model.run(&target.tokens, hooks)?;
             Ok(mean(&metric.of_logits(&run.output, target)?))
         })

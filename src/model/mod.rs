@@ -512,6 +512,11 @@ impl HookedTransformer {
     /// per token (patterns, scores) give their shape after [batch, head].
     pub fn hook_shape(&self, point: &HookPoint) -> Result<Vec<usize>> {
         self.check_hook(point)?;
+        if let HookPoint::Sae(..) = point {
+            return Err(Error::Invalid(format!(
+                "{point} is inside a spliced SAE: its width is the SAE's (d_in, d_sae or d_out)"
+            )));
+        }
         let stop = match point {
             HookPoint::Block(l, _) => Some(l + 1),
             HookPoint::Embed | HookPoint::PosEmbed => Some(0),
@@ -550,6 +555,7 @@ impl HookedTransformer {
             HookPoint::Embed => true,
             HookPoint::PosEmbed => c.positional_embedding_type != Positional::Rotary,
             HookPoint::LnFinalScale | HookPoint::LnFinalNormalized => norm,
+            HookPoint::Sae(..) => self.has_hook(&p.base()),
             HookPoint::Block(l, h) => {
                 use BlockHook::*;
                 l < c.n_layers
@@ -626,9 +632,13 @@ impl HookedTransformer {
                 HookPoint::Embed | HookPoint::PosEmbed if start > 0 => {
                     format!("this pass starts at layer {start} from a given residual stream")
                 }
-                HookPoint::Block(l, _) if l < start || l >= stop => {
+                HookPoint::Block(l, _) | HookPoint::Sae(l, ..) if l < start || l >= stop => {
                     format!("this pass runs layers {start}..{stop} of {n}")
                 }
+                p @ HookPoint::Sae(..) if hooks.spliced_at(p.base()).is_none() => format!(
+                    "no SAE is spliced at {}: splice one (Hooks::splice) to use its hook points",
+                    p.base()
+                ),
                 HookPoint::LnFinalScale | HookPoint::LnFinalNormalized if !unembeds => {
                     format!("this pass stops at layer {stop}, before ln_final")
                 }

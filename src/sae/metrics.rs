@@ -5,7 +5,7 @@
 use super::Sae;
 use crate::analysis::metrics::next_token_losses;
 use crate::error::{Error, Result};
-use crate::hooks::Hooks;
+use crate::hooks::{Hooks, Splice};
 use crate::intervention::Intervention;
 use crate::model::HookedTransformer;
 use crate::store::Source;
@@ -112,25 +112,7 @@ pub fn ce_loss(model: &HookedTransformer, sae: &Sae, tokens: &Tensor) -> Result<
             .to_scalar::<f32>()?)
     };
     let clean = loss(Hooks::none())?;
-    // The activation the SAE reads, kept for the point it writes (later in the pass, or the
-    // same point for an SAE).
-    let read = std::cell::RefCell::new(None);
-    let spliced = match sae.hook_out {
-        None => loss(Hooks::none().add(sae.hook, |x, _| Ok(Some(sae.reconstruct(x, x)?))))?,
-        Some(out) => loss(
-            Hooks::none()
-                .add(sae.hook, |x, _| {
-                    *read.borrow_mut() = Some(x.clone());
-                    Ok(None)
-                })
-                .add(out, |y, _| {
-                    let x = read.borrow_mut().take().ok_or_else(|| {
-                        Error::Invalid(format!("{} did not fire before {out}", sae.hook))
-                    })?;
-                    Ok(Some(sae.reconstruct(&x, y)?))
-                }),
-        )?,
-    };
+    let spliced = loss(Hooks::none().splice(Splice::new(sae))?)?;
     let zero_ablated = loss(Hooks::none().intervene(sae.writes(), Intervention::Zero))?;
     Ok(CeLoss {
         clean,

@@ -20,7 +20,7 @@ pub mod metrics;
 pub use metrics::{ce_loss, reconstruction, CeLoss, Reconstruction};
 
 use crate::error::{Error, Result};
-use crate::hook_points::HookPoint;
+use crate::hook_points::{BlockHook, HookPoint};
 use crate::model::HookedTransformer;
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
@@ -294,7 +294,13 @@ impl Sae {
 
     /// Feature activations (`hook_sae_acts_post`) [.., d_sae] of inputs [.., d_in].
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        let pre = self.encode_pre(x)?;
+        self.activate(&self.encode_pre(x)?, x)
+    }
+
+    /// Feature activations [.., d_sae] from pre-activations `pre` [.., d_sae] of inputs `x`
+    /// [.., d_in] (which the gated architecture's gate reads).
+    pub fn activate(&self, pre: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let pre = pre.to_dtype(DType::F32)?;
         Ok(match self.architecture {
             Architecture::Standard => pre.relu()?,
             Architecture::JumpRelu => {
@@ -360,12 +366,18 @@ impl Sae {
         Ok(matmul_last(&acts, &self.w_dec)?.broadcast_add(&self.b_dec)?)
     }
 
-    /// decode(encode(x)), plus x·W_skipᵀ for a skip transcoder: [.., d_in] -> [.., d_out].
+    /// decode(encode(x)) + skip(x): [.., d_in] -> [.., d_out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.decode(&self.encode(x)?)?;
+        Ok(self
+            .decode(&self.encode(x)?)?
+            .broadcast_add(&self.skip(x)?)?)
+    }
+
+    /// A skip transcoder's skip connection x·W_skipᵀ [.., d_out] (zero for any other).
+    pub fn skip(&self, x: &Tensor) -> Result<Tensor> {
         match &self.w_skip {
-            Some(w) => Ok((out + matmul_last(&x.to_dtype(DType::F32)?, &w.t()?)?)?),
-            None => Ok(out),
+            Some(w) => matmul_last(&x.to_dtype(DType::F32)?, &w.t()?),
+            None => Ok(Tensor::zeros(1, DType::F32, x.device())?),
         }
     }
 
@@ -470,20 +482,6 @@ fn saelens_layout(dir: &Path) -> Result<Layout> {
             return Err(bad(format!("k {k} is larger than d_sae {d_sae}")));
         }
     }
-    for (key, fine) in [
-        ("normalize_activations", "none"),
-        ("reshape_activations", "none"),
-    ] {
-        match cfg[key].as_str() {
-            None => {}
-            Some(v) if v == fine => {}
-            Some(v) => {
-                return Err(bad(format!(
-                    "`{key}: {v}` is not supported yet; only `{fine}`"
-                )))
-            }
-        }
-    }
     let hook_name = cfg["metadata"]["hook_name"]
         .as_str()
         .or(cfg["hook_name"].as_str())
@@ -491,6 +489,26 @@ fn saelens_layout(dir: &Path) -> Result<Layout> {
     let hook: HookPoint = hook_name
         .parse()
         .map_err(|e| bad(format!("hook_name: {e}")))?;
+    // hook_z SAEs read [.., n_heads, d_head] flattened, as every SAE here reads its hook.
+    let z = matches!(hook, HookPoint::Block(_, BlockHook::Z));
+    for (key, fine) in [
+        ("normalize_activations", &["none"][..]),
+        (
+            "reshape_activations",
+            if z { &["none", "hook_z"] } else { &["none"] },
+        ),
+    ] {
+        match cfg[key].as_str() {
+            None => {}
+            Some(v) if fine.contains(&v) => {}
+            Some(v) => {
+                return Err(bad(format!(
+                    "`{key}: {v}` is not supported for {hook}; only {}",
+                    fine.join(" or ")
+                )))
+            }
+        }
+    }
     let hook_out = match (transcoder, cfg["metadata"]["hook_name_out"].as_str()) {
         (false, _) => None,
         (true, Some(out)) => Some(
@@ -498,7 +516,7 @@ fn saelens_layout(dir: &Path) -> Result<Layout> {
                 .map_err(|e| bad(format!("hook_name_out: {e}")))?,
         ),
         (true, None) => match hook.layer() {
-            Some(l) => Some(HookPoint::block(l, crate::hook_points::BlockHook::MlpOut)),
+            Some(l) => Some(HookPoint::block(l, BlockHook::MlpOut)),
             None => {
                 return Err(bad(
                     "a transcoder needs `hook_name_out` in `metadata`".into()
