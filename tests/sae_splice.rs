@@ -53,7 +53,9 @@ fn reference() -> HashMap<String, Tensor> {
 /// The largest difference relative to the largest value of `b`; logits are compared on the
 /// reference's first columns.
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.narrow(a.rank() - 1, 0, b.dim(b.rank() - 1).unwrap()).unwrap();
+    let a = a
+        .narrow(a.rank() - 1, 0, b.dim(b.rank() - 1).unwrap())
+        .unwrap();
     let d: f32 = (a.to_dtype(DType::F32).unwrap() - b)
         .unwrap()
         .abs()
