@@ -11,7 +11,9 @@ token shows values equal to patterns.parquet.
 A dashboards run (dashboard.html): no console errors; the unit list has one entry per row of
 units.parquet; clicking a unit shows it, with one histogram bar per bin holding
 histograms.parquet's counts, its strongest logit effect from logit_effects.parquet, and its top
-examples in order, the hovered example token showing top_examples.parquet's activation.
+examples in order, the hovered example token showing top_examples.parquet's activation. An SAE
+run (with similar.parquet) lists each feature's nearest features as similar.parquet has them,
+and clicking one on the page shows it.
 
 Exits non-zero, saying what failed, otherwise.
 """
@@ -131,7 +133,20 @@ def check_dashboard(page, run, failures):
     shown = page.eval("document.getElementById('info').dataset.value")
     if shown is None or abs(float(shown) - top["activation"]) > 1e-6 * max(1, abs(top["activation"])):
         failures.append(f"hovering unit {unit}'s top example shows {shown!r}, top_examples.parquet says {top['activation']}")
-    return f"{n} units, unit {unit}: {len(bars)} bins and {lines} examples equal the parquet tables"
+    said = f"{n} units, unit {unit}: {len(bars)} bins and {lines} examples equal the parquet tables"
+    if (run / "similar.parquet").exists():
+        near = pl.read_parquet(run / "similar.parquet").filter(pl.col("feature") == unit).sort("rank")["other"].to_list()
+        listed = page.eval("[...document.querySelectorAll('#similar td[data-feature]')].map(td => +td.dataset.feature)")
+        if listed != near:
+            failures.append(f"feature {unit}: similar features {listed}, similar.parquet says {near}")
+        linked = page.eval("[...document.querySelectorAll('#similar td a')].map(a => +a.textContent)")
+        if linked:
+            page.click(*center(page, f'#similar td[data-feature="{linked[0]}"] a'))
+            shown = page.eval("document.getElementById('unit').dataset.unit")
+            if shown != str(linked[0]):
+                failures.append(f"clicking similar feature {linked[0]} shows {shown}")
+        said += f"; {len(listed)} similar features as similar.parquet, {len(linked)} linked"
+    return said
 
 
 def main():

@@ -73,12 +73,15 @@ pub fn token_values_page(title: &str, sections: &[TokenValues]) -> Result<String
 /// (sortable, filterable), and for the chosen unit its histogram, its logit effects (when
 /// `effects` has them) and its top examples with each token coloured by the unit's
 /// activation, the value on hover. Token texts come from `tok`, inline for the tokens shown.
+/// With `similar` (an SAE's: each unit's nearest features by decoder cosine) the units are
+/// called features and each lists its nearest, a link where the page holds it.
 pub fn dashboard_page(
     title: &str,
     subtitle: &str,
     hook: &str,
     dash: &[hooklens::analysis::dashboards::UnitDashboard],
     effects: Option<&hooklens::analysis::dashboards::LogitEffects>,
+    similar: Option<&[Vec<(u32, f32)>]>,
     tok: &hooklens::Tokenizer,
 ) -> Result<String> {
     let mut text = std::collections::BTreeMap::new();
@@ -110,10 +113,12 @@ pub fn dashboard_page(
             "unit": d.unit, "tokens": d.tokens, "max": d.max, "min": d.min, "mean": d.mean, "frac": d.frac_active,
             "hist": { "lo": d.histogram.lo, "hi": d.histogram.hi, "counts": d.histogram.counts },
             "up": effect.map(|e| &e.0), "down": effect.map(|e| &e.1), "ex": ex,
+            "similar": similar.map(|s| &s[i]),
         }));
     }
     let data = serde_json::json!({
         "title": title, "subtitle": subtitle, "hook": hook, "units": units, "text": text,
+        "kind": if similar.is_some() { "feature" } else { "unit" },
     });
     Ok(fill(include_str!("dashboard_view.html"), title, &data))
 }

@@ -817,13 +817,15 @@ pub fn store_views(
 }
 
 /// Unit dashboards as tables (`units`, `top_examples`, `histograms`, `logit_effects`) and the
-/// page `dashboard.html`; prints the units with the largest activations.
+/// page `dashboard.html`; prints the units with the largest activations. `similar` makes them
+/// an SAE's features, each listing its nearest (`html::dashboard_page`).
 pub fn dashboard_views(
     exp: &mut Experiment,
     store: &hooklens::store::ActivationStore,
     hook: &str,
     dash: &[hooklens::analysis::dashboards::UnitDashboard],
     effects: Option<&hooklens::analysis::dashboards::LogitEffects>,
+    similar: Option<&[Vec<(u32, f32)>]>,
     tok: &hooklens::Tokenizer,
 ) -> Result<()> {
     use crate::tables::{DashExamples, DashHistograms, DashLogits, DashUnits, Dashboards};
@@ -845,12 +847,14 @@ pub fn dashboard_views(
         store.spec.context_len,
         store.dir.display()
     );
+    let kind = if similar.is_some() { "feature" } else { "unit" };
     let page = crate::html::dashboard_page(
-        &format!("{hook}: unit dashboards"),
+        &format!("{hook}: {kind} dashboards"),
         &subtitle,
         hook,
         dash,
         effects,
+        similar,
         tok,
     )?;
     exp.page(
@@ -866,7 +870,7 @@ pub fn dashboard_views(
         let ids: Vec<u32> = e.window.iter().map(|w| w.0).collect();
         writeln!(
             out,
-            "unit {:5} max {:8.3}  density {:.4}  {:?}",
+            "{kind} {:5} max {:8.3}  density {:.4}  {:?}",
             d.unit,
             d.max,
             d.frac_active,

@@ -105,6 +105,6 @@ fn run(mut a: Args) -> Result<()> {
     exp.manifest.set("hook", &hook)?;
     exp.manifest
         .set("tokens_counted", dash.first().map(|d| d.tokens))?;
-    lab::report::dashboard_views(&mut exp, &store, &hook, &dash, effects.as_ref(), &tok)?;
+    lab::report::dashboard_views(&mut exp, &store, &hook, &dash, effects.as_ref(), None, &tok)?;
     exp.finish()
 }

@@ -119,9 +119,10 @@ fn run(mut a: Args) -> Result<()> {
     lab::report::dashboard_views(
         &mut exp,
         &store,
-        &format!("SAE features of {hook}"),
+        &format!("SAE at {hook}"),
         &dash,
         effects.as_ref(),
+        Some(&similar),
         &tok,
     )?;
     exp.finish()
