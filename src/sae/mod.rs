@@ -16,6 +16,7 @@
 //! is not subtracted from the input, and a skip transcoder adds x·W_skipᵀ.
 
 pub mod metrics;
+pub mod train;
 
 pub use metrics::{ce_loss, reconstruction, CeLoss, Reconstruction};
 
@@ -392,6 +393,112 @@ impl Sae {
             .forward(&flat)?
             .reshape(like.dims())?
             .to_dtype(like.dtype())?)
+    }
+}
+
+impl Sae {
+    /// Writes the SAE as a SAELens folder (`cfg.json` + `sae_weights.safetensors`, f32, the
+    /// names and `cfg.json` fields SAELens 6 reads), `model_name` in its metadata. The folder
+    /// must not exist; it appears whole or not at all (written beside it, then renamed).
+    pub fn save(&self, dir: &Path, model_name: &str) -> Result<()> {
+        if dir.exists() {
+            return Err(Error::Invalid(format!(
+                "{} exists: an SAE is never written over another; choose a new folder",
+                dir.display()
+            )));
+        }
+        let transcoder = self.hook_out.is_some();
+        let skip = self.w_skip.is_some();
+        let name = match (self.architecture, transcoder, skip) {
+            (Architecture::Standard, false, _) => "standard",
+            (Architecture::Standard, true, false) => "transcoder",
+            (Architecture::Standard, true, true) => "skip_transcoder",
+            (Architecture::JumpRelu, false, _) => "jumprelu",
+            (Architecture::JumpRelu, true, false) => "jumprelu_transcoder",
+            (Architecture::JumpRelu, true, true) => "jumprelu_skip_transcoder",
+            (Architecture::TopK { .. }, false, _) => "topk",
+            (Architecture::Gated, false, _) => "gated",
+            (a, true, _) => {
+                return Err(Error::Invalid(format!(
+                    "SAELens has no {a:?} transcoder to save this as"
+                )))
+            }
+        };
+        let mut metadata = serde_json::json!({
+            "hook_name": self.hook.to_string(),
+            "model_name": model_name,
+            "hooklens_version": env!("CARGO_PKG_VERSION"),
+        });
+        if let Some(out) = &self.hook_out {
+            metadata["hook_name_out"] = out.to_string().into();
+        }
+        let mut cfg = serde_json::json!({
+            "architecture": name,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "metadata": metadata,
+        });
+        if transcoder {
+            cfg["d_out"] = self.d_out.into();
+        }
+        if let Architecture::TopK {
+            k,
+            rescale_acts_by_decoder_norm,
+        } = self.architecture
+        {
+            cfg["k"] = k.into();
+            cfg["rescale_acts_by_decoder_norm"] = rescale_acts_by_decoder_norm.into();
+        }
+        let mut tensors = vec![
+            ("W_enc", &self.w_enc),
+            ("W_dec", &self.w_dec),
+            ("b_dec", &self.b_dec),
+        ];
+        let optional = [
+            ("b_enc", self.b_enc.as_ref()),
+            ("threshold", self.threshold.as_ref()),
+            ("W_skip", self.w_skip.as_ref()),
+            ("b_gate", self.gate.as_ref().map(|g| &g.b_gate)),
+            ("r_mag", self.gate.as_ref().map(|g| &g.r_mag)),
+            ("b_mag", self.gate.as_ref().map(|g| &g.b_mag)),
+        ];
+        tensors.extend(optional.into_iter().filter_map(|(n, t)| Some((n, t?))));
+        let tensors = tensors
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+
+        let parent = dir
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let name = dir
+            .file_name()
+            .ok_or_else(|| Error::Invalid(format!("{} is not a folder path", dir.display())))?;
+        let tmp = parent.join(format!(
+            ".{}.tmp{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let write = || -> Result<()> {
+            std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            candle_core::safetensors::save(&tensors, tmp.join("sae_weights.safetensors"))?;
+            let text = serde_json::to_string_pretty(&cfg)
+                .map_err(|e| Error::Invalid(format!("cfg.json: {e}")))?;
+            std::fs::write(tmp.join("cfg.json"), text + "\n").map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+        };
+        let result = write();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
     }
 }
 
