@@ -202,7 +202,8 @@ fn train(cfg: TopKConfig, data: &mut Synthetic, batch: usize) -> (TopKTrainer, V
 fn a_topk_sae_recovers_known_sparse_features() {
     let (n, d, active) = (48, 32, 3);
     let mut data = Synthetic::new(n, d, active, 7);
-    let (t, ev) = train(config(2 * n, active, 1500), &mut data, 256);
+    // 300 rows: the sparse products run in chunks of 256, so two of them.
+    let (t, ev) = train(config(2 * n, active, 1500), &mut data, 300);
     let sae = t
         .to_sae("blocks.0.hook_resid_post".parse().unwrap())
         .unwrap();
@@ -322,4 +323,94 @@ fn bad_settings_are_errors() {
             .to_string();
         assert!(err.contains(needle), "{err}");
     }
+}
+
+#[test]
+fn a_checkpoint_resumes_to_the_same_weights() {
+    let cfg = TopKConfig {
+        dead_steps: 5, // some latents die, so the counters and AuxK matter
+        normalize: true,
+        ..config(40, 2, 30)
+    };
+    let batches: Vec<Tensor> = {
+        let mut data = Synthetic::new(20, 16, 2, 5);
+        (0..31).map(|_| data.batch(64)).collect()
+    };
+    let mut whole = TopKTrainer::new(cfg.clone(), &batches[0], DType::F32).unwrap();
+    let mut first = TopKTrainer::new(cfg.clone(), &batches[0], DType::F32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    for b in &batches[1..16] {
+        whole.step(b).unwrap();
+        first.step(b).unwrap();
+    }
+    first.save_checkpoint(&path).unwrap();
+    drop(first);
+    let mut resumed = TopKTrainer::load_checkpoint(cfg.clone(), &path, &Device::Cpu).unwrap();
+    assert_eq!(resumed.step, 15);
+    let mut dead = 0;
+    for b in &batches[16..] {
+        let a = whole.step(b).unwrap();
+        let r = resumed.step(b).unwrap();
+        assert_eq!(a, r);
+        dead = dead.max(a.dead);
+    }
+    assert!(
+        dead > 0,
+        "no latent died: AuxK and the counters were not exercised"
+    );
+    let d = (&whole.params.w_enc - &resumed.params.w_enc)
+        .unwrap()
+        .abs()
+        .unwrap();
+    assert_eq!(d.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    // Another run's checkpoint is refused.
+    let err = TopKTrainer::load_checkpoint(config(41, 2, 30), &path, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("another run"), "{err}");
+}
+
+/// The SAE `train_sae` saved (tests/fixtures/saes/trained-topk, see
+/// tests/reference/make_trained_sae_reference.py) loads in SAELens 6 as it is, and SAELens's
+/// encode and decode equal ours; saving it again writes the same cfg.json.
+#[test]
+fn saelens_reads_a_trained_sae_as_we_do() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let folder = root.join("tests/fixtures/saes/trained-topk");
+    let sae = Sae::load(&folder, &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(
+        root.join("tests/reference/trained_sae_ref.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let acts = sae.encode(&r["x"]).unwrap();
+    let on = |t: &Tensor| t.gt(0f64).unwrap().to_vec2::<u8>().unwrap();
+    assert_eq!(on(&acts), on(&r["acts"]), "the same latents active");
+    for (ours, theirs) in [
+        (acts.clone(), &r["acts"]),
+        (sae.decode(&acts).unwrap(), &r["recons"]),
+    ] {
+        let scale = theirs
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-5 * scale, "{diff} against a scale of {scale}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    sae.save(&dir.path().join("again"), "embedded-induction-2l")
+        .unwrap();
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    assert_eq!(
+        read(dir.path().join("again/cfg.json")),
+        read(folder.join("cfg.json"))
+    );
 }

@@ -19,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod store;
 pub mod tables;
+pub mod train_sae;
 
 pub use experiment::{Experiment, Started};
 

@@ -334,6 +334,88 @@ pub fn line_plot(
     })
 }
 
+/// Small line charts side by side over one numeric x axis (`x`, described by `x_desc`), one per
+/// (name, values, log scale) panel: a training run's curves.
+pub fn panels(
+    path: &Path,
+    title: &str,
+    x: &[f64],
+    x_desc: &str,
+    panels: &[(&str, Vec<f64>, bool)],
+) -> Result<()> {
+    ensure_font();
+    if x.is_empty() || panels.iter().any(|(_, v, _)| v.len() != x.len()) {
+        return Err(Error::Invalid(format!(
+            "panels need {} values each",
+            x.len()
+        )));
+    }
+    let (x0, x1) = (x[0], x[x.len() - 1].max(x[0] + 1.0));
+    let cols = panels.len().clamp(1, 2);
+    let rows = panels.len().div_ceil(cols);
+    write_png(path, (1100, 60 + 380 * rows as u32), |root| {
+        let root = root.titled(title, ("sans-serif", 22)).map_err(plot_err)?;
+        for (area, (name, v, log)) in root.split_evenly((rows, cols)).iter().zip(panels) {
+            let finite = v
+                .iter()
+                .copied()
+                .filter(|y| y.is_finite() && (!log || *y > 0.0));
+            let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+                (a.min(y), b.max(y))
+            });
+            let (lo, hi) = match lo <= hi {
+                true => (lo, hi.max(lo + 1e-9)),
+                false => (0.0, 1.0),
+            };
+            let mut chart = ChartBuilder::on(area);
+            chart
+                .caption(*name, ("sans-serif", 17))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(70);
+            let color = BLUE.stroke_width(2);
+            let points = x.iter().zip(v).map(|(&a, &b)| (a, b));
+            match log {
+                true => {
+                    let mut c = chart
+                        .build_cartesian_2d(x0..x1, (lo * 0.9..hi * 1.1).log_scale())
+                        .map_err(plot_err)?;
+                    c.configure_mesh()
+                        .x_desc(x_desc)
+                        .x_label_formatter(&|x| count(*x))
+                        .draw()
+                        .map_err(plot_err)?;
+                    c.draw_series(LineSeries::new(points.filter(|p| p.1 > 0.0), color))
+                        .map_err(plot_err)?;
+                }
+                false => {
+                    let pad = ((hi - lo) * 0.05).max(lo.abs() * 0.05).max(1e-3);
+                    let mut c = chart
+                        .build_cartesian_2d(x0..x1, lo - pad..hi + pad)
+                        .map_err(plot_err)?;
+                    c.configure_mesh()
+                        .x_desc(x_desc)
+                        .x_label_formatter(&|x| count(*x))
+                        .draw()
+                        .map_err(plot_err)?;
+                    c.draw_series(LineSeries::new(points, color))
+                        .map_err(plot_err)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A count as people write it: 950, 12k, 3.5M.
+fn count(x: f64) -> String {
+    match x.abs() {
+        a if a >= 1e6 => format!("{:.1}M", x / 1e6),
+        a if a >= 1e3 => format!("{:.0}k", x / 1e3),
+        _ => format!("{x:.0}"),
+    }
+}
+
 /// Horizontal bars, one per (label, value), top to bottom in the order given; positive values
 /// red, negative blue.
 pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f32)], x_desc: &str) -> Result<()> {

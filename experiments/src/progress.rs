@@ -343,17 +343,24 @@ pub fn sweep_in_folder(
         }
         None => (run.dir(experiment)?, Shard::WHOLE),
     };
-    let args_path = dir.file("args.json");
-    match run.resume {
-        true => check_same_args(&read_args(&args_path)?, &args, &dir.path)?,
+    save_or_check_args(&dir, run.resume, &args)?;
+    let outcome = compute_logged(sweeps, shard, &dir.file("progress.jsonl"))?;
+    Ok((dir, outcome))
+}
+
+/// Saves a new run's arguments as `args.json`, or, resuming, checks that they are the ones it
+/// was started with (the error names those that differ).
+pub fn save_or_check_args(dir: &RunDir, resume: bool, args: &impl serde::Serialize) -> Result<()> {
+    let args = comparable_args(args)?;
+    let path = dir.file("args.json");
+    match resume {
+        true => check_same_args(&read_args(&path)?, &args, &dir.path),
         false => {
             let text =
                 serde_json::to_string_pretty(&args).map_err(|e| Error::Invalid(e.to_string()))?;
-            atomic_write(&args_path, text.as_bytes())?;
+            atomic_write(&path, text.as_bytes())
         }
     }
-    let outcome = compute_logged(sweeps, shard, &dir.file("progress.jsonl"))?;
-    Ok((dir, outcome))
 }
 
 /// The arguments as JSON without those that may differ between a run and its resumption or

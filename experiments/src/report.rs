@@ -996,3 +996,45 @@ pub fn sae_views(
     )?;
     Ok(())
 }
+
+/// A training run's curves against tokens seen: `losses.png` with the MSE (log scale),
+/// explained variance, L0 and dead latents; prints the last step's figures.
+pub fn training_curves(
+    exp: &mut Experiment,
+    history: &[hooklens::sae::train::StepStats],
+    batch: u64,
+) -> Result<()> {
+    let Some(last) = history.last() else {
+        return Ok(());
+    };
+    let col = |f: fn(&hooklens::sae::train::StepStats) -> f64| history.iter().map(f).collect();
+    let tokens: Vec<f64> = history
+        .iter()
+        .map(|s| ((s.step as u64 + 1) * batch) as f64)
+        .collect();
+    let path = exp.file(
+        "losses.png",
+        "Training curves against tokens: MSE, explained variance, L0, dead latents",
+    )?;
+    crate::plot::panels(
+        &path,
+        &format!("SAE training, {} steps of {batch} tokens", history.len()),
+        &tokens,
+        "training tokens",
+        &[
+            ("MSE (log scale)", col(|s| s.mse), true),
+            ("explained variance", col(|s| s.explained_variance), false),
+            ("L0 (active latents per token)", col(|s| s.l0), false),
+            ("dead latents", col(|s| s.dead as f64), false),
+        ],
+    )?;
+    println!(
+        "step {}: MSE {:.4}, explained variance {:.4}, L0 {:.1}, {} dead latents",
+        last.step + 1,
+        last.mse,
+        last.explained_variance,
+        last.l0,
+        last.dead
+    );
+    Ok(())
+}

@@ -194,11 +194,9 @@ pub fn capture_in_folder(
     contexts: &Contexts,
     spec: StoreSpec,
 ) -> Result<Captured> {
-    let args = comparable_args(args)?;
-    let args_path = dir.file("args.json");
+    crate::progress::save_or_check_args(&dir, resume, args)?;
     let spec_path = dir.file("store.json");
     if resume {
-        check_same_args(&read_args(&args_path)?, &args, &dir.path)?;
         let saved: StoreSpec = serde_json::from_str(&std::fs::read_to_string(&spec_path)?)
             .with_context(|| format!("reading {}", spec_path.display()))?;
         if saved != spec {
@@ -208,10 +206,6 @@ pub fn capture_in_folder(
             );
         }
     } else {
-        hooklens::atomic::atomic_write(
-            &args_path,
-            serde_json::to_string_pretty(&args)?.as_bytes(),
-        )?;
         hooklens::atomic::atomic_write(
             &spec_path,
             serde_json::to_string_pretty(&spec)?.as_bytes(),

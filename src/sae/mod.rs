@@ -424,7 +424,10 @@ impl Sae {
                 )))
             }
         };
+        // SAELens reads `metadata` only in files marked as its format 6 or later (older ones
+        // are converted, losing the hook name): this is that format.
         let mut metadata = serde_json::json!({
+            "sae_lens_version": "6.0.0",
             "hook_name": self.hook.to_string(),
             "model_name": model_name,
             "hooklens_version": env!("CARGO_PKG_VERSION"),

@@ -24,7 +24,8 @@ use candle_core::{DType, Device, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// Where `b_dec` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +345,82 @@ impl TopKTrainer {
         Ok(stats)
     }
 
+    /// Writes everything the run needs to continue exactly where it is (parameters, Adam's
+    /// moments, the step, the dead-latent counters, the input scale) to `path`, atomically.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let mut t = HashMap::new();
+        for (prefix, p) in [
+            ("", &self.params),
+            ("adam_m.", &self.m),
+            ("adam_v.", &self.v),
+        ] {
+            for (name, x) in ["w_enc", "b_enc", "w_dec", "b_dec"].iter().zip(p.tensors()) {
+                t.insert(format!("{prefix}{name}"), x.to_device(&Device::Cpu)?);
+            }
+        }
+        let since: Vec<u32> = self
+            .since_fired
+            .iter()
+            .map(|&s| s.min(u32::MAX as usize) as u32)
+            .collect();
+        t.insert("since_fired".into(), Tensor::new(since, &Device::Cpu)?);
+        t.insert(
+            "step".into(),
+            Tensor::new(&[self.step as u32], &Device::Cpu)?,
+        );
+        t.insert("scale".into(), Tensor::new(&[self.scale], &Device::Cpu)?);
+        crate::atomic::atomic_write_with(path, |tmp| Ok(candle_core::safetensors::save(&t, tmp)?))
+    }
+
+    /// A run continued from [`Self::save_checkpoint`]'s file, with the settings it was started
+    /// with (the caller checks those: shapes are checked here).
+    pub fn load_checkpoint(cfg: TopKConfig, path: &Path, device: &Device) -> Result<Self> {
+        let mut t =
+            candle_core::safetensors::load(path, device).map_err(|e| Error::CorruptFile {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
+        let mut take = |name: &str| {
+            t.remove(name).ok_or_else(|| Error::CorruptFile {
+                path: path.into(),
+                reason: format!("no `{name}`: not a train_sae checkpoint"),
+            })
+        };
+        let mut params = |prefix: &str| -> Result<Params> {
+            Params::from_vec(
+                ["w_enc", "b_enc", "w_dec", "b_dec"]
+                    .iter()
+                    .map(|n| take(&format!("{prefix}{n}")))
+                    .collect::<Result<_>>()?,
+            )
+        };
+        let (params, m, v) = (params("")?, params("adam_m.")?, params("adam_v.")?);
+        let since_fired: Vec<u32> = take("since_fired")?.to_vec1()?;
+        let step = take("step")?.to_vec1::<u32>()?[0] as usize;
+        let scale = take("scale")?.to_vec1::<f64>()?[0];
+        if params.w_enc.dims() != [cfg.d_sae, params.b_dec.dim(0)?]
+            || since_fired.len() != cfg.d_sae
+        {
+            return Err(Error::CorruptFile {
+                path: path.into(),
+                reason: format!(
+                    "its SAE is {:?}, not d_sae = {}: it belongs to another run",
+                    params.w_enc.dims(),
+                    cfg.d_sae
+                ),
+            });
+        }
+        Ok(Self {
+            cfg,
+            params,
+            m,
+            v,
+            step,
+            since_fired: since_fired.into_iter().map(|s| s as usize).collect(),
+            scale,
+        })
+    }
+
     /// The trained SAE, reading (and writing) `hook`, with the input scale folded into its
     /// weights, in f32 on the trainer's device: what SAELens saves for inference.
     pub fn to_sae(&self, hook: HookPoint) -> Result<Sae> {
@@ -375,6 +452,10 @@ impl TopKTrainer {
     }
 }
 
+/// Rows per chunk of the sparse products: their [rows, k, d] temporaries stay small (a
+/// 4096-row batch at k = 32, d = 576 would need 300 MB each at once).
+const CHUNK_ROWS: usize = 256;
+
 /// Adds to `g` the gradients that flow back from `g_out` = dL/dx̂ [B, d_out] through the sparse
 /// decode x̂ = Σ_j val[b, j]·W_dec[idx[b, j]] and, through val = pre[idx] (times `mask`, the
 /// relu's derivative, where there is one), into the encoder rows, b_enc and b_dec.
@@ -388,32 +469,32 @@ fn backprop_sparse(
     g: &mut Params,
 ) -> Result<()> {
     let (rows, k) = idx.dims2()?;
-    let d = g_out.dim(1)?;
-    let flat = idx.flatten_all()?; // [B·k]
-    let dec_rows = p.w_dec.index_select(&flat, 0)?.reshape((rows, k, d))?; // [B, k, d]
-    let mut d_val = dec_rows.broadcast_mul(&g_out.unsqueeze(1)?)?.sum(2)?; // [B, k]
-    if let Some(m) = mask {
-        d_val = (d_val * m)?;
+    let (d_out, d_in) = (g_out.dim(1)?, sae_in.dim(1)?);
+    for start in (0..rows).step_by(CHUNK_ROWS) {
+        let n = CHUNK_ROWS.min(rows - start);
+        let part = |t: &Tensor| t.narrow(0, start, n);
+        let (idx, val, g_out, sae_in) = (part(idx)?, part(val)?, part(g_out)?, part(sae_in)?);
+        let flat = idx.flatten_all()?; // [n·k]
+        let dec_rows = p.w_dec.index_select(&flat, 0)?.reshape((n, k, d_out))?; // [n, k, d_out]
+        let mut d_val = dec_rows.broadcast_mul(&g_out.unsqueeze(1)?)?.sum(2)?; // [n, k]
+        if let Some(m) = mask {
+            d_val = (d_val * part(m)?)?;
+        }
+        // dW_dec[idx[b, j]] += val[b, j]·g_out[b]
+        let src = val.unsqueeze(2)?.broadcast_mul(&g_out.unsqueeze(1)?)?; // [n, k, d_out]
+        g.w_dec = g.w_dec.index_add(&flat, &src.reshape((n * k, d_out))?, 0)?;
+        // dW_enc[idx[b, j]] += d_val[b, j]·sae_in[b]; db_enc[idx[b, j]] += d_val[b, j]
+        let src = d_val.unsqueeze(2)?.broadcast_mul(&sae_in.unsqueeze(1)?)?; // [n, k, d_in]
+        g.w_enc = g.w_enc.index_add(&flat, &src.reshape((n * k, d_in))?, 0)?;
+        g.b_enc = g.b_enc.index_add(&flat, &d_val.flatten_all()?, 0)?;
+        // sae_in = x − b_dec: db_dec −= Σ_b Σ_j d_val[b, j]·W_enc[idx[b, j]]
+        let enc_rows = p.w_enc.index_select(&flat, 0)?.reshape((n, k, d_in))?; // [n, k, d_in]
+        let d_sae_in = enc_rows
+            .broadcast_mul(&d_val.unsqueeze(2)?)?
+            .sum(1)?
+            .sum(0)?; // [d_in]
+        g.b_dec = (&g.b_dec - d_sae_in)?;
     }
-    // dW_dec[idx[b, j]] += val[b, j]·g_out[b]
-    let src = val.unsqueeze(2)?.broadcast_mul(&g_out.unsqueeze(1)?)?; // [B, k, d]
-    g.w_dec = g.w_dec.index_add(&flat, &src.reshape((rows * k, d))?, 0)?;
-    // dW_enc[idx[b, j]] += d_val[b, j]·sae_in[b]; db_enc[idx[b, j]] += d_val[b, j]
-    let src = d_val.unsqueeze(2)?.broadcast_mul(&sae_in.unsqueeze(1)?)?; // [B, k, d_in]
-    g.w_enc = g
-        .w_enc
-        .index_add(&flat, &src.reshape((rows * k, sae_in.dim(1)?))?, 0)?;
-    g.b_enc = g.b_enc.index_add(&flat, &d_val.flatten_all()?, 0)?;
-    // sae_in = x − b_dec: db_dec −= Σ_b Σ_j d_val[b, j]·W_enc[idx[b, j]]
-    let enc_rows = p
-        .w_enc
-        .index_select(&flat, 0)?
-        .reshape((rows, k, sae_in.dim(1)?))?;
-    let d_in = enc_rows
-        .broadcast_mul(&d_val.unsqueeze(2)?)?
-        .sum(1)?
-        .sum(0)?; // [d_in]
-    g.b_dec = (&g.b_dec - d_in)?;
     Ok(())
 }
 
@@ -421,10 +502,15 @@ fn backprop_sparse(
 fn sparse_decode(rows: &Tensor, idx: &Tensor, val: &Tensor) -> Result<Tensor> {
     let (b, k) = idx.dims2()?;
     let d = rows.dim(1)?;
-    let picked = rows
-        .index_select(&idx.flatten_all()?, 0)?
-        .reshape((b, k, d))?; // [B, k, d]
-    Ok(picked.broadcast_mul(&val.unsqueeze(2)?)?.sum(1)?)
+    let mut parts = Vec::with_capacity(b.div_ceil(CHUNK_ROWS));
+    for start in (0..b).step_by(CHUNK_ROWS) {
+        let n = CHUNK_ROWS.min(b - start);
+        let idx = idx.narrow(0, start, n)?.flatten_all()?;
+        let picked = rows.index_select(&idx, 0)?.reshape((n, k, d))?; // [n, k, d]
+        let val = val.narrow(0, start, n)?.unsqueeze(2)?; // [n, k, 1]
+        parts.push(picked.broadcast_mul(&val)?.sum(1)?); // [n, d]
+    }
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// The indices [B, k] (u32) of the k largest entries of each row of `x` [B, n], among the

@@ -1,0 +1,153 @@
+//! Trains a TopK SAE on one hook's activations, read from an activation store (from `capture`)
+//! or computed from the model over a corpus on the fly. Writes under `outputs/train_sae/<run>/`:
+//!
+//! - `sae/`: the SAE as a SAELens folder (`cfg.json`, `sae_weights.safetensors`), which
+//!   SAELens's `SAE.load_from_disk` and `sae --sae` read;
+//! - `losses.parquet` (one row per step: MSE, AuxK, explained variance, L0, dead latents, learning
+//!   rate) and `losses.png`;
+//! - `checkpoint.safetensors` every --checkpoint-every steps: `--resume` continues to the same
+//!   weights; `manifest.json`, `args.json`.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use hooklens::sae::train::TopKTrainer;
+use hooklens::store::{ActivationStore, Capture, Source};
+use lab::args::{ModelArgs, RunArgs};
+use lab::store::CorpusArgs;
+use lab::train_sae::{losses_frame, read_losses, train, Stream, TrainArgs, LOSS_COLUMNS};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Parser, Serialize)]
+#[command(
+    about = "Train a TopK sparse autoencoder on a hook's activations (store or on the fly), saved as a SAELens folder",
+    after_help = "Example: capture --model smollm2 --corpus FILE --tokens 2000000 --hooks blocks.6.hook_resid_post --run r6, then\n  train_sae --store outputs/capture/r6 --k 32 --expansion-factor 8 --run l6\nand measure it: sae --sae outputs/train_sae/l6/sae --store outputs/capture/r6\n--seed also seeds the SAE's weights and the batch shuffling."
+)]
+struct Args {
+    /// An activation store (a `capture` run). Without it, activations come from the model over
+    /// --corpus as training goes.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// The hook to train on; default: the store's first.
+    #[arg(long)]
+    hook: Option<String>,
+    #[command(flatten)]
+    train: TrainArgs,
+    /// The model (default: the store's own, checked by sha256).
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    corpus: CorpusArgs,
+    #[command(flatten)]
+    out: RunArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    lab::main(run)
+}
+
+fn run(mut a: Args) -> Result<()> {
+    let store = a.store.as_deref().map(ActivationStore::open).transpose()?;
+    if let Some(s) = &store {
+        lab::store::default_model(&mut a.model, s);
+    }
+    let dir = a.out.dir("train_sae")?;
+    let (mut exp, model, tok) = lab::Experiment::load("train_sae", &a.model, &a)?;
+    let hook = match (&a.hook, &store) {
+        (Some(h), _) => model.hook_point(h)?,
+        (None, Some(s)) => model.hook_point(&s.spec.hooks[0].name)?,
+        (None, None) => {
+            anyhow::bail!("--hook: which activations to train on (e.g. blocks.6.hook_resid_post)")
+        }
+    };
+    let (capture, contexts);
+    let (source, index, available) = match &store {
+        Some(s) => {
+            lab::store::check_store_model(s, &exp.manifest.model.weights)?;
+            (
+                Source::Disk(s),
+                s.spec.hook(&hook.to_string())?.0,
+                s.spec.tokens as u64,
+            )
+        }
+        None => {
+            capture = Capture::new(&model, vec![hook], candle_core::DType::F32)?;
+            contexts = a.corpus.contexts(&model, &tok)?.0;
+            let tokens = (contexts.len() * contexts.context_len) as u64;
+            (
+                Source::Model {
+                    capture: &capture,
+                    contexts: &contexts,
+                    contexts_per_chunk: 32,
+                },
+                0,
+                tokens,
+            )
+        }
+    };
+    let width = model.hook_shape(&hook)?.iter().product();
+    let cfg = a.train.config(
+        width,
+        a.train.train_tokens.unwrap_or(available),
+        a.corpus.seed,
+    )?;
+    let batch = a.train.batch as usize;
+    let mut stream = Stream::new(
+        &source,
+        index,
+        batch,
+        batch * a.train.buffer_batches as usize,
+        a.corpus.seed,
+    )?;
+    let checkpoint = dir.file("checkpoint.safetensors");
+    let losses = dir.file("losses.parquet");
+    lab::progress::save_or_check_args(&dir, a.out.resume, &a)?;
+    let (mut trainer, mut history) = match a.out.resume && checkpoint.is_file() {
+        true => {
+            let t = TopKTrainer::load_checkpoint(cfg, &checkpoint, model.device())?;
+            let h = read_losses(&losses, t.step)?;
+            (t, h)
+        }
+        false => {
+            let first =
+                Stream::new(&source, index, batch, 2 * batch, a.corpus.seed)?.next_batch()?;
+            (
+                TopKTrainer::new(
+                    cfg,
+                    &first.to_device(model.device())?,
+                    candle_core::DType::F32,
+                )?,
+                vec![],
+            )
+        }
+    };
+    exp.set_run(dir);
+    let start = std::time::Instant::now();
+    train(
+        &mut trainer,
+        &mut stream,
+        &mut history,
+        &checkpoint,
+        &losses,
+        a.train.checkpoint_every as usize,
+    )
+    .context("training")?;
+    exp.manifest.record_time("train", start);
+    exp.manifest.set("steps", trainer.step)?;
+    exp.manifest.set("input_scale", trainer.scale)?;
+    let sae_dir = exp.file("sae", "The SAE as a SAELens folder")?;
+    if a.out.resume && sae_dir.is_dir() {
+        // Written by this run before it was stopped: the same weights, written again.
+        std::fs::remove_dir_all(&sae_dir)?;
+    }
+    trainer
+        .to_sae(hook)?
+        .save(&sae_dir, &exp.manifest.model.name)?;
+    exp.frame(
+        "losses.parquet",
+        &mut losses_frame(&history, batch as u64)?,
+        LOSS_COLUMNS,
+    )?;
+    lab::report::training_curves(&mut exp, &history, batch as u64)?;
+    exp.finish()
+}
