@@ -16,6 +16,7 @@
 //! is not subtracted from the input, and a skip transcoder adds x·W_skipᵀ.
 
 pub mod metrics;
+mod sparse;
 pub mod train;
 
 pub use metrics::{ce_loss, reconstruction, CeLoss, Reconstruction};

@@ -16,14 +16,13 @@
 //! before the step, the rows renormalised after it), so the saved SAE needs no decoder-norm
 //! rescaling. `b_dec` starts at the geometric median of the first batch (or its mean).
 
-use super::{Architecture, Sae};
+use super::{sparse, Architecture, Sae};
 use crate::error::{Error, Result};
 use crate::hook_points::HookPoint;
 use crate::matmul::matmul;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, WithDType, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -227,80 +226,116 @@ impl TopKTrainer {
 
     /// The loss on `x` [rows, d_in] (already scaled) and its gradient with respect to every
     /// parameter, with the latents of `dead` feeding AuxK. Returns the statistics and, per
-    /// latent, whether it fired.
+    /// latent, whether it fired. The encoder's product is a matmul on the parameters' device;
+    /// the sparse rest runs on the host ([`super::sparse`]).
     pub fn loss_and_grads(
         &self,
         x: &Tensor,
         dead: &[bool],
     ) -> Result<(StepStats, Params, Vec<bool>)> {
         let p = &self.params;
-        let (rows, d_in) = x.dims2()?;
         let x = x.to_dtype(p.w_enc.dtype())?;
         let sae_in = x.broadcast_sub(&p.b_dec)?; // [B, d_in]
         let pre = matmul(&sae_in, &p.w_enc.t()?)?.broadcast_add(&p.b_enc)?; // [B, d_sae]
-        let k = self.cfg.k;
-        let idx = top_k_rows(&pre, k, None)?; // [B, k]
-        let val = pre.gather(&idx, 1)?.relu()?; // [B, k]
-        let x_hat = sparse_decode(&p.w_dec, &idx, &val)?.broadcast_add(&p.b_dec)?; // [B, d_in]
-        let err = (&x_hat - &x)?; // [B, d_in]
-        let mse = err
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            / rows as f64;
-        let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
-        let total = centred
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        match p.w_enc.dtype() {
+            DType::F32 => self.sparse_grads::<f32>(&x, &sae_in, &pre, dead),
+            DType::F64 => self.sparse_grads::<f64>(&x, &sae_in, &pre, dead),
+            other => Err(Error::Invalid(format!(
+                "an SAE is trained in f32 (or f64), not {other:?}"
+            ))),
+        }
+    }
+
+    fn sparse_grads<T: WithDType>(
+        &self,
+        x: &Tensor,
+        sae_in: &Tensor,
+        pre: &Tensor,
+        dead: &[bool],
+    ) -> Result<(StepStats, Params, Vec<bool>)> {
+        let p = &self.params;
+        let (rows, d) = x.dims2()?;
+        let n = self.cfg.d_sae;
+        let host = |t: &Tensor| -> Result<Vec<T>> { Ok(t.flatten_all()?.to_vec1::<T>()?) };
+        let (x_h, sae_in, pre) = (host(x)?, host(sae_in)?, host(pre)?);
+        let (w_enc, w_dec, b_dec) = (host(&p.w_enc)?, host(&p.w_dec)?, host(&p.b_dec)?);
+        let zero = T::from_f64(0.0);
+        let sum_sq = |v: &[T]| v.iter().map(|a| a.to_f64() * a.to_f64()).sum::<f64>();
+
+        let mut codes = sparse::top_k(&pre, n, self.cfg.k, None);
+        codes
+            .val
+            .iter_mut()
+            .for_each(|v| *v = if *v > zero { *v } else { zero }); // relu
+                                                                   // err = x̂ − x, with x̂ = Σ val·W_dec[idx] + b_dec: [B, d]
+        let mut err = sparse::decode(&codes, &w_dec, d);
+        for (i, e) in err.iter_mut().enumerate() {
+            *e += b_dec[i % d] - x_h[i];
+        }
+        let mse = sum_sq(&err) / rows as f64;
+        let mut mean = vec![0f64; d];
+        x_h.iter()
+            .enumerate()
+            .for_each(|(i, v)| mean[i % d] += v.to_f64() / rows as f64);
+        let total: f64 = x_h
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.to_f64() - mean[i % d]).powi(2))
+            .sum();
         let explained_variance = 1.0 - mse * rows as f64 / total.max(f64::MIN_POSITIVE);
 
-        let mut g = p.zeros_like()?;
-        // d mse / d x̂ = 2 (x̂ − x) / B
-        let g_out = (err * (2.0 / rows as f64))?;
-        g.b_dec = g_out.sum(0)?;
-        let active = val.gt(0f64)?.to_dtype(val.dtype())?;
-        backprop_sparse(p, &sae_in, &idx, &val, Some(&active), &g_out, &mut g)?;
+        let mut g = HostGrads::new(n, d);
+        // d mse / d x̂ = 2 (x̂ − x) / B, and x̂'s b_dec takes it whole.
+        let scale = T::from_f64(2.0 / rows as f64);
+        let g_out: Vec<T> = err.iter().map(|&e| e * scale).collect();
+        g_out
+            .iter()
+            .enumerate()
+            .for_each(|(i, &v)| g.b_dec[i % d] += v);
+        let active: Vec<T> = codes
+            .val
+            .iter()
+            .map(|&v| T::from_f64(if v > zero { 1.0 } else { 0.0 }))
+            .collect();
+        g.backprop(&codes, Some(&active), &g_out, &sae_in, &w_enc, &w_dec);
 
-        let n_dead = dead.iter().filter(|&&d| d).count();
+        let n_dead = dead.iter().filter(|&&x| x).count();
         let mut aux = 0.0;
         if n_dead > 0 && self.cfg.aux_coefficient > 0.0 {
-            let k_aux = (d_in / 2).clamp(1, n_dead);
-            let weight =
-                self.cfg.aux_coefficient * (n_dead as f64 / (d_in / 2).max(1) as f64).min(1.0);
-            let aux_idx = top_k_rows(&pre, k_aux, Some(dead))?; // [B, k_aux]
-            let aux_val = pre.gather(&aux_idx, 1)?; // not relu'd, as SAELens
-            let e = (&x - &x_hat)?.detach(); // the residual, held constant
-            let aux_err = (sparse_decode(&p.w_dec, &aux_idx, &aux_val)? - e)?;
-            aux = weight
-                * aux_err
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?
-                / rows as f64;
-            let g_aux = (aux_err * (2.0 * weight / rows as f64))?;
-            backprop_sparse(p, &sae_in, &aux_idx, &aux_val, None, &g_aux, &mut g)?;
+            let half = (d / 2).max(1);
+            let weight = self.cfg.aux_coefficient * (n_dead as f64 / half as f64).min(1.0);
+            // The dead latents' top k_aux, not relu'd (as SAELens), reconstruct the residual
+            // x − x̂ = −err without the bias: aux_err = ê − (−err).
+            let aux_codes = sparse::top_k(&pre, n, half.min(n_dead), Some(dead));
+            let mut aux_err = sparse::decode(&aux_codes, &w_dec, d);
+            aux_err.iter_mut().zip(&err).for_each(|(a, &e)| *a += e);
+            aux = weight * sum_sq(&aux_err) / rows as f64;
+            let scale = T::from_f64(2.0 * weight / rows as f64);
+            aux_err.iter_mut().for_each(|a| *a *= scale);
+            g.backprop(&aux_codes, None, &aux_err, &sae_in, &w_enc, &w_dec);
         }
 
-        let on: Vec<f32> = active.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let ids: Vec<u32> = idx.flatten_all()?.to_vec1()?;
-        let mut fired = vec![false; self.cfg.d_sae];
-        for (&i, &a) in ids.iter().zip(&on) {
-            fired[i as usize] |= a > 0.0;
+        let mut fired = vec![false; n];
+        for (&f, &v) in codes.idx.iter().zip(&codes.val) {
+            fired[f as usize] |= v > zero;
         }
         let stats = StepStats {
             step: self.step,
             mse: mse / (self.scale * self.scale),
             aux,
             explained_variance,
-            l0: on.iter().sum::<f32>() as f64 / rows as f64,
+            l0: active.iter().map(|a| a.to_f64()).sum::<f64>() / rows as f64,
             dead: n_dead,
             lr: self.lr_at(self.step),
         };
-        Ok((stats, g, fired))
+        let dev = p.w_enc.device();
+        let grads = Params {
+            w_enc: Tensor::from_vec(g.w_enc, (n, d), dev)?,
+            b_enc: Tensor::from_vec(g.b_enc, n, dev)?,
+            w_dec: Tensor::from_vec(g.w_dec, (n, d), dev)?,
+            b_dec: Tensor::from_vec(g.b_dec, d, dev)?,
+        };
+        Ok((stats, grads, fired))
     }
 
     /// One Adam step on the batch `x` [rows, d_in] (in the input's units).
@@ -452,90 +487,55 @@ impl TopKTrainer {
     }
 }
 
-/// Rows per chunk of the sparse products: their [rows, k, d] temporaries stay small (a
-/// 4096-row batch at k = 32, d = 576 would need 300 MB each at once).
-const CHUNK_ROWS: usize = 256;
+/// Gradients being summed on the host, laid out as [`Params`].
+struct HostGrads<T> {
+    w_enc: Vec<T>,
+    b_enc: Vec<T>,
+    w_dec: Vec<T>,
+    b_dec: Vec<T>,
+}
 
-/// Adds to `g` the gradients that flow back from `g_out` = dL/dx̂ [B, d_out] through the sparse
-/// decode x̂ = Σ_j val[b, j]·W_dec[idx[b, j]] and, through val = pre[idx] (times `mask`, the
-/// relu's derivative, where there is one), into the encoder rows, b_enc and b_dec.
-fn backprop_sparse(
-    p: &Params,
-    sae_in: &Tensor,
-    idx: &Tensor,
-    val: &Tensor,
-    mask: Option<&Tensor>,
-    g_out: &Tensor,
-    g: &mut Params,
-) -> Result<()> {
-    let (rows, k) = idx.dims2()?;
-    let (d_out, d_in) = (g_out.dim(1)?, sae_in.dim(1)?);
-    for start in (0..rows).step_by(CHUNK_ROWS) {
-        let n = CHUNK_ROWS.min(rows - start);
-        let part = |t: &Tensor| t.narrow(0, start, n);
-        let (idx, val, g_out, sae_in) = (part(idx)?, part(val)?, part(g_out)?, part(sae_in)?);
-        let flat = idx.flatten_all()?; // [n·k]
-        let dec_rows = p.w_dec.index_select(&flat, 0)?.reshape((n, k, d_out))?; // [n, k, d_out]
-        let mut d_val = dec_rows.broadcast_mul(&g_out.unsqueeze(1)?)?.sum(2)?; // [n, k]
-        if let Some(m) = mask {
-            d_val = (d_val * part(m)?)?;
+impl<T: WithDType> HostGrads<T> {
+    fn new(n: usize, d: usize) -> Self {
+        let zeros = |len| vec![T::from_f64(0.0); len];
+        Self {
+            w_enc: zeros(n * d),
+            b_enc: zeros(n),
+            w_dec: zeros(n * d),
+            b_dec: zeros(d),
         }
-        // dW_dec[idx[b, j]] += val[b, j]·g_out[b]
-        let src = val.unsqueeze(2)?.broadcast_mul(&g_out.unsqueeze(1)?)?; // [n, k, d_out]
-        g.w_dec = g.w_dec.index_add(&flat, &src.reshape((n * k, d_out))?, 0)?;
-        // dW_enc[idx[b, j]] += d_val[b, j]·sae_in[b]; db_enc[idx[b, j]] += d_val[b, j]
-        let src = d_val.unsqueeze(2)?.broadcast_mul(&sae_in.unsqueeze(1)?)?; // [n, k, d_in]
-        g.w_enc = g.w_enc.index_add(&flat, &src.reshape((n * k, d_in))?, 0)?;
-        g.b_enc = g.b_enc.index_add(&flat, &d_val.flatten_all()?, 0)?;
-        // sae_in = x − b_dec: db_dec −= Σ_b Σ_j d_val[b, j]·W_enc[idx[b, j]]
-        let enc_rows = p.w_enc.index_select(&flat, 0)?.reshape((n, k, d_in))?; // [n, k, d_in]
-        let d_sae_in = enc_rows
-            .broadcast_mul(&d_val.unsqueeze(2)?)?
-            .sum(1)?
-            .sum(0)?; // [d_in]
-        g.b_dec = (&g.b_dec - d_sae_in)?;
     }
-    Ok(())
-}
 
-/// Σ_j val[b, j]·rows[idx[b, j]]: [B, d] from idx, val [B, k] and rows [n, d].
-fn sparse_decode(rows: &Tensor, idx: &Tensor, val: &Tensor) -> Result<Tensor> {
-    let (b, k) = idx.dims2()?;
-    let d = rows.dim(1)?;
-    let mut parts = Vec::with_capacity(b.div_ceil(CHUNK_ROWS));
-    for start in (0..b).step_by(CHUNK_ROWS) {
-        let n = CHUNK_ROWS.min(b - start);
-        let idx = idx.narrow(0, start, n)?.flatten_all()?;
-        let picked = rows.index_select(&idx, 0)?.reshape((n, k, d))?; // [n, k, d]
-        let val = val.narrow(0, start, n)?.unsqueeze(2)?; // [n, k, 1]
-        parts.push(picked.broadcast_mul(&val)?.sum(1)?); // [n, d]
-    }
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
-/// The indices [B, k] (u32) of the k largest entries of each row of `x` [B, n], among the
-/// columns `allowed` marks (all when `None`); ties go to the lower index.
-fn top_k_rows(x: &Tensor, k: usize, allowed: Option<&[bool]>) -> Result<Tensor> {
-    let (b, n) = x.dims2()?;
-    let flat: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let columns: Vec<u32> = (0..n as u32)
-        .filter(|&c| allowed.is_none_or(|a| a[c as usize]))
-        .collect();
-    let out: Vec<u32> = flat
-        .par_chunks(n)
-        .flat_map_iter(|row| {
-            let mut c = columns.clone();
-            let order =
-                |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-            if k < c.len() {
-                c.select_nth_unstable_by(k - 1, order);
-                c.truncate(k);
+    /// Adds the gradients that flow back from `g_out` = dL/dx̂ [B, d] through a sparse decode
+    /// x̂ = Σ_j val[b, j]·W_dec[idx[b, j]] and, through val = pre[idx] (times `mask`, the relu's
+    /// derivative, where there is one), into the encoder rows, b_enc and b_dec.
+    fn backprop(
+        &mut self,
+        codes: &sparse::Codes<T>,
+        mask: Option<&[T]>,
+        g_out: &[T],
+        sae_in: &[T],
+        w_enc: &[T],
+        w_dec: &[T],
+    ) {
+        let d = self.b_dec.len();
+        let mut d_val = sparse::dots(codes, w_dec, g_out, d); // dL/dval [B·k]
+        if let Some(m) = mask {
+            d_val.iter_mut().zip(m).for_each(|(v, &m)| *v *= m);
+        }
+        let groups = sparse::by_latent(&codes.idx, self.b_enc.len());
+        // dW_dec[f] += Σ val·g_out[b]; dW_enc[f] += Σ d_val·sae_in[b]; db_enc[f] += Σ d_val
+        sparse::scatter(&groups, codes.k, &codes.val, g_out, d, &mut self.w_dec);
+        sparse::scatter(&groups, codes.k, &d_val, sae_in, d, &mut self.w_enc);
+        let per_latent = sparse::sums(&groups, &d_val);
+        // sae_in = x − b_dec: db_dec −= Σ_f (Σ d_val)·W_enc[f]
+        for (f, &s) in per_latent.iter().enumerate() {
+            self.b_enc[f] += s;
+            for (b, &w) in self.b_dec.iter_mut().zip(&w_enc[f * d..(f + 1) * d]) {
+                *b -= s * w;
             }
-            c.sort_unstable();
-            c
-        })
-        .collect();
-    Ok(Tensor::from_vec(out, (b, k), x.device())?)
+        }
+    }
 }
 
 /// Rows scaled to unit norm.
