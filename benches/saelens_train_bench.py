@@ -1,6 +1,7 @@
 """SAELens side of hooklens's SAE training benchmark: a TopK SAE trained as SAELens 6's
 SAETrainer trains it (TopKTrainingSAE.training_forward_pass, backward, gradient clipping at 1,
-Adam), on the same activations as hooklens: the first STEPS x BATCH rows of a hooklens store's
+Adam), once with its default dense activations and once with `use_sparse_activations` (sparse
+decode), on the same activations as hooklens: the first STEPS x BATCH rows of a hooklens store's
 hook (read with safetensors.numpy, no hooklens code) in a seeded order, the next 8192 rows held
 out. Run by benches/run_train_sae_bench.sh in SAELens's venv (tests/reference/setup_saelens.sh).
 
@@ -36,17 +37,13 @@ def rows(store: Path, hook: str, n: int) -> np.ndarray:
     return x[:n]
 
 
-def main():
-    store, hook = Path(sys.argv[1]), sys.argv[2]
-    batch, steps, k, d_sae = (int(v) for v in sys.argv[3:7])
-    lr, out_json = float(sys.argv[7]), sys.argv[8]
-    torch.set_num_threads(os.cpu_count())
+def train(x, batch, steps, k, d_sae, lr, sparse):
     torch.manual_seed(0)
-    x = rows(store, hook, steps * batch + HELD_OUT)
     train = torch.from_numpy(x[: steps * batch][np.random.default_rng(0).permutation(steps * batch)])
     held = torch.from_numpy(x[steps * batch:])
     cfg = TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=k, dtype="float32", device="cpu",
-                                apply_b_dec_to_input=True, aux_loss_coefficient=1.0)
+                                apply_b_dec_to_input=True, aux_loss_coefficient=1.0,
+                                use_sparse_activations=sparse)
     sae = TopKTrainingSAE(cfg)
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
     since_fired = torch.zeros(d_sae)
@@ -76,8 +73,24 @@ def main():
         ev = 1 - ((recons - held) ** 2).sum().item() / ((held - held.mean(0)) ** 2).sum().item()
     res = {"tokens_per_s": (steps - 1) * batch / secs, "seconds": secs, "mse": mse,
            "explained_variance": ev, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    print(f"SAELens: {res['tokens_per_s']:.0f} tokens/s over {steps - 1} steps, held-out MSE {mse:.4f}, "
-          f"explained variance {ev:.4f}")
+    print(f"SAELens ({'sparse' if sparse else 'dense'} activations): {res['tokens_per_s']:.0f} tokens/s over "
+          f"{steps - 1} steps, held-out MSE {mse:.4f}, explained variance {ev:.4f}")
+    return res
+
+
+def main():
+    store, hook = Path(sys.argv[1]), sys.argv[2]
+    batch, steps, k, d_sae = (int(v) for v in sys.argv[3:7])
+    lr, out_json = float(sys.argv[7]), sys.argv[8]
+    torch.set_num_threads(os.cpu_count())
+    x = rows(store, hook, steps * batch + HELD_OUT)
+    res = {}
+    for name, sparse in (("dense", False), ("sparse", True)):
+        try:
+            res[name] = train(x, batch, steps, k, d_sae, lr, sparse)
+        except (NotImplementedError, RuntimeError) as e:  # sparse training is not supported on every backend
+            res[name] = {"error": str(e).splitlines()[0][:200]}
+            print(f"SAELens ({name} activations) fails: {res[name]['error']}")
     Path(out_json).write_text(json.dumps(res))
 
 

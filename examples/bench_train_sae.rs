@@ -114,15 +114,21 @@ fn main() -> Result<()> {
          {rate:.0} GFLOP/s of the {peak:.0} this build's matmul reaches ({:.0} % of the roofline)",
         100.0 * rate / peak
     );
-    if let Some(r) = reference["tokens_per_s"].as_f64() {
-        println!(
-            "SAELens:  {r:.0} tokens/s, held-out MSE {:.4}, explained variance {:.4} (torch {}, {} threads)",
-            reference["mse"].as_f64().unwrap_or(f64::NAN),
-            reference["explained_variance"].as_f64().unwrap_or(f64::NAN),
-            reference["torch"].as_str().unwrap_or("?"),
-            reference["threads"]
-        );
-        println!("speed: {:.2}x SAELens", tokens_per_s / r);
+    for variant in ["dense", "sparse"] {
+        let r = &reference[variant];
+        if let Some(e) = r["error"].as_str() {
+            println!("SAELens ({variant} activations) failed: {e}");
+        }
+        if let Some(rate) = r["tokens_per_s"].as_f64() {
+            println!(
+                "SAELens ({variant} activations): {rate:.0} tokens/s, held-out MSE {:.4}, explained variance {:.4} (torch {}, {} threads): hooklens is {:.2}x",
+                r["mse"].as_f64().unwrap_or(f64::NAN),
+                r["explained_variance"].as_f64().unwrap_or(f64::NAN),
+                r["torch"].as_str().unwrap_or("?"),
+                r["threads"],
+                tokens_per_s / rate
+            );
+        }
     }
     Ok(())
 }

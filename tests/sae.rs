@@ -262,7 +262,7 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
     use hooklens::analysis::metrics::next_token_losses;
     use hooklens::corpus::{pack, read_documents, Packing};
     use hooklens::sae::{ce_loss, reconstruction};
-    use hooklens::store::{Capture, Source};
+    use hooklens::store::{Capture, Source, TokenFilter};
     use hooklens::{HookPoint, Hooks, Intervention, NameFilter};
     let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
     let docs = read_documents(
@@ -285,7 +285,7 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
         contexts_per_chunk: 5,
     };
     let sae = Sae::load(&fixture("jumprelu"), &Device::Cpu).unwrap();
-    let m = reconstruction(&sae, &source, (0, 0), &mut |_| {}).unwrap();
+    let m = reconstruction(&sae, &source, (0, 0), &TokenFilter::all(), &mut |_| {}).unwrap();
     // Brute force over all 12 · 32 tokens at once, in f64.
     let x = capture
         .activations(&contexts.batch(0..12, &Device::Cpu).unwrap())
@@ -338,7 +338,7 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
 
     // CE with the SAE spliced = patching its reconstruction of the clean activation in.
     let tokens = contexts.batch(0..4, &Device::Cpu).unwrap();
-    let ce = ce_loss(&model, &sae, &tokens).unwrap();
+    let ce = ce_loss(&model, &sae, &tokens, &TokenFilter::all()).unwrap();
     let loss = |hooks: Hooks| -> f32 {
         let logits = model.run_with_hooks(&tokens, hooks).unwrap();
         next_token_losses(&logits, &tokens)
@@ -353,7 +353,7 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
         .unwrap();
     let x = cache.get(hook).unwrap();
     let patched = sae.reconstruct(x, x).unwrap();
-    let want = loss(Hooks::none().intervene(hook, Intervention::Patch(patched)));
+    let want = loss(Hooks::none().intervene(hook, Intervention::Patch(patched.clone())));
     assert!((ce.spliced - want).abs() < 1e-5, "{} vs {want}", ce.spliced);
     assert!((ce.clean - loss(Hooks::none())).abs() < 1e-6);
     assert!(
@@ -365,6 +365,42 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
         ce.spliced > ce.clean,
         "a random SAE loses something: {ce:?}"
     );
+
+    // From position 5 on only: the first five positions keep the clean activation.
+    let from = 5;
+    let five = TokenFilter {
+        from_position: from as u32,
+        skip_tokens: vec![],
+    };
+    let ce5 = ce_loss(&model, &sae, &tokens, &five).unwrap();
+    let n = x.dim(1).unwrap() - from;
+    let mixed = |rest: &Tensor| {
+        Tensor::cat(
+            &[
+                &x.narrow(1, 0, from).unwrap(),
+                &rest.narrow(1, from, n).unwrap(),
+            ],
+            1,
+        )
+        .unwrap()
+    };
+    let want = loss(Hooks::none().intervene(hook, Intervention::Patch(mixed(&patched))));
+    assert!(
+        (ce5.spliced - want).abs() < 1e-5,
+        "{} vs {want}",
+        ce5.spliced
+    );
+    let want =
+        loss(Hooks::none().intervene(hook, Intervention::Patch(mixed(&x.zeros_like().unwrap()))));
+    assert!(
+        (ce5.zero_ablated - want).abs() < 1e-5,
+        "{} vs {want}",
+        ce5.zero_ablated
+    );
+    assert!(ce5.spliced != ce.spliced && ce5.zero_ablated != ce.zero_ablated);
+    // Its reconstruction statistics count those positions only.
+    let m5 = reconstruction(&sae, &source, (0, 0), &five, &mut |_| {}).unwrap();
+    assert_eq!(m5.tokens, 384 / 32 * 27);
 }
 
 #[test]
@@ -383,7 +419,7 @@ fn a_transcoder_stands_in_for_the_mlp() {
     .unwrap();
     for name in ["transcoder", "jumprelu_skip_transcoder"] {
         let tc = Sae::load(&fixture(name), &Device::Cpu).unwrap();
-        let ce = ce_loss(&model, &tc, &tokens).unwrap();
+        let ce = ce_loss(&model, &tc, &tokens, &hooklens::store::TokenFilter::all()).unwrap();
         // Naively: the MLP's input from a clean run, through the transcoder, patched in as the
         // MLP's output (the MLP's input does not depend on its own output).
         let (_, cache) = model

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use hooklens::corpus::{pack, read_documents, Contexts, Packing};
 use hooklens::store::{
     hook_stats, write_shard, ActivationStore, Batches, Capture, Source, StoreSpec, StoredHook,
-    FORMAT,
+    TokenFilter, FORMAT,
 };
 use hooklens::{load_model, HookPoint, HookedTransformer, LoadOptions};
 use std::path::Path;
@@ -147,6 +147,24 @@ fn the_mixing_buffer_hands_out_every_row_once_seeded() {
     };
     let fly = Tensor::cat(&batches(&live, 7), 0).unwrap();
     assert_eq!(rows(&fly), rows(&all));
+    // From position 3 on: exactly the rows at positions 3.. of each context, from either source.
+    let later: Vec<u32> = (0..all.dim(0).unwrap() as u32)
+        .filter(|r| r % 32 >= 3)
+        .collect();
+    let later = all
+        .index_select(&Tensor::new(later, &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    for source in [&disk, &live] {
+        let b: Vec<Tensor> = Batches::new(source, 1, 50, 200, 7)
+            .unwrap()
+            .filtered(TokenFilter {
+                skip_tokens: vec![],
+                from_position: 3,
+            })
+            .map(|b| b.unwrap())
+            .collect();
+        assert_eq!(rows(&Tensor::cat(&b, 0).unwrap()), rows(&later));
+    }
     assert!(Batches::new(&disk, 0, 50, 60, 0).is_err());
 }
 
@@ -224,7 +242,10 @@ fn dashboards_equal_a_brute_force_top_k() {
         bins: 10,
         before: 4,
         after: 2,
-        skip_tokens: vec![256],
+        tokens: TokenFilter {
+            skip_tokens: vec![256],
+            from_position: 3,
+        },
     };
     let dash = dashboards(&store, "blocks.1.attn.hook_z", &opts, &mut |_| {}).unwrap();
     let all: Vec<Vec<f32>> = Tensor::cat(
@@ -238,16 +259,13 @@ fn dashboards_equal_a_brute_force_top_k() {
     .unwrap();
     for (d, &u) in dash.iter().zip(&units) {
         let col: Vec<f32> = all.iter().map(|r| r[u]).collect();
-        // BOS and separators (256) left out.
-        let kept: Vec<f32> = col
-            .iter()
-            .zip(&contexts.tokens)
-            .filter(|(_, &t)| t != 256)
-            .map(|(&v, _)| v)
+        // BOS and separators (256) left out, and each context's first 3 positions.
+        let counted = |t: usize| contexts.tokens[t] != 256 && t % 32 >= 3;
+        let kept: Vec<f32> = (0..col.len())
+            .filter(|&t| counted(t))
+            .map(|t| col[t])
             .collect();
-        let mut order: Vec<usize> = (0..col.len())
-            .filter(|&t| contexts.tokens[t] != 256)
-            .collect();
+        let mut order: Vec<usize> = (0..col.len()).filter(|&t| counted(t)).collect();
         order.sort_by(|&a, &b| col[b].total_cmp(&col[a]).then(a.cmp(&b)));
         let want: Vec<(u64, f32)> = order[..6].iter().map(|&t| (t as u64, col[t])).collect();
         let got: Vec<(u64, f32)> = d.examples.iter().map(|e| (e.token, e.activation)).collect();

@@ -479,6 +479,22 @@ pub fn store_contexts(
     Ok(candle_core::Tensor::from_vec(ids, (n, c), device)?)
 }
 
+/// The tokens an SAE is trained and measured on: from `from_position` on, without the store's
+/// BOS and separator unless `include_special`.
+pub fn token_filter(
+    store: &hooklens::store::ActivationStore,
+    include_special: bool,
+    from_position: u32,
+) -> hooklens::store::TokenFilter {
+    hooklens::store::TokenFilter {
+        skip_tokens: match include_special {
+            true => vec![],
+            false => special_tokens(store),
+        },
+        from_position,
+    }
+}
+
 /// The store's BOS and document separator: left out of dashboards (their activations are
 /// outliers in most models).
 pub fn special_tokens(store: &hooklens::store::ActivationStore) -> Vec<u32> {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use hooklens::sae::train::{BDecInit, StepStats, TopKConfig, TopKTrainer};
-use hooklens::store::{Batches, Source};
+use hooklens::store::{Batches, Source, TokenFilter};
 use polars::prelude::*;
 use std::path::Path;
 
@@ -51,9 +51,22 @@ pub struct TrainArgs {
     /// folded into the saved weights.
     #[arg(long)]
     pub normalize_activations: bool,
+    /// Train only on tokens at this position of their context or later: 1 leaves out the first
+    /// position, an attention sink with outsized activations in many models (SmolLM2's
+    /// residual there carries most of the variance).
+    #[arg(long, default_value_t = 0)]
+    pub from_position: u32,
+    /// Train on BOS and document separators too (left out by default: their activations are
+    /// outliers hundreds of times the others' norm, as SAELens's exclude_special_tokens).
+    #[arg(long)]
+    pub include_special_tokens: bool,
     /// The shuffling buffer, in batches (SAELens's n_batches_in_buffer).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..))]
     pub buffer_batches: u32,
+    /// Peak resident memory of the whole process (model included): 4G, 512M. The shuffling
+    /// buffer is cut to fit; the measured peak is in the manifest.
+    #[arg(long, default_value = "4G", value_parser = crate::store::parse_bytes)]
+    pub max_memory: u64,
     /// Steps between checkpoints (`--resume` continues from the last).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub checkpoint_every: u32,
@@ -107,6 +120,56 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    /// [`Self::planned_buffer`] for a new run, saved in `plan.json`; a resumed run reads it back,
+    /// so that its batches are the ones the run started with.
+    pub fn buffer_plan(
+        &self,
+        cfg: &TopKConfig,
+        d_in: usize,
+        dir: &crate::run::RunDir,
+        resume: bool,
+    ) -> Result<usize> {
+        let path = dir.file("plan.json");
+        if resume && path.is_file() {
+            let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+            return plan["buffer_rows"]
+                .as_u64()
+                .map(|r| r as usize)
+                .with_context(|| format!("{}: no buffer_rows", path.display()));
+        }
+        let rows = self.planned_buffer(cfg, d_in)?;
+        hooklens::atomic::atomic_write(
+            &path,
+            serde_json::json!({ "buffer_rows": rows })
+                .to_string()
+                .as_bytes(),
+        )?;
+        Ok(rows)
+    }
+
+    /// Rows of the shuffling buffer: --buffer-batches batches, fewer if --max-memory needs it
+    /// (at least two). The estimate: what is resident now, the parameters with Adam's moments
+    /// and gradients (5 × d_sae × d_in), a step's pre-activations and their host copy
+    /// (2 × batch × d_sae), and the buffer with one chunk being poured in (2 × its rows), in f32.
+    fn planned_buffer(&self, cfg: &TopKConfig, d_in: usize) -> Result<usize> {
+        let batch = self.batch as usize;
+        let (now, _) = crate::store::memory();
+        let fixed = now as usize + 4 * (5 * cfg.d_sae * d_in + 2 * batch * cfg.d_sae);
+        let per_row = 2 * 4 * d_in;
+        let fit = (self.max_memory as usize).saturating_sub(fixed) / per_row;
+        let rows = (self.buffer_batches as usize * batch).min(fit);
+        if rows < 2 * batch {
+            bail!(
+                "--max-memory {} MB does not fit training: about {} MB are needed for the SAE, a step and a buffer of two batches; raise it, or lower --batch or --d-sae",
+                self.max_memory >> 20,
+                (fixed + 2 * batch * per_row) >> 20
+            );
+        }
+        Ok(rows)
+    }
+}
+
 /// Full batches of hook number `hook` of `source`, epoch after epoch, each shuffled by
 /// `seed + epoch`; a short last batch is dropped.
 pub struct Stream<'a> {
@@ -115,6 +178,7 @@ pub struct Stream<'a> {
     batch: usize,
     buffer_rows: usize,
     seed: u64,
+    filter: TokenFilter,
     epoch: u64,
     in_epoch: usize,
     it: Batches<'a>,
@@ -127,14 +191,16 @@ impl<'a> Stream<'a> {
         batch: usize,
         buffer_rows: usize,
         seed: u64,
+        filter: TokenFilter,
     ) -> Result<Self> {
-        let it = Batches::new(source, hook, batch, buffer_rows, seed)?;
+        let it = Batches::new(source, hook, batch, buffer_rows, seed)?.filtered(filter.clone());
         Ok(Self {
             source,
             hook,
             batch,
             buffer_rows,
             seed,
+            filter,
             epoch: 0,
             in_epoch: 0,
             it,
@@ -162,7 +228,8 @@ impl<'a> Stream<'a> {
                     self.in_epoch = 0;
                     let seed = self.seed + self.epoch;
                     self.it =
-                        Batches::new(self.source, self.hook, self.batch, self.buffer_rows, seed)?;
+                        Batches::new(self.source, self.hook, self.batch, self.buffer_rows, seed)?
+                            .filtered(self.filter.clone());
                 }
             }
         }

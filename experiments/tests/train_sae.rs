@@ -151,6 +151,17 @@ fn train_sae_runs_on_the_fly_and_refuses_bad_input() {
             "--batch",
         ),
         (vec!["--store", "nowhere", "--run", "d"], "nowhere"),
+        (
+            vec![
+                "--hook",
+                "blocks.1.hook_resid_post",
+                "--max-memory",
+                "1M",
+                "--run",
+                "e",
+            ],
+            "--max-memory",
+        ),
     ] {
         let (code, err) = run(TRAIN, &args, d);
         assert_ne!(code, 0, "{args:?}");

@@ -28,9 +28,9 @@ pub struct DashboardOptions {
     /// Tokens shown before and after each example's token (within its context).
     pub before: usize,
     pub after: usize,
-    /// Tokens left out of examples, histograms and moments wherever they stand: BOS and the
-    /// document separator, whose activations are outliers in most models.
-    pub skip_tokens: Vec<u32>,
+    /// Tokens left out of examples, histograms and moments: BOS and the document separator,
+    /// whose activations are outliers in most models, and any first positions.
+    pub tokens: crate::store::TokenFilter,
 }
 
 /// One of a unit's top-activating tokens, with the tokens around it.
@@ -168,7 +168,8 @@ pub fn dashboards_of(
     for s in 0..shards {
         let x = columns(&units_of(s)?)?;
         let ids = store.column(s, "token_id")?;
-        let counted = |r: usize| !opts.skip_tokens.contains(&ids[r]);
+        let pos = store.column(s, "position")?;
+        let counted = |r: usize| opts.tokens.keeps(ids[r], pos[r]);
         let rows = x.len() / n_units.max(1);
         let base = first_token(s);
         split(&mut acc, &groups)
@@ -248,7 +249,8 @@ pub fn dashboards_of(
     for s in 0..shards {
         let x = columns(&units_of(s)?)?;
         let ids = store.column(s, "token_id")?;
-        let counted = |r: usize| !opts.skip_tokens.contains(&ids[r]);
+        let pos = store.column(s, "position")?;
+        let counted = |r: usize| opts.tokens.keeps(ids[r], pos[r]);
         let rows = ids.len();
         let base = first_token(s);
         let bins = opts.bins;

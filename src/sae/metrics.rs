@@ -5,10 +5,11 @@
 use super::Sae;
 use crate::analysis::metrics::next_token_losses;
 use crate::error::{Error, Result};
+use crate::hook_points::{NameFilter, SaeHook};
 use crate::hooks::{Hooks, Splice};
 use crate::intervention::Intervention;
 use crate::model::HookedTransformer;
-use crate::store::Source;
+use crate::store::{Source, TokenFilter};
 use candle_core::{DType, Tensor};
 
 /// Features whose density is above this are counted dense.
@@ -39,13 +40,24 @@ pub fn reconstruction(
     sae: &Sae,
     source: &Source,
     (input, target): (usize, usize),
+    filter: &TokenFilter,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Reconstruction> {
     let (mut tokens, mut active, mut err2, mut sum2) = (0usize, 0f64, 0f64, 0f64);
     let mut sum = vec![0f64; sae.d_out];
     let mut count = vec![0u64; sae.d_sae];
     for c in 0..source.chunks() {
-        let chunk = source.chunk(c)?;
+        let mut chunk = source.chunk(c)?;
+        if !filter.is_all() {
+            let keep: Vec<u32> = (0u32..)
+                .zip(source.kept(c, filter)?)
+                .filter_map(|(r, k)| k.then_some(r))
+                .collect();
+            let keep = Tensor::new(keep, chunk[input].device())?;
+            for t in chunk.iter_mut() {
+                *t = t.index_select(&keep, 0)?;
+            }
+        }
         let (x, y) = (&chunk[input], &chunk[target]); // [tokens, d_in], [tokens, d_out]
         if x.dim(1)? != sae.d_in || y.dim(1)? != sae.d_out {
             return Err(Error::ShapeMismatch {
@@ -103,7 +115,15 @@ pub struct CeLoss {
 }
 
 /// [`CeLoss`] of `sae` on `model` over token ids [batch, pos] (contexts of a store, say).
-pub fn ce_loss(model: &HookedTransformer, sae: &Sae, tokens: &Tensor) -> Result<CeLoss> {
+/// The SAE stands in (and the zero ablation zeroes) only at the tokens `filter` keeps: elsewhere
+/// the activation stays the clean one, as for an SAE trained without BOS, separators or first
+/// positions.
+pub fn ce_loss(
+    model: &HookedTransformer,
+    sae: &Sae,
+    tokens: &Tensor,
+    filter: &TokenFilter,
+) -> Result<CeLoss> {
     sae.check_fits(model)?;
     let loss = |hooks: Hooks| -> Result<f32> {
         let logits = model.run_with_hooks(tokens, hooks)?;
@@ -112,12 +132,59 @@ pub fn ce_loss(model: &HookedTransformer, sae: &Sae, tokens: &Tensor) -> Result<
             .to_scalar::<f32>()?)
     };
     let clean = loss(Hooks::none())?;
-    let spliced = loss(Hooks::none().splice(Splice::new(sae))?)?;
-    let zero_ablated = loss(Hooks::none().intervene(sae.writes(), Intervention::Zero))?;
-    Ok(CeLoss {
-        clean,
-        spliced,
-        zero_ablated,
-        recovered: (zero_ablated - spliced) / (zero_ablated - clean),
-    })
+    if filter.is_all() {
+        let spliced = loss(Hooks::none().splice(Splice::new(sae))?)?;
+        let zero_ablated = loss(Hooks::none().intervene(sae.writes(), Intervention::Zero))?;
+        return Ok(CeLoss::of(clean, spliced, zero_ablated));
+    }
+    // At the tokens left out, the SAE's error is added back (so the output is the clean
+    // activation there) and the zero ablation restores it. The SAE reads the clean activation
+    // (nothing upstream changes), so its error is known before the run.
+    let point = sae.writes();
+    let run = model.run(
+        tokens,
+        Hooks::none().with_cache(NameFilter::Points(vec![point])),
+    )?;
+    let act = run.cache.get(point)?; // [batch, pos, ...]
+    let input = match sae.hook == point {
+        true => act.clone(),
+        false => model
+            .run(
+                tokens,
+                Hooks::none().with_cache(NameFilter::Points(vec![sae.hook])),
+            )?
+            .cache
+            .get(sae.hook)?
+            .clone(),
+    };
+    let (b, p) = tokens.dims2()?;
+    let ids: Vec<u32> = tokens.flatten_all()?.to_vec1()?;
+    let left_out: Vec<f32> = (0..b * p)
+        .map(|i| f32::from(!filter.keeps(ids[i], (i % p) as u32)))
+        .collect();
+    let shape: Vec<usize> = [b, p]
+        .into_iter()
+        .chain(std::iter::repeat_n(1, act.rank() - 2))
+        .collect();
+    let left_out = Tensor::from_vec(left_out, shape, act.device())?.to_dtype(act.dtype())?;
+    let error = (act - sae.reconstruct(&input, act)?)?;
+    let output = Splice::new(sae).point(SaeHook::Output)?;
+    let spliced = Hooks::none()
+        .splice(Splice::new(sae))?
+        .intervene(output, Intervention::Add(error.broadcast_mul(&left_out)?));
+    let spliced = loss(spliced)?;
+    let kept_clean = act.broadcast_mul(&left_out)?;
+    let zero_ablated = loss(Hooks::none().intervene(point, Intervention::Patch(kept_clean)))?;
+    Ok(CeLoss::of(clean, spliced, zero_ablated))
+}
+
+impl CeLoss {
+    fn of(clean: f32, spliced: f32, zero_ablated: f32) -> Self {
+        Self {
+            clean,
+            spliced,
+            zero_ablated,
+            recovered: (zero_ablated - spliced) / (zero_ablated - clean),
+        }
+    }
 }

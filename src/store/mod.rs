@@ -16,6 +16,32 @@ pub use capture::{plan, Capture, CapturePlan};
 pub use reader::{ActivationStore, Batches, Source};
 pub use stats::{hook_stats, HookStats};
 
+/// Which stored tokens an analysis counts: those at `from_position` or later in their context,
+/// other than `skip_tokens`. BOS and document separators (and, in many models, a context's first
+/// position, an attention sink) have activations hundreds of times the others' norm, which
+/// would dominate an SAE's loss and a unit's top examples.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFilter {
+    pub skip_tokens: Vec<u32>,
+    pub from_position: u32,
+}
+
+impl TokenFilter {
+    /// Every token.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn keeps(&self, token: u32, position: u32) -> bool {
+        position >= self.from_position && !self.skip_tokens.contains(&token)
+    }
+
+    /// Whether it keeps every token.
+    pub fn is_all(&self) -> bool {
+        self.from_position == 0 && self.skip_tokens.is_empty()
+    }
+}
+
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};

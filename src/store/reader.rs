@@ -115,6 +115,45 @@ impl Source<'_> {
         }
     }
 
+    /// Which of chunk `i`'s rows `filter` keeps.
+    pub fn kept(&self, i: usize, filter: &super::TokenFilter) -> Result<Vec<bool>> {
+        let pos = self.positions(i)?;
+        let ids = match self {
+            Source::Disk(s) => s.column(i, "token_id")?,
+            Source::Model {
+                contexts,
+                contexts_per_chunk,
+                ..
+            } => {
+                let n = (*contexts_per_chunk).max(1) * contexts.context_len;
+                contexts.tokens[i * n..((i + 1) * n).min(contexts.tokens.len())].to_vec()
+            }
+        };
+        Ok(ids
+            .iter()
+            .zip(&pos)
+            .map(|(&t, &p)| filter.keeps(t, p))
+            .collect())
+    }
+
+    /// The position in its context of each of chunk `i`'s rows.
+    pub fn positions(&self, i: usize) -> Result<Vec<u32>> {
+        match self {
+            Source::Disk(s) => s.column(i, "position"),
+            Source::Model {
+                contexts,
+                contexts_per_chunk,
+                ..
+            } => {
+                let n = (*contexts_per_chunk).max(1);
+                let rows = (((i + 1) * n).min(contexts.len()) - i * n) * contexts.context_len;
+                Ok((0..rows)
+                    .map(|r| (r % contexts.context_len) as u32)
+                    .collect())
+            }
+        }
+    }
+
     /// Chunk `i`'s activations at hook number `hook` only.
     fn hook_chunk(&self, i: usize, hook: usize) -> Result<Tensor> {
         match self {
@@ -140,6 +179,8 @@ pub struct Batches<'a> {
     ready: std::collections::VecDeque<Vec<f32>>,
     rng: StdRng,
     width: usize,
+    /// Rows it leaves out.
+    filter: super::TokenFilter,
 }
 
 impl<'a> Batches<'a> {
@@ -175,19 +216,34 @@ impl<'a> Batches<'a> {
             ready: Default::default(),
             rng,
             width: 0,
+            filter: super::TokenFilter::all(),
         })
+    }
+
+    /// Leaves out the rows `filter` does not keep (BOS, separators, first positions): SAE
+    /// training usually skips them ([`super::TokenFilter`]).
+    pub fn filtered(mut self, filter: super::TokenFilter) -> Self {
+        self.filter = filter;
+        self
     }
 
     /// Fills the ready queue; false when everything has been handed out.
     fn refill(&mut self) -> Result<bool> {
         while self.ready.len() < self.batch {
             if self.next_chunk < self.order.len() && self.buffer.len() < self.capacity {
-                let x = self
-                    .source
-                    .hook_chunk(self.order[self.next_chunk], self.hook)?;
+                let chunk = self.order[self.next_chunk];
+                let x = self.source.hook_chunk(chunk, self.hook)?;
                 self.next_chunk += 1;
                 self.width = x.dim(1)?;
-                self.buffer.extend(x.to_vec2::<f32>()?);
+                let rows = x.to_vec2::<f32>()?;
+                match self.filter.is_all() {
+                    true => self.buffer.extend(rows),
+                    false => {
+                        let kept = self.source.kept(chunk, &self.filter)?;
+                        self.buffer
+                            .extend(rows.into_iter().zip(kept).filter(|r| r.1).map(|r| r.0));
+                    }
+                }
                 continue;
             }
             if self.buffer.is_empty() {

@@ -85,7 +85,10 @@ fn run(mut a: Args) -> Result<()> {
         bins,
         before: a.before,
         after: a.after,
-        skip_tokens,
+        tokens: hooklens::store::TokenFilter {
+            skip_tokens,
+            from_position: 0,
+        },
     };
     let bar = lab::args::progress_bar(
         2 * store.spec.tokens as u64,

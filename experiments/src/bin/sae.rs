@@ -34,6 +34,13 @@ struct Args {
     /// The activation store holding the SAE's hook (a `capture` run folder).
     #[arg(long)]
     store: PathBuf,
+    /// Measure, splice and browse only tokens at this position of their context or later (for
+    /// an SAE trained with `train_sae --from-position`). BOS and document separators are left
+    /// out unless --include-special-tokens.
+    #[arg(long, default_value_t = 0)]
+    from_position: u32,
+    #[arg(long)]
+    include_special_tokens: bool,
     /// Contexts of the store the CE loss is measured on (three forward passes each).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     ce_contexts: u32,
@@ -67,17 +74,22 @@ fn run(mut a: Args) -> Result<()> {
     lab::store::check_store_model(&store, &exp.manifest.model.weights)?;
     let sae = Sae::load(&a.sae, model.device())?;
     sae.check_fits(&model)?;
+    let filter = lab::store::token_filter(&store, a.include_special_tokens, a.from_position);
     let (input, _) = store.spec.hook(&sae.hook.to_string())?;
     let (target, _) = store.spec.hook(&sae.writes().to_string())?;
     let bar = lab::args::progress_bar(store.spec.tokens as u64, "reconstruction", "tokens")?;
     let recon = exp.time("reconstruction", || {
-        reconstruction(&sae, &Source::Disk(&store), (input, target), &mut |n| {
-            bar.inc(n as u64)
-        })
+        reconstruction(
+            &sae,
+            &Source::Disk(&store),
+            (input, target),
+            &filter,
+            &mut |n| bar.inc(n as u64),
+        )
     })?;
     bar.finish_and_clear();
     let contexts = lab::store::store_contexts(&store, a.ce_contexts as usize, model.device())?;
-    let ce = exp.time("ce_loss", || ce_loss(&model, &sae, &contexts))?;
+    let ce = exp.time("ce_loss", || ce_loss(&model, &sae, &contexts, &filter))?;
     let features = match &a.features {
         Some(s) => lab::args::parse_ranges(s, sae.d_sae, "--features")?,
         None => (0..sae.d_sae.min(256)).collect(),
@@ -88,7 +100,7 @@ fn run(mut a: Args) -> Result<()> {
         bins: a.bins,
         before: 12,
         after: 4,
-        skip_tokens: lab::store::special_tokens(&store),
+        tokens: filter.clone(),
     };
     let hook = sae.hook.to_string();
     let encode = |s: usize| sae.encode(&store.read(s, &hook)?);

@@ -86,18 +86,36 @@ fn run(mut a: Args) -> Result<()> {
         }
     };
     let width = model.hook_shape(&hook)?.iter().product();
+    let filter = match &store {
+        Some(s) => {
+            lab::store::token_filter(s, a.train.include_special_tokens, a.train.from_position)
+        }
+        None => hooklens::store::TokenFilter {
+            skip_tokens: match a.train.include_special_tokens {
+                true => vec![],
+                false => tok
+                    .bos_token_id
+                    .into_iter()
+                    .chain(tok.eos_token_id)
+                    .collect(),
+            },
+            from_position: a.train.from_position,
+        },
+    };
     let cfg = a.train.config(
         width,
         a.train.train_tokens.unwrap_or(available),
         a.corpus.seed,
     )?;
     let batch = a.train.batch as usize;
+    let buffer_rows = a.train.buffer_plan(&cfg, width, &dir, a.out.resume)?;
     let mut stream = Stream::new(
         &source,
         index,
         batch,
-        batch * a.train.buffer_batches as usize,
+        buffer_rows,
         a.corpus.seed,
+        filter.clone(),
     )?;
     let checkpoint = dir.file("checkpoint.safetensors");
     let losses = dir.file("losses.parquet");
@@ -109,8 +127,15 @@ fn run(mut a: Args) -> Result<()> {
             (t, h)
         }
         false => {
-            let first =
-                Stream::new(&source, index, batch, 2 * batch, a.corpus.seed)?.next_batch()?;
+            let first = Stream::new(
+                &source,
+                index,
+                batch,
+                2 * batch,
+                a.corpus.seed,
+                filter.clone(),
+            )?
+            .next_batch()?;
             (
                 TopKTrainer::new(
                     cfg,
@@ -133,8 +158,12 @@ fn run(mut a: Args) -> Result<()> {
     )
     .context("training")?;
     exp.manifest.record_time("train", start);
+    exp.manifest.seed = Some(a.corpus.seed);
     exp.manifest.set("steps", trainer.step)?;
     exp.manifest.set("input_scale", trainer.scale)?;
+    exp.manifest.set("buffer_rows", buffer_rows)?;
+    let (_, peak) = lab::store::memory();
+    exp.manifest.set("peak_rss_bytes", peak)?;
     let sae_dir = exp.file("sae", "The SAE as a SAELens folder")?;
     if a.out.resume && sae_dir.is_dir() {
         // Written by this run before it was stopped: the same weights, written again.
