@@ -371,6 +371,7 @@ fn metrics_equal_a_brute_force_pass_and_splicing_patches_the_reconstruction() {
     let five = TokenFilter {
         from_position: from as u32,
         skip_tokens: vec![],
+        max_norm: None,
     };
     let ce5 = ce_loss(&model, &sae, &tokens, &five).unwrap();
     let n = x.dim(1).unwrap() - from;

@@ -160,11 +160,40 @@ fn the_mixing_buffer_hands_out_every_row_once_seeded() {
             .filtered(TokenFilter {
                 skip_tokens: vec![],
                 from_position: 3,
+                max_norm: None,
             })
             .map(|b| b.unwrap())
             .collect();
         assert_eq!(rows(&Tensor::cat(&b, 0).unwrap()), rows(&later));
     }
+    // Under a norm: exactly the rows within it.
+    let norms: Vec<f32> = all
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut sorted = norms.clone();
+    sorted.sort_by(f32::total_cmp);
+    let m = sorted[sorted.len() / 2];
+    let small: Vec<u32> = (0..norms.len() as u32)
+        .filter(|&r| norms[r as usize] <= m)
+        .collect();
+    let small = all
+        .index_select(&Tensor::new(small, &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    let b: Vec<Tensor> = Batches::new(&disk, 1, 50, 200, 7)
+        .unwrap()
+        .filtered(TokenFilter {
+            max_norm: Some(m),
+            ..TokenFilter::all()
+        })
+        .map(|b| b.unwrap())
+        .collect();
+    assert_eq!(rows(&Tensor::cat(&b, 0).unwrap()), rows(&small));
     assert!(Batches::new(&disk, 0, 50, 60, 0).is_err());
 }
 
@@ -245,6 +274,7 @@ fn dashboards_equal_a_brute_force_top_k() {
         tokens: TokenFilter {
             skip_tokens: vec![256],
             from_position: 3,
+            max_norm: None,
         },
     };
     let dash = dashboards(&store, "blocks.1.attn.hook_z", &opts, &mut |_| {}).unwrap();

@@ -51,15 +51,6 @@ pub struct TrainArgs {
     /// folded into the saved weights.
     #[arg(long)]
     pub normalize_activations: bool,
-    /// Train only on tokens at this position of their context or later: 1 leaves out the first
-    /// position, an attention sink with outsized activations in many models (SmolLM2's
-    /// residual there carries most of the variance).
-    #[arg(long, default_value_t = 0)]
-    pub from_position: u32,
-    /// Train on BOS and document separators too (left out by default: their activations are
-    /// outliers hundreds of times the others' norm, as SAELens's exclude_special_tokens).
-    #[arg(long)]
-    pub include_special_tokens: bool,
     /// The shuffling buffer, in batches (SAELens's n_batches_in_buffer).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..))]
     pub buffer_batches: u32,

@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 /// What to build dashboards of, and how big.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DashboardOptions {
     /// The hook's units (its last axis, flattened: `hook_z` unit `h·d_head + i`).
     pub units: Vec<usize>,

@@ -49,9 +49,10 @@ pub fn reconstruction(
     for c in 0..source.chunks() {
         let mut chunk = source.chunk(c)?;
         if !filter.is_all() {
+            let small = filter.norm_ok(&chunk[input])?;
             let keep: Vec<u32> = (0u32..)
-                .zip(source.kept(c, filter)?)
-                .filter_map(|(r, k)| k.then_some(r))
+                .zip(source.kept(c, filter)?.into_iter().zip(small))
+                .filter_map(|(r, (k, s))| (k && s).then_some(r))
                 .collect();
             let keep = Tensor::new(keep, chunk[input].device())?;
             for t in chunk.iter_mut() {
@@ -159,8 +160,9 @@ pub fn ce_loss(
     };
     let (b, p) = tokens.dims2()?;
     let ids: Vec<u32> = tokens.flatten_all()?.to_vec1()?;
+    let small = filter.norm_ok(&input.flatten_to(1)?)?; // [batch·pos]
     let left_out: Vec<f32> = (0..b * p)
-        .map(|i| f32::from(!filter.keeps(ids[i], (i % p) as u32)))
+        .map(|i| f32::from(!(filter.keeps(ids[i], (i % p) as u32) && small[i])))
         .collect();
     let shape: Vec<usize> = [b, p]
         .into_iter()

@@ -235,13 +235,14 @@ impl<'a> Batches<'a> {
                 let x = self.source.hook_chunk(chunk, self.hook)?;
                 self.next_chunk += 1;
                 self.width = x.dim(1)?;
-                let rows = x.to_vec2::<f32>()?;
                 match self.filter.is_all() {
-                    true => self.buffer.extend(rows),
+                    true => self.buffer.extend(x.to_vec2::<f32>()?),
                     false => {
                         let kept = self.source.kept(chunk, &self.filter)?;
+                        let small = self.filter.norm_ok(&x)?;
+                        let rows = x.to_vec2::<f32>()?.into_iter().zip(kept).zip(small);
                         self.buffer
-                            .extend(rows.into_iter().zip(kept).filter(|r| r.1).map(|r| r.0));
+                            .extend(rows.filter(|((_, k), s)| *k && *s).map(|((r, _), _)| r));
                     }
                 }
                 continue;

@@ -88,6 +88,7 @@ fn run(mut a: Args) -> Result<()> {
         tokens: hooklens::store::TokenFilter {
             skip_tokens,
             from_position: 0,
+            max_norm: None,
         },
     };
     let bar = lab::args::progress_bar(

@@ -34,13 +34,10 @@ struct Args {
     /// The activation store holding the SAE's hook (a `capture` run folder).
     #[arg(long)]
     store: PathBuf,
-    /// Measure, splice and browse only tokens at this position of their context or later (for
-    /// an SAE trained with `train_sae --from-position`). BOS and document separators are left
-    /// out unless --include-special-tokens.
-    #[arg(long, default_value_t = 0)]
-    from_position: u32,
-    #[arg(long)]
-    include_special_tokens: bool,
+    /// The tokens measured, spliced and browsed: as the SAE was trained (`train_sae` takes the
+    /// same flags).
+    #[command(flatten)]
+    tokens: lab::store::TokenArgs,
     /// Contexts of the store the CE loss is measured on (three forward passes each).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     ce_contexts: u32,
@@ -74,7 +71,7 @@ fn run(mut a: Args) -> Result<()> {
     lab::store::check_store_model(&store, &exp.manifest.model.weights)?;
     let sae = Sae::load(&a.sae, model.device())?;
     sae.check_fits(&model)?;
-    let filter = lab::store::token_filter(&store, a.include_special_tokens, a.from_position);
+    let filter = a.tokens.filter(lab::store::special_tokens(&store));
     let (input, _) = store.spec.hook(&sae.hook.to_string())?;
     let (target, _) = store.spec.hook(&sae.writes().to_string())?;
     let bar = lab::args::progress_bar(store.spec.tokens as u64, "reconstruction", "tokens")?;
@@ -103,7 +100,13 @@ fn run(mut a: Args) -> Result<()> {
         tokens: filter.clone(),
     };
     let hook = sae.hook.to_string();
-    let encode = |s: usize| sae.encode(&store.read(s, &hook)?);
+    // Tokens over --max-norm count as inactive (the filter's other rules are the dashboards').
+    let encode = |s: usize| {
+        let x = store.read(s, &hook)?;
+        let small: Vec<f32> = filter.norm_ok(&x)?.into_iter().map(f32::from).collect();
+        let small = candle_core::Tensor::from_vec(small, (x.dim(0)?, 1), x.device())?;
+        sae.encode(&x)?.broadcast_mul(&small).map_err(Into::into)
+    };
     let bar =
         lab::args::progress_bar(2 * store.spec.tokens as u64, "feature dashboards", "tokens")?;
     let dash = exp.time("dashboards", || {

@@ -33,6 +33,8 @@ struct Args {
     hook: Option<String>,
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    tokens: lab::store::TokenArgs,
     /// The model (default: the store's own, checked by sha256).
     #[command(flatten)]
     model: ModelArgs,
@@ -86,22 +88,15 @@ fn run(mut a: Args) -> Result<()> {
         }
     };
     let width = model.hook_shape(&hook)?.iter().product();
-    let filter = match &store {
-        Some(s) => {
-            lab::store::token_filter(s, a.train.include_special_tokens, a.train.from_position)
-        }
-        None => hooklens::store::TokenFilter {
-            skip_tokens: match a.train.include_special_tokens {
-                true => vec![],
-                false => tok
-                    .bos_token_id
-                    .into_iter()
-                    .chain(tok.eos_token_id)
-                    .collect(),
-            },
-            from_position: a.train.from_position,
-        },
+    let special = match &store {
+        Some(s) => lab::store::special_tokens(s),
+        None => tok
+            .bos_token_id
+            .into_iter()
+            .chain(tok.eos_token_id)
+            .collect(),
     };
+    let filter = a.tokens.filter(special);
     let cfg = a.train.config(
         width,
         a.train.train_tokens.unwrap_or(available),
