@@ -4,8 +4,8 @@
 use crate::error::{Error, Result};
 use std::path::Path;
 
-/// Writes `path` by calling `write` on a temporary file next to it, then renaming it into
-/// place.
+/// Writes `path` by calling `write` on a temporary path next to it (a file, or a folder that
+/// `write` creates), then renaming it into place.
 pub fn atomic_write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()
@@ -23,7 +23,10 @@ pub fn atomic_write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     let result =
         write(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = match tmp.is_dir() {
+            true => std::fs::remove_dir_all(&tmp),
+            false => std::fs::remove_file(&tmp),
+        };
     }
     result
 }

@@ -477,32 +477,13 @@ impl Sae {
             .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
             .collect::<Result<HashMap<_, _>>>()?;
 
-        let parent = dir
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        let name = dir
-            .file_name()
-            .ok_or_else(|| Error::Invalid(format!("{} is not a folder path", dir.display())))?;
-        let tmp = parent.join(format!(
-            ".{}.tmp{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let write = || -> Result<()> {
-            std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        crate::atomic::atomic_write_with(dir, |tmp| {
+            std::fs::create_dir(tmp).map_err(|e| Error::io(tmp, e))?;
             candle_core::safetensors::save(&tensors, tmp.join("sae_weights.safetensors"))?;
             let text = serde_json::to_string_pretty(&cfg)
                 .map_err(|e| Error::Invalid(format!("cfg.json: {e}")))?;
-            std::fs::write(tmp.join("cfg.json"), text + "\n").map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
-        };
-        let result = write();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        result
+            std::fs::write(tmp.join("cfg.json"), text + "\n").map_err(|e| Error::io(tmp, e))
+        })
     }
 }
 
