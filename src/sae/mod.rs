@@ -331,11 +331,26 @@ impl Sae {
                     true => pre.broadcast_mul(&self.decoder_norms()?)?,
                     false => pre,
                 };
-                // The k-th largest of each row; ties at it keep more than k (as good as never
-                // with real-valued activations).
-                let sorted = pre.sort_last_dim(false)?.0;
-                let kth = sorted.narrow(D::Minus1, k - 1, 1)?;
-                let on = pre.broadcast_ge(&kth)?.to_dtype(DType::F32)?;
+                let on = match pre.device().is_cpu() {
+                    // A selection per row (sae::sparse), not a sort of d_sae values.
+                    true => {
+                        let n = pre.dim(D::Minus1)?;
+                        let flat: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+                        let codes = sparse::top_k(&flat, n, k, None);
+                        let mut on = vec![0f32; flat.len()];
+                        for (r, ids) in codes.idx.chunks(codes.k.max(1)).enumerate() {
+                            ids.iter().for_each(|&i| on[r * n + i as usize] = 1.0);
+                        }
+                        Tensor::from_vec(on, pre.dims(), pre.device())?
+                    }
+                    // The k-th largest of each row; ties at it keep more than k (as good as
+                    // never with real-valued activations).
+                    false => {
+                        let sorted = pre.sort_last_dim(false)?.0;
+                        let kth = sorted.narrow(D::Minus1, k - 1, 1)?;
+                        pre.broadcast_ge(&kth)?.to_dtype(DType::F32)?
+                    }
+                };
                 (pre.relu()? * on)?
             }
         })
