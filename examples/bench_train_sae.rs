@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use hooklens::sae::train::{BDecInit, TopKConfig, TopKTrainer};
+use hooklens::sae::train::{BDecInit, Sparsity, TrainConfig, Trainer};
 use hooklens::store::ActivationStore;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -70,29 +70,31 @@ fn main() -> Result<()> {
     let train = x.index_select(&Tensor::new(order, &Device::Cpu)?, 0)?;
     let held = x.narrow(0, a.steps * a.batch, HELD_OUT)?;
     let d_sae = a.d_sae.unwrap_or(8 * d_in);
-    let cfg = TopKConfig {
+    let cfg = TrainConfig {
+        sparsity: Sparsity::TopK { k: a.k },
         d_sae,
-        k: a.k,
         lr: a.lr,
         total_steps: a.steps,
         warmup_steps: 0,
         decay_steps: 0,
+        penalty_warmup_steps: 0,
         aux_coefficient: 1.0,
         dead_steps: 1000,
         b_dec_init: BDecInit::Zeros, // SAELens's default
         normalize: false,
+        skip: false,
         seed: 0,
     };
     let batch = |i: usize| train.narrow(0, i * a.batch, a.batch);
-    let mut t = TopKTrainer::new(cfg, &batch(0)?, DType::F32)?;
-    t.step(&batch(0)?)?; // warm-up, counted as a training step, as on the SAELens side
+    let mut t = Trainer::new(cfg, &batch(0)?, None, DType::F32)?;
+    t.step(&batch(0)?, None)?; // warm-up, counted as a training step, as on the SAELens side
     let start = std::time::Instant::now();
     for i in 1..a.steps {
-        t.step(&batch(i)?)?;
+        t.step(&batch(i)?, None)?;
     }
     let secs = start.elapsed().as_secs_f64();
     let tokens_per_s = ((a.steps - 1) * a.batch) as f64 / secs;
-    let sae = t.to_sae(store.spec.hooks[0].name.parse()?)?;
+    let sae = t.to_sae(store.spec.hooks[0].name.parse()?, None)?;
     let err = (sae.forward(&held)? - &held)?.sqr()?;
     let mse = err.sum_all()?.to_scalar::<f32>()? as f64 / HELD_OUT as f64;
     let centred = held.broadcast_sub(&held.mean_keepdim(0)?)?;

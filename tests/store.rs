@@ -100,7 +100,7 @@ fn the_mixing_buffer_hands_out_every_row_once_seeded() {
     .unwrap();
     assert_eq!(all.dims(), &[24 * 32, 64]);
     let batches = |source: &Source, seed| -> Vec<Tensor> {
-        Batches::new(source, 1, 50, 200, seed)
+        Batches::new(source, &[1], 50, 200, seed)
             .unwrap()
             .map(|b| b.unwrap())
             .collect()
@@ -155,7 +155,7 @@ fn the_mixing_buffer_hands_out_every_row_once_seeded() {
         .index_select(&Tensor::new(later, &Device::Cpu).unwrap(), 0)
         .unwrap();
     for source in [&disk, &live] {
-        let b: Vec<Tensor> = Batches::new(source, 1, 50, 200, 7)
+        let b: Vec<Tensor> = Batches::new(source, &[1], 50, 200, 7)
             .unwrap()
             .filtered(TokenFilter {
                 skip_tokens: vec![],
@@ -185,7 +185,7 @@ fn the_mixing_buffer_hands_out_every_row_once_seeded() {
     let small = all
         .index_select(&Tensor::new(small, &Device::Cpu).unwrap(), 0)
         .unwrap();
-    let b: Vec<Tensor> = Batches::new(&disk, 1, 50, 200, 7)
+    let b: Vec<Tensor> = Batches::new(&disk, &[1], 50, 200, 7)
         .unwrap()
         .filtered(TokenFilter {
             max_norm: Some(m),
@@ -194,7 +194,7 @@ fn the_mixing_buffer_hands_out_every_row_once_seeded() {
         .map(|b| b.unwrap())
         .collect();
     assert_eq!(rows(&Tensor::cat(&b, 0).unwrap()), rows(&small));
-    assert!(Batches::new(&disk, 0, 50, 60, 0).is_err());
+    assert!(Batches::new(&disk, &[0], 50, 60, 0).is_err());
 }
 
 #[test]

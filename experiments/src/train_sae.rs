@@ -1,5 +1,6 @@
-//! The `train_sae` loop: full batches of one hook's activations from a store or from the model
-//! on the fly (each epoch reshuffled by its own seed), checkpoints that resume to the same
+//! The `train_sae` loop: full batches of one hook's activations (or a transcoder's input and
+//! output side by side) from a store or from the model on the fly (each epoch reshuffled by
+//! its own seed), checkpoints that resume to the same
 //! weights, a progress bar with tokens/s, explained variance, L0 and dead latents, and the loss
 //! curves as a table and a plot.
 
@@ -8,22 +9,43 @@ use crate::parquet::write_parquet;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, ValueEnum};
-use hooklens::sae::train::{BDecInit, StepStats, TopKConfig, TopKTrainer};
+use hooklens::sae::train::{BDecInit, Sparsity, StepStats, TrainConfig, Trainer};
 use hooklens::store::{Batches, Source, TokenFilter};
 use polars::prelude::*;
 use std::path::Path;
 
-/// The SAE and its optimisation (`TopKConfig`), as flags.
+/// The SAE and its optimisation (`TrainConfig`), as flags.
 #[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct TrainArgs {
+    #[arg(long, value_enum, default_value_t = Arch::Topk)]
+    pub architecture: Arch,
     /// Latents; default: --expansion-factor × the hook's width.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub d_sae: Option<u64>,
     #[arg(long, default_value_t = 8)]
     pub expansion_factor: u32,
-    /// Active latents per token.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
-    pub k: u32,
+    /// Active latents per token (topk), or on average over a batch (batchtopk); default 32.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub k: Option<u32>,
+    /// relu's L1 coefficient (SAELens's l1_coefficient); default 1.
+    #[arg(long)]
+    pub l1_coefficient: Option<f64>,
+    /// jumprelu's L0 coefficient (SAELens's l0_coefficient); default 1.
+    #[arg(long)]
+    pub l0_coefficient: Option<f64>,
+    /// jumprelu's straight-through estimator's kernel width (SAELens's jumprelu_bandwidth);
+    /// default 0.05.
+    #[arg(long)]
+    pub jumprelu_bandwidth: Option<f64>,
+    /// jumprelu's starting threshold (SAELens's jumprelu_init_threshold); default 0.01.
+    #[arg(long)]
+    pub jumprelu_init_threshold: Option<f64>,
+    /// The L1 or L0 coefficient's linear warm-up, as a fraction of the steps (relu, jumprelu).
+    #[arg(long)]
+    pub penalty_warmup: Option<f64>,
+    /// A transcoder's skip connection x·W_skipᵀ (with --hook-out).
+    #[arg(long)]
+    pub skip: bool,
     /// Training tokens; default: one pass over the store (or the corpus).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub train_tokens: Option<u64>,
@@ -63,6 +85,27 @@ pub struct TrainArgs {
     pub checkpoint_every: u32,
 }
 
+/// What makes the latents sparse.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// The k largest of each token, with AuxK for dead latents.
+    Topk,
+    /// The k × batch largest of the batch, with AuxK; saved as jumprelu (SAELens's batchtopk).
+    Batchtopk,
+    /// A learnt threshold per latent and an L0 penalty (straight-through estimator).
+    Jumprelu,
+    /// ReLU with an L1 penalty weighted by the decoder norms (SAELens's standard).
+    Relu,
+}
+
+impl Arch {
+    fn name(&self) -> String {
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string())
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BDec {
@@ -72,9 +115,63 @@ pub enum BDec {
 }
 
 impl TrainArgs {
+    /// The sparsity the flags ask for; flags of another architecture are refused.
+    fn sparsity(&self) -> Result<Sparsity> {
+        let given = |set: bool, flag: &str, used_by: &[Arch]| -> Result<()> {
+            if set && !used_by.contains(&self.architecture) {
+                bail!(
+                    "{flag} has no effect on --architecture {}: it is for {}",
+                    self.architecture.name(),
+                    used_by
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                );
+            }
+            Ok(())
+        };
+        use Arch::*;
+        given(self.k.is_some(), "--k", &[Topk, Batchtopk])?;
+        given(self.l1_coefficient.is_some(), "--l1-coefficient", &[Relu])?;
+        given(
+            self.l0_coefficient.is_some(),
+            "--l0-coefficient",
+            &[Jumprelu],
+        )?;
+        given(
+            self.jumprelu_bandwidth.is_some(),
+            "--jumprelu-bandwidth",
+            &[Jumprelu],
+        )?;
+        given(
+            self.jumprelu_init_threshold.is_some(),
+            "--jumprelu-init-threshold",
+            &[Jumprelu],
+        )?;
+        given(
+            self.penalty_warmup.is_some(),
+            "--penalty-warmup",
+            &[Jumprelu, Relu],
+        )?;
+        let k = self.k.unwrap_or(32);
+        Ok(match self.architecture {
+            Topk => Sparsity::TopK { k: k as usize },
+            Batchtopk => Sparsity::BatchTopK { k: k as f64 },
+            Jumprelu => Sparsity::JumpRelu {
+                l0_coefficient: self.l0_coefficient.unwrap_or(1.0),
+                bandwidth: self.jumprelu_bandwidth.unwrap_or(0.05),
+                init_threshold: self.jumprelu_init_threshold.unwrap_or(0.01),
+            },
+            Relu => Sparsity::Relu {
+                l1_coefficient: self.l1_coefficient.unwrap_or(1.0),
+            },
+        })
+    }
+
     /// The trainer's settings for inputs of width `d_in` and `tokens` training tokens, its
     /// weights drawn with `seed`.
-    pub fn config(&self, d_in: usize, tokens: u64, seed: u64) -> Result<TopKConfig> {
+    pub fn config(&self, d_in: usize, tokens: u64, seed: u64) -> Result<TrainConfig> {
         let d_sae = self
             .d_sae
             .map_or(self.expansion_factor as usize * d_in, |d| d as usize);
@@ -85,19 +182,25 @@ impl TrainArgs {
                 self.batch
             );
         }
-        for (name, f) in [("--warmup", self.warmup), ("--decay", self.decay)] {
+        let penalty_warmup = self.penalty_warmup.unwrap_or(0.0);
+        for (name, f) in [
+            ("--warmup", self.warmup),
+            ("--decay", self.decay),
+            ("--penalty-warmup", penalty_warmup),
+        ] {
             if !(0.0..=1.0).contains(&f) {
                 bail!("{name} {f} must be a fraction of the steps, 0 to 1");
             }
         }
         let warmup_steps = (self.warmup * steps as f64) as usize;
-        Ok(TopKConfig {
+        Ok(TrainConfig {
+            sparsity: self.sparsity()?,
             d_sae,
-            k: self.k as usize,
             lr: self.lr.unwrap_or(2e-4 / (d_sae as f64 / 16384.0).sqrt()),
             total_steps: steps,
             warmup_steps,
             decay_steps: ((self.decay * steps as f64) as usize).min(steps - warmup_steps),
+            penalty_warmup_steps: (penalty_warmup * steps as f64) as usize,
             aux_coefficient: self.aux_coefficient,
             dead_steps: self.dead_steps as usize,
             b_dec_init: match self.b_dec_init {
@@ -106,6 +209,7 @@ impl TrainArgs {
                 BDec::Zeros => BDecInit::Zeros,
             },
             normalize: self.normalize_activations,
+            skip: self.skip,
             seed,
         })
     }
@@ -116,7 +220,7 @@ impl TrainArgs {
     /// so that its batches are the ones the run started with.
     pub fn buffer_plan(
         &self,
-        cfg: &TopKConfig,
+        cfg: &TrainConfig,
         d_in: usize,
         dir: &crate::run::RunDir,
         resume: bool,
@@ -143,7 +247,7 @@ impl TrainArgs {
     /// (at least two). The estimate: what is resident now, the parameters with Adam's moments
     /// and gradients (5 × d_sae × d_in), a step's pre-activations and their host copy
     /// (2 × batch × d_sae), and the buffer with one chunk being poured in (2 × its rows), in f32.
-    fn planned_buffer(&self, cfg: &TopKConfig, d_in: usize) -> Result<usize> {
+    fn planned_buffer(&self, cfg: &TrainConfig, d_in: usize) -> Result<usize> {
         let batch = self.batch as usize;
         let (now, _) = crate::store::memory();
         let fixed = now as usize + 4 * (5 * cfg.d_sae * d_in + 2 * batch * cfg.d_sae);
@@ -161,11 +265,11 @@ impl TrainArgs {
     }
 }
 
-/// Full batches of hook number `hook` of `source`, epoch after epoch, each shuffled by
-/// `seed + epoch`; a short last batch is dropped.
+/// Full batches of the hooks numbered `hooks` of `source` (side by side in each row), epoch
+/// after epoch, each shuffled by `seed + epoch`; a short last batch is dropped.
 pub struct Stream<'a> {
     source: &'a Source<'a>,
-    hook: usize,
+    hooks: Vec<usize>,
     batch: usize,
     buffer_rows: usize,
     seed: u64,
@@ -178,16 +282,16 @@ pub struct Stream<'a> {
 impl<'a> Stream<'a> {
     pub fn new(
         source: &'a Source<'a>,
-        hook: usize,
+        hooks: &[usize],
         batch: usize,
         buffer_rows: usize,
         seed: u64,
         filter: TokenFilter,
     ) -> Result<Self> {
-        let it = Batches::new(source, hook, batch, buffer_rows, seed)?.filtered(filter.clone());
+        let it = Batches::new(source, hooks, batch, buffer_rows, seed)?.filtered(filter.clone());
         Ok(Self {
             source,
-            hook,
+            hooks: hooks.to_vec(),
             batch,
             buffer_rows,
             seed,
@@ -219,7 +323,7 @@ impl<'a> Stream<'a> {
                     self.in_epoch = 0;
                     let seed = self.seed + self.epoch;
                     self.it =
-                        Batches::new(self.source, self.hook, self.batch, self.buffer_rows, seed)?
+                        Batches::new(self.source, &self.hooks, self.batch, self.buffer_rows, seed)?
                             .filtered(self.filter.clone());
                 }
             }
@@ -227,11 +331,23 @@ impl<'a> Stream<'a> {
     }
 }
 
+/// A batch of rows as the trainer takes it: an SAE's input, or a transcoder's input (its
+/// first `d_in` columns) and target (the rest).
+pub fn split(rows: &Tensor, d_in: usize, transcoder: bool) -> Result<(Tensor, Option<Tensor>)> {
+    Ok(match transcoder {
+        true => (
+            rows.narrow(1, 0, d_in)?,
+            Some(rows.narrow(1, d_in, rows.dim(1)? - d_in)?),
+        ),
+        false => (rows.clone(), None),
+    })
+}
+
 /// Trains until the configured steps are done: resumes from `checkpoint` when `history` (the
 /// steps already logged) is not empty, skipping the batches those steps used; writes the
 /// checkpoint and `losses` every `every` steps.
 pub fn train(
-    trainer: &mut TopKTrainer,
+    trainer: &mut Trainer,
     stream: &mut Stream,
     history: &mut Vec<StepStats>,
     checkpoint: &Path,
@@ -249,8 +365,9 @@ pub fn train(
     )?);
     bar.set_position(trainer.step as u64 * batch);
     while trainer.step < total {
-        let x = stream.next_batch()?.to_device(trainer.device())?;
-        let s = trainer.step(&x)?;
+        let rows = stream.next_batch()?.to_device(trainer.device())?;
+        let (x, y) = split(&rows, trainer.params.w_enc.dim(1)?, trainer.transcoder)?;
+        let s = trainer.step(&x, y.as_ref())?;
         history.push(s);
         bar.inc(batch);
         if s.step % 10 == 0 {
@@ -274,8 +391,9 @@ pub fn train(
 pub const LOSS_COLUMNS: &[(&str, &str)] = &[
     ("step", "the step, from 0"),
     ("tokens", "training tokens seen after this step"),
-    ("mse", "mean over the batch's tokens of the squared reconstruction error ‖x̂ − x‖², in the activation's units"),
-    ("aux_loss", "AuxK (dead latents reconstructing the residual), as weighted in the loss"),
+    ("mse", "mean over the batch's tokens of the squared reconstruction error ‖ŷ − y‖² (y = x for an SAE, the output hook's activation for a transcoder), in the activation's units"),
+    ("aux_loss", "AuxK (dead latents reconstructing the residual), as weighted in the loss (topk, batchtopk)"),
+    ("sparsity_loss", "the L1 (relu) or L0 (jumprelu) penalty, as weighted in the loss"),
     ("explained_variance", "1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² over the batch"),
     ("l0", "mean active latents per token"),
     ("dead", "latents that had not fired for --dead-steps steps"),
@@ -290,6 +408,7 @@ pub fn losses_frame(history: &[StepStats], batch: u64) -> Result<DataFrame> {
         "tokens" => history.iter().map(|s| (s.step as u64 + 1) * batch).collect::<Vec<_>>(),
         "mse" => col(|s| s.mse),
         "aux_loss" => col(|s| s.aux),
+        "sparsity_loss" => col(|s| s.penalty),
         "explained_variance" => col(|s| s.explained_variance),
         "l0" => col(|s| s.l0),
         "dead" => history.iter().map(|s| s.dead as u64).collect::<Vec<_>>(),
@@ -309,10 +428,11 @@ pub fn read_losses(path: &Path, step: usize) -> Result<Vec<StepStats>> {
             .into_no_null_iter()
             .collect())
     };
-    let (steps, mse, aux, ev, l0, dead, lr) = (
+    let (steps, mse, aux, penalty, ev, l0, dead, lr) = (
         f("step")?,
         f("mse")?,
         f("aux_loss")?,
+        f("sparsity_loss")?,
         f("explained_variance")?,
         f("l0")?,
         f("dead")?,
@@ -323,6 +443,7 @@ pub fn read_losses(path: &Path, step: usize) -> Result<Vec<StepStats>> {
             step: steps[i] as usize,
             mse: mse[i],
             aux: aux[i],
+            penalty: penalty[i],
             explained_variance: ev[i],
             l0: l0[i],
             dead: dead[i] as usize,

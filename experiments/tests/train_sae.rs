@@ -168,3 +168,155 @@ fn train_sae_runs_on_the_fly_and_refuses_bad_input() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// The random GPT-2 fixture in `dir`, with a byte-level BPE tokenizer of no merges (GPT-2's
+/// 256 byte symbols as ids 0..=255), so that it reads text.
+fn gpt2_random_with_bytes_tokenizer(dir: &Path) -> std::path::PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-random");
+    let out = dir.join("gpt2-random");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), out.join(f)).unwrap();
+    }
+    // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the rest from U+0100 on.
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let mut next = 256;
+    let mut vocab = serde_json::Map::new();
+    for b in 0..256u32 {
+        let c = match printable(b) {
+            true => char::from_u32(b).unwrap(),
+            false => {
+                next += 1;
+                char::from_u32(next - 1).unwrap()
+            }
+        };
+        vocab.insert(c.to_string(), b.into());
+    }
+    vocab.insert("<|endoftext|>".into(), 50256.into());
+    std::fs::write(
+        out.join("vocab.json"),
+        serde_json::Value::from(vocab).to_string(),
+    )
+    .unwrap();
+    std::fs::write(out.join("merges.txt"), "#version: 0.2\n").unwrap();
+    out
+}
+
+/// Transcoders of a random GPT-2's first MLP (its input to its output), trained on a store:
+/// each architecture SAELens saves, with and without a skip, loads as a transcoder that the
+/// `sae` binary measures; flags of another architecture are refused.
+#[test]
+fn train_sae_trains_transcoders_and_refuses_flags_without_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = gpt2_random_with_bytes_tokenizer(d);
+    let model = model.to_str().unwrap();
+    ok(
+        CAPTURE,
+        &[
+            "--model",
+            model,
+            "--hooks",
+            "blocks.0.ln2.hook_normalized,blocks.0.hook_mlp_out",
+            "--context-len",
+            "64",
+            "--run",
+            "s",
+        ],
+        d,
+    );
+    let tc = [
+        "--store",
+        "outputs/capture/s",
+        "--hook",
+        "blocks.0.ln2.hook_normalized",
+        "--hook-out",
+        "blocks.0.hook_mlp_out",
+        "--batch",
+        "64",
+        "--expansion-factor",
+        "2",
+        "--normalize-activations",
+    ];
+    for (run, extra, architecture) in [
+        (
+            "bt",
+            vec!["--architecture", "batchtopk", "--k", "8"],
+            "jumprelu_transcoder",
+        ),
+        (
+            "jr",
+            vec![
+                "--architecture",
+                "jumprelu",
+                "--l0-coefficient",
+                "0.1",
+                "--skip",
+            ],
+            "jumprelu_skip_transcoder",
+        ),
+        (
+            "re",
+            vec!["--architecture", "relu", "--l1-coefficient", "0.5"],
+            "transcoder",
+        ),
+    ] {
+        ok(TRAIN, &[&tc[..], &extra, &["--run", run]].concat(), d);
+        let folder = d.join("outputs/train_sae").join(run).join("sae");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(folder.join("cfg.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["architecture"], architecture, "{run}");
+        assert_eq!(cfg["metadata"]["hook_name_out"], "blocks.0.hook_mlp_out");
+        let losses = lab::parquet::read_parquet(
+            &d.join("outputs/train_sae").join(run).join("losses.parquet"),
+        )
+        .unwrap();
+        let ev = losses.column("explained_variance").unwrap().f64().unwrap();
+        let (first, last) = (ev.get(0).unwrap(), ev.get(ev.len() - 1).unwrap());
+        assert!(last > first, "{run}: explained variance {first} -> {last}");
+        let folder = folder.to_str().unwrap();
+        let measured = format!("m{run}");
+        ok(
+            SAE,
+            &[
+                "--sae",
+                folder,
+                "--store",
+                "outputs/capture/s",
+                "--run",
+                &measured,
+            ],
+            d,
+        );
+        let m = d
+            .join("outputs/sae")
+            .join(&measured)
+            .join("metrics.parquet");
+        let m = lab::parquet::read_parquet(&m).unwrap();
+        let ev = m.column("explained_variance").unwrap().f32().unwrap();
+        assert!(ev.get(0).unwrap() > 0.0, "{run}: {:?}", ev.get(0));
+    }
+    for (args, needle) in [
+        (
+            vec!["--architecture", "relu", "--k", "4"],
+            "--k has no effect on --architecture relu",
+        ),
+        (
+            vec!["--l0-coefficient", "1"],
+            "--l0-coefficient has no effect on --architecture topk",
+        ),
+        (vec!["--architecture", "topk"], "TopK transcoder"),
+    ] {
+        let (code, err) = run(TRAIN, &[&tc[..], &args, &["--run", "x"]].concat(), d);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let (code, err) = run(
+        TRAIN,
+        &["--hook", "blocks.1.hook_resid_post", "--skip", "--run", "y"],
+        d,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("skip"), "{err}");
+}

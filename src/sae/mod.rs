@@ -338,8 +338,10 @@ impl Sae {
                         let flat: Vec<f32> = pre.flatten_all()?.to_vec1()?;
                         let codes = sparse::top_k(&flat, n, k, None);
                         let mut on = vec![0f32; flat.len()];
-                        for (r, ids) in codes.idx.chunks(codes.k.max(1)).enumerate() {
-                            ids.iter().for_each(|&i| on[r * n + i as usize] = 1.0);
+                        for r in 0..codes.rows() {
+                            for &i in &codes.idx[codes.row(r)] {
+                                on[r * n + i as usize] = 1.0;
+                            }
                         }
                         Tensor::from_vec(on, pre.dims(), pre.device())?
                     }

@@ -154,22 +154,29 @@ impl Source<'_> {
         }
     }
 
-    /// Chunk `i`'s activations at hook number `hook` only.
-    fn hook_chunk(&self, i: usize, hook: usize) -> Result<Tensor> {
-        match self {
-            Source::Disk(s) => s.read(i, &s.spec.hooks[hook].name),
-            Source::Model { .. } => Ok(self.chunk(i)?.swap_remove(hook)),
-        }
+    /// Chunk `i`'s activations at the hooks numbered `hooks`.
+    fn hook_chunk(&self, i: usize, hooks: &[usize]) -> Result<Vec<Tensor>> {
+        Ok(match self {
+            Source::Disk(s) => hooks
+                .iter()
+                .map(|&h| s.read(i, &s.spec.hooks[h].name))
+                .collect::<Result<Vec<_>>>()?,
+            Source::Model { .. } => {
+                let all = self.chunk(i)?;
+                hooks.iter().map(|&h| all[h].clone()).collect()
+            }
+        })
     }
 }
 
-/// Shuffled batches [batch, width] of one hook's activations (SAELens's mixing buffer): chunks
+/// Shuffled batches [batch, width] of one hook's activations, or of several side by side in
+/// each row (a transcoder's input and target), as SAELens's mixing buffer makes them: chunks
 /// are visited in a seeded order and their rows poured into a buffer of `buffer_rows`; when it
 /// is full it is shuffled, its first half is handed out in batches and the rest stays to mix
 /// with the next chunk. Memory: the buffer plus one chunk. The last batch may be short.
 pub struct Batches<'a> {
     source: &'a Source<'a>,
-    hook: usize,
+    hooks: Vec<usize>,
     batch: usize,
     capacity: usize,
     order: Vec<usize>,
@@ -184,11 +191,11 @@ pub struct Batches<'a> {
 }
 
 impl<'a> Batches<'a> {
-    /// Batches of `batch` rows of hook number `hook` (in the source's order) from a buffer of
-    /// `buffer_rows` (at least two batches), seeded by `seed`.
+    /// Batches of `batch` rows of the hooks numbered `hooks` (in the source's order) from a
+    /// buffer of `buffer_rows` (at least two batches), seeded by `seed`.
     pub fn new(
         source: &'a Source<'a>,
-        hook: usize,
+        hooks: &[usize],
         batch: usize,
         buffer_rows: usize,
         seed: u64,
@@ -207,7 +214,7 @@ impl<'a> Batches<'a> {
         }
         Ok(Self {
             source,
-            hook,
+            hooks: hooks.to_vec(),
             batch,
             capacity: buffer_rows,
             order,
@@ -232,14 +239,15 @@ impl<'a> Batches<'a> {
         while self.ready.len() < self.batch {
             if self.next_chunk < self.order.len() && self.buffer.len() < self.capacity {
                 let chunk = self.order[self.next_chunk];
-                let x = self.source.hook_chunk(chunk, self.hook)?;
+                let parts = self.source.hook_chunk(chunk, &self.hooks)?;
+                let x = Tensor::cat(&parts, 1)?; // the hooks side by side [tokens, Σ widths]
                 self.next_chunk += 1;
                 self.width = x.dim(1)?;
                 match self.filter.is_all() {
                     true => self.buffer.extend(x.to_vec2::<f32>()?),
                     false => {
                         let kept = self.source.kept(chunk, &self.filter)?;
-                        let small = self.filter.norm_ok(&x)?;
+                        let small = self.filter.norm_ok(&parts[0])?; // the input's norm
                         let rows = x.to_vec2::<f32>()?.into_iter().zip(kept).zip(small);
                         self.buffer
                             .extend(rows.filter(|((_, k), s)| *k && *s).map(|((r, _), _)| r));
