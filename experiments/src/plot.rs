@@ -377,12 +377,19 @@ pub fn panels(
             let points = x.iter().zip(v).map(|(&a, &b)| (a, b));
             match log {
                 true => {
+                    // Ticks at 1, 2, 5 × 10ⁿ: a range within one decade gets labels too.
+                    let (lo, hi) = (lo * 0.9, hi * 1.1);
+                    let ticks: Vec<f64> = (lo.log10().floor() as i32..=hi.log10().ceil() as i32)
+                        .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+                        .filter(|t| (lo..=hi).contains(t))
+                        .collect();
                     let mut c = chart
-                        .build_cartesian_2d(x0..x1, (lo * 0.9..hi * 1.1).log_scale())
+                        .build_cartesian_2d(x0..x1, (lo..hi).log_scale().with_key_points(ticks))
                         .map_err(plot_err)?;
                     c.configure_mesh()
                         .x_desc(x_desc)
                         .x_label_formatter(&|x| count(*x))
+                        .y_label_formatter(&|y| format!("{y}"))
                         .draw()
                         .map_err(plot_err)?;
                     c.draw_series(LineSeries::new(points.filter(|p| p.1 > 0.0), color))

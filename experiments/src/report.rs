@@ -1003,6 +1003,7 @@ pub fn training_curves(
     exp: &mut Experiment,
     history: &[hooklens::sae::train::StepStats],
     batch: u64,
+    what: &str,
 ) -> Result<()> {
     let Some(last) = history.last() else {
         return Ok(());
@@ -1018,7 +1019,7 @@ pub fn training_curves(
     )?;
     crate::plot::panels(
         &path,
-        &format!("SAE training, {} steps of {batch} tokens", history.len()),
+        &format!("{what} training, {} steps of {batch} tokens", history.len()),
         &tokens,
         "training tokens",
         &[

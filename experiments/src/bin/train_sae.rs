@@ -186,6 +186,10 @@ fn run(mut a: Args) -> Result<()> {
         &mut losses_frame(&history, batch as u64)?,
         LOSS_COLUMNS,
     )?;
-    lab::report::training_curves(&mut exp, &history, batch as u64)?;
+    let what = match trainer.transcoder {
+        true => "transcoder",
+        false => "SAE",
+    };
+    lab::report::training_curves(&mut exp, &history, batch as u64, what)?;
     exp.finish()
 }
