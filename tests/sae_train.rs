@@ -736,45 +736,62 @@ fn a_checkpoint_resumes_to_the_same_weights() {
     check_resume(cfg, Some(&target));
 }
 
-/// The SAE `train_sae` saved (tests/fixtures/saes/trained-topk, see
-/// tests/reference/make_trained_sae_reference.py) loads in SAELens 6 as it is, and SAELens's
-/// encode and decode equal ours; saving it again writes the same cfg.json.
+/// The SAEs and the transcoder `train_sae` saved (tests/fixtures/saes/trained-*, see
+/// tests/reference/make_trained_sae_reference.py) load in SAELens 6 as they are (BatchTopK as
+/// JumpReLU, ReLU as standard, a JumpReLU skip transcoder), and SAELens's encode and output equal
+/// ours; saving one again writes the same cfg.json.
 #[test]
-fn saelens_reads_a_trained_sae_as_we_do() {
+fn saelens_reads_trained_saes_as_we_do() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let folder = root.join("tests/fixtures/saes/trained-topk");
-    let sae = Sae::load(&folder, &Device::Cpu).unwrap();
     let r = candle_core::safetensors::load(
         root.join("tests/reference/trained_sae_ref.safetensors"),
         &Device::Cpu,
     )
     .unwrap();
-    let acts = sae.encode(&r["x"]).unwrap();
-    let on = |t: &Tensor| t.gt(0f64).unwrap().to_vec2::<u8>().unwrap();
-    assert_eq!(on(&acts), on(&r["acts"]), "the same latents active");
-    for (ours, theirs) in [
-        (acts.clone(), &r["acts"]),
-        (sae.decode(&acts).unwrap(), &r["recons"]),
+    for name in [
+        "trained-topk",
+        "trained-batchtopk",
+        "trained-relu",
+        "trained-jumprelu-skip-transcoder",
     ] {
-        let scale = theirs
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
+        let folder = root.join("tests/fixtures/saes").join(name);
+        let sae = Sae::load(&folder, &Device::Cpu).unwrap();
+        let get = |k: &str| r[&format!("{name}.{k}")].clone();
+        let acts = sae.encode(&get("x")).unwrap();
+        let on = |t: &Tensor| t.gt(0f64).unwrap().to_vec2::<u8>().unwrap();
+        assert_eq!(
+            on(&acts),
+            on(&get("acts")),
+            "{name}: the same latents active"
+        );
+        for (ours, theirs) in [
+            (acts.clone(), get("acts")),
+            (sae.forward(&get("x")).unwrap(), get("out")),
+        ] {
+            let scale = theirs
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(
+                diff <= 1e-5 * scale,
+                "{name}: {diff} against a scale of {scale}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        sae.save(&dir.path().join("again"), "embedded-induction-2l")
             .unwrap();
-        let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
-        let diff = diff.to_scalar::<f32>().unwrap();
-        assert!(diff <= 1e-5 * scale, "{diff} against a scale of {scale}");
+        let read = |p: std::path::PathBuf| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        assert_eq!(
+            read(dir.path().join("again/cfg.json")),
+            read(folder.join("cfg.json")),
+            "{name}"
+        );
     }
-    let dir = tempfile::tempdir().unwrap();
-    sae.save(&dir.path().join("again"), "embedded-induction-2l")
-        .unwrap();
-    let read = |p: std::path::PathBuf| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
-    assert_eq!(
-        read(dir.path().join("again/cfg.json")),
-        read(folder.join("cfg.json"))
-    );
 }
