@@ -82,6 +82,14 @@ pub enum Error {
         value: String,
         valid: String,
     },
+    #[error("non-finite values (NaN or Inf) in {what}{}; {hint}", first.as_ref().map(|p| format!(": they first appear at {p}")).unwrap_or_default())]
+    NonFinite {
+        what: String,
+        /// The first hook point holding them, where known.
+        first: Option<String>,
+        /// Where they come from and what to do.
+        hint: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -3,7 +3,7 @@
 
 use crate::cache::ActivationCache;
 use crate::error::{Error, Result};
-use crate::hook_points::{HookPoint, NameFilter, SaeHook};
+use crate::hook_points::{BlockHook, HookPoint, NameFilter, SaeHook};
 use crate::intervention::{Fired, Intervention, InterventionSpec, Site};
 use crate::sae::Sae;
 use candle_core::{DType, Tensor};
@@ -112,6 +112,9 @@ pub struct Hooks<'a> {
     /// The position of the first token of the current pass, and whether the pass is one step of
     /// KV-cached generation (whose positional sites may belong to another step).
     window: (usize, bool),
+    /// Set by [`Self::watch_nonfinite`]: every activation is checked, the first point holding
+    /// NaN or Inf is kept in `.1`.
+    watch: (bool, Option<HookPoint>),
 }
 
 impl<'a> Hooks<'a> {
@@ -254,10 +257,25 @@ impl<'a> Hooks<'a> {
         self.cache.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// Whether anything (a hook or the cache) wants the activation at `point`: optional
-    /// activations such as `attn.hook_result` are computed only then.
+    /// Checks every activation for NaN and Inf (one reduction per hook point, so for diagnosis
+    /// rather than every pass); [`Self::first_nonfinite`] then names the first point that held
+    /// one. `attn.hook_attn_scores` is not checked: its masked entries are −∞ by design.
+    pub fn watch_nonfinite(mut self) -> Self {
+        self.watch = (true, None);
+        self
+    }
+
+    /// The first hook point of the passes so far whose activation held NaN or Inf, when
+    /// watched ([`Self::watch_nonfinite`]).
+    pub fn first_nonfinite(&self) -> Option<HookPoint> {
+        self.watch.1
+    }
+
+    /// Whether anything (a hook, the cache or a watch) wants the activation at `point`:
+    /// optional activations such as `attn.hook_result` are computed only then.
     pub fn wants(&self, point: HookPoint) -> bool {
-        self.sites().any(|s| s.point == point)
+        self.watch.0
+            || self.sites().any(|s| s.point == point)
             || self.cache.as_ref().is_some_and(|c| c.records(&point))
     }
 
@@ -290,6 +308,10 @@ impl<'a> Hooks<'a> {
         }
         if let Some(cache) = self.cache.as_mut() {
             cache.record(point, &x);
+        }
+        let scores = matches!(point, HookPoint::Block(_, BlockHook::AttnScores));
+        if self.watch.0 && self.watch.1.is_none() && !scores && !crate::finite::all_finite(&x)? {
+            self.watch.1 = Some(point);
         }
         for s in self.splices.iter_mut() {
             if s.splice.sae.hook_out.is_some() && s.splice.sae.hook == point {

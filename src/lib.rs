@@ -16,6 +16,7 @@ pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod error;
+pub mod finite;
 pub mod generate;
 pub mod hook_points;
 pub mod hooks;

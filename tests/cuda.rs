@@ -33,6 +33,7 @@ fn both(spec: Option<&str>, processing: Processing, dtype: DType) -> [HookedTran
             processing: processing.clone(),
             device,
             dtype,
+            ..Default::default()
         };
         load_model(spec, &opts).unwrap().0
     })

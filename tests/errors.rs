@@ -134,3 +134,41 @@ fn hook_returning_wrong_shape() {
         Err(Error::ShapeMismatch { .. })
     ));
 }
+
+#[test]
+fn nonfinite_activations_name_their_first_hook_point_or_the_intervention() {
+    let dir = gpt2_dir();
+    let (mut model, tok) = load_gpt2(dir.path(), Processing::default());
+    let t = tok.to_tokens(&["hi there"], true, model.device()).unwrap();
+    // An intervention that writes NaN: the model alone is finite, so the hooks are named.
+    let nan = |x: &candle_core::Tensor, _| Ok(Some((x * f64::NAN)?));
+    let hooks = Hooks::none().add(HookPoint::Block(1, BlockHook::MlpOut), nan);
+    let e = model.run_with_hooks(&t, hooks).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { first: None, .. }), "{e}");
+    assert!(e.to_string().contains("intervention"), "{e}");
+    // A NaN weight: the first hook point it reaches is named.
+    let mlp = model.blocks[1].mlp.as_mut().unwrap();
+    let mut v: Vec<f32> = mlp.w_out.flatten_all().unwrap().to_vec1().unwrap();
+    v[3] = f32::INFINITY;
+    let (dims, device) = (mlp.w_out.dims().to_vec(), mlp.w_out.device().clone());
+    mlp.w_out = candle_core::Tensor::from_vec(v, dims, &device).unwrap();
+    assert_eq!(
+        model.first_nonfinite(&t).unwrap(),
+        Some(HookPoint::Block(1, BlockHook::MlpOut))
+    );
+    let e = model.run_with_hooks(&t, Hooks::none()).unwrap_err();
+    assert!(e.to_string().contains("blocks.1.hook_mlp_out"), "{e}");
+    // Allowed, the logits come back as they are.
+    model.allow_nonfinite = true;
+    let logits = model.run_with_hooks(&t, Hooks::none()).unwrap();
+    assert!(!hooklens::finite::all_finite(&logits).unwrap());
+}
+
+#[test]
+fn decompositions_refuse_nonfinite_factors_instead_of_spinning() {
+    use hooklens::analysis::factored::FactoredMatrix;
+    let a = candle_core::Tensor::new(&[[1f32, f32::NAN], [0., 1.]], &candle_core::Device::Cpu);
+    let b = candle_core::Tensor::eye(2, candle_core::DType::F32, &candle_core::Device::Cpu);
+    let e = FactoredMatrix::new(a.unwrap(), b.unwrap()).err().unwrap();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+}

@@ -30,6 +30,10 @@ pub struct ModelArgs {
     /// logits are still computed in f32 (README, "Half precision").
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Compute and write results even where the weights or activations hold NaN or Inf (by
+    /// default an error naming the first hook point that holds them); marked in the manifest.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -78,6 +82,7 @@ impl ModelArgs {
             processing,
             device,
             dtype,
+            allow_nonfinite: self.allow_nonfinite,
         })
     }
 

@@ -86,6 +86,11 @@ impl Manifest {
         source: &ModelSource,
         args: &impl Serialize,
     ) -> Result<Self> {
+        let mut settings = BTreeMap::new();
+        if model.allow_nonfinite {
+            // Marks tables that may hold NaN or Inf (written under --allow-nonfinite).
+            settings.insert("allow_nonfinite".into(), true.into());
+        }
         Ok(Self {
             experiment: experiment.into(),
             created_utc: crate::run::timestamp(),
@@ -95,7 +100,7 @@ impl Manifest {
             seed: None,
             args: serde_json::to_value(args)
                 .map_err(|e| Error::Invalid(format!("recording the arguments: {e}")))?,
-            settings: BTreeMap::new(),
+            settings,
             timings: vec![],
             interventions: vec![],
             tables: BTreeMap::new(),
@@ -130,6 +135,9 @@ impl Manifest {
     /// Records table `file`'s schema from `df` itself, with one line of meaning per column.
     /// Every column needs a doc and every doc a column, so the two cannot drift apart.
     pub fn add_table(&mut self, file: &str, df: &DataFrame, docs: &[(&str, &str)]) -> Result<()> {
+        if !self.settings.contains_key("allow_nonfinite") {
+            check_finite(file, df)?;
+        }
         let columns = schema_of(df)
             .into_iter()
             .map(|(name, dtype)| {
@@ -226,4 +234,30 @@ pub fn hash_file(path: &std::path::Path) -> Result<WeightsFile> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An error naming the first float column and row of `df` (the table `file`) holding NaN or
+/// Inf: a table of them would be written as if it were a result.
+fn check_finite(file: &str, df: &DataFrame) -> Result<()> {
+    use polars::prelude::DataType;
+    let polars = |e: polars::error::PolarsError| Error::Invalid(format!("{file}: {e}"));
+    for col in df.columns() {
+        if !matches!(col.dtype(), DataType::Float32 | DataType::Float64) {
+            continue;
+        }
+        let values = col.cast(&DataType::Float64).map_err(polars)?;
+        let row = values
+            .f64()
+            .map_err(polars)?
+            .iter()
+            .position(|v| v.is_some_and(|v| !v.is_finite()));
+        if let Some(row) = row {
+            return Err(Error::NonFinite {
+                what: format!("the table {file}, column `{}`, row {row}", col.name()),
+                first: None,
+                hint: hooklens::finite::ALLOW.into(),
+            });
+        }
+    }
+    Ok(())
 }

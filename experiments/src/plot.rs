@@ -88,8 +88,30 @@ pub fn token_labels(tok: &hooklens::Tokenizer, ids: &[u32]) -> Result<Vec<String
         .collect())
 }
 
+/// The smallest and largest finite values (NaN and ±Inf, written only under
+/// `--allow-nonfinite`, are left out: an infinite axis range never finishes laying out its
+/// ticks), or `(0, 1)` when there are none.
+fn finite_range(values: impl IntoIterator<Item = f32>) -> (f32, f32) {
+    let (lo, hi) = values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    match lo <= hi {
+        true => (lo, hi),
+        false => (0.0, 1.0),
+    }
+}
+
+/// Where a value is NaN or Inf.
+const NONFINITE_GREY: RGBColor = RGBColor(128, 128, 128);
+
 /// Blue-white-red for `v` in [lo, hi] with white at the middle.
 fn diverging_color(v: f32, lo: f32, hi: f32) -> RGBColor {
+    if !v.is_finite() {
+        return NONFINITE_GREY;
+    }
     let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0) as f64 * 2.0 - 1.0; // -1..1
     let mix = |a: u8, w: f64| (255.0 + (a as f64 - 255.0) * w).round() as u8;
     match t < 0.0 {
@@ -102,6 +124,7 @@ impl Heatmap<'_> {
     fn color(&self, v: f32, lo: f32, hi: f32) -> RGBColor {
         match self.diverging {
             true => diverging_color(v, lo, hi),
+            false if !v.is_finite() => NONFINITE_GREY,
             false => ViridisRGB::get_color_normalized(v, lo, hi),
         }
     }
@@ -117,14 +140,9 @@ impl Heatmap<'_> {
                 "heatmap needs {rows}x{cols} values with matching labels"
             )));
         }
-        let (lo, hi) = self.range.unwrap_or_else(|| {
-            values
-                .iter()
-                .flatten()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                    (a.min(v), b.max(v))
-                })
-        });
+        let (lo, hi) = self
+            .range
+            .unwrap_or_else(|| finite_range(values.iter().flatten().copied()));
         let (lo, hi) = match self.diverging {
             true => {
                 let m = lo.abs().max(hi.abs()).max(1e-6);
@@ -271,12 +289,7 @@ pub fn line_plot(
             "line plot needs {n} values per series"
         )));
     }
-    let (lo, hi) = series
-        .iter()
-        .flat_map(|(_, v)| v)
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    let (lo, hi) = finite_range(series.iter().flat_map(|(_, v)| v.iter().copied()));
     let pad = ((hi - lo) * 0.08).max(0.05);
     // As many horizontal labels as fit; plotters spaces them evenly.
     let longest = x_labels
@@ -431,9 +444,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f32)], x_desc: &str)
         return Err(Error::Invalid("a bar chart needs at least one bar".into()));
     }
     let n = bars.len();
-    let (lo, hi) = bars
-        .iter()
-        .fold((0f32, 0f32), |(a, b), (_, v)| (a.min(*v), b.max(*v)));
+    let (lo, hi) = finite_range(bars.iter().map(|(_, v)| *v).chain([0.0]));
     let pad = ((hi - lo) * 0.08).max(1e-3);
     let labels: Vec<String> = bars.iter().map(|(l, _)| l.clone()).collect();
     let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
@@ -614,10 +625,12 @@ pub fn grouped_bars(
             "grouped bars need {n} values per series and at least one series"
         )));
     }
-    let hi = series
-        .iter()
-        .flat_map(|(_, v)| v)
-        .fold(0f32, |m, &v| m.max(v));
+    let (_, hi) = finite_range(
+        series
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .chain([0.0]),
+    );
     let k = series.len() as f64;
     write_png(path, (1000, 560), |root| {
         let mut chart = ChartBuilder::on(root)
@@ -678,12 +691,7 @@ pub fn labelled_points(
         ));
     }
     let range = |f: fn(&(String, f32, f32)) -> f32| {
-        let (lo, hi) = points
-            .iter()
-            .map(f)
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
-                (a.min(v), b.max(v))
-            });
+        let (lo, hi) = finite_range(points.iter().map(f));
         let pad = ((hi - lo) * 0.12).max(1e-3);
         (lo - pad) as f64..(hi + pad) as f64
     };
@@ -730,10 +738,8 @@ pub fn colored_tokens(
             "coloured tokens need sections with one value per token".into(),
         ));
     }
-    let lim = sections
-        .iter()
-        .flat_map(|(_, _, v)| v)
-        .fold(1e-9f32, |m, v| m.max(v.abs()));
+    let (lo, hi) = finite_range(sections.iter().flat_map(|(_, _, v)| v.iter().copied()));
+    let lim = lo.abs().max(hi.abs()).max(1e-9);
     let (width, line, margin) = (1000i32, 26i32, 16i32);
     let font = ("sans-serif", 17);
     // Lay out first (text widths from the font), then size the image to fit.

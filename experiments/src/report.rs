@@ -895,6 +895,7 @@ pub fn sae_views(
     let mut metrics = df!(
         "sae" => [sae.path.display().to_string()],
         "hook" => [sae.hook.to_string()],
+        "hook_out" => [sae.writes().to_string()],
         "architecture" => [format!("{:?}", sae.architecture)],
         "d_in" => [sae.d_in as u32],
         "d_sae" => [sae.d_sae as u32],
@@ -914,7 +915,11 @@ pub fn sae_views(
         &mut metrics,
         &[
             ("sae", "the SAE folder"),
-            ("hook", "the hook point it reads and, spliced, replaces"),
+            ("hook", "the hook point it reads"),
+            (
+                "hook_out",
+                "the hook point its output replaces when spliced: a transcoder's output hook, else hook",
+            ),
             (
                 "architecture",
                 "Standard | JumpRelu | TopK { k, rescale_acts_by_decoder_norm } | Gated",
@@ -992,7 +997,11 @@ pub fn sae_views(
     writeln!(
         std::io::stdout().lock(),
         "{}: L0 {:.1}, explained variance {:.3}, MSE {:.4}, CE loss recovered {:.3} (clean {:.3}, spliced {:.3}, zero-ablated {:.3}); {} dead and {} dense of {} features over {} tokens",
-        sae.hook, recon.l0, recon.explained_variance, recon.mse, ce.recovered, ce.clean, ce.spliced, ce.zero_ablated, recon.dead, recon.dense, sae.d_sae, recon.tokens
+        match sae.hook_out {
+            Some(out) => format!("{} -> {out}", sae.hook),
+            None => sae.hook.to_string(),
+        },
+        recon.l0, recon.explained_variance, recon.mse, ce.recovered, ce.clean, ce.spliced, ce.zero_ablated, recon.dead, recon.dense, sae.d_sae, recon.tokens
     )?;
     Ok(())
 }

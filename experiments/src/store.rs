@@ -574,3 +574,78 @@ pub fn unit_hook(store: &hooklens::store::ActivationStore, name: Option<&str>) -
             .clone(),
     })
 }
+
+/// Where a run's activation rows come from, owned for the run: an activation store, or the
+/// model's forward over a corpus as they are needed.
+pub enum Origin<'a> {
+    Store(&'a hooklens::store::ActivationStore),
+    Model {
+        capture: hooklens::store::Capture<'a>,
+        contexts: Contexts,
+    },
+}
+
+impl<'a> Origin<'a> {
+    /// `store` when there is one, else the model's `hooks` over `--corpus`.
+    pub fn new(
+        store: Option<&'a hooklens::store::ActivationStore>,
+        model: &'a HookedTransformer,
+        hooks: &[hooklens::HookPoint],
+        corpus: &CorpusArgs,
+        tok: &Tokenizer,
+    ) -> Result<Self> {
+        Ok(match store {
+            Some(s) => Origin::Store(s),
+            None => Origin::Model {
+                capture: hooklens::store::Capture::new(
+                    model,
+                    hooks.to_vec(),
+                    candle_core::DType::F32,
+                )?,
+                contexts: corpus.contexts(model, tok)?.0,
+            },
+        })
+    }
+
+    pub fn source(&self) -> hooklens::store::Source<'_> {
+        match self {
+            Origin::Store(s) => hooklens::store::Source::Disk(s),
+            Origin::Model { capture, contexts } => hooklens::store::Source::Model {
+                capture,
+                contexts,
+                contexts_per_chunk: 32,
+            },
+        }
+    }
+
+    /// The positions of `hooks` among the source's hooks (an error names one the store lacks).
+    pub fn indices(&self, hooks: &[hooklens::HookPoint]) -> Result<Vec<usize>> {
+        match self {
+            Origin::Store(s) => hooks
+                .iter()
+                .map(|h| Ok(s.spec.hook(&h.to_string())?.0))
+                .collect(),
+            Origin::Model { .. } => Ok((0..hooks.len()).collect()),
+        }
+    }
+
+    /// The tokens there are.
+    pub fn tokens(&self) -> u64 {
+        match self {
+            Origin::Store(s) => s.spec.tokens as u64,
+            Origin::Model { contexts, .. } => (contexts.len() * contexts.context_len) as u64,
+        }
+    }
+
+    /// BOS and EOS, which token filters leave out by default.
+    pub fn special_tokens(&self, tok: &Tokenizer) -> Vec<u32> {
+        match self {
+            Origin::Store(s) => special_tokens(s),
+            Origin::Model { .. } => tok
+                .bos_token_id
+                .into_iter()
+                .chain(tok.eos_token_id)
+                .collect(),
+        }
+    }
+}

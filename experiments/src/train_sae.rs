@@ -11,6 +11,7 @@ use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use hooklens::sae::train::{BDecInit, Sparsity, StepStats, TrainConfig, Trainer};
 use hooklens::store::{Batches, Source, TokenFilter};
+use hooklens::HookPoint;
 use polars::prelude::*;
 use std::path::Path;
 
@@ -265,41 +266,50 @@ impl TrainArgs {
     }
 }
 
-/// Full batches of the hooks numbered `hooks` of `source` (side by side in each row), epoch
-/// after epoch, each shuffled by `seed + epoch`; a short last batch is dropped.
+/// What a run trains on: the hooks numbered `hooks` of `source` (side by side in each row),
+/// shuffled by `seed`, with the tokens `filter` lets through. The first hook, `d_in` wide, is
+/// the input; a second is a transcoder's target.
+pub struct Data<'a> {
+    pub source: Source<'a>,
+    pub hooks: Vec<usize>,
+    pub d_in: usize,
+    pub seed: u64,
+    pub filter: TokenFilter,
+}
+
+/// Full batches of `data`, epoch after epoch, each shuffled by `seed + epoch`; a short last
+/// batch is dropped.
 pub struct Stream<'a> {
-    source: &'a Source<'a>,
-    hooks: Vec<usize>,
+    data: &'a Data<'a>,
     batch: usize,
     buffer_rows: usize,
-    seed: u64,
-    filter: TokenFilter,
     epoch: u64,
     in_epoch: usize,
     it: Batches<'a>,
 }
 
 impl<'a> Stream<'a> {
-    pub fn new(
-        source: &'a Source<'a>,
-        hooks: &[usize],
+    pub fn new(data: &'a Data<'a>, batch: usize, buffer_rows: usize) -> Result<Self> {
+        Ok(Self {
+            data,
+            batch,
+            buffer_rows,
+            epoch: 0,
+            in_epoch: 0,
+            it: Self::epoch(data, batch, buffer_rows, data.seed)?,
+        })
+    }
+
+    fn epoch(
+        data: &'a Data<'a>,
         batch: usize,
         buffer_rows: usize,
         seed: u64,
-        filter: TokenFilter,
-    ) -> Result<Self> {
-        let it = Batches::new(source, hooks, batch, buffer_rows, seed)?.filtered(filter.clone());
-        Ok(Self {
-            source,
-            hooks: hooks.to_vec(),
-            batch,
-            buffer_rows,
-            seed,
-            filter,
-            epoch: 0,
-            in_epoch: 0,
-            it,
-        })
+    ) -> Result<Batches<'a>> {
+        Ok(
+            Batches::new(&data.source, &data.hooks, batch, buffer_rows, seed)?
+                .filtered(data.filter.clone()),
+        )
     }
 
     pub fn next_batch(&mut self) -> Result<Tensor> {
@@ -321,10 +331,8 @@ impl<'a> Stream<'a> {
                 None => {
                     self.epoch += 1;
                     self.in_epoch = 0;
-                    let seed = self.seed + self.epoch;
-                    self.it =
-                        Batches::new(self.source, &self.hooks, self.batch, self.buffer_rows, seed)?
-                            .filtered(self.filter.clone());
+                    let seed = self.data.seed + self.epoch;
+                    self.it = Self::epoch(self.data, self.batch, self.buffer_rows, seed)?;
                 }
             }
         }
@@ -341,6 +349,29 @@ pub fn split(rows: &Tensor, d_in: usize, transcoder: bool) -> Result<(Tensor, Op
         ),
         false => (rows.clone(), None),
     })
+}
+
+/// The trainer of a run and the steps it has logged: read back from `checkpoint` and `losses`
+/// when resuming, else new, its normalisation and `b_dec` from `data`'s first batch.
+pub fn start(
+    cfg: TrainConfig,
+    data: &Data,
+    batch: usize,
+    (checkpoint, losses): (&Path, &Path),
+    resume: bool,
+    device: &candle_core::Device,
+) -> Result<(Trainer, Vec<StepStats>)> {
+    if resume && checkpoint.is_file() {
+        let t = Trainer::load_checkpoint(cfg, checkpoint, device)?;
+        let h = read_losses(losses, t.step)?;
+        return Ok((t, h));
+    }
+    let first = Stream::new(data, batch, 2 * batch)?
+        .next_batch()?
+        .to_device(device)?;
+    let (x, y) = split(&first, data.d_in, data.hooks.len() > 1)?;
+    let t = Trainer::new(cfg, &x, y.as_ref(), candle_core::DType::F32)?;
+    Ok((t, vec![]))
 }
 
 /// Trains until the configured steps are done: resumes from `checkpoint` when `history` (the
@@ -385,6 +416,41 @@ pub fn train(
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Records the trained SAE in the manifest and writes it as a SAELens folder, with the loss
+/// curves as `losses.parquet` and a plot.
+pub fn write_results(
+    exp: &mut crate::Experiment,
+    trainer: &Trainer,
+    history: &[StepStats],
+    (hook, hook_out): (HookPoint, Option<HookPoint>),
+    batch: u64,
+    resume: bool,
+) -> Result<()> {
+    exp.manifest.set("steps", trainer.step)?;
+    exp.manifest.set("input_scale", trainer.scale)?;
+    exp.manifest.set("target_scale", trainer.scale_out)?;
+    exp.manifest
+        .set("architecture_trained", trainer.cfg.sparsity.name())?;
+    let sae_dir = exp.file("sae", "The SAE as a SAELens folder")?;
+    if resume && sae_dir.is_dir() {
+        // Written by this run before it was stopped: the same weights, written again.
+        std::fs::remove_dir_all(&sae_dir)?;
+    }
+    trainer
+        .to_sae(hook, hook_out)?
+        .save(&sae_dir, &exp.manifest.model.name)?;
+    exp.frame(
+        "losses.parquet",
+        &mut losses_frame(history, batch)?,
+        LOSS_COLUMNS,
+    )?;
+    let what = match trainer.transcoder {
+        true => "transcoder",
+        false => "SAE",
+    };
+    crate::report::training_curves(exp, history, batch, what)
 }
 
 /// The columns of `losses.parquet`.

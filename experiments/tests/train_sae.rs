@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{ok, run};
+use common::{gpt2_random_with_bytes_tokenizer, ok, run};
 
 const CAPTURE: &str = env!("CARGO_BIN_EXE_capture");
 const TRAIN: &str = env!("CARGO_BIN_EXE_train_sae");
@@ -167,39 +167,6 @@ fn train_sae_runs_on_the_fly_and_refuses_bad_input() {
         assert_ne!(code, 0, "{args:?}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-}
-
-/// The random GPT-2 fixture in `dir`, with a byte-level BPE tokenizer of no merges (GPT-2's
-/// 256 byte symbols as ids 0..=255), so that it reads text.
-fn gpt2_random_with_bytes_tokenizer(dir: &Path) -> std::path::PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-random");
-    let out = dir.join("gpt2-random");
-    std::fs::create_dir_all(&out).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), out.join(f)).unwrap();
-    }
-    // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the rest from U+0100 on.
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-    let mut next = 256;
-    let mut vocab = serde_json::Map::new();
-    for b in 0..256u32 {
-        let c = match printable(b) {
-            true => char::from_u32(b).unwrap(),
-            false => {
-                next += 1;
-                char::from_u32(next - 1).unwrap()
-            }
-        };
-        vocab.insert(c.to_string(), b.into());
-    }
-    vocab.insert("<|endoftext|>".into(), 50256.into());
-    std::fs::write(
-        out.join("vocab.json"),
-        serde_json::Value::from(vocab).to_string(),
-    )
-    .unwrap();
-    std::fs::write(out.join("merges.txt"), "#version: 0.2\n").unwrap();
-    out
 }
 
 /// Transcoders of a random GPT-2's first MLP (its input to its output), trained on a store:

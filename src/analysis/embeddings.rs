@@ -73,6 +73,7 @@ pub fn pca_2d(vectors: &Tensor) -> Result<Vec<(f32, f32)>> {
             "a PCA projection needs at least 2 vectors".into(),
         ));
     }
+    crate::finite::ensure_finite(vectors, "the vectors of a PCA")?;
     let x = vectors.to_dtype(DType::F64)?;
     let x = x.broadcast_sub(&x.mean_keepdim(0)?)?;
     let data: Vec<f64> = x.flatten_all()?.to_vec1()?;

@@ -43,6 +43,8 @@ impl FactoredMatrix {
                 got: db.to_vec(),
             });
         }
+        crate::finite::ensure_finite(&a, "the factor A of a FactoredMatrix")?;
+        crate::finite::ensure_finite(&b, "the factor B of a FactoredMatrix")?;
         Ok(Self { a, b })
     }
 
@@ -242,6 +244,8 @@ pub struct GramSvd {
 
 impl GramSvd {
     pub fn new(gram_a: &Tensor, gram_b: &Tensor) -> Result<Self> {
+        crate::finite::ensure_finite(gram_a, "the Gram matrix A·Aᵀ of an SVD")?;
+        crate::finite::ensure_finite(gram_b, "the Gram matrix B·Bᵀ of an SVD")?;
         let (pa, ra_inv, ra) = gram_roots(&gram_a.to_dtype(DType::F64)?)?;
         let (pb, rb_inv, rb) = gram_roots(&gram_b.to_dtype(DType::F64)?)?;
         let core = ra.matmul(&rb.transpose(D::Minus2, D::Minus1)?)?; // R_A·R_Bᵀ

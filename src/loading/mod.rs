@@ -28,6 +28,10 @@ pub struct LoadOptions {
     pub processing: Processing,
     pub device: Device,
     pub dtype: DType,
+    /// Load weights holding NaN or Inf, and let passes yield them
+    /// ([`HookedTransformer::allow_nonfinite`]); by default either is an error that names the
+    /// tensors and the first hook point holding them.
+    pub allow_nonfinite: bool,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +40,7 @@ impl Default for LoadOptions {
             processing: Processing::default(),
             device: Device::Cpu,
             dtype: DType::F32,
+            allow_nonfinite: false,
         }
     }
 }
@@ -213,9 +218,25 @@ pub fn save_dir(dir: &Path, cfg: &ModelConfig, weights: Weights, tok: &Tokenizer
 /// Processing runs in f32 on the CPU so that half-precision models are processed exactly.
 pub fn build(cfg: ModelConfig, w: Weights, opts: &LoadOptions) -> Result<HookedTransformer> {
     let mut w = w.to(&Device::Cpu, DType::F32)?;
+    let bad = w.nonfinite()?;
     let cfg = process_weights(&mut w, &cfg, opts.processing)?;
     let w = w.to(&opts.device, opts.dtype)?;
-    HookedTransformer::new(cfg, &w)
+    let mut model = HookedTransformer::new(cfg, &w)?;
+    model.allow_nonfinite = opts.allow_nonfinite;
+    if bad.is_empty() || opts.allow_nonfinite {
+        return Ok(model);
+    }
+    // Where they first show, over a few tokens: the hook point a user would look at.
+    let n = model.cfg.n_ctx.min(model.cfg.d_vocab).min(4) as u32;
+    let tokens = Tensor::arange(0, n, &opts.device)?.unsqueeze(0)?;
+    Err(Error::NonFinite {
+        what: format!("the checkpoint's weights {}", bad.join(", ")),
+        first: model.first_nonfinite(&tokens)?.map(|p| p.to_string()),
+        hint: format!(
+            "the checkpoint is damaged: re-download or regenerate it. {}",
+            crate::finite::ALLOW
+        ),
+    })
 }
 
 fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {

@@ -170,6 +170,9 @@ pub struct HookedTransformer {
     pub w_u: Tensor,
     /// [d_vocab]
     pub b_u: Option<Tensor>,
+    /// Whether passes may yield NaN or Inf; when not (the default), a pass whose output holds
+    /// them is an error naming the first hook point that did (see [`crate::finite`]).
+    pub allow_nonfinite: bool,
     device: Device,
 }
 
@@ -204,6 +207,7 @@ impl HookedTransformer {
             w_pos,
             blocks,
             cfg,
+            allow_nonfinite: false,
             device,
         })
     }
@@ -266,6 +270,25 @@ impl HookedTransformer {
     /// before `ln_final`, as in TransformerLens); without one, the logits. A hook whose site
     /// this range never reaches, or that does not fire, is an error.
     pub fn forward_range(
+        &self,
+        input: &Tensor,
+        start_at_layer: usize,
+        stop_at_layer: Option<usize>,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let out = self.forward_unchecked(input, start_at_layer, stop_at_layer, hooks)?;
+        let what = match stop_at_layer {
+            None => "the logits",
+            Some(_) => "the residual stream",
+        };
+        self.check_finite(&out, what, |watch| {
+            self.forward_unchecked(input, start_at_layer, stop_at_layer, watch)
+        })?;
+        Ok(out)
+    }
+
+    /// [`Self::forward_range`] without the check for NaN and Inf.
+    pub(crate) fn forward_unchecked(
         &self,
         input: &Tensor,
         start_at_layer: usize,
@@ -351,10 +374,17 @@ impl HookedTransformer {
         self.check_hooks(hooks, start_at_layer, n, false)?;
         hooks.set_window(offset, true);
         let before = hooks.counts();
-        let mut kv = past.to_vec();
-        let resid = resid.to_dtype(self.dtype())?;
-        let out = self.run_blocks(resid, start_at_layer, n, offset, Some(&mut kv), hooks)?;
+        let run = |hooks: &mut Hooks| {
+            let mut kv = past.to_vec();
+            let resid = resid.to_dtype(self.dtype())?;
+            self.run_blocks(resid, start_at_layer, n, offset, Some(&mut kv), hooks)
+        };
+        let out = run(hooks)?;
         hooks.check_fired_since(&before)?;
+        self.check_finite(&out, "the residual stream", |watch| {
+            watch.set_window(offset, true);
+            run(watch)
+        })?;
         Ok(out)
     }
 

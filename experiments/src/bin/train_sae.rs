@@ -9,13 +9,12 @@
 //! - `checkpoint.safetensors` every --checkpoint-every steps: `--resume` continues to the same
 //!   weights; `manifest.json`, `args.json`.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
-use hooklens::sae::train::Trainer;
-use hooklens::store::{ActivationStore, Capture, Source};
+use hooklens::store::ActivationStore;
 use lab::args::{ModelArgs, RunArgs};
-use lab::store::CorpusArgs;
-use lab::train_sae::{losses_frame, read_losses, split, train, Stream, TrainArgs, LOSS_COLUMNS};
+use lab::store::{CorpusArgs, Origin};
+use lab::train_sae::{start, train, write_results, Data, Stream, TrainArgs};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -60,12 +59,16 @@ fn run(mut a: Args) -> Result<()> {
     }
     let dir = a.out.dir("train_sae")?;
     let (mut exp, model, tok) = lab::Experiment::load("train_sae", &a.model, &a)?;
-    let hook = match (&a.hook, &store) {
-        (Some(h), _) => model.hook_point(h)?,
-        (None, Some(s)) => model.hook_point(&s.spec.hooks[0].name)?,
-        (None, None) => {
-            anyhow::bail!("--hook: which activations to train on (e.g. blocks.6.hook_resid_post)")
-        }
+    if let Some(s) = &store {
+        lab::store::check_store_model(s, &exp.manifest.model.weights)?;
+    }
+    let hook = match a
+        .hook
+        .as_deref()
+        .or(store.as_ref().map(|s| &*s.spec.hooks[0].name))
+    {
+        Some(h) => model.hook_point(h)?,
+        None => bail!("--hook: which activations to train on (e.g. blocks.6.hook_resid_post)"),
     };
     let hook_out = a
         .hook_out
@@ -73,123 +76,61 @@ fn run(mut a: Args) -> Result<()> {
         .map(|h| model.hook_point(h))
         .transpose()?;
     let hooks: Vec<_> = std::iter::once(hook).chain(hook_out).collect();
-    let (capture, contexts);
-    let (source, indices, available) = match &store {
-        Some(s) => {
-            lab::store::check_store_model(s, &exp.manifest.model.weights)?;
-            let indices = hooks
-                .iter()
-                .map(|h| Ok(s.spec.hook(&h.to_string())?.0))
-                .collect::<Result<Vec<_>>>()?;
-            (Source::Disk(s), indices, s.spec.tokens as u64)
-        }
-        None => {
-            capture = Capture::new(&model, hooks.clone(), candle_core::DType::F32)?;
-            contexts = a.corpus.contexts(&model, &tok)?.0;
-            let tokens = (contexts.len() * contexts.context_len) as u64;
-            (
-                Source::Model {
-                    capture: &capture,
-                    contexts: &contexts,
-                    contexts_per_chunk: 32,
-                },
-                (0..hooks.len()).collect(),
-                tokens,
-            )
-        }
-    };
     let widths = hooks
         .iter()
         .map(|h| Ok(model.hook_shape(h)?.iter().product()))
         .collect::<Result<Vec<usize>>>()?;
-    let (d_in, width) = (widths[0], widths.iter().sum::<usize>());
-    let special = match &store {
-        Some(s) => lab::store::special_tokens(s),
-        None => tok
-            .bos_token_id
-            .into_iter()
-            .chain(tok.eos_token_id)
-            .collect(),
+    let origin = Origin::new(store.as_ref(), &model, &hooks, &a.corpus, &tok)?;
+    let data = Data {
+        source: origin.source(),
+        hooks: origin.indices(&hooks)?,
+        d_in: widths[0],
+        seed: a.corpus.seed,
+        filter: a.tokens.filter(origin.special_tokens(&tok)),
     };
-    let filter = a.tokens.filter(special);
-    let cfg = a.train.config(
-        d_in,
-        a.train.train_tokens.unwrap_or(available),
-        a.corpus.seed,
-    )?;
+    let tokens = a.train.train_tokens.unwrap_or(origin.tokens());
+    let cfg = a.train.config(data.d_in, tokens, a.corpus.seed)?;
     let batch = a.train.batch as usize;
-    let buffer_rows = a.train.buffer_plan(&cfg, width, &dir, a.out.resume)?;
-    let mut stream = Stream::new(
-        &source,
-        &indices,
-        batch,
-        buffer_rows,
-        a.corpus.seed,
-        filter.clone(),
-    )?;
-    let checkpoint = dir.file("checkpoint.safetensors");
-    let losses = dir.file("losses.parquet");
+    let buffer_rows = a
+        .train
+        .buffer_plan(&cfg, widths.iter().sum(), &dir, a.out.resume)?;
     lab::progress::save_or_check_args(&dir, a.out.resume, &a)?;
-    let (mut trainer, mut history) = match a.out.resume && checkpoint.is_file() {
-        true => {
-            let t = Trainer::load_checkpoint(cfg, &checkpoint, model.device())?;
-            let h = read_losses(&losses, t.step)?;
-            (t, h)
-        }
-        false => {
-            let first = Stream::new(
-                &source,
-                &indices,
-                batch,
-                2 * batch,
-                a.corpus.seed,
-                filter.clone(),
-            )?
-            .next_batch()?
-            .to_device(model.device())?;
-            let (x, y) = split(&first, d_in, hook_out.is_some())?;
-            let t = Trainer::new(cfg, &x, y.as_ref(), candle_core::DType::F32)?;
-            (t, vec![])
-        }
-    };
+    let files = (
+        dir.file("checkpoint.safetensors"),
+        dir.file("losses.parquet"),
+    );
+    let (mut trainer, mut history) = start(
+        cfg,
+        &data,
+        batch,
+        (&files.0, &files.1),
+        a.out.resume,
+        model.device(),
+    )?;
     exp.set_run(dir);
     let start = std::time::Instant::now();
+    let mut stream = Stream::new(&data, batch, buffer_rows)?;
+    let every = a.train.checkpoint_every as usize;
     train(
         &mut trainer,
         &mut stream,
         &mut history,
-        &checkpoint,
-        &losses,
-        a.train.checkpoint_every as usize,
+        &files.0,
+        &files.1,
+        every,
     )
     .context("training")?;
     exp.manifest.record_time("train", start);
     exp.manifest.seed = Some(a.corpus.seed);
-    exp.manifest.set("steps", trainer.step)?;
-    exp.manifest.set("input_scale", trainer.scale)?;
-    exp.manifest.set("target_scale", trainer.scale_out)?;
-    exp.manifest
-        .set("architecture_trained", trainer.cfg.sparsity.name())?;
     exp.manifest.set("buffer_rows", buffer_rows)?;
-    let (_, peak) = lab::store::memory();
-    exp.manifest.set("peak_rss_bytes", peak)?;
-    let sae_dir = exp.file("sae", "The SAE as a SAELens folder")?;
-    if a.out.resume && sae_dir.is_dir() {
-        // Written by this run before it was stopped: the same weights, written again.
-        std::fs::remove_dir_all(&sae_dir)?;
-    }
-    trainer
-        .to_sae(hook, hook_out)?
-        .save(&sae_dir, &exp.manifest.model.name)?;
-    exp.frame(
-        "losses.parquet",
-        &mut losses_frame(&history, batch as u64)?,
-        LOSS_COLUMNS,
+    exp.manifest.set("peak_rss_bytes", lab::store::memory().1)?;
+    write_results(
+        &mut exp,
+        &trainer,
+        &history,
+        (hook, hook_out),
+        batch as u64,
+        a.out.resume,
     )?;
-    let what = match trainer.transcoder {
-        true => "transcoder",
-        false => "SAE",
-    };
-    lab::report::training_curves(&mut exp, &history, batch as u64, what)?;
     exp.finish()
 }
