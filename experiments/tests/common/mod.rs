@@ -17,6 +17,7 @@ pub fn run(bin: &str, args: &[&str], dir: &Path) -> (i32, String) {
 }
 
 /// Runs `bin` and asserts that it succeeds.
+#[allow(dead_code)] // not every test file uses it
 pub fn ok(bin: &str, args: &[&str], dir: &Path) {
     let (code, err) = run(bin, args, dir);
     assert_eq!(code, 0, "{args:?}: {err}");
