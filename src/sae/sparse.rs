@@ -7,6 +7,17 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 use std::ops::Range;
 
+/// The values of a contiguous CPU tensor's `storage`, borrowed (`None` on other devices).
+pub fn cpu_slice<'a, T: WithDType>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Option<&'a [T]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(c), Some((a, b))) => Some(&c.as_slice::<T>().ok()?[a..b]),
+        _ => None,
+    }
+}
+
 /// A batch's codes, row by row (compressed sparse rows): row b's entries are
 /// `offsets[b]..offsets[b + 1]`, each a latent `idx[e]` with the value `val[e]`.
 pub struct Codes<T> {
@@ -45,31 +56,52 @@ impl<T: WithDType> Codes<T> {
 /// The k largest entries of each row of `pre` [rows, n] among the columns `allowed` marks (all
 /// when `None`), ties to the lower index, with their values as they are.
 pub fn top_k<T: WithDType>(pre: &[T], n: usize, k: usize, allowed: Option<&[bool]>) -> Codes<T> {
-    let columns: Vec<u32> = (0..n as u32)
-        .filter(|&c| allowed.is_none_or(|a| a[c as usize]))
-        .collect();
-    let k = k.min(columns.len());
     let rows = pre
         .par_chunks(n)
         .map(|row| {
-            let mut c = columns.clone();
-            let order = |a: &u32, b: &u32| {
-                row[*b as usize]
-                    .to_f64()
-                    .total_cmp(&row[*a as usize].to_f64())
-                    .then(a.cmp(b))
-            };
-            if k == 0 {
-                c.clear();
-            } else if k < c.len() {
-                c.select_nth_unstable_by(k - 1, order);
-                c.truncate(k);
+            let values = row.iter().map(|v| v.to_f64()).enumerate();
+            match allowed {
+                None => row_top_k(values, k),
+                Some(a) => row_top_k(values.filter(|&(c, _)| a[c]), k),
             }
-            c.sort_unstable();
-            c
         })
         .collect();
     Codes::from_rows(rows, pre, n)
+}
+
+/// The columns of the k largest of `values` ((column, value), columns ascending), ascending.
+/// One pass that keeps the best k so far: a column enters only when it beats the smallest kept
+/// (strictly, so that of equal values the earlier column stays), which after the first few
+/// hundred columns is rare, so most cost one comparison.
+fn row_top_k(values: impl Iterator<Item = (usize, f64)>, k: usize) -> Vec<u32> {
+    let mut best: Vec<(f64, u32)> = Vec::with_capacity(k);
+    // The kept entry that the next winner replaces: the smallest value, of those the latest.
+    let (mut worst, mut floor) = (0, f64::NEG_INFINITY);
+    let find_worst = |best: &[(f64, u32)]| {
+        let w = (0..best.len())
+            .min_by(|&i, &j| {
+                best[i]
+                    .0
+                    .total_cmp(&best[j].0)
+                    .then(best[j].1.cmp(&best[i].1))
+            })
+            .unwrap_or(0);
+        (w, best[w].0)
+    };
+    for (c, v) in values {
+        if best.len() < k {
+            best.push((v, c as u32));
+            if best.len() == k {
+                (worst, floor) = find_worst(&best);
+            }
+        } else if k > 0 && v > floor {
+            best[worst] = (v, c as u32);
+            (worst, floor) = find_worst(&best);
+        }
+    }
+    let mut kept: Vec<u32> = best.into_iter().map(|(_, c)| c).collect();
+    kept.sort_unstable();
+    kept
 }
 
 /// The entries of each row of `pre` [rows, n] that `keep(latent, value)` accepts.
@@ -124,6 +156,25 @@ pub fn decode<T: WithDType>(codes: &Codes<T>, rows: &[T], d: usize) -> Vec<T> {
     out
 }
 
+/// a · b, in eight running sums: one sum is a chain of dependent additions that cannot use
+/// the vector units; eight independent ones can.
+fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
+    let zero = T::from_f64(0.0);
+    let mut acc = [zero; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: T = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .fold(zero, |s, (&x, &y)| s + x * y);
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
 /// For each entry e of row b: rows[idx[e]] · g[b], from `rows` [n, d] and `g` [rows, d].
 pub fn dots<T: WithDType>(codes: &Codes<T>, rows: &[T], g: &[T], d: usize) -> Vec<T> {
     let per_row: Vec<Vec<T>> = g
@@ -132,14 +183,7 @@ pub fn dots<T: WithDType>(codes: &Codes<T>, rows: &[T], g: &[T], d: usize) -> Ve
         .map(|(b, g)| {
             codes.idx[codes.row(b)]
                 .iter()
-                .map(|&f| {
-                    let r = &rows[f as usize * d..(f as usize + 1) * d];
-                    let mut s = T::from_f64(0.0);
-                    for (&w, &x) in r.iter().zip(g) {
-                        s += w * x;
-                    }
-                    s
-                })
+                .map(|&f| dot(&rows[f as usize * d..(f as usize + 1) * d], g))
                 .collect()
         })
         .collect();
@@ -205,4 +249,55 @@ pub fn sums<T: WithDType>(groups: &ByLatent, coef: &[T]) -> Vec<T> {
             s
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The k largest by sorting each row: value descending, then column ascending.
+    fn reference(pre: &[f32], n: usize, k: usize, allowed: Option<&[bool]>) -> Vec<Vec<u32>> {
+        pre.chunks(n)
+            .map(|row| {
+                let mut c: Vec<u32> = (0..n as u32)
+                    .filter(|&c| allowed.is_none_or(|a| a[c as usize]))
+                    .collect();
+                c.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                c.truncate(k);
+                c.sort_unstable();
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn top_k_keeps_the_largest_with_ties_to_the_lower_column() {
+        // Few distinct values, so that most rows have ties at the cut.
+        let (rows, n) = (64, 40);
+        let pre: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+            .collect();
+        let allowed: Vec<bool> = (0..n).map(|c| c % 3 != 0).collect();
+        for k in [0, 1, 5, 13, 40, 50] {
+            for mask in [None, Some(&allowed[..])] {
+                let codes = top_k(&pre, n, k, mask);
+                let want = reference(&pre, n, k, mask);
+                for (b, w) in want.iter().enumerate() {
+                    let e = codes.row(b);
+                    assert_eq!(&codes.idx[e.clone()], &w[..], "row {b}, k {k}");
+                    for (&i, &v) in codes.idx[e.clone()].iter().zip(&codes.val[e]) {
+                        assert_eq!(v, pre[b * n + i as usize]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_equals_the_plain_sum() {
+        let a: Vec<f64> = (0..37).map(|i| (i as f64).sin()).collect();
+        let b: Vec<f64> = (0..37).map(|i| (i as f64 * 0.3).cos()).collect();
+        let plain: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-12);
+    }
 }

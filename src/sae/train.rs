@@ -385,7 +385,13 @@ impl Trainer {
         let d = t.y.dim(1)?;
         let n = self.cfg.d_sae;
         let host = |t: &Tensor| -> Result<Vec<T>> { Ok(t.flatten_all()?.to_vec1::<T>()?) };
-        let (y_h, sae_in, pre) = (host(t.y)?, host(t.sae_in)?, host(t.pre)?);
+        let (y_h, sae_in) = (host(t.y)?, host(t.sae_in)?);
+        // The pre-activations [B, d_sae] are the step's largest array: read in place on the CPU.
+        let (storage, layout) = t.pre.storage_and_layout();
+        let pre: std::borrow::Cow<[T]> = match sparse::cpu_slice(&storage, layout) {
+            Some(s) => s.into(),
+            None => host(t.pre)?.into(),
+        };
         let (w_enc, w_dec, b_dec) = (host(&p.w_enc)?, host(&p.w_dec)?, host(&p.b_dec)?);
         let threshold = p.threshold.as_ref().map(host).transpose()?;
         let zero = T::from_f64(0.0);
