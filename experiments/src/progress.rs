@@ -106,27 +106,51 @@ pub struct ProgressLog {
 }
 
 impl ProgressLog {
-    /// Opens the log at `path` with the entries already there. A line cut short by a kill is
-    /// dropped (the file is rewritten without it), so appending continues cleanly.
-    pub fn open(path: &Path) -> Result<(Self, Vec<Entry>)> {
+    /// Opens the log at `path` with the entries already there, each with its line number. A
+    /// last line cut short by a kill is dropped (the file is rewritten without it, and a note
+    /// says so), so appending continues cleanly; any other line that is not an entry is an
+    /// error naming the file and the line.
+    pub fn open(path: &Path) -> Result<(Self, Vec<(usize, Entry)>)> {
         let mut entries = vec![];
         if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let mut kept = String::new();
-            for line in text.split_inclusive('\n') {
-                let Some(body) = line.strip_suffix('\n') else {
-                    break; // cut short
-                };
-                match serde_json::from_str::<Entry>(body) {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+            let mut kept = 0;
+            for (i, line) in lines.iter().enumerate() {
+                let last = i + 1 == lines.len();
+                let parsed = std::str::from_utf8(line)
+                    .map_err(|_| "it is not UTF-8 text".to_string())
+                    .and_then(|l| match l.strip_suffix('\n') {
+                        Some(body) => {
+                            serde_json::from_str::<Entry>(body).map_err(|e| e.to_string())
+                        }
+                        None => Err("it is cut short (no end of line)".into()),
+                    });
+                match parsed {
                     Ok(e) => {
-                        entries.push(e);
-                        kept.push_str(line);
+                        entries.push((i + 1, e));
+                        kept += line.len();
                     }
-                    Err(_) => break,
+                    // A kill while a line was written leaves it short: only ever the last.
+                    Err(_) if last => {
+                        eprintln!(
+                            "note: {}: dropped its last line {}, cut short when the run stopped",
+                            path.display(),
+                            i + 1
+                        );
+                    }
+                    Err(why) => {
+                        return Err(Error::Invalid(format!(
+                            "{} line {} is not a progress entry ({why}): the log is damaged; \
+                             delete the run folder to start again",
+                            path.display(),
+                            i + 1
+                        )))
+                    }
                 }
             }
-            if kept.len() != text.len() {
-                atomic_write(path, kept.as_bytes())?;
+            if kept != bytes.len() {
+                atomic_write(path, &bytes[..kept])?;
             }
         }
         if let Some(dir) = path.parent() {
@@ -179,6 +203,32 @@ impl Outcome {
         }
         self.fired.extend(e.fired);
     }
+
+    /// Adds the entries read from the log `path` (with their line numbers), each checked to
+    /// name a batch of `sweeps` and jobs of that batch.
+    fn add_logged(
+        &mut self,
+        sweeps: &[Sweep],
+        path: &Path,
+        entries: Vec<(usize, Entry)>,
+    ) -> Result<()> {
+        for (line, e) in entries {
+            let batch = sweeps.get(e.sweep).and_then(|s| s.batches().get(e.batch));
+            let fits = batch.is_some_and(|b| e.values.iter().all(|(j, _)| b.jobs.contains(j)));
+            if !fits {
+                return Err(Error::Invalid(format!(
+                    "{} line {line} names batch {} of sweep {} or jobs that this sweep does not \
+                     have: the log is damaged or belongs to other arguments; delete the run \
+                     folder to start again",
+                    path.display(),
+                    e.batch,
+                    e.sweep
+                )));
+            }
+            self.add(e);
+        }
+        Ok(())
+    }
 }
 
 /// Each sweep batch's rough cost: rows × recomputed positions × layers left.
@@ -206,19 +256,9 @@ pub fn compute_logged(sweeps: &[Sweep], shard: Shard, log: &Path) -> Result<Outc
         .flat_map(|(s, sw)| (0..sw.batches().len()).map(move |b| (s, b)))
         .collect();
     let mut out = Outcome::empty(sweeps);
-    let mut finished = std::collections::HashSet::new();
-    for e in done {
-        if e.sweep >= sweeps.len() || e.batch >= sweeps[e.sweep].batches().len() {
-            return Err(Error::Invalid(format!(
-                "the progress log {} does not belong to this sweep (batch {} of sweep {}); start a new run",
-                log.path.display(),
-                e.batch,
-                e.sweep
-            )));
-        }
-        finished.insert((e.sweep, e.batch));
-        out.add(e);
-    }
+    let finished: std::collections::HashSet<_> =
+        done.iter().map(|(_, e)| (e.sweep, e.batch)).collect();
+    out.add_logged(sweeps, &log.path, done)?;
     let todo: Vec<(usize, usize)> = plan
         .iter()
         .zip(&mine)
@@ -263,9 +303,7 @@ pub fn merge_logs(sweeps: &[Sweep], logs: &[PathBuf]) -> Result<Outcome> {
             )));
         }
         let (_, entries) = ProgressLog::open(path)?;
-        for e in entries {
-            out.add(e);
-        }
+        out.add_logged(sweeps, path, entries)?;
     }
     let missing = out.values.iter().flatten().filter(|v| v.is_none()).count();
     if missing > 0 {
@@ -507,6 +545,28 @@ mod tests {
         log.append(&e).unwrap();
         let (_, entries) = ProgressLog::open(&path).unwrap();
         assert_eq!(entries.len(), 2);
-        assert_eq!(f32::from_bits(entries[1].values[0].1), 1.5);
+        assert_eq!(f32::from_bits(entries[1].1.values[0].1), 1.5);
+    }
+
+    #[test]
+    fn a_damaged_line_before_the_last_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.jsonl");
+        let e = Entry {
+            sweep: 0,
+            batch: 1,
+            values: vec![(3, 1.5f32.to_bits())],
+            fired: vec![],
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        for bad in [&b"garbage"[..], &[0xff, 0xfe, b'{'], &line.as_bytes()[..9]] {
+            let mut text = format!("{line}\n").into_bytes();
+            text.extend(bad);
+            text.extend(format!("\n{line}\n").as_bytes());
+            std::fs::write(&path, &text).unwrap();
+            let err = ProgressLog::open(&path).err().unwrap().to_string();
+            assert!(err.contains("line 2 is not a progress entry"), "{err}");
+            assert_eq!(std::fs::read(&path).unwrap(), text, "left as it was");
+        }
     }
 }

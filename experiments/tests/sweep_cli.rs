@@ -197,3 +197,73 @@ fn bad_input_is_refused_cleanly() {
     refused(ABLATE, &["--unit", "MLP0"], &["attention-only"]);
     refused(ABLATE, &["--shard", "0/2"], &["--run"]);
 }
+
+/// A tampered progress log (an out-of-range job, garbage or random bytes in the middle) is an
+/// error naming the file and the line, never a panic; random bytes at the end are a torn last
+/// line, dropped with a note, and the resumed table is the full one.
+#[test]
+fn a_damaged_progress_log_is_an_error_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(ABLATE, &[&["--run", "full"], SWEEP].concat(), dir.path());
+    let full = dir.path().join("outputs/ablate/full");
+    let table = read(&full.join("ablate.parquet"));
+    let log = String::from_utf8(read(&full.join("progress.jsonl"))).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let job = first["values"][0][0].to_string();
+    let out_of_range = lines[0].replacen(&format!("[[{job},"), "[[999999,", 1);
+    assert_ne!(out_of_range, lines[0]);
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "line 1",
+            format!("{out_of_range}\n{}\n", lines[1]).into_bytes(),
+        ),
+        (
+            "line 2",
+            format!("{}\n{{\"sweep\":\n{}\n", lines[0], lines[1]).into_bytes(),
+        ),
+        (
+            "line 2",
+            [
+                lines[0].as_bytes(),
+                b"\n\xff\x00\x9c\n",
+                lines[1].as_bytes(),
+                b"\n",
+            ]
+            .concat(),
+        ),
+    ];
+    for (i, (line, text)) in cases.iter().enumerate() {
+        let run_name = format!("bad{i}");
+        let bad = dir.path().join("outputs/ablate").join(&run_name);
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::copy(full.join("args.json"), bad.join("args.json")).unwrap();
+        std::fs::write(bad.join("progress.jsonl"), text).unwrap();
+        let (code, err) = run(
+            ABLATE,
+            &[&["--run", run_name.as_str(), "--resume"], SWEEP].concat(),
+            dir.path(),
+        );
+        assert_eq!(code, 1, "case {i}: {err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+        assert!(
+            err.contains("progress.jsonl") && err.contains(line),
+            "case {i}: {err}"
+        );
+        assert!(!bad.join("ablate.parquet").exists());
+    }
+    // Random bytes after the last good line: a torn line, dropped.
+    let torn = dir.path().join("outputs/ablate/torn");
+    std::fs::create_dir_all(&torn).unwrap();
+    std::fs::copy(full.join("args.json"), torn.join("args.json")).unwrap();
+    let text = [lines[0].as_bytes(), b"\n\x13\xf0garbage"].concat();
+    std::fs::write(torn.join("progress.jsonl"), text).unwrap();
+    let (code, err) = run(
+        ABLATE,
+        &[&["--run", "torn", "--resume"], SWEEP].concat(),
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("dropped its last line 2"), "{err}");
+    assert_eq!(read(&torn.join("ablate.parquet")), table);
+}
