@@ -43,7 +43,7 @@ pub fn read_documents(path: &Path, text_field: &str) -> Result<Vec<Document>> {
         Some("jsonl") => true,
         _ => return Err(bad(None, "expected a .txt, .jsonl or .parquet file".into())),
     };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::text::read_bytes(path)?;
     let mut lines = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let text = std::str::from_utf8(raw)

@@ -190,7 +190,7 @@ impl PairBatch {
 /// object `{"clean", "corrupted", "answer", "wrong"}` per line). Blank lines, invalid UTF-8 and
 /// malformed rows are errors with their line number.
 pub fn read_pairs(path: &Path) -> Result<Vec<PromptPair>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::text::read_bytes(path)?;
     let source = path.display().to_string();
     let jsonl = match path.extension().and_then(|e| e.to_str()) {
         Some("tsv") => false,

@@ -26,6 +26,7 @@ pub mod matmul;
 pub mod model;
 pub mod sae;
 pub mod store;
+pub mod text;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

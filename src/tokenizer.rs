@@ -21,7 +21,7 @@ const GPT2_EOT: &str = "<|endoftext|>";
 impl Tokenizer {
     /// A Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::text::read_text(path)?;
         Self::from_json(&text).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
     }
 

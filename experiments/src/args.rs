@@ -464,7 +464,7 @@ pub fn parse_head(s: &str) -> anyhow::Result<(usize, usize)> {
 
 /// The non-empty lines of `file` (prompts, one per line).
 pub fn read_lines(file: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let text = hooklens::text::read_text(file)?;
     Ok(text
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -167,7 +167,12 @@ impl Experiment {
     }
 
     /// Writes the manifest, last, and prints where the run is.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
+        let bom = hooklens::text::bom_stripped();
+        if !bom.is_empty() {
+            // Read as text without it: the results are those of the text alone.
+            self.manifest.set("bom_stripped_from", bom)?;
+        }
         let run = self.run.as_ref().context("no run folder")?;
         run.write_manifest(&self.manifest)?;
         writeln!(std::io::stdout().lock(), "wrote {}", run.path.display())?;

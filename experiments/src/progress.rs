@@ -415,15 +415,20 @@ pub fn comparable_args(args: &impl serde::Serialize) -> Result<serde_json::Value
 }
 
 pub fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Invalid(format!(
-            "{} cannot be read ({e}): this folder is not a sweep run started by this binary",
+    if !path.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} is missing: this folder is not a run started by this binary",
             path.display()
+        )));
+    }
+    let text = hooklens::text::read_text(path)?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "{} line {} is not the JSON this binary wrote ({e}): the file is damaged; delete \
+             the run folder to start again",
+            path.display(),
+            e.line()
         ))
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
-        path: path.into(),
-        reason: e.to_string(),
     })
 }
 

@@ -12,11 +12,98 @@ use polars::prelude::DataFrame;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// One run's output folder.
+/// One run's output folder, held by this process alone while it exists (see [`RunLock`]).
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub path: PathBuf,
     pub experiment: String,
+    _lock: std::sync::Arc<RunLock>,
+}
+
+/// One writer per run folder: the file `.<run>.lock` beside the folder holds the pid of the
+/// process writing it (beside it, so that a run that fails before writing anything leaves
+/// nothing). A second process is refused while that pid is alive; a lock whose process is
+/// gone (killed) is stale, taken over with a note. Dropping the lock removes it, and the
+/// folders made only to hold it.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+    made: Vec<PathBuf>,
+    owned: bool,
+}
+
+impl RunLock {
+    fn take(run: &Path) -> Result<Self> {
+        let name = run.file_name().and_then(|n| n.to_str()).unwrap_or("run");
+        let parent = run.parent().unwrap_or(Path::new("."));
+        let path = parent.join(format!(".{name}.lock"));
+        let made: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        // Owned only once taken: until then dropping it must leave another's lock alone.
+        let lock = Self {
+            path,
+            made,
+            owned: false,
+        };
+        for _ in 0..2 {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock.path);
+            match file {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let mut lock = lock;
+                    lock.owned = true;
+                    write!(f, "{}", std::process::id()).map_err(|e| Error::io(&lock.path, e))?;
+                    return Ok(lock);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let held = std::fs::read_to_string(&lock.path).unwrap_or_default();
+                    match held.trim().parse::<u32>() {
+                        Ok(pid) if Path::new(&format!("/proc/{pid}")).exists() => {
+                            return Err(Error::Invalid(format!(
+                                "{} is being written by process {pid} (its lock is {}); wait for \
+                                 it to finish, or pass --run NAME for another run; if no such \
+                                 process is this run's, delete the lock",
+                                run.display(),
+                                lock.path.display()
+                            )))
+                        }
+                        _ => {
+                            eprintln!(
+                                "note: {}: a stale lock (process {} is gone); taking it over",
+                                lock.path.display(),
+                                held.trim()
+                            );
+                            let _ = std::fs::remove_file(&lock.path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&lock.path, e)),
+            }
+        }
+        Err(Error::Invalid(format!(
+            "{}: could not take the lock; another process is starting this run",
+            lock.path.display()
+        )))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        for dir in &self.made {
+            // Fails, as it should, where the run wrote something.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 impl RunDir {
@@ -52,6 +139,7 @@ impl RunDir {
                 path.display()
             ))),
             _ => Ok(Self {
+                _lock: std::sync::Arc::new(RunLock::take(&path)?),
                 path,
                 experiment: experiment.into(),
             }),
@@ -136,6 +224,10 @@ mod tests {
         hooklens::atomic::atomic_write(&run.file("a.txt"), b"x").unwrap();
         let e = RunDir::create(base.path(), "exp", Some("r1"), false).unwrap_err();
         assert!(e.to_string().contains("incomplete"), "{e}");
+        // One writer: refused while `run` holds the folder, taken once it is dropped.
+        let e = RunDir::create(base.path(), "exp", Some("r1"), true).unwrap_err();
+        assert!(e.to_string().contains("being written by process"), "{e}");
+        drop(run);
         assert!(RunDir::create(base.path(), "exp", Some("r1"), true).is_ok());
     }
 }

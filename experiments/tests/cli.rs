@@ -211,6 +211,49 @@ fn a_successful_run_completes_its_folder_and_refuses_to_overwrite_it() {
 }
 
 #[test]
+fn a_run_folder_has_one_writer_and_a_stale_lock_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("out/induction_heads");
+    std::fs::create_dir_all(&runs).unwrap();
+    // Held by a live process (this test's): refused, naming it; the lock stays.
+    let lock = runs.join(".b.lock");
+    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    let (code, _, err) = run(INDUCTION, &["--outputs", "out", "--run", "b"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    let pid = std::process::id().to_string();
+    assert!(
+        err.contains("being written by process") && err.contains(&pid),
+        "{err}"
+    );
+    assert!(lock.is_file() && !runs.join("b").exists());
+    // Left by a process that is gone: taken over with a note, and removed when done.
+    std::fs::write(&lock, "4000000000").unwrap();
+    let (code, _, err) = run(INDUCTION, &["--outputs", "out", "--run", "b"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stale lock"), "{err}");
+    assert!(!lock.exists() && runs.join("b/manifest.json").is_file());
+}
+
+#[test]
+fn a_byte_order_mark_is_not_read_as_text_and_the_manifest_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plain.txt"), "abcd abcd\n").unwrap();
+    std::fs::write(dir.path().join("bom.txt"), "\u{feff}abcd abcd\n").unwrap();
+    for (name, file) in [("plain", "plain.txt"), ("bom", "bom.txt")] {
+        let args = ["--outputs", "out", "--run", name, "--prompt-file", file];
+        let (code, _, err) = run(LENS, &args, dir.path());
+        assert_eq!(code, 0, "{err}");
+    }
+    let runs = dir.path().join("out/logit_lens");
+    let table = |run: &str| std::fs::read(runs.join(run).join("lens.parquet")).unwrap();
+    assert_eq!(table("plain"), table("bom"));
+    let manifest =
+        |run: &str| std::fs::read_to_string(runs.join(run).join("manifest.json")).unwrap();
+    assert!(manifest("bom").contains("bom_stripped_from"));
+    assert!(!manifest("plain").contains("bom_stripped_from"));
+}
+
+#[test]
 fn the_cache_file_records_tokens_and_real_lengths() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.txt"), "abc abc\nab\n").unwrap();

@@ -172,13 +172,13 @@ pub fn load_embedded(opts: &LoadOptions) -> Result<Loaded> {
 /// Loads a model directory laid out like a Hugging Face model repo.
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::MissingFile {
-            path: cfg_path.clone(),
+    if !cfg_path.exists() {
+        return Err(Error::MissingFile {
+            path: cfg_path,
             hint: "a model directory needs config.json".into(),
-        },
-        _ => Error::io(&cfg_path, e),
-    })?;
+        });
+    }
+    let text = crate::text::read_text(&cfg_path)?;
     let cfg = ModelConfig::from_hf_json(&text)?;
     let raw = RawTensors::open(dir)?;
     let (w, ignored) = match cfg.original_architecture.as_str() {
@@ -246,7 +246,7 @@ fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     }
     let (v, m) = (dir.join("vocab.json"), dir.join("merges.txt"));
     if v.is_file() && m.is_file() {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
+        let read = |p: &Path| crate::text::read_text(p);
         return Tokenizer::from_vocab_merges(&read(&v)?, &read(&m)?);
     }
     Err(Error::MissingFile {
@@ -281,7 +281,7 @@ impl RawTensors {
         let files: Vec<PathBuf> = if single.is_file() {
             vec![single.clone()]
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text = crate::text::read_text(&index)?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
                     path: index.clone(),

@@ -544,7 +544,7 @@ fn saelens_layout(dir: &Path) -> Result<Layout> {
         path: cfg_path.clone(),
         reason,
     };
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let text = crate::text::read_text(&cfg_path)?;
     let cfg: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
     let int = |key: &str| {
@@ -663,7 +663,7 @@ fn gemma_scope(
     };
     let config = dir.join("config.json");
     if config.is_file() {
-        let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
+        let text = crate::text::read_text(&config)?;
         let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::BadSae {
             path: config.clone(),
             reason: format!("not JSON ({e})"),

@@ -21,13 +21,14 @@ impl ActivationStore {
     /// Opens the store in `dir`, checking that every shard is there.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("store.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::Invalid(format!(
-                "{} cannot be read ({e}): {} is not an activation store written by `capture`",
+        if !path.is_file() {
+            return Err(Error::Invalid(format!(
+                "{} is missing: {} is not an activation store written by `capture`",
                 path.display(),
                 dir.display()
-            ))
-        })?;
+            )));
+        }
+        let text = crate::text::read_text(&path)?;
         let spec: StoreSpec = serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
             path: path.clone(),
             reason: e.to_string(),

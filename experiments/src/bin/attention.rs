@@ -46,7 +46,7 @@ fn main() -> std::process::ExitCode {
 fn run(a: Args) -> Result<()> {
     let text = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
-        (_, Some(f)) => std::fs::read_to_string(f)
+        (_, Some(f)) => hooklens::text::read_text(f)
             .with_context(|| format!("reading --prompt-file {}", f.display()))?
             .trim_end()
             .to_string(),

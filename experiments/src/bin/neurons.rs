@@ -63,9 +63,8 @@ fn main() -> std::process::ExitCode {
 
 fn run(a: Args) -> Result<()> {
     let text = match &a.text {
-        Some(f) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading --text {}", f.display()))?
-        }
+        Some(f) => hooklens::text::read_text(f)
+            .with_context(|| format!("reading --text {}", f.display()))?,
         None => DEFAULT_TEXT.into(),
     };
     if text.trim().is_empty() {
