@@ -172,3 +172,16 @@ fn decompositions_refuse_nonfinite_factors_instead_of_spinning() {
     let e = FactoredMatrix::new(a.unwrap(), b.unwrap()).err().unwrap();
     assert!(matches!(e, Error::NonFinite { .. }), "{e}");
 }
+
+#[test]
+fn a_mistyped_model_alias_is_suggested() {
+    // Offline, so that the Hub is not asked.
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    for typo in ["smollm", "SmolLM-2", "smolm2"] {
+        let e = hooklens::load_model(Some(typo), &LoadOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("did you mean `smollm2"), "{typo}: {e}");
+    }
+}

@@ -119,19 +119,37 @@ fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
             hint: "check the path".into(),
         });
     }
-    let dir = resolve_hub_files(spec)?;
+    let dir = resolve_hub_files(spec).map_err(|e| match close_alias(spec) {
+        // A typo of an alias (`smollm`) reads as a Hub id: say which alias was meant.
+        Some(alias) => Error::Hub(format!(
+            "{e}; did you mean `{alias}` (a model hooklens knows by name)?"
+        )),
+        None => e,
+    })?;
     load_dir(&dir, opts)
+}
+
+/// The names `--model` knows besides paths and Hub ids.
+pub const ALIASES: &[&str] = &["smollm2", "smollm2-135m", "SmolLM2-135M-Instruct"];
+
+/// The alias `spec` is most likely a typo of, if any is close.
+fn close_alias(spec: &str) -> Option<&'static str> {
+    let lower = spec.to_lowercase();
+    ALIASES
+        .iter()
+        .map(|a| (strsim::jaro_winkler(&lower, &a.to_lowercase()), *a))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, a)| a)
 }
 
 /// Where a short alias (`smollm2`) lives: the cache that `scripts/fetch_smollm2.sh` fills
 /// (`$HOOKLENS_CACHE`, default `~/.cache/hooklens`).
 pub fn alias_path(spec: &str) -> Option<PathBuf> {
-    let file = match spec {
-        "smollm2" | "smollm2-135m" | "SmolLM2-135M-Instruct" => {
-            "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-        }
-        _ => return None,
-    };
+    if !ALIASES.contains(&spec) {
+        return None;
+    }
+    let file = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
     let base = std::env::var_os("HOOKLENS_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hooklens")))?;
