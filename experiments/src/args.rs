@@ -527,7 +527,7 @@ impl UnitArgs {
             };
             units.extend(top_neurons(model, batch, layers, k, self.rank_by)?);
         }
-        Ok(units)
+        Ok(distinct(units, "--unit"))
     }
 }
 
@@ -600,8 +600,21 @@ impl HeadArgs {
             model.block(l)?;
             model.check_head(h)?;
         }
-        Ok(heads)
+        Ok(distinct(heads, "--heads"))
     }
+}
+
+/// `items` with repeats left out (first occurrences in order), with a note naming what `flag`
+/// listed twice: each unit, kind or metric is computed and written once.
+pub fn distinct<T: PartialEq + std::fmt::Debug>(items: Vec<T>, flag: &str) -> Vec<T> {
+    let mut kept: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        match kept.contains(&item) {
+            true => eprintln!("note: {flag} lists {item:?} more than once; it is computed once"),
+            false => kept.push(item),
+        }
+    }
+    kept
 }
 
 /// The token ids (a, b, c) of an analogy a - b + c written `"a, b, c"`: the first keeps its

@@ -267,3 +267,25 @@ fn a_damaged_progress_log_is_an_error_naming_its_line() {
     assert!(err.contains("dropped its last line 2"), "{err}");
     assert_eq!(read(&torn.join("ablate.parquet")), table);
 }
+
+/// A unit, kind or metric listed twice is computed and written once, with a note.
+#[test]
+fn repeated_units_kinds_and_metrics_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--run",
+        "dup",
+        "--unit",
+        "L0H1,L0H1",
+        "--ablation",
+        "zero,zero",
+        "--metric",
+        "loss,loss",
+    ];
+    let (code, err) = run(ABLATE, &args, dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("more than once"), "{err}");
+    let table = dir.path().join("outputs/ablate/dup/ablate.parquet");
+    let rows = lab::parquet::read_parquet(&table).unwrap().height();
+    assert_eq!(rows, 1);
+}

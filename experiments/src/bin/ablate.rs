@@ -53,7 +53,9 @@ fn main() -> std::process::ExitCode {
     lab::main(run)
 }
 
-fn run(a: Args) -> Result<()> {
+fn run(mut a: Args) -> Result<()> {
+    a.ablation = lab::args::distinct(a.ablation, "--ablation");
+    a.metric = lab::args::distinct(a.metric, "--metric");
     let (mut exp, model, tok) = lab::Experiment::load("ablate", &a.model, &a)?;
     let (pairs, batch) = a.data.load(&model, &tok)?;
     let units = a.units.select(&model, &batch)?;

@@ -51,7 +51,7 @@ fn run(mut a: Args) -> Result<()> {
     if model.cfg.attn_only {
         a.grids.retain(|g| *g != Grid::MlpOut); // nothing to patch
     }
-    a.grids.dedup();
+    a.grids = lab::args::distinct(a.grids, "--grids");
     let p = Patching::new(
         &model,
         &batch,
