@@ -150,9 +150,17 @@ pub fn tokenize_pairs(
                 tok.single_token(text, &format!("the {what}"))
                     .map_err(|e| bad(e.to_string()))
             };
+            let (answer, wrong) = (one(&p.answer, "answer")?, one(&p.wrong, "wrong answer")?);
+            if answer == wrong {
+                // The logit difference would be 0 whatever the model does.
+                return Err(bad(format!(
+                    "the answer and the wrong answer are the same token {:?}; give two different ones",
+                    p.answer
+                )));
+            }
             Ok(TokenPair {
-                answer: one(&p.answer, "answer")?,
-                wrong: one(&p.wrong, "wrong answer")?,
+                answer,
+                wrong,
                 clean,
                 corrupted,
             })

@@ -304,6 +304,16 @@ fn lens_and_dla_refuse_bad_input_and_leave_nothing() {
         &["answer \"xy\" is 2 tokens"],
     );
     refused(DLA, &o(&["--prompt", "abc"]), &["--answer", "--wrong"]);
+    refused(
+        DLA,
+        &o(&["--prompt", "abc", "--answer", "c", "--wrong", "c"]),
+        &["the same token"],
+    );
+    refused(
+        env!("CARGO_BIN_EXE_ablate"),
+        &o(&["--reference", "Cargo.toml", "--ablation", "zero"]),
+        &["--reference has no effect"],
+    );
     refused(DLA, &o(&["--ioi", "3"]), &["IOI", "single tokens"]);
     refused(
         DLA,

@@ -56,6 +56,13 @@ fn main() -> std::process::ExitCode {
 fn run(mut a: Args) -> Result<()> {
     a.ablation = lab::args::distinct(a.ablation, "--ablation");
     a.metric = lab::args::distinct(a.metric, "--metric");
+    if a.reference.is_some()
+        && !a
+            .ablation
+            .contains(&hooklens::analysis::ablation::Ablation::Mean)
+    {
+        anyhow::bail!("--reference has no effect without --ablation mean: it is what mean ablation averages over");
+    }
     let (mut exp, model, tok) = lab::Experiment::load("ablate", &a.model, &a)?;
     let (pairs, batch) = a.data.load(&model, &tok)?;
     let units = a.units.select(&model, &batch)?;
