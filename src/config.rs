@@ -209,7 +209,7 @@ impl ModelConfig {
             n_layers: req(v, "n_layer")?,
             d_model,
             n_heads,
-            d_head: d_model / n_heads.max(1),
+            d_head: head_width(d_model, n_heads, "n_embd", "n_head")?,
             n_key_value_heads: n_heads,
             d_mlp: v["n_inner"].as_u64().map_or(4 * d_model, |x| x as usize),
             d_vocab: req(v, "vocab_size")?,
@@ -248,9 +248,10 @@ impl ModelConfig {
             other => return Err(Error::Unsupported(format!("{arch} activation `{other}`"))),
         };
         let (rotary_base, partial) = rope(v, arch)?;
-        let d_head = v["head_dim"]
-            .as_u64()
-            .map_or(d_model / n_heads.max(1), |x| x as usize);
+        let d_head = match v["head_dim"].as_u64() {
+            Some(d) => d as usize,
+            None => head_width(d_model, n_heads, "hidden_size", "num_attention_heads")?,
+        };
         let window_size = v["sliding_window"].as_u64().map(|x| x as usize);
         let attn_types = match window_size {
             Some(_) => local_layers(v, arch, n_layers)?,
@@ -299,7 +300,7 @@ impl ModelConfig {
     fn from_neox(v: &Value) -> Result<Self> {
         let d_model = req(v, "hidden_size")?;
         let n_heads = req(v, "num_attention_heads")?;
-        let d_head = d_model / n_heads.max(1);
+        let d_head = head_width(d_model, n_heads, "hidden_size", "num_attention_heads")?;
         let act = match v["hidden_act"].as_str().unwrap_or("gelu") {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluNew,
@@ -487,8 +488,26 @@ fn local_layers(v: &Value, arch: &str, n_layers: usize) -> Result<Vec<AttnType>>
 }
 
 fn req(v: &Value, key: &str) -> Result<usize> {
-    v[key]
-        .as_u64()
-        .map(|x| x as usize)
-        .ok_or_else(|| Error::Config(format!("config.json lacks the integer field `{key}`")))
+    match &v[key] {
+        Value::Null => Err(Error::Config(format!(
+            "config.json lacks the integer field `{key}`"
+        ))),
+        x => x.as_u64().map(|x| x as usize).ok_or_else(|| {
+            Error::Config(format!(
+                "config.json field `{key}` is {x}: it must be a non-negative integer"
+            ))
+        }),
+    }
+}
+
+/// Each head's width when the config gives only the model's: `heads` (the field `heads_key`)
+/// must divide `d_model` (`model_key`).
+fn head_width(d_model: usize, heads: usize, model_key: &str, heads_key: &str) -> Result<usize> {
+    if heads == 0 || !d_model.is_multiple_of(heads) {
+        return Err(Error::Config(format!(
+            "config.json `{heads_key}` ({heads}) must divide `{model_key}` ({d_model}): each head \
+             gets an equal share of the model's width"
+        )));
+    }
+    Ok(d_model / heads)
 }

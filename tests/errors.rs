@@ -45,6 +45,27 @@ fn config_disagreeing_with_weights() {
 }
 
 #[test]
+fn config_fields_out_of_range_are_named() {
+    for (from, to, needle) in [
+        ("\"n_layer\": 3", "\"n_layer\": -1", "`n_layer` is -1"),
+        (
+            "\"n_head\": 4",
+            "\"n_head\": 5",
+            "`n_head` (5) must divide `n_embd` (32)",
+        ),
+    ] {
+        let dir = gpt2_dir();
+        let p = dir.path().join("config.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from));
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+        let e = load_err(dir.path());
+        assert!(matches!(e, Error::Config(_)), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}
+
+#[test]
 fn missing_model_path() {
     let e = match hooklens::load_model(Some("./no/such/model"), &LoadOptions::default()) {
         Err(e) => e,
