@@ -328,6 +328,14 @@ pub fn sweep_in_folder(
     let args = comparable_args(args)?;
     let base = run.outputs.join(experiment);
     if opts.shards.merge {
+        let wanted = base.join(run.run.as_deref().unwrap_or_default());
+        if run.run.is_none() || !wanted.is_dir() {
+            return Err(Error::Invalid(format!(
+                "--merge: there is no run {} to merge; run its shards with --run NAME \
+                 --shard INDEX/COUNT first",
+                wanted.display()
+            )));
+        }
         let root = RunDir::create(&run.outputs, experiment, run.run.as_deref(), true)?;
         if root.file("manifest.json").exists() {
             return Err(Error::Invalid(format!(

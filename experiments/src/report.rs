@@ -501,18 +501,30 @@ pub fn composition_plots(
             &what,
             &heatmap,
         )?;
-        let (i, best) = grid
+        // Only a writer in an earlier layer than its reader composes.
+        let best = grid
             .iter()
             .flatten()
             .enumerate()
-            .fold((0, f32::MIN), |m, (i, &v)| if v > m.1 { (i, v) } else { m });
-        writeln!(
-            out,
-            "strongest {}-composition: {} -> {} ({best:.3})",
-            c.name(),
-            labels[i / (l * h)],
-            labels[i % (l * h)]
-        )?;
+            .filter(|(i, _)| (i / (l * h)) / h < (i % (l * h)) / h)
+            .fold(None, |m: Option<(usize, f32)>, (i, &v)| match m {
+                Some((_, b)) if b >= v => m,
+                _ => Some((i, v)),
+            });
+        match best {
+            Some((i, v)) => writeln!(
+                out,
+                "strongest {}-composition: {} -> {} ({v:.3})",
+                c.name(),
+                labels[i / (l * h)],
+                labels[i % (l * h)]
+            )?,
+            None => writeln!(
+                out,
+                "no {}-composition: a model of one layer has no later head to compose with",
+                c.name()
+            )?,
+        }
     }
     Ok(())
 }

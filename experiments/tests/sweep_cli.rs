@@ -145,6 +145,9 @@ fn a_merge_with_a_missing_shard_is_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("shard=1") && err.contains("missing"), "{err}");
     assert!(!dir.path().join("outputs/patch/s/patch.parquet").exists());
+    let (code, err) = run(PATCH, &["--run", "nothing", "--merge"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no run") && !err.contains("--resume"), "{err}");
 }
 
 /// Fails with exit code 1 or 2 (clap), names every string of `named`, leaves nothing behind.
