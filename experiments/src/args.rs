@@ -224,7 +224,18 @@ pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
 /// its parameters: `top_k 0: must lie in 1..=257` becomes `--top-k 0: must lie in 1..=257`, and
 /// a parameter named in backticks (`` `temperature` ``) becomes `--temperature`.
 pub fn in_flags_words(e: &anyhow::Error) -> String {
-    let mut text = format!("{e:#}");
+    // Each cause once: a message that already ends with its cause's text (an OS error after
+    // its path) does not repeat it.
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !text.ends_with(&c) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c);
+        }
+    }
     for cause in e.chain() {
         if let Some(p @ Error::BadParameter { name, value, valid }) = cause.downcast_ref() {
             let flag = |n: &str| format!("--{}", n.replace('_', "-"));

@@ -304,6 +304,10 @@ fn lens_and_dla_refuse_bad_input_and_leave_nothing() {
         &["answer \"xy\" is 2 tokens"],
     );
     refused(DLA, &o(&["--prompt", "abc"]), &["--answer", "--wrong"]);
+    // An OS error is said once, after the path.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, err) = run(LENS, &["--prompt-file", "nowhere.txt"], dir.path());
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     refused(
         DLA,
         &o(&["--prompt", "abc", "--answer", "c", "--wrong", "c"]),
