@@ -206,3 +206,10 @@ fn a_mistyped_model_alias_is_suggested() {
         assert!(e.contains("did you mean `smollm2"), "{typo}: {e}");
     }
 }
+
+#[test]
+fn candle_errors_carry_no_backtrace_into_messages() {
+    std::env::set_var("RUST_BACKTRACE", "1");
+    let e: Error = candle_core::Error::Msg("boom".into()).bt().into();
+    assert_eq!(e.to_string(), "boom");
+}
