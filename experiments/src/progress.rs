@@ -429,6 +429,12 @@ pub fn read_args(path: &std::path::Path) -> Result<serde_json::Value> {
             path.display()
         )));
     }
+    read_json(path)
+}
+
+/// A JSON file a run wrote (args.json, store.json, plan.json), read back: an error names the
+/// file and the line where it is damaged.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = hooklens::text::read_text(path)?;
     serde_json::from_str(&text).map_err(|e| {
         Error::Invalid(format!(
@@ -559,6 +565,17 @@ mod tests {
         let (_, entries) = ProgressLog::open(&path).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(f32::from_bits(entries[1].1.values[0].1), 1.5);
+    }
+
+    #[test]
+    fn a_damaged_json_file_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.json");
+        std::fs::write(&path, "{\n  \"a\": 1,\n  garbage\n}").unwrap();
+        let err = read_json::<serde_json::Value>(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.json line 3"), "{err}");
     }
 
     #[test]

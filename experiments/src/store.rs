@@ -197,8 +197,7 @@ pub fn capture_in_folder(
     crate::progress::save_or_check_args(&dir, resume, args)?;
     let spec_path = dir.file("store.json");
     if resume {
-        let saved: StoreSpec = serde_json::from_str(&std::fs::read_to_string(&spec_path)?)
-            .with_context(|| format!("reading {}", spec_path.display()))?;
+        let saved: StoreSpec = crate::progress::read_json(&spec_path)?;
         if saved != spec {
             bail!(
                 "{}: the store there was planned differently (batches, shards or hooks); start a new run with --run NAME",
@@ -324,8 +323,7 @@ pub fn merge_store(root: &RunDir, args: &impl serde::Serialize) -> Result<StoreS
             .is_some_and(|n| n.starts_with("shard="))
         {
             check_same_args(&read_args(&path.join("args.json"))?, &args, &path)?;
-            let s: StoreSpec =
-                serde_json::from_str(&std::fs::read_to_string(path.join("store.json"))?)?;
+            let s: StoreSpec = crate::progress::read_json(&path.join("store.json"))?;
             if spec.as_ref().is_some_and(|p| *p != s) {
                 bail!("{}: planned differently from the other shards; rerun it with the same --max-memory", path.display());
             }

@@ -228,7 +228,7 @@ impl TrainArgs {
     ) -> Result<usize> {
         let path = dir.file("plan.json");
         if resume && path.is_file() {
-            let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+            let plan: serde_json::Value = crate::progress::read_json(&path)?;
             return plan["buffer_rows"]
                 .as_u64()
                 .map(|r| r as usize)
