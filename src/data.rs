@@ -191,6 +191,38 @@ impl PairBatch {
             wrong: pairs.iter().map(|p| p.wrong).collect(),
         })
     }
+
+    /// The pairs `rows` (views of the token tensors, no copy).
+    pub fn slice(&self, rows: Range<usize>) -> Result<Self> {
+        Ok(Self {
+            clean: self.clean.narrow(0, rows.start, rows.len())?,
+            corrupted: self.corrupted.narrow(0, rows.start, rows.len())?,
+            lengths: self.lengths[rows.clone()].to_vec(),
+            answers: self.answers[rows.clone()].to_vec(),
+            wrong: self.wrong[rows].to_vec(),
+        })
+    }
+}
+
+/// `n_prompts` prompts of `n_pos` (padded) tokens in consecutive chunks of at most
+/// `tokens_per_pass` tokens: what one forward pass over a dataset holds, so that memory does
+/// not grow with the dataset. A prompt longer than `tokens_per_pass` is an error.
+pub fn prompt_chunks(
+    n_prompts: usize,
+    n_pos: usize,
+    tokens_per_pass: usize,
+) -> Result<Vec<Range<usize>>> {
+    if n_pos > tokens_per_pass {
+        return Err(Error::Invalid(format!(
+            "prompts of {n_pos} tokens do not fit in a pass of {tokens_per_pass} tokens \
+             (--tokens-per-pass): a pass holds at least one whole prompt; raise it to {n_pos} or more"
+        )));
+    }
+    let per_chunk = (tokens_per_pass / n_pos.max(1)).max(1);
+    Ok((0..n_prompts)
+        .step_by(per_chunk)
+        .map(|start| start..(start + per_chunk).min(n_prompts))
+        .collect())
 }
 
 /// Reads prompt pairs from a `.tsv` file (four tab-separated columns clean, corrupted, answer,

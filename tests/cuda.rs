@@ -13,7 +13,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use common::*;
 use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
 use hooklens::analysis::patching::Grid;
-use hooklens::analysis::sweep::{Metric, Sweep, Target};
+use hooklens::analysis::sweep::{Job, Metric, Sweep, Target};
 use hooklens::data::PairBatch;
 use hooklens::generate::{generate, GenerateOptions};
 use hooklens::{load_model, HookedTransformer, Hooks, LoadOptions, NameFilter, Processing};
@@ -199,10 +199,9 @@ fn sweeps_on_the_gpu_give_the_cpu_values() {
             wrong: vec![286],
         };
         let heads = Unit::all_heads(m);
-        let (_, clean_cache) = m.run_with_cache(&batch.clean, NameFilter::All).unwrap();
         let mut values = vec![];
         for metric in [Metric::Loss, Metric::LogitDiff] {
-            let jobs = ablation_jobs(&heads, Ablation::Zero, None, 0).unwrap();
+            let jobs = ablation_jobs(&heads, Ablation::Zero, None).unwrap();
             let target = Target::new(&batch, false).unwrap();
             let sweep = Sweep::new(m, target, metric, jobs, 64).unwrap();
             values.extend(sweep.compute().unwrap());
@@ -211,10 +210,11 @@ fn sweeps_on_the_gpu_give_the_cpu_values() {
             .cells(m, p)
             .unwrap()
             .iter()
-            .map(|c| c.job(&clean_cache).unwrap())
+            .map(|c| Job::from_source(c.site(), 0))
             .collect();
         let target = Target::new(&batch, true).unwrap();
-        let sweep = Sweep::new(m, target, Metric::LogitDiff, jobs, 64).unwrap();
+        let sources = vec![batch.clean.clone()];
+        let sweep = Sweep::with_sources(m, target, sources, Metric::LogitDiff, jobs, 64).unwrap();
         values.extend(sweep.compute().unwrap());
         values
     });

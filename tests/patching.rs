@@ -6,10 +6,10 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
-use hooklens::analysis::patching::{act_patch, attribution, clean_points, Cell, Grid};
-use hooklens::analysis::sweep::{Metric, Sweep, Target};
+use hooklens::analysis::patching::{act_patch, attribution, Cell, Grid};
+use hooklens::analysis::sweep::{Job, Metric, Sweep, Target};
 use hooklens::data::{tokenize_pairs, PairBatch, PromptPair};
-use hooklens::{HookedTransformer, NameFilter, Processing, Tokenizer};
+use hooklens::{HookedTransformer, Processing, Tokenizer};
 use std::collections::HashMap;
 
 fn reference() -> HashMap<String, Tensor> {
@@ -72,7 +72,7 @@ fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: 
     let n_pos = batch.clean.dim(1).unwrap();
 
     // Zero-ablation of every head, on the clean prompt.
-    let jobs = ablation_jobs(&Unit::all_heads(model), Ablation::Zero, None, 0).unwrap();
+    let jobs = ablation_jobs(&Unit::all_heads(model), Ablation::Zero, None).unwrap();
     let clean_target = Target::new(&batch, false).unwrap();
     let sweep = Sweep::new(model, clean_target, Metric::LogitDiff, jobs, 4096).unwrap();
     assert_close("clean metric", &[sweep.baseline()], get("clean"), tol);
@@ -91,15 +91,23 @@ fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: 
         (Grid::AttnHeadOutAllPos, "head_out_all_pos"),
         (Grid::AttnHeadPatternAllPos, "head_pattern_all_pos"),
     ];
-    let all: Vec<Grid> = grids.iter().map(|g| g.0).collect();
-    let (_, clean) = model
-        .run_with_cache(&batch.clean, NameFilter::Points(clean_points(model, &all)))
-        .unwrap();
     let target = Target::new(&batch, true).unwrap();
+    let clean = vec![batch.clean.clone()];
     for (grid, name) in grids {
         let cells = grid.cells(model, n_pos).unwrap();
-        let jobs = cells.iter().map(|c| c.job(&clean).unwrap()).collect();
-        let sweep = Sweep::new(model, target.clone(), Metric::LogitDiff, jobs, 4096).unwrap();
+        let jobs = cells
+            .iter()
+            .map(|c| Job::from_source(c.site(), 0))
+            .collect();
+        let sweep = Sweep::with_sources(
+            model,
+            target.clone(),
+            clean.clone(),
+            Metric::LogitDiff,
+            jobs,
+            4096,
+        )
+        .unwrap();
         assert_close(
             "corrupted metric",
             &[sweep.baseline()],
@@ -137,12 +145,28 @@ fn check(model: &HookedTransformer, tok: &Tokenizer, bos: bool, key: &str, tol: 
         (Grid::AttnHeadOutAllPos, "attr_head_out"),
     ] {
         let cells: Vec<Cell> = grid.cells(model, n_pos).unwrap();
-        let got = attribution(model, &target, Metric::LogitDiff, &clean, &cells).unwrap();
+        let got = attribution(
+            model,
+            &target,
+            Metric::LogitDiff,
+            &batch.clean,
+            &cells,
+            4096,
+        )
+        .unwrap();
         assert_close(name, &got, get(name), tol);
     }
     // Per head and position, the estimates add up over positions to the all-position ones.
     let by_pos = Grid::AttnHeadOutByPos.cells(model, n_pos).unwrap();
-    let parts = attribution(model, &target, Metric::LogitDiff, &clean, &by_pos).unwrap();
+    let parts = attribution(
+        model,
+        &target,
+        Metric::LogitDiff,
+        &batch.clean,
+        &by_pos,
+        4096,
+    )
+    .unwrap();
     let sums: Vec<f32> = parts.chunks(n_pos).map(|c| c.iter().sum()).collect();
     assert_close(
         "attr_head_out by position, summed",

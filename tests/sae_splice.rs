@@ -175,29 +175,39 @@ fn sweeps_over_features_equal_the_naive_loop() {
     let target = target(&tokens(&r, "tokens"));
     let point = acts_post(&sae);
     let mut jobs: Vec<Job> = (0..6)
-        .map(|f| Job {
-            site: Site::neuron(point, f * 7).with_pos(f + 3),
-            intervention: Intervention::Zero,
+        .map(|f| {
+            Job::new(
+                Site::neuron(point, f * 7).with_pos(f + 3),
+                Intervention::Zero,
+            )
         })
         .collect();
     // Steering: a feature turned up everywhere; the transcoder's features; a head before the
     // SAEs (its pass runs them all).
-    jobs.push(Job {
-        site: Site::neuron(point, 5),
-        intervention: Intervention::Add(Tensor::new(&[4f32], &Device::Cpu).unwrap()),
-    });
-    jobs.push(Job {
-        site: Site::neuron(acts_post(&tc), 2),
-        intervention: Intervention::Scale(3.0),
-    });
-    jobs.push(Job {
-        site: Site::head(HookPoint::block(0, BlockHook::Z), 1),
-        intervention: Intervention::Zero,
-    });
+    jobs.push(Job::new(
+        Site::neuron(point, 5),
+        Intervention::Add(Tensor::new(&[4f32], &Device::Cpu).unwrap()),
+    ));
+    jobs.push(Job::new(
+        Site::neuron(acts_post(&tc), 2),
+        Intervention::Scale(3.0),
+    ));
+    jobs.push(Job::new(
+        Site::head(HookPoint::block(0, BlockHook::Z), 1),
+        Intervention::Zero,
+    ));
     for metric in [Metric::Loss, Metric::LogitDiff] {
-        let want = naive(&model, &splices, &target, metric, &jobs).unwrap();
-        let sweep =
-            Sweep::spliced(&model, &splices, target.clone(), metric, jobs.clone(), 64).unwrap();
+        let want = naive(&model, &splices, &target, &[], metric, &jobs).unwrap();
+        let sweep = Sweep::spliced(
+            &model,
+            &splices,
+            target.clone(),
+            vec![],
+            metric,
+            jobs.clone(),
+            64,
+        )
+        .unwrap();
         for (j, (g, w)) in sweep.compute().unwrap().iter().zip(&want).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-4 * w.abs().max(1.0),
@@ -208,11 +218,12 @@ fn sweeps_over_features_equal_the_naive_loop() {
             &model,
             &[],
             &target,
+            &[],
             metric,
-            &[Job {
-                site: Site::at(HookPoint::block(0, BlockHook::ResidPost)),
-                intervention: Intervention::Scale(1.0),
-            }],
+            &[Job::new(
+                Site::at(HookPoint::block(0, BlockHook::ResidPost)),
+                Intervention::Scale(1.0),
+            )],
         )
         .unwrap()[0];
         // The sweep with the error-term SAE and the transcoder is not the clean model.

@@ -421,16 +421,14 @@ fn mean_ablation_from_a_store_equals_the_naive_loop_with_the_corpus_mean() {
             )
             .unwrap();
             let mean = all.mean(0).unwrap().reshape((1, 1, 4, 16)).unwrap();
-            Job {
-                site: Site::head(z[layer], head),
-                intervention: Intervention::Mean(mean),
-            }
+            Job::new(Site::head(z[layer], head), Intervention::Mean(mean))
         })
         .collect();
     let want = naive(
         &model,
         &[],
         &Target::new(&batch, false).unwrap(),
+        &[],
         Metric::Loss,
         &jobs,
     )

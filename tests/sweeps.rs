@@ -40,7 +40,8 @@ fn embedded_batch(model: &HookedTransformer, tok: &Tokenizer) -> PairBatch {
 }
 
 /// Every kind of job the binaries build: zero and mean ablation of heads, MLPs and neurons
-/// over all positions, and patching from the clean run at single positions and whole heads.
+/// over all positions, and patching from the clean run at single positions and whole heads,
+/// from a cache and from the sweep's source prompts (the clean ones).
 fn jobs(model: &HookedTransformer, batch: &PairBatch) -> Vec<Job> {
     let points: Vec<HookPoint> = model.hook_points();
     let (_, clean) = model
@@ -54,48 +55,45 @@ fn jobs(model: &HookedTransformer, batch: &PairBatch) -> Vec<Job> {
     for l in 0..model.cfg.n_layers {
         let z = HookPoint::block(l, BlockHook::Z);
         for h in 0..model.cfg.n_heads {
-            jobs.push(Job {
-                site: Site::head(z, h),
-                intervention: Intervention::Zero,
-            });
+            jobs.push(Job::new(Site::head(z, h), Intervention::Zero));
             let mean = Intervention::mean_of(corrupted.get(z).unwrap()).unwrap();
-            jobs.push(Job {
-                site: Site::head(z, h),
-                intervention: mean,
-            });
+            jobs.push(Job::new(Site::head(z, h), mean));
             let pattern = HookPoint::block(l, BlockHook::Pattern);
-            jobs.push(Job {
-                site: Site::head(pattern, h),
-                intervention: Intervention::Patch(clean.get(pattern).unwrap().clone()),
-            });
-            jobs.push(Job {
-                site: Site::head(z, h).with_pos((l + 3 * h) % p),
-                intervention: Intervention::Patch(clean.get(z).unwrap().clone()),
-            });
+            jobs.push(Job::new(
+                Site::head(pattern, h),
+                Intervention::Patch(clean.get(pattern).unwrap().clone()),
+            ));
+            jobs.push(Job::new(
+                Site::head(z, h).with_pos((l + 3 * h) % p),
+                Intervention::Patch(clean.get(z).unwrap().clone()),
+            ));
         }
         for pos in [0, 1, p / 2, p - 2, p - 1] {
             for hook in [BlockHook::ResidPre, BlockHook::AttnOut] {
                 let point = HookPoint::block(l, hook);
-                jobs.push(Job {
-                    site: Site::at(point).with_pos(pos),
-                    intervention: Intervention::Patch(clean.get(point).unwrap().clone()),
-                });
+                jobs.push(Job::new(
+                    Site::at(point).with_pos(pos),
+                    Intervention::Patch(clean.get(point).unwrap().clone()),
+                ));
             }
         }
         if !model.cfg.attn_only {
             let out = HookPoint::block(l, BlockHook::MlpOut);
-            jobs.push(Job {
-                site: Site::at(out),
-                intervention: Intervention::Zero,
-            });
-            jobs.push(Job {
-                site: Site::at(out).with_pos(p / 2),
-                intervention: Intervention::Patch(clean.get(out).unwrap().clone()),
-            });
-            jobs.push(Job {
-                site: Site::neuron(HookPoint::block(l, BlockHook::MlpPost), 3),
-                intervention: Intervention::Zero,
-            });
+            jobs.push(Job::new(Site::at(out), Intervention::Zero));
+            jobs.push(Job::new(
+                Site::at(out).with_pos(p / 2),
+                Intervention::Patch(clean.get(out).unwrap().clone()),
+            ));
+            // Patched from the clean run of each chunk of prompts (source 0).
+            jobs.push(Job::from_source(Site::at(out).with_pos(p / 3), 0));
+            jobs.push(Job::from_source(
+                Site::head(HookPoint::block(l, BlockHook::Z), 1),
+                0,
+            ));
+            jobs.push(Job::new(
+                Site::neuron(HookPoint::block(l, BlockHook::MlpPost), 3),
+                Intervention::Zero,
+            ));
         }
     }
     jobs
@@ -105,10 +103,23 @@ fn assert_sweep_equals_naive(model: &HookedTransformer, batch: &PairBatch) {
     let jobs = jobs(model, batch);
     for metric in [Metric::LogitDiff, Metric::Loss, Metric::Prob] {
         let target = Target::new(batch, true).unwrap();
-        let want = naive(model, &[], &target, metric, &jobs).unwrap();
-        // A small budget forces many batches with different offsets; a large one, few.
-        for budget in [40, 100_000] {
-            let sweep = Sweep::new(model, target.clone(), metric, jobs.clone(), budget).unwrap();
+        let sources = vec![batch.clean.clone()];
+        let want = naive(model, &[], &target, &sources, metric, &jobs).unwrap();
+        // A small budget forces one or two prompts per chunk and many batches with different
+        // offsets; a large one, one chunk and few batches.
+        let p = batch.clean.dim(1).unwrap();
+        for budget in [p, 2 * p + 1, 100_000] {
+            let sweep = Sweep::with_sources(
+                model,
+                target.clone(),
+                sources.clone(),
+                metric,
+                jobs.clone(),
+                budget,
+            )
+            .unwrap();
+            let per_chunk = budget / p;
+            assert_eq!(sweep.chunks().len(), target.len().div_ceil(per_chunk));
             let got = sweep.compute().unwrap();
             let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -118,7 +129,7 @@ fn assert_sweep_equals_naive(model: &HookedTransformer, batch: &PairBatch) {
                     jobs[i].site
                 );
             }
-            let base = naive(model, &[], &target, metric, &[]).unwrap();
+            let base = naive(model, &[], &target, &[], metric, &[]).unwrap();
             assert!(base.is_empty());
         }
     }
@@ -153,10 +164,10 @@ fn patching_the_whole_residual_stream_recovers_the_clean_metric() {
     let jobs: Vec<Job> = (0..model.cfg.n_layers)
         .map(|l| {
             let point = HookPoint::block(l, BlockHook::ResidPre);
-            Job {
-                site: Site::at(point),
-                intervention: Intervention::Patch(clean.get(point).unwrap().clone()),
-            }
+            Job::new(
+                Site::at(point),
+                Intervention::Patch(clean.get(point).unwrap().clone()),
+            )
         })
         .collect();
     let sweep = Sweep::new(&model, target, Metric::LogitDiff, jobs, 4096).unwrap();
@@ -187,10 +198,10 @@ fn mean_ablation_over_identical_prompts_changes_nothing() {
     for l in 0..model.cfg.n_layers {
         let z = HookPoint::block(l, BlockHook::Z);
         for h in 0..model.cfg.n_heads {
-            jobs.push(Job {
-                site: Site::head(z, h),
-                intervention: Intervention::mean_of(cache.get(z).unwrap()).unwrap(),
-            });
+            jobs.push(Job::new(
+                Site::head(z, h),
+                Intervention::mean_of(cache.get(z).unwrap()).unwrap(),
+            ));
         }
     }
     for metric in [Metric::Loss, Metric::LogitDiff] {
@@ -226,7 +237,7 @@ fn top_neurons_rank_by_mean_activation_and_by_dla() {
     let t = tokenize_pairs(&ioi_pairs(&tok, 3, 1).unwrap(), &tok, true, "ioi").unwrap();
     let batch = PairBatch::new(&t, 0, model.device()).unwrap();
     assert!(batch.lengths.iter().any(|&l| l != batch.lengths[0]));
-    let by_mean = top_neurons(&model, &batch, &[0, 2], 3, NeuronRank::Mean).unwrap();
+    let by_mean = top_neurons(&model, &batch, &[0, 2], 3, NeuronRank::Mean, 4096).unwrap();
     assert_eq!(by_mean.len(), 6);
     assert!(matches!(by_mean[3], Unit::Neuron { layer: 2, .. }));
     // The first pick has the largest mean activation of its layer over the real positions.
@@ -250,9 +261,9 @@ fn top_neurons_rank_by_mean_activation_and_by_dla() {
         panic!("{:?}", by_mean[0])
     };
     assert!((0..model.cfg.d_mlp).all(|n| mean(n) <= mean(best) + 1e-5));
-    let by_dla = top_neurons(&model, &batch, &[1], 4, NeuronRank::Dla).unwrap();
+    let by_dla = top_neurons(&model, &batch, &[1], 4, NeuronRank::Dla, 4096).unwrap();
     assert_eq!(by_dla.len(), 4);
-    assert!(top_neurons(&model, &batch, &[3], 1, NeuronRank::Mean).is_err());
+    assert!(top_neurons(&model, &batch, &[3], 1, NeuronRank::Mean, 4096).is_err());
 }
 
 #[test]
@@ -268,7 +279,7 @@ fn a_padded_batch_gives_the_mean_of_each_prompt_alone() {
     );
     let units = Unit::all_heads(&model);
     for metric in [Metric::LogitDiff, Metric::Loss, Metric::Prob] {
-        let jobs = ablation_jobs(&units, Ablation::Zero, None, 0).unwrap();
+        let jobs = ablation_jobs(&units, Ablation::Zero, None).unwrap();
         let run = |b: &PairBatch| {
             let sweep = Sweep::new(
                 &model,

@@ -122,9 +122,8 @@ pub fn timed_sweeps<'m>(
 ) -> Result<Vec<TimedSweep<'m>>> {
     use hooklens::analysis::ablation::{ablation_jobs, Ablation, Unit};
     use hooklens::analysis::patching::Grid;
-    use hooklens::analysis::sweep::{Metric, Sweep, Target};
+    use hooklens::analysis::sweep::{Job, Metric, Sweep, Target};
     let heads = Unit::all_heads(model);
-    let (_, clean) = model.run_with_cache(&batch.clean, hooklens::NameFilter::All)?;
     let cells = Grid::ResidPre.cells(model, batch.clean.dim(1)?)?;
     let cases = [
         (
@@ -149,20 +148,22 @@ pub fn timed_sweeps<'m>(
     let mut out = vec![];
     for (name, key, metric, patch) in cases {
         let t = Instant::now();
-        let (jobs, target) = match patch {
+        let (jobs, target, sources) = match patch {
             false => (
-                ablation_jobs(&heads, Ablation::Zero, None, 0)?,
+                ablation_jobs(&heads, Ablation::Zero, None)?,
                 Target::new(batch, false)?,
+                vec![],
             ),
             true => (
                 cells
                     .iter()
-                    .map(|c| c.job(&clean))
-                    .collect::<hooklens::Result<Vec<_>>>()?,
+                    .map(|c| Job::from_source(c.site(), 0))
+                    .collect(),
                 Target::new(batch, true)?,
+                vec![batch.clean.clone()],
             ),
         };
-        let sweep = Sweep::new(model, target, metric, jobs, tokens_per_pass)?;
+        let sweep = Sweep::with_sources(model, target, sources, metric, jobs, tokens_per_pass)?;
         let values = sweep.compute()?;
         let secs = t.elapsed().as_secs_f64();
         out.push(TimedSweep {

@@ -437,8 +437,9 @@ impl PairArgs {
 /// Options of the sweep binaries (`ablate`, `patch`).
 #[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct SweepArgs {
-    /// Token positions computed per batched forward pass (interventions × prompts × positions
-    /// recomputed). Larger runs faster until memory runs short.
+    /// Token positions per batched forward pass (interventions × prompts × positions, the
+    /// cached prefix included). The prompts run in chunks that fit, so memory is bounded by
+    /// this, not by the number of prompts. Larger runs faster until memory runs short.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub tokens_per_pass: u64,
     #[command(flatten)]
@@ -518,6 +519,7 @@ impl UnitArgs {
         &self,
         model: &HookedTransformer,
         batch: &hooklens::data::PairBatch,
+        tokens_per_pass: usize,
     ) -> Result<Vec<Unit>> {
         let mut units: Vec<Unit> = match self.unit.is_empty() {
             false => self.unit.iter().map(|u| u.parse()).collect::<Result<_>>()?,
@@ -536,7 +538,14 @@ impl UnitArgs {
                 true => &all,
                 false => &self.neuron_layers,
             };
-            units.extend(top_neurons(model, batch, layers, k, self.rank_by)?);
+            units.extend(top_neurons(
+                model,
+                batch,
+                layers,
+                k,
+                self.rank_by,
+                tokens_per_pass,
+            )?);
         }
         Ok(distinct(units, "--unit"))
     }

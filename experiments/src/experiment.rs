@@ -174,6 +174,7 @@ impl Experiment {
             self.manifest.set("bom_stripped_from", bom)?;
         }
         let run = self.run.as_ref().context("no run folder")?;
+        self.manifest.peak_memory_mb = crate::store::memory().1 as f64 / (1 << 20) as f64;
         run.write_manifest(&self.manifest)?;
         writeln!(std::io::stdout().lock(), "wrote {}", run.path.display())?;
         Ok(())

@@ -30,6 +30,9 @@ pub struct Manifest {
     pub settings: BTreeMap<String, serde_json::Value>,
     /// Time spent in each phase, in the order run.
     pub timings: Vec<Timing>,
+    /// The process's peak resident memory (Linux's VmHWM) when the manifest was written, in MB.
+    #[serde(default)]
+    pub peak_memory_mb: f64,
     /// Every intervention applied, with how often it fired.
     pub interventions: Vec<Fired>,
     /// Each parquet table: its columns (name, dtype as polars prints it, meaning) and rows.
@@ -102,6 +105,7 @@ impl Manifest {
                 .map_err(|e| Error::Invalid(format!("recording the arguments: {e}")))?,
             settings,
             timings: vec![],
+            peak_memory_mb: 0.0,
             interventions: vec![],
             tables: BTreeMap::new(),
             files: BTreeMap::new(),

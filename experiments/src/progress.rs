@@ -181,27 +181,46 @@ impl ProgressLog {
     }
 }
 
-/// The values of every job of every sweep (`None` where another shard computes it) and every
-/// intervention with its fire count.
+/// The values of every job of every sweep (`None` where another shard computes it, or part of
+/// it) and every intervention with its fire count.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub values: Vec<Vec<Option<f32>>>,
     pub fired: Vec<Fired>,
 }
 
-impl Outcome {
+/// What the finished batches gave: each job's value on each chunk of prompts, by sweep.
+struct Parts {
+    values: Vec<Vec<Vec<Option<f32>>>>,
+    fired: Vec<Fired>,
+}
+
+impl Parts {
     fn empty(sweeps: &[Sweep]) -> Self {
-        Outcome {
-            values: sweeps.iter().map(|s| vec![None; s.jobs().len()]).collect(),
+        Parts {
+            values: (sweeps.iter())
+                .map(|s| vec![vec![None; s.chunks().len()]; s.jobs().len()])
+                .collect(),
             fired: vec![],
         }
     }
 
-    fn add(&mut self, e: Entry) {
+    fn add(&mut self, sweeps: &[Sweep], e: Entry) {
+        let chunk = sweeps[e.sweep].batches()[e.batch].chunk;
         for (j, bits) in e.values {
-            self.values[e.sweep][j] = Some(f32::from_bits(bits));
+            self.values[e.sweep][j][chunk] = Some(f32::from_bits(bits));
         }
         self.fired.extend(e.fired);
+    }
+
+    /// Each job's value over all the prompts (where every chunk of it is here).
+    fn outcome(self, sweeps: &[Sweep]) -> Outcome {
+        Outcome {
+            values: (sweeps.iter().zip(&self.values))
+                .map(|(s, jobs)| jobs.iter().map(|parts| s.combine(parts)).collect())
+                .collect(),
+            fired: self.fired,
+        }
     }
 
     /// Adds the entries read from the log `path` (with their line numbers), each checked to
@@ -225,23 +244,39 @@ impl Outcome {
                     e.sweep
                 )));
             }
-            self.add(e);
+            self.add(sweeps, e);
         }
         Ok(())
     }
 }
 
-/// Each sweep batch's rough cost: rows × recomputed positions × layers left.
-fn costs(sweeps: &[Sweep]) -> Vec<f64> {
-    sweeps
+/// Which batches of `sweeps` are `shard`'s: whole jobs (a batch's jobs over every chunk of
+/// prompts go to one shard, so a shard's table holds complete values), about 1/count of the
+/// rough cost (jobs × prompts × recomputed positions × layers left) each.
+fn shard_batches(sweeps: &[Sweep], shard: Shard) -> Vec<bool> {
+    // The batches repeat chunk by chunk: group batch i with i % (batches per chunk).
+    let groups: Vec<Vec<f64>> = sweeps
         .iter()
-        .flat_map(|s| {
+        .map(|s| {
             let (n, p) = s.shape();
-            s.batches()
-                .iter()
-                .map(move |b| (b.jobs.len() * (p - b.offset) * (n - b.layer)) as f64)
+            let per_chunk = s.batches().len() / s.chunks().len().max(1);
+            let mut costs = vec![0.0; per_chunk];
+            for (i, b) in s.batches().iter().enumerate() {
+                let rows = s.chunks()[b.chunk].len();
+                costs[i % per_chunk] +=
+                    (b.jobs.len() * rows * (p - b.offset) * (n - b.layer)) as f64;
+            }
+            costs
         })
-        .collect()
+        .collect();
+    let mine = shard.select(&groups.concat());
+    let mut out = vec![];
+    let mut first = 0;
+    for (s, costs) in sweeps.iter().zip(&groups) {
+        out.extend((0..s.batches().len()).map(|i| mine[first + i % costs.len()]));
+        first += costs.len();
+    }
+    out
 }
 
 /// Runs the batches of `sweeps` in `shard` that `log` does not hold yet, appending each as it
@@ -249,13 +284,13 @@ fn costs(sweeps: &[Sweep]) -> Vec<f64> {
 /// shard computed, earlier runs' batches included.
 pub fn compute_logged(sweeps: &[Sweep], shard: Shard, log: &Path) -> Result<Outcome> {
     let (mut log, done) = ProgressLog::open(log)?;
-    let mine = shard.select(&costs(sweeps));
+    let mine = shard_batches(sweeps, shard);
     let plan: Vec<(usize, usize)> = sweeps
         .iter()
         .enumerate()
         .flat_map(|(s, sw)| (0..sw.batches().len()).map(move |b| (s, b)))
         .collect();
-    let mut out = Outcome::empty(sweeps);
+    let mut out = Parts::empty(sweeps);
     let finished: std::collections::HashSet<_> =
         done.iter().map(|(_, e)| (e.sweep, e.batch)).collect();
     out.add_logged(sweeps, &log.path, done)?;
@@ -285,16 +320,16 @@ pub fn compute_logged(sweeps: &[Sweep], shard: Shard, log: &Path) -> Result<Outc
         };
         log.append(&entry)?;
         bar.inc(entry.values.len() as u64);
-        out.add(entry);
+        out.add(sweeps, entry);
     }
     bar.finish_and_clear();
-    Ok(out)
+    Ok(out.outcome(sweeps))
 }
 
 /// The outcome of a sharded sweep, read from the progress logs of every shard (`logs`), each
 /// of which must be complete.
 pub fn merge_logs(sweeps: &[Sweep], logs: &[PathBuf]) -> Result<Outcome> {
-    let mut out = Outcome::empty(sweeps);
+    let mut out = Parts::empty(sweeps);
     for path in logs {
         if !path.is_file() {
             return Err(Error::Invalid(format!(
@@ -305,6 +340,7 @@ pub fn merge_logs(sweeps: &[Sweep], logs: &[PathBuf]) -> Result<Outcome> {
         let (_, entries) = ProgressLog::open(path)?;
         out.add_logged(sweeps, path, entries)?;
     }
+    let out = out.outcome(sweeps);
     let missing = out.values.iter().flatten().filter(|v| v.is_none()).count();
     if missing > 0 {
         return Err(Error::Invalid(format!(

@@ -292,3 +292,94 @@ fn repeated_units_kinds_and_metrics_are_merged() {
     let rows = lab::parquet::read_parquet(&table).unwrap().height();
     assert_eq!(rows, 1);
 }
+
+/// Pairs "abc xyz abc xyz abc x" / "abc xbz abc xbz abc x" of seeded three-letter words as a
+/// .tsv: one-byte answers, which the random GPT-2 with a bytes tokenizer reads as one token.
+/// Pair i is the same in every file.
+fn write_pairs(path: &Path, pairs: std::ops::Range<u64>) {
+    let word = |x: u64| -> Vec<u8> { (0..3).map(|i| b'a' + ((x >> (5 * i)) % 26) as u8).collect() };
+    let mut tsv = String::from("clean\tcorrupted\tanswer\twrong\n");
+    for i in pairs {
+        let x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let (a, b) = (word(x), word(x >> 20));
+        let mut c = b.clone();
+        c[1] = b'a' + (b[1] - b'a' + 1) % 26;
+        let s = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
+        let prompt = |w: &[u8]| format!("{0} {1} {0} {1} {0} {2}", s(&a), s(w), s(&w[..1]));
+        tsv += &format!(
+            "{}\t{}\t{}\t{}\n",
+            prompt(&b),
+            prompt(&c),
+            s(&b[1..2]),
+            s(&c[1..2])
+        );
+    }
+    std::fs::write(path, tsv).unwrap();
+}
+
+/// A column of a run's table, as f32.
+fn column(table: &Path, name: &str) -> Vec<f32> {
+    let df = lab::parquet::read_parquet(table).unwrap();
+    let col = df.column(name).unwrap().f32().unwrap().clone();
+    col.into_no_null_iter().collect()
+}
+
+#[test]
+fn a_sweep_over_ten_passes_of_prompts_holds_no_more_memory_and_equals_its_halves() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::gpt2_random_with_bytes_tokenizer(dir.path());
+    let model = model.to_str().unwrap();
+    // 22 tokens a prompt (with BOS): 11 prompts to a pass of 256 tokens.
+    for (name, pairs) in [
+        ("small", 0..11),
+        ("big", 0..110),
+        ("a", 0..40),
+        ("b", 40..110),
+    ] {
+        write_pairs(&dir.path().join(format!("{name}.tsv")), pairs);
+    }
+    for (bin, table, extra) in [
+        (
+            ABLATE,
+            "ablate",
+            &["--units", "heads", "--metric", "logit-diff"][..],
+        ),
+        (PATCH, "patch", &["--grids", "resid_pre"][..]),
+    ] {
+        let run = |name: &str| -> std::path::PathBuf {
+            let pairs = format!("{name}.tsv");
+            let args = ["--model", model, "--pairs", &pairs, "--run", name];
+            let tpp = ["--tokens-per-pass", "256"];
+            ok(bin, &[&args[..], extra, &tpp].concat(), dir.path());
+            dir.path().join("outputs").join(table).join(name)
+        };
+        let (small, big) = (run("small"), run("big"));
+        let peak = |run: &Path| -> f64 {
+            let m: serde_json::Value =
+                serde_json::from_slice(&read(&run.join("manifest.json"))).unwrap();
+            m["peak_memory_mb"].as_f64().unwrap()
+        };
+        // Unchunked, the 110 prompts' logits alone would be 486 MB.
+        let (small_mb, big_mb) = (peak(&small), peak(&big));
+        assert!(small_mb > 1.0, "{small_mb} MB");
+        eprintln!("{table}: peak {small_mb:.1} MB over 11 prompts, {big_mb:.1} MB over 110");
+        assert!(
+            big_mb < 1.25 * small_mb + 8.0,
+            "{table}: 110 prompts peak at {big_mb:.0} MB, 11 at {small_mb:.0} MB"
+        );
+        // The whole equals its parts (40 and 70 prompts) weighted by their sizes.
+        let file = format!("{table}.parquet");
+        let value = if table == "ablate" { "ablated" } else { "raw" };
+        let whole = column(&big.join(&file), value);
+        let (a, b) = (run("a"), run("b"));
+        let (a, b) = (column(&a.join(&file), value), column(&b.join(&file), value));
+        assert_eq!(whole.len(), a.len());
+        for (i, w) in whole.iter().enumerate() {
+            let parts = (40.0 * a[i] + 70.0 * b[i]) / 110.0;
+            assert!(
+                (w - parts).abs() <= 1e-4 * w.abs().max(1.0),
+                "{table} row {i}: {w} vs {parts}"
+            );
+        }
+    }
+}

@@ -2,11 +2,9 @@
 //! ablation and measure what changes. The sweep itself is [`super::sweep`]; this file says what a
 //! unit is and what each kind of ablation puts in its place.
 
-use super::dla::direct_logit_attribution;
 use super::metrics::top_k;
 use super::sweep::{Job, Metric, Sweep, Target};
-use crate::cache::ActivationCache;
-use crate::data::PairBatch;
+use crate::data::{prompt_chunks, PairBatch};
 use crate::error::{Error, Result};
 use crate::hook_points::{BlockHook, HookPoint, NameFilter};
 use crate::hooks::Hooks;
@@ -178,44 +176,31 @@ pub fn source_points(units: &[Unit]) -> Vec<HookPoint> {
     v
 }
 
-/// One sweep job per unit: `ablation` of the unit at every position. Mean and resample read
-/// the units' activations on the reference prompts from `reference` (a cache with
-/// [`source_points`]) with their `lengths`; resample draws, for prompt i, another prompt
-/// j != i with `seed`.
+/// One sweep job per unit: `ablation` of the unit at every position. Mean ablation reads each
+/// unit's hook point's mean from `means` ([1, pos or 1, ...], see [`position_means`]); resample
+/// ablation patches from the sweep's source prompts 0, the drawn prompts
+/// ([`resample_tokens`]).
 pub fn ablation_jobs(
     units: &[Unit],
     ablation: Ablation,
-    reference: Option<(&ActivationCache, &[usize])>,
-    seed: u64,
+    means: Option<&HashMap<HookPoint, Tensor>>,
 ) -> Result<Vec<Job>> {
-    let source = |unit: &Unit| -> Result<(&Tensor, &[usize])> {
-        let (cache, lengths) = reference.ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} ablation needs reference activations",
-                ablation.name()
-            ))
-        })?;
-        Ok((cache.get(unit.site().point)?, lengths))
-    };
     units
         .iter()
         .map(|unit| {
-            let intervention = match ablation {
-                Ablation::Zero => Intervention::Zero,
+            let site = unit.site();
+            Ok(match ablation {
+                Ablation::Zero => Job::new(site, Intervention::Zero),
+                Ablation::Resample => Job::from_source(site, 0),
                 Ablation::Mean => {
-                    let (act, lengths) = source(unit)?;
-                    Intervention::Mean(position_mean(act, lengths)?)
+                    let mean = means.and_then(|m| m.get(&site.point)).ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "mean ablation of {unit} needs the mean of {}",
+                            site.point
+                        ))
+                    })?;
+                    Job::new(site, Intervention::Mean(mean.clone()))
                 }
-                Ablation::Resample => {
-                    let (act, lengths) = source(unit)?;
-                    let rows = resample_rows(lengths.len(), seed)?;
-                    let rows = Tensor::new(rows, act.device())?;
-                    Intervention::Patch(act.index_select(&rows, 0)?)
-                }
-            };
-            Ok(Job {
-                site: unit.site(),
-                intervention,
             })
         })
         .collect()
@@ -233,25 +218,22 @@ pub enum MeanReference<'a> {
     Means(&'a HashMap<HookPoint, Tensor>),
 }
 
-/// Mean-ablation jobs of `units` from corpus `means` (one per hook point): each unit's hook
-/// point must be there.
-pub fn corpus_mean_jobs(units: &[Unit], means: &HashMap<HookPoint, Tensor>) -> Result<Vec<Job>> {
+/// The corpus means of `units`' hook points, [1, 1, ...] each (the same at every prompt and
+/// position): each must be in `means`.
+fn corpus_means(
+    units: &[Unit],
+    means: &HashMap<HookPoint, Tensor>,
+) -> Result<HashMap<HookPoint, Tensor>> {
     units
         .iter()
         .map(|unit| {
-            let site = unit.site();
-            let mean = means.get(&site.point).ok_or_else(|| {
+            let point = unit.site().point;
+            let mean = means.get(&point).ok_or_else(|| {
                 Error::Invalid(format!(
-                    "mean ablation of {unit} needs the mean of {} over the corpus, which the store does not hold; capture it (--hooks {})",
-                    site.point, site.point
+                    "mean ablation of {unit} needs the mean of {point} over the corpus, which the store does not hold; capture it (--hooks {point})"
                 ))
             })?;
-            // [...] -> [1, 1, ...]: the same mean at every prompt and position.
-            let mean = mean.unsqueeze(0)?.unsqueeze(0)?;
-            Ok(Job {
-                site,
-                intervention: Intervention::Mean(mean),
-            })
+            Ok((point, mean.unsqueeze(0)?.unsqueeze(0)?))
         })
         .collect()
 }
@@ -266,9 +248,21 @@ pub fn position_mean(act: &Tensor, lengths: &[usize]) -> Result<Tensor> {
             lengths.len()
         )));
     }
-    let count: Vec<usize> = (0..p)
+    let mean = weighted_sum(act, lengths, &position_counts(lengths, p))?;
+    Ok(mean.to_dtype(act.dtype())?)
+}
+
+/// How many of the prompts of `lengths` cover each of `p` positions.
+fn position_counts(lengths: &[usize], p: usize) -> Vec<usize> {
+    (0..p)
         .map(|i| lengths.iter().filter(|&&l| l > i).count())
-        .collect();
+        .collect()
+}
+
+/// The sum over the rows of `act` [rows, pos, ...] of each position's activation weighted
+/// 1 / count[pos] where the row's length covers the position: [1, pos, ...] in f32.
+fn weighted_sum(act: &Tensor, lengths: &[usize], count: &[usize]) -> Result<Tensor> {
+    let (b, p) = (act.dim(0)?, act.dim(1)?);
     let w: Vec<f32> = lengths
         .iter()
         .flat_map(|&l| (0..p).map(move |i| (i < l) as u8 as f32))
@@ -279,12 +273,46 @@ pub fn position_mean(act: &Tensor, lengths: &[usize]) -> Result<Tensor> {
     let mut shape = vec![b, p];
     shape.resize(act.rank(), 1);
     let w = Tensor::from_vec(w, shape, act.device())?;
-    let dtype = act.dtype();
-    let mean = act
+    Ok(act
         .to_dtype(DType::F32)?
         .broadcast_mul(&w)?
-        .sum_keepdim(0)?;
-    Ok(mean.to_dtype(dtype)?)
+        .sum_keepdim(0)?)
+}
+
+/// [`position_mean`] of each of `points` over the prompts `tokens` [batch, pos] of `lengths`,
+/// run in chunks of at most `tokens_per_pass` tokens: [1, pos, ...] each, in the model's dtype.
+pub fn position_means(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    lengths: &[usize],
+    points: &[HookPoint],
+    tokens_per_pass: usize,
+) -> Result<HashMap<HookPoint, Tensor>> {
+    let p = tokens.dim(1)?;
+    let count = position_counts(lengths, p);
+    let mut sums: HashMap<HookPoint, Tensor> = HashMap::new();
+    for rows in prompt_chunks(lengths.len(), p, tokens_per_pass)? {
+        let chunk = tokens.narrow(0, rows.start, rows.len())?;
+        let (_, cache) = model.run_with_cache(&chunk, NameFilter::Points(points.to_vec()))?;
+        for &point in points {
+            let part = weighted_sum(cache.get(point)?, &lengths[rows.clone()], &count)?;
+            let sum = match sums.remove(&point) {
+                Some(sum) => (sum + part)?,
+                None => part,
+            };
+            sums.insert(point, sum);
+        }
+    }
+    sums.into_iter()
+        .map(|(point, sum)| Ok((point, sum.to_dtype(model.dtype())?)))
+        .collect()
+}
+
+/// The source prompts of resample ablation: for prompt i, the tokens of another prompt of
+/// `tokens` [batch, pos], drawn with `seed` ([`resample_rows`]).
+pub fn resample_tokens(tokens: &Tensor, seed: u64) -> Result<Tensor> {
+    let rows = resample_rows(tokens.dim(0)?, seed)?;
+    Ok(tokens.index_select(&Tensor::new(rows, tokens.device())?, 0)?)
 }
 
 /// For each of `n` prompts, another prompt's index, drawn with `seed`.
@@ -314,13 +342,15 @@ pub enum NeuronRank {
     Dla,
 }
 
-/// The `k` top neurons of each of `layers` on the clean prompts of `batch`, by `rank`.
+/// The `k` top neurons of each of `layers` on the clean prompts of `batch`, by `rank`, run in
+/// chunks of at most `tokens_per_pass` tokens.
 pub fn top_neurons(
     model: &HookedTransformer,
     batch: &PairBatch,
     layers: &[usize],
     k: usize,
     rank: NeuronRank,
+    tokens_per_pass: usize,
 ) -> Result<Vec<Unit>> {
     if model.cfg.attn_only {
         return Err(Error::Invalid(
@@ -332,41 +362,39 @@ pub fn top_neurons(
     }
     let scores: Vec<(usize, Vec<f32>)> = match rank {
         NeuronRank::Mean => {
-            let points = layers
+            let points: Vec<HookPoint> = layers
                 .iter()
                 .map(|&l| HookPoint::block(l, BlockHook::MlpPost))
                 .collect();
-            let (_, cache) = model.run_with_cache(&batch.clean, NameFilter::Points(points))?;
+            // The mean over every prompt's real positions: position means weighted by how
+            // many prompts cover each position.
+            let p = batch.clean.dim(1)?;
+            let count = position_counts(&batch.lengths, p);
+            let total: usize = batch.lengths.iter().sum();
+            let w: Vec<f32> = count.iter().map(|&c| c as f32 / total as f32).collect();
+            let w = Tensor::from_vec(w, (1, p, 1), model.device())?;
+            let means = position_means(
+                model,
+                &batch.clean,
+                &batch.lengths,
+                &points,
+                tokens_per_pass,
+            )?;
             layers
                 .iter()
-                .map(|&l| {
-                    // [batch, pos, d_mlp] -> the mean over every prompt's real positions.
-                    let act = cache.block(l, BlockHook::MlpPost)?.to_dtype(DType::F32)?;
-                    let (b, p, _) = act.dims3()?;
-                    let total: usize = batch.lengths.iter().sum();
-                    let w: Vec<f32> = batch
-                        .lengths
-                        .iter()
-                        .flat_map(|&len| (0..p).map(move |i| (i < len) as u8 as f32))
-                        .map(|m| m / total as f32)
-                        .collect();
-                    let w = Tensor::from_vec(w, (b, p, 1), act.device())?;
-                    let m = act.broadcast_mul(&w)?.sum((0, 1))?;
+                .zip(&points)
+                .map(|(&l, point)| {
+                    // [1, pos, d_mlp] -> [d_mlp]
+                    let m = means[point]
+                        .to_dtype(DType::F32)?
+                        .broadcast_mul(&w)?
+                        .sum((0, 1))?;
                     Ok((l, m.to_vec1::<f32>()?))
                 })
                 .collect::<Result<_>>()?
         }
         NeuronRank::Dla => {
-            let (logits, cache) = model.run_with_cache(&batch.clean, NameFilter::All)?;
-            let last: Vec<usize> = batch.lengths.iter().map(|l| l - 1).collect();
-            let dla = direct_logit_attribution(
-                model,
-                &cache,
-                &logits,
-                (&batch.answers, &batch.wrong),
-                &last,
-                true,
-            )?;
+            let dla = super::dla::dla_on(model, batch, true, tokens_per_pass)?;
             layers
                 .iter()
                 .map(|&l| {
@@ -433,38 +461,40 @@ impl<'m> AblationSweep<'m> {
             u.check(model)?;
         }
         let wants = |k: Ablation| kinds.contains(&k);
-        let points = || NameFilter::Points(source_points(&units));
-        let on_dataset = matches!(reference, MeanReference::Dataset);
-        let dataset = match wants(Ablation::Resample) || (wants(Ablation::Mean) && on_dataset) {
-            true => Some(model.run_with_cache(&batch.clean, points())?.1),
-            false => None,
+        let points = source_points(&units);
+        let means = match (wants(Ablation::Mean), reference) {
+            (false, _) => None,
+            (true, MeanReference::Means(means)) => Some(corpus_means(&units, means)?),
+            (true, MeanReference::Prompts(tokens, lengths)) => Some(position_means(
+                model,
+                tokens,
+                lengths,
+                &points,
+                tokens_per_pass,
+            )?),
+            (true, MeanReference::Dataset) => Some(position_means(
+                model,
+                &batch.clean,
+                &batch.lengths,
+                &points,
+                tokens_per_pass,
+            )?),
         };
-        let prompts = match (&reference, wants(Ablation::Mean)) {
-            (MeanReference::Prompts(tokens, lengths), true) => {
-                Some((model.run_with_cache(tokens, points())?.1, *lengths))
-            }
-            _ => None,
+        let sources = match wants(Ablation::Resample) {
+            true => vec![resample_tokens(&batch.clean, seed)?],
+            false => vec![],
         };
         let mut jobs = vec![];
         for &kind in &kinds {
-            if let (Ablation::Mean, MeanReference::Means(means)) = (kind, &reference) {
-                jobs.extend(corpus_mean_jobs(&units, means)?);
-                continue;
-            }
-            let source = match (kind, &prompts, &dataset) {
-                (Ablation::Zero, ..) => None,
-                (Ablation::Mean, Some((cache, lengths)), _) => Some((cache, *lengths)),
-                (_, _, Some(cache)) => Some((cache, batch.lengths.as_slice())),
-                _ => None,
-            };
-            jobs.extend(ablation_jobs(&units, kind, source, seed)?);
+            jobs.extend(ablation_jobs(&units, kind, means.as_ref())?);
         }
         let sweeps = metrics
             .iter()
             .map(|&m| {
-                Sweep::new(
+                Sweep::with_sources(
                     model,
                     Target::new(batch, false)?,
+                    sources.clone(),
                     m,
                     jobs.clone(),
                     tokens_per_pass,

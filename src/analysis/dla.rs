@@ -200,15 +200,44 @@ fn describe(label: &str, value: f32) -> Contribution {
 }
 
 /// [`direct_logit_attribution`] of each pair's answer over its wrong answer at the last real
-/// token of the clean prompts of `batch`, from one forward pass caching every hook.
+/// token of the clean prompts of `batch`, caching every hook over chunks of at most
+/// `tokens_per_pass` tokens (each chunk's means weighted by its size).
 pub fn dla_on(
     model: &HookedTransformer,
     batch: &crate::data::PairBatch,
     expand_neurons: bool,
+    tokens_per_pass: usize,
 ) -> Result<Dla> {
-    let last: Vec<usize> = batch.lengths.iter().map(|l| l - 1).collect();
-    let (logits, cache) = model.run_with_cache(&batch.clean, crate::NameFilter::All)?;
-    let expand = expand_neurons && !model.cfg.attn_only;
-    let pair = (batch.answers.as_slice(), batch.wrong.as_slice());
-    direct_logit_attribution(model, &cache, &logits, pair, &last, expand)
+    let n = batch.lengths.len();
+    let chunks = crate::data::prompt_chunks(n, batch.clean.dim(1)?, tokens_per_pass)?;
+    let mut total: Option<Dla> = None;
+    for rows in chunks {
+        let w = rows.len() as f64 / n as f64;
+        let b = batch.slice(rows)?;
+        let last: Vec<usize> = b.lengths.iter().map(|l| l - 1).collect();
+        let (logits, cache) = model.run_with_cache(&b.clean, crate::NameFilter::All)?;
+        let expand = expand_neurons && !model.cfg.attn_only;
+        let pair = (b.answers.as_slice(), b.wrong.as_slice());
+        let part = direct_logit_attribution(model, &cache, &logits, pair, &last, expand)?;
+        let add = |sum: f32, x: f32| (sum as f64 + x as f64 * w) as f32;
+        total = Some(match total {
+            None => Dla {
+                contributions: (part.contributions.into_iter())
+                    .map(|c| Contribution {
+                        value: add(0.0, c.value),
+                        ..c
+                    })
+                    .collect(),
+                logit_diff: add(0.0, part.logit_diff),
+            },
+            Some(mut t) => {
+                for (c, p) in t.contributions.iter_mut().zip(part.contributions) {
+                    c.value = add(c.value, p.value);
+                }
+                t.logit_diff = add(t.logit_diff, part.logit_diff);
+                t
+            }
+        });
+    }
+    total.ok_or_else(|| Error::Invalid("no prompts to attribute".into()))
 }

@@ -6,7 +6,7 @@
 
 use super::sweep::{Job, Metric, Sweep, Target};
 use crate::cache::ActivationCache;
-use crate::data::PairBatch;
+use crate::data::{prompt_chunks, PairBatch};
 use crate::error::{Error, Result};
 use crate::hook_points::{BlockHook, HookPoint, NameFilter};
 use crate::hooks::{Hooks, Splice};
@@ -162,18 +162,21 @@ impl Normalised {
 /// cells, the sweep that patches each, and the scale that normalises the metric.
 pub struct Patching<'m> {
     pub cells: Vec<Cell>,
-    /// One job per cell, in `cells` order.
+    /// One job per cell, in `cells` order, patching from the clean prompts (source 0).
     pub sweep: Sweep<'m>,
     pub scale: Normalised,
-    pub clean: ActivationCache,
+    /// The clean prompts' token ids [batch, pos].
+    pub clean: Tensor,
     pub target: Target,
     pub metric: Metric,
+    tokens_per_pass: usize,
     n_pos: usize,
 }
 
 impl<'m> Patching<'m> {
-    /// Plans the patching of every cell of `grids` (the clean run's activations cached, the
-    /// metric measured on both runs); [`Sweep::compute`] or a resumable runner computes it.
+    /// Plans the patching of every cell of `grids` (the metric measured on both runs, in
+    /// chunks of at most `tokens_per_pass` tokens); [`Sweep::compute`] or a resumable runner
+    /// computes it.
     pub fn new(
         model: &'m HookedTransformer,
         batch: &PairBatch,
@@ -181,9 +184,8 @@ impl<'m> Patching<'m> {
         metric: Metric,
         tokens_per_pass: usize,
     ) -> Result<Self> {
-        let points = NameFilter::Points(clean_points(model, grids));
-        let (clean_logits, clean) = model.run_with_cache(&batch.clean, points)?;
-        let clean_value = mean(&metric.of_logits(&clean_logits, &Target::new(batch, false)?)?);
+        let clean_target = Target::new(batch, false)?;
+        let clean_value = Sweep::new(model, clean_target, metric, vec![], tokens_per_pass)?;
         let target = Target::new(batch, true)?;
         let n_pos = batch.clean.dim(1)?;
         let cells: Vec<Cell> = grids
@@ -193,17 +195,25 @@ impl<'m> Patching<'m> {
             .concat();
         let jobs = cells
             .iter()
-            .map(|c| c.job(&clean))
-            .collect::<Result<Vec<_>>>()?;
-        let sweep = Sweep::new(model, target.clone(), metric, jobs, tokens_per_pass)?;
-        let scale = Normalised::new(clean_value, sweep.baseline(), metric)?;
+            .map(|c| Job::from_source(c.site(), 0))
+            .collect();
+        let sweep = Sweep::with_sources(
+            model,
+            target.clone(),
+            vec![batch.clean.clone()],
+            metric,
+            jobs,
+            tokens_per_pass,
+        )?;
+        let scale = Normalised::new(clean_value.baseline(), sweep.baseline(), metric)?;
         Ok(Self {
             cells,
             sweep,
             scale,
-            clean,
+            clean: batch.clean.clone(),
             target,
             metric,
+            tokens_per_pass,
             n_pos,
         })
     }
@@ -226,7 +236,14 @@ impl<'m> Patching<'m> {
 
     /// Attribution patching of every cell (one forward and one backward pass), as rows.
     pub fn attribution_rows(&self, model: &HookedTransformer) -> Result<Vec<PatchRow>> {
-        let est = attribution(model, &self.target, self.metric, &self.clean, &self.cells)?;
+        let est = attribution(
+            model,
+            &self.target,
+            self.metric,
+            &self.clean,
+            &self.cells,
+            self.tokens_per_pass,
+        )?;
         let corrupted = self.scale.corrupted;
         Ok(self
             .cells
@@ -279,10 +296,6 @@ pub fn act_patch(
     p.grid(grid, &p.rows(&values), "activation")
 }
 
-fn mean(v: &[f32]) -> f32 {
-    v.iter().sum::<f32>() / v.len() as f32
-}
-
 /// One cell of a patching grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Cell {
@@ -298,15 +311,6 @@ impl Cell {
         site.head = self.head;
         site.pos = self.pos;
         site
-    }
-
-    /// The job that patches the clean run's activation (from `clean`) into this cell.
-    pub fn job(&self, clean: &ActivationCache) -> Result<Job> {
-        let site = self.site();
-        Ok(Job {
-            intervention: Intervention::Patch(clean.get(site.point)?.clone()),
-            site,
-        })
     }
 }
 
@@ -324,16 +328,32 @@ pub fn clean_points(model: &HookedTransformer, grids: &[Grid]) -> Vec<HookPoint>
 /// Attribution patching of `cells`: for each, the sum over the cell's entries of
 /// (clean − corrupted) · ∂metric/∂activation at the corrupted run (`target`), an estimate of
 /// the change of the metric (averaged over the prompts) that patching the cell causes. One
-/// forward and one backward pass for all cells.
+/// forward and one backward pass for all cells over each chunk of at most `tokens_per_pass`
+/// tokens of the clean prompts `clean` [batch, pos] and the target.
 pub fn attribution(
     model: &HookedTransformer,
     target: &Target,
     metric: Metric,
-    clean: &ActivationCache,
+    clean: &Tensor,
     cells: &[Cell],
+    tokens_per_pass: usize,
 ) -> Result<Vec<f32>> {
     let sites: Vec<Site> = cells.iter().map(Cell::site).collect();
-    attribution_sites(model, &[], target, metric, clean, &sites)
+    let mut points: Vec<HookPoint> = sites.iter().map(|s| s.point).collect();
+    points.sort();
+    points.dedup();
+    let n = target.len();
+    let mut total = vec![0f64; sites.len()];
+    for rows in prompt_chunks(n, clean.dim(1)?, tokens_per_pass)? {
+        let clean = clean.narrow(0, rows.start, rows.len())?;
+        let (_, cache) = model.run_with_cache(&clean, NameFilter::Points(points.clone()))?;
+        let t = target.slice(rows.clone())?;
+        let part = attribution_sites(model, &[], &t, metric, &cache, &sites)?;
+        for (sum, x) in total.iter_mut().zip(part) {
+            *sum += x as f64 * rows.len() as f64 / n as f64;
+        }
+    }
+    Ok(total.into_iter().map(|x| x as f32).collect())
 }
 
 /// [`attribution`] of any sites (a head, position or neuron of a hook point, or all of it)

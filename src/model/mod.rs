@@ -495,6 +495,18 @@ impl HookedTransformer {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         self.check_hooks(hooks, 0, self.cfg.n_layers, true)?;
+        let resid = self.resid_with_kv(tokens, kv, hooks)?;
+        self.unembed(&resid, hooks)
+    }
+
+    /// [`Self::forward_with_kv`] up to the final residual stream [batch, new, d_model] (before
+    /// `ln_final`): a sweep unembeds only the positions its metric reads.
+    pub(crate) fn resid_with_kv(
+        &self,
+        tokens: &Tensor,
+        kv: &mut [LayerKv],
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         if kv.len() != self.cfg.n_layers {
             return Err(Error::Invalid(format!(
                 "the KV cache has {} layers, the model {}",
@@ -505,8 +517,7 @@ impl HookedTransformer {
         let offset = kv[0].k.as_ref().map_or(Ok(0), |k| k.dim(2))?;
         hooks.set_window(offset, true);
         let resid = self.embed(tokens, offset, hooks)?;
-        let resid = self.run_blocks(resid, 0, self.cfg.n_layers, offset, Some(kv), hooks)?;
-        self.unembed(&resid, hooks)
+        self.run_blocks(resid, 0, self.cfg.n_layers, offset, Some(kv), hooks)
     }
 
     /// Logits and the activations named by `filter` (TransformerLens's `run_with_cache`).
@@ -654,7 +665,13 @@ impl HookedTransformer {
     /// Checks that every hook's point exists in this model and lies in the layers
     /// `start..stop` a pass runs (and `ln_final` only if it `unembeds`): a hook beyond
     /// `stop_at_layer` would never fire.
-    fn check_hooks(&self, hooks: &Hooks, start: usize, stop: usize, unembeds: bool) -> Result<()> {
+    pub(crate) fn check_hooks(
+        &self,
+        hooks: &Hooks,
+        start: usize,
+        stop: usize,
+        unembeds: bool,
+    ) -> Result<()> {
         let n = self.cfg.n_layers;
         for site in hooks.sites() {
             self.check_hook(&site.point)?;

@@ -65,7 +65,8 @@ fn run(mut a: Args) -> Result<()> {
     }
     let (mut exp, model, tok) = lab::Experiment::load("ablate", &a.model, &a)?;
     let (pairs, batch) = a.data.load(&model, &tok)?;
-    let units = a.units.select(&model, &batch)?;
+    let tokens_per_pass = a.sweep.tokens_per_pass as usize;
+    let units = a.units.select(&model, &batch, tokens_per_pass)?;
     let prompts;
     let means;
     let reference = match &a.reference {
@@ -91,7 +92,6 @@ fn run(mut a: Args) -> Result<()> {
         }
         None => MeanReference::Dataset,
     };
-    let tokens_per_pass = a.sweep.tokens_per_pass as usize;
     let plan = AblationSweep::new(
         &model,
         &batch,

@@ -26,6 +26,10 @@ struct Args {
     /// One component per MLP neuron instead of per MLP layer.
     #[arg(long)]
     expand_neurons: bool,
+    /// Token positions per forward pass (prompts × positions, every hook cached for them):
+    /// memory is bounded by this, not by the number of prompts.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    tokens_per_pass: u64,
     /// Bars in the top-components chart.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
     top: u32,
@@ -46,7 +50,9 @@ fn run(mut a: Args) -> Result<()> {
     let (mut exp, model, tok) = lab::Experiment::start("dla", &a.model, &a.out, &a)?;
     let (pairs, batch) = a.data.load(&model, &tok)?;
     let bar = lab::args::spinner("attributing");
-    let dla = exp.time("attribute", || dla_on(&model, &batch, a.expand_neurons))?;
+    let dla = exp.time("attribute", || {
+        dla_on(&model, &batch, a.expand_neurons, a.tokens_per_pass as usize)
+    })?;
     bar.finish_and_clear();
     exp.manifest.seed = a.data.ioi.map(|_| a.data.seed);
     exp.manifest.set("prompts", pairs.len())?;
