@@ -13,7 +13,9 @@ pub enum Error {
     },
     #[error("model file not found: {path}. {hint}")]
     MissingFile { path: PathBuf, hint: String },
-    #[error("{path} is not a readable model file ({reason}); re-download or regenerate it")]
+    #[error(
+        "{path} is damaged or not the file expected here ({reason}); re-download or regenerate it"
+    )]
     CorruptFile { path: PathBuf, reason: String },
     #[error("bad model config: {0}")]
     Config(String),

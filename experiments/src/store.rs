@@ -446,11 +446,16 @@ pub fn corpus_means(
     let store = hooklens::store::ActivationStore::open(dir)?;
     check_store_model(&store, weights)?;
     let path = dir.join("means.safetensors");
-    let means = candle_core::safetensors::load(&path, model.device()).with_context(|| {
-        format!(
-            "{}: no corpus means; the capture did not finish",
-            path.display()
-        )
+    anyhow::ensure!(
+        path.is_file(),
+        "{}: no corpus means; the capture did not finish: resume it with --resume",
+        path.display()
+    );
+    let means = candle_core::safetensors::load(&path, model.device()).map_err(|e| {
+        hooklens::Error::CorruptFile {
+            path: path.clone(),
+            reason: e.to_string(),
+        }
     })?;
     means
         .into_iter()

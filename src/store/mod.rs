@@ -231,8 +231,31 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
         data_offsets: [u64; 2],
     }
     let info: Info = serde_json::from_value(info.clone()).map_err(|e| corrupt(e.to_string()))?;
+    // The tensors' bytes fill the file exactly after the header: anything else is damage.
+    let end = (header.iter())
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if size != 8 + n as u64 + end {
+        return Err(corrupt(format!(
+            "{size} bytes where its header describes {}",
+            8 + n as u64 + end
+        )));
+    }
     let [a, b] = info.data_offsets;
-    let mut bytes = vec![0u8; b.saturating_sub(a) as usize];
+    let width = match info.dtype.as_str() {
+        "F16" | "BF16" => 2,
+        _ => 4,
+    };
+    if a > b || b - a != (info.shape.iter().product::<usize>() * width) as u64 {
+        return Err(corrupt(format!(
+            "tensor {name}: offsets {a}..{b} do not hold its shape {:?}",
+            info.shape
+        )));
+    }
+    let mut bytes = vec![0u8; (b - a) as usize];
     f.seek(SeekFrom::Start(8 + n as u64 + a))
         .and_then(|_| f.read_exact(&mut bytes))
         .map_err(|e| Error::io(path, e))?;
