@@ -71,6 +71,17 @@ impl Experiment {
         sweeps: &[Sweep],
     ) -> Result<Outcome> {
         let start = Instant::now();
+        if let Some(chunks) = sweeps.first().map(|s| s.chunks()).filter(|c| c.len() > 1) {
+            // What bounds the memory: one chunk of prompts at a time.
+            let prompts = chunks.last().map_or(0, |c| c.end);
+            eprintln!(
+                "note: {prompts} prompts run in {} chunks of up to {} (--tokens-per-pass {})",
+                chunks.len(),
+                chunks[0].len(),
+                opts.tokens_per_pass
+            );
+            self.manifest.set("prompt_chunks", chunks.len())?;
+        }
         let (dir, outcome) = sweep_in_folder(out, opts, self.name, args, sweeps)?;
         self.manifest.record_time("sweep", start);
         self.manifest.interventions = outcome.fired.clone();

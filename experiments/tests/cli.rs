@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+mod common;
+
 /// Runs binary `bin` with `args` in `dir`; returns (exit code, stdout, stderr).
 fn run(bin: &str, args: &[&str], dir: &Path) -> (i32, String, String) {
     let out = Command::new(bin)
@@ -386,6 +388,32 @@ fn circuits_writes_its_run_and_refuses_bad_flags() {
     ] {
         assert!(dir.path().join("out/circuits/r").join(f).is_file(), "{f}");
     }
+}
+
+#[test]
+fn circuits_on_a_one_layer_model_says_there_is_no_composition() {
+    const CIRCUITS: &str = env!("CARGO_BIN_EXE_circuits");
+    let dir = tempfile::tempdir().unwrap();
+    // The random GPT-2 cut to its first layer.
+    let model = common::gpt2_random_with_bytes_tokenizer(dir.path());
+    let weights = model.join("model.safetensors");
+    let cpu = candle_core::Device::Cpu;
+    let mut tensors = candle_core::safetensors::load(&weights, &cpu).unwrap();
+    tensors.retain(|k, _| !k.starts_with("transformer.h.1.") && !k.starts_with("transformer.h.2."));
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let config = model.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["n_layer"] = 1.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let args = ["--model", model.to_str().unwrap(), "--run", "r"];
+    let (code, out, err) = run(CIRCUITS, &args, dir.path());
+    assert_eq!(code, 0, "{err}");
+    for kind in ["Q", "K", "V"] {
+        let line = format!("no {kind}-composition: a model of one layer has no later head");
+        assert!(out.contains(&line), "{out}");
+    }
+    assert!(!out.contains("strongest"), "{out}");
 }
 
 #[test]

@@ -92,6 +92,7 @@ fn run(mut a: Args) -> Result<()> {
         }
         None => MeanReference::Dataset,
     };
+    let bar = lab::args::spinner("the unablated run over every prompt");
     let plan = AblationSweep::new(
         &model,
         &batch,
@@ -102,6 +103,7 @@ fn run(mut a: Args) -> Result<()> {
         a.data.seed,
         tokens_per_pass,
     )?;
+    bar.finish_and_clear();
     let outcome = exp.sweep(&a.out, &a.sweep, &a, &plan.sweeps)?;
     exp.manifest.seed = Some(a.data.seed);
     exp.manifest.set("prompts", pairs.len())?;

@@ -52,6 +52,7 @@ fn run(mut a: Args) -> Result<()> {
         a.grids.retain(|g| *g != Grid::MlpOut); // nothing to patch
     }
     a.grids = lab::args::distinct(a.grids, "--grids");
+    let bar = lab::args::spinner("the clean and corrupted runs over every pair");
     let p = Patching::new(
         &model,
         &batch,
@@ -59,6 +60,7 @@ fn run(mut a: Args) -> Result<()> {
         a.metric,
         a.sweep.tokens_per_pass as usize,
     )?;
+    bar.finish_and_clear();
     let outcome = exp.sweep(&a.out, &a.sweep, &a, std::slice::from_ref(&p.sweep))?;
     exp.manifest.set("pairs", pairs.len())?;
     exp.manifest.set("clean_metric", p.scale.clean)?;
