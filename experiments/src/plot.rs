@@ -171,14 +171,18 @@ impl Heatmap<'_> {
         // Column labels wider than their cell are drawn vertically, so that they never overlap.
         let rotate = 8 * longest_col > plot_width / cols as u32;
         let x_label_area = if rotate { 8 * longest_col + 40 } else { 48 };
+        // Grey cells say why, in the title.
+        let title = match values.iter().flatten().all(|v| v.is_finite()) {
+            true => self.title.to_string(),
+            false => format!("{} (grey: NaN or Inf)", self.title),
+        };
         // Wide enough for the title too (about 11 px a character at 22 px).
-        let width =
-            (plot_width + 8 * longest + 140).max(self.title.chars().count() as u32 * 11 + 150);
+        let width = (plot_width + 8 * longest + 140).max(title.chars().count() as u32 * 11 + 150);
         let height = (rows as u32 * 40).clamp(320, 1600) + 72 + x_label_area;
         write_png(path, (width, height), |root| {
             let (main, bar) = root.split_horizontally(width - 110);
             let mut chart = ChartBuilder::on(&main)
-                .caption(self.title, ("sans-serif", 22))
+                .caption(&title, ("sans-serif", 22))
                 .margin(12)
                 .x_label_area_size(x_label_area)
                 .y_label_area_size(8 * longest + 30)

@@ -401,7 +401,10 @@ pub fn lens_views(
     );
     for c in cells.iter().filter(|c| c.batch == 0) {
         probs[c.entry][c.pos] = c.top[0].1.exp();
-        text[c.entry][c.pos] = short(&tok.decode(&[c.top[0].0])?);
+        text[c.entry][c.pos] = match c.top[0].1.is_finite() {
+            true => short(&tok.decode(&[c.top[0].0])?),
+            false => "NaN".into(), // no top token
+        };
     }
     let cols = token_labels(tok, &ids[0])?;
     let title = format!(
