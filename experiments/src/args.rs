@@ -547,7 +547,7 @@ impl UnitArgs {
                 tokens_per_pass,
             )?);
         }
-        Ok(distinct(units, "--unit"))
+        Ok(distinct(units, "--unit", Unit::to_string))
     }
 }
 
@@ -620,21 +620,30 @@ impl HeadArgs {
             model.block(l)?;
             model.check_head(h)?;
         }
-        Ok(distinct(heads, "--heads"))
+        Ok(distinct(heads, "--heads", |(l, h)| format!("L{l}H{h}")))
     }
 }
 
-/// `items` with repeats left out (first occurrences in order), with a note naming what `flag`
-/// listed twice: each unit, kind or metric is computed and written once.
-pub fn distinct<T: PartialEq + std::fmt::Debug>(items: Vec<T>, flag: &str) -> Vec<T> {
+/// `items` with repeats left out (first occurrences in order), with a note naming (as `name`
+/// writes it) what `flag` listed twice: each unit, kind or metric is computed and written once.
+pub fn distinct<T: PartialEq>(items: Vec<T>, flag: &str, name: impl Fn(&T) -> String) -> Vec<T> {
     let mut kept: Vec<T> = Vec::with_capacity(items.len());
     for item in items {
         match kept.contains(&item) {
-            true => eprintln!("note: {flag} lists {item:?} more than once; it is computed once"),
+            true => eprintln!(
+                "note: {flag} lists {} more than once; it is computed once",
+                name(&item)
+            ),
             false => kept.push(item),
         }
     }
     kept
+}
+
+/// The name of `value` on the command line.
+pub fn choice_name<T: Choice + PartialEq>(value: &T) -> String {
+    let found = T::CHOICES.iter().find(|c| c.0 == *value);
+    found.map_or_else(String::new, |c| c.1.to_string())
 }
 
 /// The token ids (a, b, c) of an analogy a - b + c written `"a, b, c"`: the first keeps its

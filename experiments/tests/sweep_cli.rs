@@ -287,7 +287,14 @@ fn repeated_units_kinds_and_metrics_are_merged() {
     ];
     let (code, err) = run(ABLATE, &args, dir.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("more than once"), "{err}");
+    // Named as the command line writes them.
+    for note in [
+        "--unit lists L0H1 more than once",
+        "--ablation lists zero more than once",
+        "--metric lists loss more than once",
+    ] {
+        assert!(err.contains(note), "{err}");
+    }
     let table = dir.path().join("outputs/ablate/dup/ablate.parquet");
     let rows = lab::parquet::read_parquet(&table).unwrap().height();
     assert_eq!(rows, 1);

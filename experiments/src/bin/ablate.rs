@@ -11,7 +11,9 @@ use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::ablation::{Ablation, AblationSweep, MeanReference};
 use hooklens::analysis::sweep::Metric;
-use lab::args::{choice, read_lines, ModelArgs, PairArgs, RunArgs, SweepArgs, UnitArgs};
+use lab::args::{
+    choice, choice_name, read_lines, ModelArgs, PairArgs, RunArgs, SweepArgs, UnitArgs,
+};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -54,8 +56,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(mut a: Args) -> Result<()> {
-    a.ablation = lab::args::distinct(a.ablation, "--ablation");
-    a.metric = lab::args::distinct(a.metric, "--metric");
+    a.ablation = lab::args::distinct(a.ablation, "--ablation", choice_name);
+    a.metric = lab::args::distinct(a.metric, "--metric", choice_name);
     if a.reference.is_some()
         && !a
             .ablation

@@ -11,7 +11,7 @@ use anyhow::Result;
 use clap::Parser;
 use hooklens::analysis::patching::{Grid, Patching};
 use hooklens::analysis::sweep::Metric;
-use lab::args::{choice, ModelArgs, PairArgs, RunArgs, SweepArgs};
+use lab::args::{choice, choice_name, ModelArgs, PairArgs, RunArgs, SweepArgs};
 use lab::plot::token_labels;
 use serde::Serialize;
 
@@ -51,7 +51,7 @@ fn run(mut a: Args) -> Result<()> {
     if model.cfg.attn_only {
         a.grids.retain(|g| *g != Grid::MlpOut); // nothing to patch
     }
-    a.grids = lab::args::distinct(a.grids, "--grids");
+    a.grids = lab::args::distinct(a.grids, "--grids", choice_name);
     let bar = lab::args::spinner("the clean and corrupted runs over every pair");
     let p = Patching::new(
         &model,
