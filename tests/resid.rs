@@ -497,6 +497,24 @@ fn dla_over_a_padded_batch_is_the_mean_of_single_prompts() {
     }
     let mean_diff: f32 = alone.iter().map(|d| d.logit_diff).sum::<f32>() / alone.len() as f32;
     assert!((together.logit_diff - mean_diff).abs() < 1e-4);
+    // dla_on in passes of one prompt (or two) gives the same means.
+    let batch = hooklens::data::PairBatch::new(&t, 0, &Device::Cpu).unwrap();
+    let p = batch.clean.dim(1).unwrap();
+    for tokens_per_pass in [p, 2 * p] {
+        let chunked =
+            hooklens::analysis::dla::dla_on(&model, &batch, true, tokens_per_pass).unwrap();
+        for (a, b) in chunked.contributions.iter().zip(&together.contributions) {
+            assert_eq!(a.component, b.component);
+            assert!(
+                (a.value - b.value).abs() < 1e-4,
+                "{}: {} vs {}",
+                a.component,
+                a.value,
+                b.value
+            );
+        }
+        assert!((chunked.logit_diff - together.logit_diff).abs() < 1e-4);
+    }
 }
 
 /// The lens cells at real positions and the DLA of `model` on two prompts of unequal length.
@@ -708,6 +726,34 @@ fn family_dla_parts_add_up_to_the_logit_difference() {
                 "{family} expand {expand}: sum {sum} vs logit diff {}",
                 d.logit_diff
             );
+        }
+    }
+}
+
+#[test]
+fn the_lens_over_many_prompts_runs_in_chunks_and_equals_each_prompt_alone() {
+    use hooklens::analysis::lens::{logit_lens_on, LENS_TOKENS_PER_PASS};
+    let (model, _, _) = hooklens::load_model(None, &Default::default()).unwrap();
+    // More prompts than one pass holds: 70 of 64 tokens.
+    let (n, p) = (70, 64);
+    assert!(n * p > LENS_TOKENS_PER_PASS);
+    let ids: Vec<u32> = (0..n * p).map(|i| (i * 7 % 97) as u32 + 3).collect();
+    let tokens = Tensor::from_vec(ids, (n, p), &Device::Cpu).unwrap();
+    let opts = LensOpts {
+        k: 3,
+        target: Some(5),
+        pos: Positions::All,
+        incl_mid: true,
+    };
+    let all = logit_lens_on(&model, &tokens, &opts).unwrap();
+    for i in [0, 63, 64, 69] {
+        let alone = logit_lens_on(&model, &tokens.narrow(0, i, 1).unwrap(), &opts).unwrap();
+        let mine: Vec<_> = all.iter().filter(|c| c.batch == i).collect();
+        assert_eq!(mine.len(), alone.len());
+        for (a, b) in mine.iter().zip(&alone) {
+            assert_eq!((a.entry, a.pos), (b.entry, b.pos));
+            assert_eq!(a.top[0].0, b.top[0].0, "prompt {i}");
+            assert!((a.entropy - b.entropy).abs() < 1e-4, "prompt {i}");
         }
     }
 }

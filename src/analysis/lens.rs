@@ -120,9 +120,13 @@ fn cache_len(cache: &ActivationCache) -> Result<usize> {
     Ok(resid.dim(1)?)
 }
 
-/// [`logit_lens`] on `tokens` [batch, pos]: one forward pass caching the residual stream the
-/// lens reads (every `hook_resid_pre`, the last `hook_resid_post`, and with `incl_mid` every
-/// `hook_resid_mid`).
+/// Token positions per forward pass of [`logit_lens_on`]: what bounds its memory (the cached
+/// residual stream of one chunk of prompts) whatever the number of prompts.
+pub const LENS_TOKENS_PER_PASS: usize = 4096;
+
+/// [`logit_lens`] on `tokens` [batch, pos]: forward passes over chunks of the prompts (at most
+/// [`LENS_TOKENS_PER_PASS`] tokens each) caching the residual stream the lens reads (every
+/// `hook_resid_pre`, the last `hook_resid_post`, and with `incl_mid` every `hook_resid_mid`).
 pub fn logit_lens_on(
     model: &HookedTransformer,
     tokens: &candle_core::Tensor,
@@ -136,6 +140,19 @@ pub fn logit_lens_on(
     if opts.incl_mid && !model.cfg.attn_only {
         points.extend((0..n).map(|l| crate::HookPoint::block(l, crate::BlockHook::ResidMid)));
     }
-    let (_, cache) = model.run_with_cache(tokens, crate::NameFilter::Points(points))?;
-    logit_lens(model, &cache, opts)
+    let (b, p) = tokens.dims2()?;
+    let mut cells = vec![];
+    for rows in crate::data::prompt_chunks(b, p, LENS_TOKENS_PER_PASS.max(p))? {
+        let chunk = tokens.narrow(0, rows.start, rows.len())?;
+        let filter = crate::NameFilter::Points(points.clone());
+        let (_, cache) = model.run_with_cache(&chunk, filter)?;
+        let part = logit_lens(model, &cache, opts)?;
+        cells.extend(part.into_iter().map(|c| LensCell {
+            batch: c.batch + rows.start,
+            ..c
+        }));
+    }
+    // Stack entry, then batch row, then position, as [`logit_lens`] orders them.
+    cells.sort_by_key(|c| (c.entry, c.batch, c.pos));
+    Ok(cells)
 }
