@@ -400,7 +400,7 @@ fn mean_ablation_from_a_store_equals_the_naive_loop_with_the_corpus_mean() {
         heads.clone(),
         vec![Ablation::Mean],
         &[Metric::Loss],
-        MeanReference::Means(&means),
+        &MeanReference::Means(means.clone()),
         0,
         4096,
     )
@@ -449,7 +449,7 @@ fn mean_ablation_from_a_store_equals_the_naive_loop_with_the_corpus_mean() {
         heads,
         vec![Ablation::Mean],
         &[Metric::Loss],
-        MeanReference::Means(&partial),
+        &MeanReference::Means(partial),
         0,
         4096,
     )

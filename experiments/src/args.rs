@@ -4,7 +4,7 @@
 use crate::run::RunDir;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use hooklens::analysis::ablation::{top_neurons, NeuronRank, Unit};
+use hooklens::analysis::ablation::{top_neurons, MeanReference, NeuronRank, Unit};
 use hooklens::error::{Error, Result};
 use hooklens::loading::{load_model, LoadOptions, Loaded, Processing};
 use hooklens::model::HookedTransformer;
@@ -472,6 +472,37 @@ pub fn parse_head(s: &str) -> anyhow::Result<(usize, usize)> {
     let (l, h): (usize, usize) = (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
     eprintln!("note: --heads {s} is the old spelling of L{l}H{h}; write L{l}H{h}");
     Ok((l, h))
+}
+
+/// What `ablate --reference` names for mean ablation to average over: an activation store (its
+/// corpus means, checked to come from the model of `weights`), a file of prompts (one per line,
+/// tokenized with `bos`), or, without one, the dataset.
+pub fn mean_reference(
+    reference: Option<&std::path::Path>,
+    model: &HookedTransformer,
+    tok: &Tokenizer,
+    bos: bool,
+    weights: &[crate::manifest::WeightsFile],
+) -> anyhow::Result<MeanReference> {
+    Ok(match reference {
+        None => MeanReference::Dataset,
+        Some(store) if store.is_dir() => {
+            MeanReference::Means(crate::store::corpus_means(store, model, weights)?)
+        }
+        Some(file) => {
+            let lines = read_lines(file)?;
+            anyhow::ensure!(
+                !lines.is_empty(),
+                "{}: no reference prompts (one per line)",
+                file.display()
+            );
+            let ids = (lines.iter())
+                .map(|p| tok.encode_prompt(p, bos))
+                .collect::<hooklens::Result<Vec<_>>>()?;
+            let tokens = hooklens::tokenizer::pad_batch(&ids, 0, model.device())?;
+            MeanReference::Prompts(tokens, ids.iter().map(Vec::len).collect())
+        }
+    })
 }
 
 /// The non-empty lines of `file` (prompts, one per line).

@@ -207,15 +207,15 @@ pub fn ablation_jobs(
 }
 
 /// What mean ablation averages over.
-#[derive(Debug, Clone, Copy)]
-pub enum MeanReference<'a> {
+#[derive(Debug, Clone)]
+pub enum MeanReference {
     /// The batch's clean prompts, at each position.
     Dataset,
     /// Other prompts (tokens [batch, pos] and their lengths), at each position.
-    Prompts(&'a Tensor, &'a [usize]),
+    Prompts(Tensor, Vec<usize>),
     /// A corpus: one mean per hook point, one token's shape (an activation store's
     /// `means.safetensors`), the same at every position.
-    Means(&'a HashMap<HookPoint, Tensor>),
+    Means(HashMap<HookPoint, Tensor>),
 }
 
 /// The corpus means of `units`' hook points, [1, 1, ...] each (the same at every prompt and
@@ -450,7 +450,7 @@ impl<'m> AblationSweep<'m> {
         units: Vec<Unit>,
         kinds: Vec<Ablation>,
         metrics: &[Metric],
-        reference: MeanReference,
+        reference: &MeanReference,
         seed: u64,
         tokens_per_pass: usize,
     ) -> Result<Self> {

@@ -9,11 +9,9 @@
 
 use anyhow::Result;
 use clap::Parser;
-use hooklens::analysis::ablation::{Ablation, AblationSweep, MeanReference};
+use hooklens::analysis::ablation::{Ablation, AblationSweep};
 use hooklens::analysis::sweep::Metric;
-use lab::args::{
-    choice, choice_name, read_lines, ModelArgs, PairArgs, RunArgs, SweepArgs, UnitArgs,
-};
+use lab::args::{choice, choice_name, ModelArgs, PairArgs, RunArgs, SweepArgs, UnitArgs};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -58,42 +56,16 @@ fn main() -> std::process::ExitCode {
 fn run(mut a: Args) -> Result<()> {
     a.ablation = lab::args::distinct(a.ablation, "--ablation", choice_name);
     a.metric = lab::args::distinct(a.metric, "--metric", choice_name);
-    if a.reference.is_some()
-        && !a
-            .ablation
-            .contains(&hooklens::analysis::ablation::Ablation::Mean)
-    {
+    if a.reference.is_some() && !a.ablation.contains(&Ablation::Mean) {
         anyhow::bail!("--reference has no effect without --ablation mean: it is what mean ablation averages over");
     }
     let (mut exp, model, tok) = lab::Experiment::load("ablate", &a.model, &a)?;
     let (pairs, batch) = a.data.load(&model, &tok)?;
     let tokens_per_pass = a.sweep.tokens_per_pass as usize;
     let units = a.units.select(&model, &batch, tokens_per_pass)?;
-    let prompts;
-    let means;
-    let reference = match &a.reference {
-        Some(store) if store.is_dir() => {
-            means = lab::store::corpus_means(store, &model, &exp.manifest.model.weights)?;
-            MeanReference::Means(&means)
-        }
-        Some(file) => {
-            let lines = read_lines(file)?;
-            anyhow::ensure!(
-                !lines.is_empty(),
-                "{}: no reference prompts (one per line)",
-                file.display()
-            );
-            let bos = a.data.bos.resolve(&model);
-            let ids = lines
-                .iter()
-                .map(|p| tok.encode_prompt(p, bos))
-                .collect::<hooklens::Result<Vec<_>>>()?;
-            let tokens = hooklens::tokenizer::pad_batch(&ids, 0, model.device())?;
-            prompts = (tokens, ids.iter().map(Vec::len).collect::<Vec<_>>());
-            MeanReference::Prompts(&prompts.0, &prompts.1)
-        }
-        None => MeanReference::Dataset,
-    };
+    let bos = a.data.bos.resolve(&model);
+    let weights = &exp.manifest.model.weights;
+    let reference = lab::args::mean_reference(a.reference.as_deref(), &model, &tok, bos, weights)?;
     let bar = lab::args::spinner("the unablated run over every prompt");
     let plan = AblationSweep::new(
         &model,
@@ -101,7 +73,7 @@ fn run(mut a: Args) -> Result<()> {
         units,
         a.ablation.clone(),
         &a.metric,
-        reference,
+        &reference,
         a.data.seed,
         tokens_per_pass,
     )?;
