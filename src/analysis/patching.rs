@@ -328,8 +328,10 @@ pub fn clean_points(model: &HookedTransformer, grids: &[Grid]) -> Vec<HookPoint>
 /// Attribution patching of `cells`: for each, the sum over the cell's entries of
 /// (clean − corrupted) · ∂metric/∂activation at the corrupted run (`target`), an estimate of
 /// the change of the metric (averaged over the prompts) that patching the cell causes. One
-/// forward and one backward pass for all cells over each chunk of at most `tokens_per_pass`
-/// tokens of the clean prompts `clean` [batch, pos] and the target.
+/// forward and one backward pass for all cells over each chunk of the clean prompts `clean`
+/// [batch, pos] and the target. A backward pass keeps every activation of its chunk and the
+/// logits over the whole vocabulary, so a chunk holds 1/16 of `tokens_per_pass` tokens (at
+/// least one prompt).
 pub fn attribution(
     model: &HookedTransformer,
     target: &Target,
@@ -344,7 +346,8 @@ pub fn attribution(
     points.dedup();
     let n = target.len();
     let mut total = vec![0f64; sites.len()];
-    for rows in prompt_chunks(n, clean.dim(1)?, tokens_per_pass)? {
+    let p = clean.dim(1)?;
+    for rows in prompt_chunks(n, p, (tokens_per_pass / 16).max(p))? {
         let clean = clean.narrow(0, rows.start, rows.len())?;
         let (_, cache) = model.run_with_cache(&clean, NameFilter::Points(points.clone()))?;
         let t = target.slice(rows.clone())?;
