@@ -12,6 +12,7 @@
 pub mod analysis;
 pub mod atomic;
 pub mod cache;
+pub mod cache_file;
 pub mod config;
 pub mod corpus;
 pub mod data;

@@ -461,3 +461,67 @@ fn mean_ablation_from_a_store_equals_the_naive_loop_with_the_corpus_mean() {
         "{e}"
     );
 }
+
+#[test]
+fn a_cache_file_written_pass_by_pass_equals_the_whole_batch_saved() {
+    let (model, tok, _) = load_model(None, &LoadOptions::default()).unwrap();
+    let texts = ["abc abc abc", "ab", "cab cab", "a", "bca bc ab ca"];
+    let tokens = tok.to_tokens(&texts, true, model.device()).unwrap();
+    let lengths = tok.lengths(&texts, true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let filter = hooklens::NameFilter::All;
+    let (_, mut whole) = model.run_with_cache(&tokens, filter.clone()).unwrap();
+    whole.set_tokens(&tokens, lengths.clone()).unwrap();
+    whole.save(&dir.path().join("whole.safetensors")).unwrap();
+    let pos = tokens.dim(1).unwrap();
+    // Passes of 1 and 2 prompts (the last pass short).
+    for per_pass in [1, 2] {
+        let path = dir.path().join(format!("passes{per_pass}.safetensors"));
+        let mut done = vec![];
+        let file = hooklens::cache_file::write_cache(
+            &model,
+            &tokens,
+            &lengths,
+            &filter,
+            per_pass * pos,
+            &path,
+            &mut |n| done.push(n),
+        )
+        .unwrap();
+        assert_eq!(done.iter().sum::<usize>(), texts.len(), "{done:?}");
+        assert_eq!(done.len(), texts.len().div_ceil(per_pass));
+        assert_eq!(file.bytes, std::fs::metadata(&path).unwrap().len());
+        let (a, b) = (
+            candle_core::safetensors::load(dir.path().join("whole.safetensors"), &Device::Cpu)
+                .unwrap(),
+            candle_core::safetensors::load(&path, &Device::Cpu).unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        assert_eq!(file.tensors.len(), a.len());
+        for (name, shape) in &file.tensors {
+            let (x, y) = (&a[name], &b[name]);
+            assert_eq!(x.dims(), &shape[..], "{name}");
+            assert_eq!(y.dims(), &shape[..], "{name}");
+            let d = (x.to_dtype(DType::F32).unwrap() - y.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = x
+                .to_dtype(DType::F32)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            let scale = scale.max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            // Batches of other sizes may round differently in the last bits.
+            assert!(d <= 1e-5 * scale, "{name}: {d} at scale {scale}");
+        }
+    }
+}

@@ -52,6 +52,10 @@ pub struct CacheArgs {
     /// Replace the output file if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Token positions per forward pass (prompts × padded length; at least one prompt). The
+    /// prompts run in passes written straight to the file, so memory holds one pass.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tokens_per_pass: u64,
 }
 
 /// `hooklens generate`: continue a prompt, greedy or sampled.
@@ -211,10 +215,11 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the activations of the prompts (one padded batch) with their tokens and lengths.
+/// Writes the activations of the prompts (padded to one length) with their tokens and
+/// lengths, pass by pass.
 pub fn cache(a: CacheArgs) -> Result<()> {
-    let (margs, pargs, names, out, force) = (a.model, a.prompt, a.names, a.out, a.force);
-    if out.exists() && !force {
+    let (margs, pargs, names, out) = (a.model, a.prompt, a.names, a.out);
+    if out.exists() && !a.force {
         bail!(
             "{} exists; pass --force to replace it or --out for another file",
             out.display()
@@ -229,26 +234,35 @@ pub fn cache(a: CacheArgs) -> Result<()> {
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let bos = pargs.prepend_bos(&model);
     let tokens = tok.to_tokens(&refs, bos, model.device())?;
-    let bar = crate::args::spinner(&format!("running {} prompt(s)", prompts.len()));
-    let (_, mut cache) = model.run_with_cache(&tokens, filter)?;
-    bar.finish_and_clear();
-    cache.set_tokens(&tokens, tok.lengths(&refs, bos)?)?;
-    if cache.is_empty() {
+    if !model.hook_points().iter().any(|p| filter.matches(p)) {
         bail!(
             "--names {:?} matches no hook point; run `hooklens hooks` to list them",
             names.unwrap_or_default()
         );
     }
-    cache
-        .save(&out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let bar = crate::args::progress_bar(prompts.len() as u64, "caching", "prompts")?;
+    // A pass holds at least one whole prompt.
+    let per_pass = (a.tokens_per_pass as usize).max(tokens.dim(1)?);
+    let file = hooklens::cache_file::write_cache(
+        &model,
+        &tokens,
+        &tok.lengths(&refs, bos)?,
+        &filter,
+        per_pass,
+        &out,
+        &mut |n| bar.inc(n as u64),
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
+    bar.finish_and_clear();
     writeln!(
         std::io::stdout(),
-        "wrote {} activations ({:.1} MB, tokens {:?}, with `tokens` and `lengths`) to {}",
-        cache.len(),
-        cache.size_bytes() as f64 / 1e6,
+        "wrote {} activations ({:.1} MB, tokens {:?}, with `tokens` and `lengths`) to {} \
+         (peak memory {:.0} MB)",
+        file.tensors.len() - 2,
+        file.bytes as f64 / 1e6,
         tokens.dims(),
-        out.display()
+        out.display(),
+        crate::store::memory().1 as f64 / 1e6
     )?;
     Ok(())
 }

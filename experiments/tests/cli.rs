@@ -479,3 +479,54 @@ fn an_unsupported_architecture_is_named_with_the_supported_ones() {
         ],
     );
 }
+
+#[test]
+fn caching_ten_times_the_prompts_holds_no_more_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::gpt2_random_with_bytes_tokenizer(dir.path());
+    let prompt = "When Mary and John went to the store,";
+    let peak = |n: usize| -> f64 {
+        let file = format!("p{n}.txt");
+        std::fs::write(dir.path().join(&file), format!("{prompt}\n").repeat(n)).unwrap();
+        let out = std::process::Command::new(HOOKLENS)
+            .args([
+                "cache",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt-file",
+                &file,
+            ])
+            .args([
+                "--names",
+                "hook_resid_post|hook_pattern",
+                "--tokens-per-pass",
+                "400",
+            ])
+            .args(["--out", &format!("c{n}.safetensors")])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t = candle_core::safetensors::load(
+            dir.path().join(format!("c{n}.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(t["blocks.1.hook_resid_post"].dim(0).unwrap(), n);
+        let mb = text
+            .split("peak memory ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next());
+        mb.and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"))
+    };
+    // 38 tokens a prompt (bytes and BOS): 10 prompts a pass; 100 prompts' logits alone are 760 MB.
+    let (small, big) = (peak(10), peak(100));
+    eprintln!("cache: peak {small} MB over 10 prompts, {big} MB over 100");
+    assert!(big < 1.25 * small + 8.0, "{big} MB vs {small} MB");
+}

@@ -133,7 +133,7 @@ impl<'a> Capture<'a> {
 }
 
 /// Appends `x`'s values to `buf` as little-endian bytes.
-fn append_le_bytes(buf: &mut Vec<u8>, x: &Tensor) -> Result<()> {
+pub(crate) fn append_le_bytes(buf: &mut Vec<u8>, x: &Tensor) -> Result<()> {
     let x = x.flatten_all()?;
     match x.dtype() {
         DType::F32 => buf.extend(x.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes())),
@@ -147,6 +147,7 @@ fn append_le_bytes(buf: &mut Vec<u8>, x: &Tensor) -> Result<()> {
                 .iter()
                 .flat_map(|v| v.to_le_bytes()),
         ),
+        DType::U32 => buf.extend(x.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes())),
         d => return Err(Error::Unsupported(format!("storing {d:?} activations"))),
     }
     Ok(())
