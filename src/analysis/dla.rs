@@ -210,34 +210,28 @@ pub fn dla_on(
 ) -> Result<Dla> {
     let n = batch.lengths.len();
     let chunks = crate::data::prompt_chunks(n, batch.clean.dim(1)?, tokens_per_pass)?;
-    let mut total: Option<Dla> = None;
+    // The chunks' values weighted by their sizes, summed in f64 and rounded once.
+    let (mut total, mut sums): (Option<Dla>, Vec<f64>) = (None, vec![]);
     for rows in chunks {
-        let w = rows.len() as f64 / n as f64;
+        let w = rows.len() as f64;
         let b = batch.slice(rows)?;
         let last: Vec<usize> = b.lengths.iter().map(|l| l - 1).collect();
         let (logits, cache) = model.run_with_cache(&b.clean, crate::NameFilter::All)?;
         let expand = expand_neurons && !model.cfg.attn_only;
         let pair = (b.answers.as_slice(), b.wrong.as_slice());
         let part = direct_logit_attribution(model, &cache, &logits, pair, &last, expand)?;
-        let add = |sum: f32, x: f32| (sum as f64 + x as f64 * w) as f32;
-        total = Some(match total {
-            None => Dla {
-                contributions: (part.contributions.into_iter())
-                    .map(|c| Contribution {
-                        value: add(0.0, c.value),
-                        ..c
-                    })
-                    .collect(),
-                logit_diff: add(0.0, part.logit_diff),
-            },
-            Some(mut t) => {
-                for (c, p) in t.contributions.iter_mut().zip(part.contributions) {
-                    c.value = add(c.value, p.value);
-                }
-                t.logit_diff = add(t.logit_diff, part.logit_diff);
-                t
-            }
-        });
+        let values = (part.contributions.iter().map(|c| c.value)).chain([part.logit_diff]);
+        sums.resize(part.contributions.len() + 1, 0.0);
+        for (s, v) in sums.iter_mut().zip(values) {
+            *s += v as f64 * w;
+        }
+        total.get_or_insert(part);
     }
-    total.ok_or_else(|| Error::Invalid("no prompts to attribute".into()))
+    let mut total = total.ok_or_else(|| Error::Invalid("no prompts to attribute".into()))?;
+    let mean = |s: f64| (s / n as f64) as f32;
+    for (c, &s) in total.contributions.iter_mut().zip(&sums) {
+        c.value = mean(s);
+    }
+    total.logit_diff = mean(sums[sums.len() - 1]);
+    Ok(total)
 }
