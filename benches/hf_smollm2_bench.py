@@ -1,6 +1,7 @@
-"""transformers side of hooklens's SmolLM2 benchmark: forward at 128/512 tokens and greedy
-generation tokens/s with and without the KV cache, on the same dequantized GGUF weights and the
-same token ids (i * 7919 % 49152). Run by benches/run_smollm2_bench.sh with the peers environment.
+"""transformers side of hooklens's real-weights benchmark (SmolLM2 or Gemma 3): forward at
+128/512 tokens and greedy generation tokens/s with and without the KV cache, on the same
+dequantized GGUF weights and the same token ids (i * 7919 % 49152). Run by
+benches/run_smollm2_bench.sh with the peers environment.
 
     python benches/hf_smollm2_bench.py GGUF OUT_JSON
 """

@@ -1,8 +1,9 @@
-//! SmolLM2-135M benchmark: forward at 128/512 tokens and greedy generation tokens/s with and
-//! without the KV cache, next to transformers on the same weights and tokens.
+//! Real-weights benchmark (SmolLM2-135M, or Gemma 3 270M with `--model gemma3`): forward at
+//! 128/512 tokens and greedy generation tokens/s with and without the KV cache, next to
+//! transformers on the same weights and tokens.
 //!
-//!     benches/run_smollm2_bench.sh
-//!     cargo run --example bench_smollm2 -- [--reference hf.json]
+//!     benches/run_smollm2_bench.sh [smollm2|gemma3]
+//!     cargo run --example bench_smollm2 -- [--model gemma3] [--reference hf.json]
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -19,8 +20,11 @@ const NEW_TOKENS: usize = 32;
 const PROMPT: usize = 16;
 
 #[derive(Parser)]
-#[command(about = "Benchmark SmolLM2 forward and generation against transformers")]
+#[command(about = "Benchmark a real model's forward and generation against transformers")]
 struct Args {
+    /// The model alias (its script in scripts/ fetches it).
+    #[arg(long, default_value = "smollm2")]
+    model: String,
     /// JSON written by benches/hf_smollm2_bench.py.
     #[arg(long)]
     reference: Option<std::path::PathBuf>,
@@ -33,10 +37,11 @@ fn ids(n: usize) -> Vec<u32> {
 fn main() -> Result<()> {
     let a = Args::parse();
     let reference = read_reference(a.reference.as_deref())?;
-    let (model, _, _) = load_model(Some("smollm2"), &LoadOptions::default())
-        .context("loading SmolLM2 (run scripts/fetch_smollm2.sh)")?;
+    let (model, _, _) = load_model(Some(&a.model), &LoadOptions::default())
+        .with_context(|| format!("loading {} (run scripts/fetch_{}.sh)", a.model, a.model))?;
     println!(
-        "SmolLM2-135M (dequantized f32), threads {}, matmul {}\n",
+        "{} (dequantized f32), threads {}, matmul {}\n",
+        a.model,
         candle_core::utils::get_num_threads(),
         hooklens::matmul::BACKEND
     );

@@ -121,6 +121,14 @@ pub struct ModelConfig {
     /// Per layer, global or local attention; empty: every layer global.
     #[serde(default)]
     pub attn_types: Vec<AttnType>,
+    /// The rotary base of `Local` layers (Gemma 3's `rope_local_base_freq`); `None`: they
+    /// share the global layers' rotation.
+    #[serde(default)]
+    pub rotary_base_local: Option<f64>,
+    /// Linear rope scaling: global layers' positions are divided by this factor (Gemma 3's
+    /// `rope_scaling` of type `linear`).
+    #[serde(default)]
+    pub rotary_linear_factor: Option<f64>,
 }
 
 impl ModelConfig {
@@ -133,23 +141,31 @@ impl ModelConfig {
             .or_else(|| v["model_type"].as_str())
             .unwrap_or("")
             .to_string();
-        let cfg = match arch.as_str() {
-            "HookedTransformer" => serde_json::from_value(v["hooklens"].clone())
-                .map_err(|e| Error::Config(format!("hooklens config: {e}")))?,
-            "GPT2LMHeadModel" | "gpt2" => Self::from_gpt2(&v)?,
-            "GPTNeoXForCausalLM" | "gpt_neox" => Self::from_neox(&v)?,
-            "LlamaForCausalLM" | "llama" => Self::from_llama(&v, "LlamaForCausalLM")?,
-            "MistralForCausalLM" | "mistral" => Self::from_llama(&v, "MistralForCausalLM")?,
-            "Qwen2ForCausalLM" | "qwen2" => Self::from_llama(&v, "Qwen2ForCausalLM")?,
-            "Qwen3ForCausalLM" | "qwen3" => Self::from_llama(&v, "Qwen3ForCausalLM")?,
-            "Gemma2ForCausalLM" | "gemma2" => Self::from_llama(&v, "Gemma2ForCausalLM")?,
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "architecture `{other}`; supported: {}",
-                    SUPPORTED.join(", ")
-                )))
-            }
-        };
+        let cfg =
+            match arch.as_str() {
+                "HookedTransformer" => serde_json::from_value(v["hooklens"].clone())
+                    .map_err(|e| Error::Config(format!("hooklens config: {e}")))?,
+                "GPT2LMHeadModel" | "gpt2" => Self::from_gpt2(&v)?,
+                "GPTNeoXForCausalLM" | "gpt_neox" => Self::from_neox(&v)?,
+                "LlamaForCausalLM" | "llama" => Self::from_llama(&v, "LlamaForCausalLM")?,
+                "MistralForCausalLM" | "mistral" => Self::from_llama(&v, "MistralForCausalLM")?,
+                "Qwen2ForCausalLM" | "qwen2" => Self::from_llama(&v, "Qwen2ForCausalLM")?,
+                "Qwen3ForCausalLM" | "qwen3" => Self::from_llama(&v, "Qwen3ForCausalLM")?,
+                "Gemma2ForCausalLM" | "gemma2" => Self::from_llama(&v, "Gemma2ForCausalLM")?,
+                "Gemma3ForCausalLM" | "gemma3_text" => Self::from_llama(&v, "Gemma3ForCausalLM")?,
+                "Gemma3ForConditionalGeneration" | "gemma3" => return Err(Error::Unsupported(
+                    "Gemma3ForConditionalGeneration (the multimodal checkpoint, whose text model \
+                     sits under `language_model`): load a text-only Gemma3ForCausalLM checkpoint \
+                     (such as gemma-3-270m or gemma-3-1b) or its GGUF"
+                        .into(),
+                )),
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "architecture `{other}`; supported: {}",
+                        SUPPORTED.join(", ")
+                    )))
+                }
+            };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -187,6 +203,8 @@ impl ModelConfig {
             output_logits_soft_cap: None,
             window_size: None,
             attn_types: vec![],
+            rotary_base_local: None,
+            rotary_linear_factor: None,
         }
     }
 
@@ -231,9 +249,10 @@ impl ModelConfig {
     }
 
     /// llama and the families built on it: Mistral (sliding window), Qwen2 (Q/K/V biases, read
-    /// from the checkpoint), Qwen3 (QK-norm) and Gemma 2 (soft-caps, post-norms, GeGLU, ...).
+    /// from the checkpoint), Qwen3 (QK-norm), Gemma 2 (soft-caps, post-norms, GeGLU, ...) and
+    /// Gemma 3 (Gemma 2's norms without soft-caps, QK-norm, a rotary base per layer type).
     fn from_llama(v: &Value, arch: &str) -> Result<Self> {
-        let gemma = arch == "Gemma2ForCausalLM";
+        let gemma = arch.starts_with("Gemma");
         let d_model = req(v, "hidden_size")?;
         let n_heads = req(v, "num_attention_heads")?;
         let n_layers = req(v, "num_hidden_layers")?;
@@ -247,7 +266,7 @@ impl ModelConfig {
             "gelu" => Activation::Gelu,
             other => return Err(Error::Unsupported(format!("{arch} activation `{other}`"))),
         };
-        let (rotary_base, partial) = rope(v, arch)?;
+        let rope = rope(v, arch)?;
         let d_head = match v["head_dim"].as_u64() {
             Some(d) => d as usize,
             None => head_width(d_model, n_heads, "hidden_size", "num_attention_heads")?,
@@ -272,7 +291,7 @@ impl ModelConfig {
             act_fn: act,
             normalization_type: Normalization::RMS,
             positional_embedding_type: Positional::Rotary,
-            rotary_base,
+            rotary_base: rope.base,
             gated_mlp: true,
             attn_only: false,
             eps: f("rms_norm_eps").unwrap_or(1e-6),
@@ -281,10 +300,10 @@ impl ModelConfig {
             default_prepend_bos: true,
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_id: v["eos_token_id"].as_u64().map(|x| x as u32),
-            rotary_dim: partial.map(|p| (d_head as f64 * p) as usize),
+            rotary_dim: rope.partial.map(|p| (d_head as f64 * p) as usize),
             parallel_attn_mlp: false,
             use_normalization_before_and_after: gemma,
-            use_qk_norm: arch == "Qwen3ForCausalLM",
+            use_qk_norm: matches!(arch, "Qwen3ForCausalLM" | "Gemma3ForCausalLM"),
             attn_scale: match gemma {
                 true => Some(f("query_pre_attn_scalar").unwrap_or(d_head as f64).sqrt()),
                 false => None,
@@ -293,6 +312,8 @@ impl ModelConfig {
             output_logits_soft_cap: f("final_logit_softcapping"),
             window_size: window_size.filter(|_| !attn_types.is_empty()),
             attn_types,
+            rotary_base_local: rope.local_base,
+            rotary_linear_factor: rope.linear_factor,
         })
     }
 
@@ -307,7 +328,12 @@ impl ModelConfig {
             "relu" => Activation::Relu,
             other => return Err(Error::Unsupported(format!("GPT-NeoX activation `{other}`"))),
         };
-        let (rotary_base, partial) = rope(v, "GPTNeoXForCausalLM")?;
+        let rope = rope(v, "GPTNeoXForCausalLM")?;
+        if rope.local_base.is_some() || rope.linear_factor.is_some() {
+            return Err(Error::Unsupported(
+                "GPT-NeoX with per-layer or linearly scaled rotary embeddings".into(),
+            ));
+        }
         Ok(Self {
             n_layers: req(v, "num_hidden_layers")?,
             d_model,
@@ -320,7 +346,7 @@ impl ModelConfig {
             act_fn: act,
             normalization_type: Normalization::LN,
             positional_embedding_type: Positional::Rotary,
-            rotary_base,
+            rotary_base: rope.base,
             gated_mlp: false,
             attn_only: false,
             eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-5),
@@ -329,7 +355,7 @@ impl ModelConfig {
             default_prepend_bos: true,
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_id: v["eos_token_id"].as_u64().map(|x| x as u32),
-            rotary_dim: Some((d_head as f64 * partial.unwrap_or(1.0)) as usize),
+            rotary_dim: Some((d_head as f64 * rope.partial.unwrap_or(1.0)) as usize),
             parallel_attn_mlp: v["use_parallel_residual"].as_bool().unwrap_or(true),
             ..Self::plain()
         })
@@ -340,6 +366,15 @@ impl ModelConfig {
         match self.attn_types.get(layer) {
             Some(AttnType::Local) => self.window_size,
             _ => None,
+        }
+    }
+
+    /// The rotary base and linear position factor of `layer`: local layers may have their
+    /// own base (Gemma 3), and linear scaling applies to the others.
+    pub fn rope(&self, layer: usize) -> (f64, f64) {
+        match (self.window(layer), self.rotary_base_local) {
+            (Some(_), Some(base)) => (base, 1.0),
+            _ => (self.rotary_base, self.rotary_linear_factor.unwrap_or(1.0)),
         }
     }
 
@@ -408,23 +443,55 @@ pub const SUPPORTED: &[&str] = &[
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
 ];
 
-/// The rotary base and the fraction of each head rotated (if given), from the field names of
-/// older configs (`rope_theta`, `rotary_emb_base`, `rotary_pct`, `partial_rotary_factor`) or
-/// transformers 5's `rope_parameters`. Scaled variants (llama3, yarn, ...) are refused: their
-/// frequencies differ, and loading them as plain rotary would silently change the model.
-fn rope(v: &Value, arch: &str) -> Result<(f64, Option<f64>)> {
-    let params = &v["rope_parameters"];
+/// A config's rotary embeddings.
+struct Rope {
+    base: f64,
+    /// The fraction of each head rotated, if given.
+    partial: Option<f64>,
+    /// Local layers' own base (Gemma 3).
+    local_base: Option<f64>,
+    /// Linear scaling of the global layers' positions.
+    linear_factor: Option<f64>,
+}
+
+/// The rotary embeddings, from the field names of older configs (`rope_theta`,
+/// `rotary_emb_base`, `rotary_pct`, `partial_rotary_factor`, `rope_scaling`,
+/// `rope_local_base_freq`) or transformers 5's `rope_parameters` (one set per layer type for
+/// Gemma 3). Plain and linear rotary are read; other scaled variants (llama3, yarn, ...) are
+/// refused: their frequencies differ, and loading them as plain rotary would silently change
+/// the model.
+fn rope(v: &Value, arch: &str) -> Result<Rope> {
+    let per_type = &v["rope_parameters"]["full_attention"];
+    let params = match per_type.is_object() {
+        true => per_type,
+        false => &v["rope_parameters"],
+    };
     let scaling = &v["rope_scaling"];
+    let field = |key: &str| params[key].as_f64().or(scaling[key].as_f64());
     let kind = params["rope_type"]
         .as_str()
         .or(scaling["rope_type"].as_str())
         .or(scaling["type"].as_str())
         .unwrap_or("default");
-    if kind != "default" {
+    let linear_factor = match kind {
+        "default" => None,
+        "linear" => Some(field("factor").ok_or_else(|| {
+            Error::Config(format!("{arch}: linear rope scaling without a `factor`"))
+        })?),
+        _ => {
+            return Err(Error::Unsupported(format!(
+            "{arch} with rope type `{kind}` (plain and linear rotary embeddings are implemented)"
+        )))
+        }
+    };
+    let local = &v["rope_parameters"]["sliding_attention"];
+    if !matches!(local["rope_type"].as_str(), None | Some("default")) {
         return Err(Error::Unsupported(format!(
-            "{arch} with rope type `{kind}` (only plain rotary embeddings are implemented)"
+            "{arch} with local rope type {} (plain rotary embeddings are implemented for local layers)",
+            local["rope_type"]
         )));
     }
     let base = [
@@ -442,7 +509,15 @@ fn rope(v: &Value, arch: &str) -> Result<(f64, Option<f64>)> {
     ]
     .into_iter()
     .find_map(Value::as_f64);
-    Ok((base, partial))
+    let local_base = (local["rope_theta"].as_f64())
+        .or(v["rope_local_base_freq"].as_f64())
+        .or((arch == "Gemma3ForCausalLM").then_some(10000.0));
+    Ok(Rope {
+        base,
+        partial,
+        local_base,
+        linear_factor,
+    })
 }
 
 /// Which layers use sliding-window attention, for a config whose `sliding_window` is set:
@@ -477,6 +552,11 @@ fn local_layers(v: &Value, arch: &str, n_layers: usize) -> Result<Vec<AttnType>>
     Ok(match arch {
         "MistralForCausalLM" => local(&|_| true),
         "Gemma2ForCausalLM" => local(&|l| l % 2 == 0),
+        // Every `sliding_window_pattern`-th layer is global (older Gemma 3 configs).
+        "Gemma3ForCausalLM" => {
+            let every = v["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) as usize;
+            local(&|l| (l + 1) % every != 0)
+        }
         "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
             if v["use_sliding_window"].as_bool() == Some(true) =>
         {

@@ -73,6 +73,78 @@ impl Tokenizer {
         )
     }
 
+    /// Gemma's SentencePiece BPE from the token list and token types of its GGUF file (which
+    /// has no merges), built as transformers builds it from the same file, so that the ids are
+    /// the same: tokens of spaces spelled with `▁`, merges recovered from the vocabulary
+    /// (every split of a token into two tokens, best first by the token's place in the file),
+    /// spaces normalised to `▁`, bytes outside the vocabulary as `<0xNN>` tokens, control tokens
+    /// (type 3) and user-defined ones (type 4) matched whole.
+    pub fn gemma_sentencepiece(
+        tokens: Vec<String>,
+        types: &[i64],
+        unk: Option<u32>,
+    ) -> Result<Self> {
+        let spelled: Vec<String> = (tokens.iter())
+            .map(|t| match t.contains(' ') && t.trim().is_empty() {
+                true => "\u{2581}".repeat(t.chars().count()),
+                false => t.clone(),
+            })
+            .collect();
+        // A repeated token keeps its last id, as a Python dict built in file order does.
+        let mut vocab: std::collections::HashMap<&str, usize> = Default::default();
+        let mut order = vec![];
+        for (i, t) in spelled.iter().enumerate() {
+            if vocab.insert(t.as_str(), i).is_none() {
+                order.push(t.as_str());
+            }
+        }
+        // (left, right, the merged token's id): a lower id merges first.
+        let mut merges: Vec<(&str, &str, usize)> = vec![];
+        for &t in &order {
+            let at = merges.len();
+            for (k, _) in t.char_indices().skip(1) {
+                let (l, r) = t.split_at(k);
+                if vocab.contains_key(l) && vocab.contains_key(r) {
+                    merges.push((l, r, vocab[t]));
+                }
+            }
+            merges[at..].sort_by_key(|&(l, r, _)| (vocab[l], vocab[r]));
+        }
+        // Stable: ties keep the order above.
+        let chars = |s: &str| s.chars().count();
+        merges.sort_by_key(|&(l, r, id)| {
+            (id, std::cmp::Reverse(chars(l)), std::cmp::Reverse(chars(r)))
+        });
+        let mut added = vec![];
+        for (i, t) in tokens.iter().enumerate() {
+            let special = match types.get(i) {
+                Some(3) => true,
+                Some(4) => false,
+                _ => continue,
+            };
+            if let Some(&id) = vocab.get(t.as_str()) {
+                added.push(json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special}));
+            }
+        }
+        let unk = unk.and_then(|u| spelled.get(u as usize));
+        let doc = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+            "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges.iter().map(|(l, r, _)| [l, r]).collect::<Vec<_>>()}
+        });
+        Self::from_json(&doc.to_string())
+    }
+
     /// GPT-2's tokenizer (50,257 tokens), shipped in the crate.
     pub fn gpt2() -> Result<Self> {
         Self::from_vocab_merges(GPT2_VOCAB, GPT2_MERGES)

@@ -1,4 +1,4 @@
-//! Parity of the model families (GPT-NeoX, Gemma 2, Qwen2, Qwen3, Mistral) with
+//! Parity of the model families (GPT-NeoX, Gemma 2, Gemma 3, Qwen2, Qwen3, Mistral) with
 //! TransformerLens 4.3 and transformers at every hook point the reference exposes, unprocessed
 //! and processed, on small random checkpoints (tests/reference/make_families_reference.py).
 
@@ -113,6 +113,13 @@ fn gpt_neox_matches_transformerlens() {
 #[test]
 fn gemma2_matches_transformerlens() {
     check("gemma2");
+}
+
+/// Local and global layers with their own rotary bases (50 and 1000), linear rope scaling on
+/// the global one, QK-norm with (1 + w), multi-query attention.
+#[test]
+fn gemma3_matches_transformerlens() {
+    check("gemma3");
 }
 
 #[test]
@@ -275,7 +282,7 @@ fn sinusoidal_forward_matches_a_hand_computed_one() {
 #[test]
 fn kv_cache_steps_equal_the_full_forward_in_every_family() {
     use hooklens::model::LayerKv;
-    for family in ["neox", "gemma2", "qwen2", "qwen3", "mistral"] {
+    for family in ["neox", "gemma2", "gemma3", "qwen2", "qwen3", "mistral"] {
         let model = load(family, Processing::default());
         let r = candle_core::safetensors::load(
             root().join(format!("tests/reference/{family}_ref.safetensors")),

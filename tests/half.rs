@@ -87,6 +87,32 @@ fn smollm2_half_matches_f32() {
     check("smollm2", Some(smollm2_path().to_str().unwrap()));
 }
 
+/// Gemma 3's residual stream outgrows f16 (its largest value, 65,504), as with transformers,
+/// which recommends bf16 for Gemma: in f16 the forward is refused, naming the first hook point
+/// that overflows; bf16 holds the README's bounds.
+#[test]
+fn gemma3_in_bf16_matches_f32_and_f16_overflow_is_named() {
+    let path = fetched("gemma3");
+    let spec = Some(path.to_str().unwrap());
+    let (worst, agree, loss) = compare(spec, DType::BF16);
+    eprintln!("gemma3 BF16: top-10 {worst:.4}, top-1 {agree:.3}, loss {loss:.4}");
+    assert!(worst < 0.5 && agree >= 0.85 && loss < 0.05);
+    let opts = LoadOptions {
+        dtype: DType::F16,
+        ..Default::default()
+    };
+    let (model, tok, _) = load_model(spec, &opts).unwrap();
+    let t = tok.to_tokens(&[PROMPTS[0]], true, model.device()).unwrap();
+    match model.forward(&t, &mut Hooks::none()) {
+        Err(hooklens::Error::NonFinite {
+            first: Some(hook), ..
+        }) => {
+            assert!(hook.contains("blocks."), "{hook}")
+        }
+        other => panic!("expected an overflow named by its hook point, got {other:?}"),
+    }
+}
+
 /// The families' new paths in half precision (QK-norm, post-norms and soft-caps in f32 like the
 /// other norms and the scores), against the same checkpoints in f32. The loss and top-1 bounds
 /// are the README's; the top-10 log-prob bounds are looser (f16 0.2, bf16 1.0 nats): these
@@ -94,7 +120,7 @@ fn smollm2_half_matches_f32() {
 /// 8 bits move such patterns (measured 2026-11-24: worst f16 0.10 on qwen2, bf16 0.73).
 #[test]
 fn family_half_matches_f32() {
-    for family in ["neox", "gemma2", "qwen2", "qwen3", "mistral"] {
+    for family in ["neox", "gemma2", "gemma3", "qwen2", "qwen3", "mistral"] {
         let dir = root().join("tests/fixtures").join(family);
         for (dtype, lp_tol, top1, loss_tol) in [
             (DType::F16, 0.2, 0.95, 0.01),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
 use hooklens::generate::{generate, GenerateOptions};
 use hooklens::{Error, Hooks, NameFilter};
@@ -30,65 +30,8 @@ fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Tensor {
 
 fn check(processed: bool) {
     let (model, _) = smollm2(processed);
-    let r = reference();
-    let mode = if processed {
-        "processed"
-    } else {
-        "unprocessed"
-    };
-    let sel = r["vocab_sel"].to_dtype(DType::U32).unwrap();
-    let (mut worst_lp, mut worst_rel) = (0f32, (0f32, String::new()));
-    for i in 0..PROMPTS {
-        let t = tokens(&r, i);
-        let (logits, cache) = model.run_with_cache(&t, NameFilter::All).unwrap();
-        let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
-        let lp_sel = lp.index_select(&sel, 1).unwrap();
-        for src in ["hf", mode] {
-            worst_lp = worst_lp.max(max_abs_diff(
-                &lp_sel,
-                &r[&format!("{src}.p{i}.logprobs_sel")],
-            ));
-        }
-        let next = t.i((0, 1..)).unwrap().unsqueeze(1).unwrap();
-        let lp_next = lp
-            .i(..lp.dim(0).unwrap() - 1)
-            .unwrap()
-            .gather(&next, 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap();
-        worst_lp = worst_lp.max(max_abs_diff(
-            &lp_next,
-            &r[&format!("hf.p{i}.logprobs_next")],
-        ));
-        let prefix = format!("{mode}.p{i}.");
-        let mut n = 0;
-        for (k, want) in r
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix) && k.contains("blocks."))
-        {
-            let got = cache.get_by_name(&k[prefix.len()..]).unwrap().i(0).unwrap();
-            // Activations grow to O(100) in late layers: compare relative to their scale.
-            let scale = max_abs(want).max(1.0);
-            let d = max_abs_diff(&got, want) / scale;
-            if d > worst_rel.0 {
-                worst_rel = (d, k.clone());
-            }
-            n += 1;
-        }
-        assert!(n >= 28, "only {n} activations compared");
-    }
-    eprintln!(
-        "{mode}: worst log-prob diff {worst_lp:.2e}; worst activation diff / scale {:.2e} at {}",
-        worst_rel.0, worst_rel.1
-    );
-    assert!(worst_lp < 1e-4, "{mode}: log-probs differ by {worst_lp}");
-    assert!(
-        worst_rel.0 < 1e-4,
-        "{mode}: {} differs by {} of its scale",
-        worst_rel.1,
-        worst_rel.0
-    );
+    let n = check_reference(model, &reference(), PROMPTS, processed);
+    assert!(n >= 28 * PROMPTS, "only {n} activations compared");
 }
 
 #[test]

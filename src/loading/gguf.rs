@@ -2,7 +2,7 @@
 //! renamed to the Hugging Face llama names, so GGUF and safetensors share one conversion.
 
 use super::RawTensors;
-use crate::config::{Activation, ModelConfig, Normalization, Positional};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -57,66 +57,62 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
         .to_string()
         .map_err(|e| corrupt(e.to_string()))?
         .clone();
-    if arch != "llama" {
-        return Err(Error::Unsupported(format!(
-            "GGUF architecture `{arch}`; supported: llama"
-        )));
-    }
-    let num = |k: &str| -> Result<usize> {
-        value_u64(get(&format!("llama.{k}"))?)
-            .map(|x| x as usize)
-            .ok_or_else(|| corrupt(format!("llama.{k} is not an integer")))
+    let family = match arch.as_str() {
+        "llama" => "LlamaForCausalLM",
+        "gemma3" => "Gemma3ForCausalLM",
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "GGUF architecture `{arch}`; supported: llama, gemma3"
+            )))
+        }
     };
-    let float = |k: &str, default: f64| {
-        md.get(&format!("llama.{k}"))
-            .and_then(value_f64)
-            .unwrap_or(default)
-    };
+    let gemma = arch.starts_with("gemma");
     let tokens = get("tokenizer.ggml.tokens")?
         .to_vec()
         .map_err(|e| corrupt(e.to_string()))?;
-    let (d_model, n_heads) = (num("embedding_length")?, num("attention.head_count")?);
-    let n_kv = md
-        .get("llama.attention.head_count_kv")
-        .and_then(value_u64)
-        .map_or(n_heads, |x| x as usize);
-    let bos = md
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(value_u64)
-        .map(|x| x as u32);
-    let eos = md
-        .get("tokenizer.ggml.eos_token_id")
-        .and_then(value_u64)
-        .map(|x| x as u32);
-    let tied = !content.tensor_infos.contains_key("output.weight");
-    let cfg = ModelConfig {
-        n_layers: num("block_count")?,
-        d_model,
-        n_heads,
-        d_head: d_model / n_heads,
-        n_key_value_heads: n_kv,
-        d_mlp: num("feed_forward_length")?,
-        d_vocab: tokens.len(),
-        n_ctx: num("context_length")?,
-        act_fn: Activation::Silu,
-        normalization_type: Normalization::RMS,
-        positional_embedding_type: Positional::Rotary,
-        rotary_base: float("rope.freq_base", 10000.0),
-        gated_mlp: true,
-        attn_only: false,
-        eps: float("attention.layer_norm_rms_epsilon", 1e-5),
-        tie_word_embeddings: tied,
-        original_architecture: "LlamaForCausalLM".into(),
-        default_prepend_bos: md
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(true),
-        bos_token_id: bos,
-        eos_token_id: eos,
-        ..ModelConfig::plain()
-    };
-    cfg.validate()?;
-    let tokenizer = tokenizer_from_metadata(md, bos, eos)
+    let id = |k: &str| md.get(k).and_then(value_u64).map(|x| x as u32);
+    let (bos, eos) = (
+        id("tokenizer.ggml.bos_token_id"),
+        id("tokenizer.ggml.eos_token_id"),
+    );
+    // The metadata as the Hugging Face config.json it came from (the names transformers maps
+    // them to), so that GGUF and safetensors share one config reader and its defaults.
+    let mut hf = serde_json::json!({
+        "architectures": [family],
+        "vocab_size": tokens.len(),
+        "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    });
+    for (key, field) in [
+        ("embedding_length", "hidden_size"),
+        ("block_count", "num_hidden_layers"),
+        ("feed_forward_length", "intermediate_size"),
+        ("context_length", "max_position_embeddings"),
+        ("attention.head_count", "num_attention_heads"),
+        ("attention.head_count_kv", "num_key_value_heads"),
+        ("attention.key_length", "head_dim"),
+        ("attention.sliding_window", "sliding_window"),
+        ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+        ("rope.freq_base", "rope_theta"),
+    ] {
+        let Some(v) = md.get(&format!("{arch}.{key}")) else {
+            continue;
+        };
+        hf[field] = match (value_u64(v), value_f64(v)) {
+            (Some(n), _) => n.into(),
+            (None, Some(x)) => x.into(),
+            _ => return Err(corrupt(format!("{arch}.{key} is not a number"))),
+        };
+    }
+    let mut cfg = ModelConfig::from_hf_json(&hf.to_string())
+        .map_err(|e| corrupt(format!("metadata: {e}")))?;
+    cfg.default_prepend_bos = md
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(true);
+    let (n_heads, n_kv) = (cfg.n_heads, cfg.n_key_value_heads);
+    let tokenizer = tokenizer_from_metadata(md, &arch, bos, eos)
         .map_err(|e| corrupt(format!("tokenizer metadata: {e}")))?;
 
     let mut tensors = HashMap::new();
@@ -128,14 +124,18 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
             )));
         }
         // Unknown tensors keep their GGUF name, so the unused-tensor check names them.
-        let hf = hf_name(name).unwrap_or_else(|| name.clone());
+        let hf = hf_name(name, gemma).unwrap_or_else(|| name.clone());
         let q = content
             .tensor(&mut f, name, &Device::Cpu)
             .map_err(|e| corrupt(format!("{name}: {e}")))?;
         let mut t = q.dequantize(&Device::Cpu)?;
-        if name.ends_with("attn_q.weight") {
+        // llama.cpp stores Gemma's norms as 1 + w (its RMSNorm multiplies by the weight); the
+        // checkpoint's w is what the Hugging Face conversion reads. Only llama permutes Q/K.
+        if gemma && name.ends_with("norm.weight") {
+            t = (t - 1.0)?;
+        } else if arch == "llama" && name.ends_with("attn_q.weight") {
             t = unpermute_rotary(&t, n_heads)?;
-        } else if name.ends_with("attn_k.weight") {
+        } else if arch == "llama" && name.ends_with("attn_k.weight") {
             t = unpermute_rotary(&t, n_kv)?;
         }
         tensors.insert(hf, t);
@@ -143,8 +143,8 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
     Ok((cfg, tokenizer, RawTensors::from_map(tensors, path)))
 }
 
-/// llama.cpp's tensor names -> Hugging Face llama names.
-fn hf_name(gguf: &str) -> Option<String> {
+/// llama.cpp's tensor names -> Hugging Face llama (or Gemma) names.
+fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -162,7 +162,12 @@ fn hf_name(gguf: &str) -> Option<String> {
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
         "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" if gemma => "pre_feedforward_layernorm.weight",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "post_attention_norm.weight" => "post_attention_layernorm.weight",
+        "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
         "ffn_down.weight" => "mlp.down_proj.weight",
@@ -182,9 +187,11 @@ fn unpermute_rotary(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
-/// The byte-level BPE tokenizer stored in `tokenizer.ggml.*`.
+/// The tokenizer stored in `tokenizer.ggml.*`: byte-level BPE (`gpt2`), or Gemma's
+/// SentencePiece BPE (`llama` in a Gemma file).
 fn tokenizer_from_metadata(
     md: &HashMap<String, Value>,
+    arch: &str,
     bos: Option<u32>,
     eos: Option<u32>,
 ) -> Result<Tokenizer> {
@@ -193,11 +200,6 @@ fn tokenizer_from_metadata(
         .get("tokenizer.ggml.model")
         .and_then(|v| v.to_string().ok())
         .ok_or_else(|| err("no tokenizer.ggml.model"))?;
-    if model != "gpt2" {
-        return Err(Error::Unsupported(format!(
-            "GGUF tokenizer model `{model}`; supported: gpt2 (byte-level BPE)"
-        )));
-    }
     let strings = |k: &str| -> Result<Vec<String>> {
         md.get(k)
             .ok_or_else(|| err(k))?
@@ -207,7 +209,6 @@ fn tokenizer_from_metadata(
             .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?;
     let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .to_vec()?
@@ -216,6 +217,25 @@ fn tokenizer_from_metadata(
             .collect(),
         None => vec![1; tokens.len()],
     };
+    match model.as_str() {
+        "gpt2" => {}
+        "llama" if arch.starts_with("gemma") => {
+            let unk = md
+                .get("tokenizer.ggml.unknown_token_id")
+                .and_then(value_u64);
+            let mut tok = Tokenizer::gemma_sentencepiece(tokens, &types, unk.map(|x| x as u32))?;
+            tok.bos_token_id = bos;
+            tok.eos_token_id = eos;
+            return Ok(tok);
+        }
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "GGUF tokenizer model `{model}` in a `{arch}` file; supported: gpt2 (byte-level \
+                 BPE), and llama (SentencePiece) in Gemma files"
+            )))
+        }
+    }
+    let merges = strings("tokenizer.ggml.merges")?;
     // Control (3) and user-defined (4) tokens are matched whole, as Hugging Face's added tokens.
     let special: Vec<(u32, String)> = tokens
         .iter()

@@ -1,7 +1,7 @@
 //! llama (`LlamaForCausalLM`) checkpoint names -> canonical TransformerLens weights, for llama
 //! and the families that share its names: Mistral, Qwen2 (Q/K/V biases), Qwen3 (`q_norm`,
-//! `k_norm`) and Gemma 2 (four norms a block, each a (1 + w) RMSNorm, and embeddings scaled by
-//! √d_model). torch `Linear` weights are stored [out, in]; queries and keys in the rotate-half
+//! `k_norm`) and Gemma 2 and 3 (four norms a block, each a (1 + w) RMSNorm, and embeddings
+//! scaled by √d_model; Gemma 3's QK-norm too). torch `Linear` weights are stored [out, in]; queries and keys in the rotate-half
 //! layout.
 
 use super::RawTensors;
@@ -22,7 +22,7 @@ pub fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<Weights> {
         cfg.d_mlp,
         cfg.d_vocab,
     );
-    let gemma = cfg.original_architecture == "Gemma2ForCausalLM";
+    let gemma = cfg.original_architecture.starts_with("Gemma");
     // Gemma's RMSNorm multiplies by (1 + w); as in TransformerLens, the 1 is added here.
     let norm_w = |name: &str, len: usize| -> Result<_> {
         let t = raw.get(name, &[len])?;

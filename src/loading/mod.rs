@@ -100,12 +100,12 @@ fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
             ))),
         };
     }
-    if let Some(file) = alias_path(spec) {
+    if let Some((file, script)) = alias_file(spec) {
         return match file.is_file() {
             true => load_gguf(&file, opts),
             false => Err(Error::MissingFile {
                 path: file,
-                hint: "fetch it with scripts/fetch_smollm2.sh".into(),
+                hint: format!("fetch it with scripts/{script}"),
             }),
         };
     }
@@ -129,31 +129,47 @@ fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
     load_dir(&dir, opts)
 }
 
-/// The names `--model` knows besides paths and Hub ids.
-pub const ALIASES: &[&str] = &["smollm2", "smollm2-135m", "SmolLM2-135M-Instruct"];
+/// The names `--model` knows besides paths and Hub ids: the real models that a script in
+/// `scripts/` fetches into the cache, as (names, file in the cache, script).
+const ALIAS_FILES: &[(&[&str], &str, &str)] = &[
+    (
+        &["smollm2", "smollm2-135m", "SmolLM2-135M-Instruct"],
+        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "fetch_smollm2.sh",
+    ),
+    (
+        &["gemma3", "gemma-3-270m", "gemma3-270m"],
+        "gemma3/gemma-3-270m-q4_k_m.gguf",
+        "fetch_gemma3.sh",
+    ),
+];
 
 /// The alias `spec` is most likely a typo of, if any is close.
 fn close_alias(spec: &str) -> Option<&'static str> {
     let lower = spec.to_lowercase();
-    ALIASES
-        .iter()
+    (ALIAS_FILES.iter())
+        .flat_map(|(names, _, _)| names.iter())
         .map(|a| (strsim::jaro_winkler(&lower, &a.to_lowercase()), *a))
         .filter(|(score, _)| *score > 0.85)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, a)| a)
 }
 
-/// Where a short alias (`smollm2`) lives: the cache that `scripts/fetch_smollm2.sh` fills
-/// (`$HOOKLENS_CACHE`, default `~/.cache/hooklens`).
+/// Where a short alias (`smollm2`, `gemma3`) lives: the cache that its script in `scripts/`
+/// fills (`$HOOKLENS_CACHE`, default `~/.cache/hooklens`).
 pub fn alias_path(spec: &str) -> Option<PathBuf> {
-    if !ALIASES.contains(&spec) {
-        return None;
-    }
-    let file = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    alias_file(spec).map(|(file, _)| file)
+}
+
+/// An alias's file and the script that fetches it.
+fn alias_file(spec: &str) -> Option<(PathBuf, &'static str)> {
+    let (_, file, script) = ALIAS_FILES
+        .iter()
+        .find(|(names, _, _)| names.contains(&spec))?;
     let base = std::env::var_os("HOOKLENS_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hooklens")))?;
-    Some(base.join(file))
+    Some((base.join(file), script))
 }
 
 /// Loads a llama-architecture `.gguf` file, dequantized, with the tokenizer from its metadata.
@@ -203,7 +219,9 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         "GPT2LMHeadModel" => (gpt2::to_canonical(&raw, &cfg)?, gpt2::IGNORED),
         "GPTNeoXForCausalLM" => (neox::to_canonical(&raw, &cfg)?, neox::IGNORED),
         "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
-        | "Gemma2ForCausalLM" => (llama::to_canonical(&raw, &cfg)?, llama::IGNORED),
+        | "Gemma2ForCausalLM" | "Gemma3ForCausalLM" => {
+            (llama::to_canonical(&raw, &cfg)?, llama::IGNORED)
+        }
         _ => (raw.canonical_as_is()?, &[][..]),
     };
     raw.check_all_used(ignored)?;

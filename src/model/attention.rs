@@ -295,17 +295,21 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// cos and sin tables [n_pos, d_head] for positions `start..start + n_pos` (`d_head`: the
-/// rotated dimensions, which set the frequencies).
+/// rotated dimensions, which set the frequencies), the positions divided by `factor` (linear
+/// rope scaling; 1 without).
 pub fn rotary_tables(
     start: usize,
     n_pos: usize,
     d_head: usize,
-    base: f64,
+    (base, factor): (f64, f64),
     device: &candle_core::Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = d_head / 2;
+    // In f32 as transformers computes them (then divided by the factor): at a thousand
+    // positions, inverse frequencies exact to f64 turn the angles by up to 1e-4 against the
+    // reference implementation's.
     let inv: Vec<f32> = (0..half)
-        .map(|i| (1.0 / base.powf(2.0 * i as f64 / d_head as f64)) as f32)
+        .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / d_head as f32) / factor as f32)
         .collect();
     let inv = Tensor::from_vec(inv, (1, half), device)?;
     let pos: Vec<f32> = (start..start + n_pos).map(|p| p as f32).collect();

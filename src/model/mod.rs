@@ -457,16 +457,17 @@ impl HookedTransformer {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let p = resid.dim(1)?;
-        let rope = match self.cfg.positional_embedding_type {
-            Positional::Rotary => Some(rotary_tables(
-                offset,
-                p,
-                self.cfg.rotary_dim(),
-                self.cfg.rotary_base,
-                &self.device,
-            )?),
-            Positional::Standard | Positional::Sinusoidal => None,
-        };
+        // One table per distinct (base, factor): Gemma 3's local layers have their own.
+        let mut ropes: Vec<((f64, f64), (Tensor, Tensor))> = vec![];
+        if self.cfg.positional_embedding_type == Positional::Rotary {
+            for l in start..stop {
+                let rope = self.cfg.rope(l);
+                if !ropes.iter().any(|(r, _)| *r == rope) {
+                    let d = self.cfg.rotary_dim();
+                    ropes.push((rope, rotary_tables(offset, p, d, rope, &self.device)?));
+                }
+            }
+        }
         let global = causal_mask(p, offset, None, &self.device)?;
         let local = match self.cfg.window_size {
             Some(w) if !self.cfg.attn_types.is_empty() => {
@@ -480,7 +481,8 @@ impl HookedTransformer {
                 (Some(_), Some(local)) => local,
                 _ => &global,
             };
-            resid = self.blocks[l].forward(resid, rope.as_ref(), mask, layer_kv, hooks)?;
+            let rope = (ropes.iter()).find_map(|(r, t)| (*r == self.cfg.rope(l)).then_some(t));
+            resid = self.blocks[l].forward(resid, rope, mask, layer_kv, hooks)?;
         }
         Ok(resid)
     }

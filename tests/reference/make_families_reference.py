@@ -2,9 +2,9 @@
 TransformerLens 4.3 (TransformerBridge) and transformers on small random checkpoints.
 
 Run with the peers environment (../shared/peers/setup.sh), from the repository root:
-    ~/.cache/hooklens-peers/venv/bin/python tests/reference/make_families_reference.py
+    ~/.cache/hooklens-peers/venv/bin/python tests/reference/make_families_reference.py [FAMILY...]
 
-For each family (GPT-NeoX, Gemma 2, Qwen2, Qwen3, Mistral) it writes
+For each family (GPT-NeoX, Gemma 2, Gemma 3, Qwen2, Qwen3, Mistral; or those named) it writes
 - tests/fixtures/{family}/{config.json, model.safetensors, tokenizer.json}: a 3-layer random
   checkpoint built offline by transformers from a config, saved in the Hub's layout, with a tiny
   byte-level BPE tokenizer. Norm weights and biases are randomised (the defaults 1 and 0 hide
@@ -22,8 +22,10 @@ import shutil
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
-from transformers import (AutoModelForCausalLM, GPTNeoXConfig, Gemma2Config, MistralConfig,
-                          PreTrainedTokenizerFast, Qwen2Config, Qwen3Config)
+import sys
+
+from transformers import (AutoModelForCausalLM, GPTNeoXConfig, Gemma2Config, Gemma3TextConfig,
+                          MistralConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen3Config)
 from transformer_lens.model_bridge import TransformerBridge
 
 from texts import COMMON_TEXTS
@@ -55,6 +57,14 @@ FAMILIES = {
                            query_pre_attn_scalar=24, sliding_window=5, attn_logit_softcapping=5.0,
                            final_logit_softcapping=5.0, rope_theta=1000.0,
                            architectures=["Gemma2ForCausalLM"]),
+    # Local and global layers with their own rotary bases, linear scaling on the global one.
+    "gemma3": Gemma3TextConfig(**COMMON, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                               query_pre_attn_scalar=24, sliding_window=5,
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                               rope_parameters={
+                                   "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}},
+                               architectures=["Gemma3ForCausalLM"]),
     "qwen2": Qwen2Config(**COMMON, num_attention_heads=4, num_key_value_heads=2, rope_theta=1000.0,
                          tie_word_embeddings=False, architectures=["Qwen2ForCausalLM"]),
     "qwen3": Qwen3Config(**COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -82,7 +92,7 @@ def randomise(model, family):
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
                 # Gemma's RMSNorm multiplies by (1 + w): its weights are offsets from 1.
-                base = 0.0 if family == "gemma2" else 1.0
+                base = 0.0 if family.startswith("gemma") else 1.0
                 p.copy_(base + 0.3 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.2 * torch.randn_like(p))
@@ -140,8 +150,8 @@ def make(family, cfg):
 
 
 def main():
-    for family, cfg in FAMILIES.items():
-        make(family, cfg)
+    for family in sys.argv[1:] or FAMILIES:
+        make(family, FAMILIES[family])
 
 
 if __name__ == "__main__":
