@@ -52,15 +52,16 @@ impl Tokenizer {
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
             .collect();
-        Self::from_json(&byte_level_bpe_json(vocab, merges, &[], false).to_string())
+        Self::from_json(&byte_level_bpe_json(vocab, merges, &[], Split::Gpt2).to_string())
     }
 
-    /// Byte-level BPE from a token list (id = index) and merges (`"a b"`), as GGUF stores them.
+    /// Byte-level BPE from a token list (id = index) and merges (`"a b"`), as GGUF stores them,
+    /// text split into words by `split` first.
     pub fn byte_level_bpe(
         tokens: Vec<String>,
         merges: Vec<String>,
         special: &[(u32, String)],
-        split_digits: bool,
+        split: Split,
     ) -> Result<Self> {
         let vocab: serde_json::Map<String, Value> = tokens
             .into_iter()
@@ -69,7 +70,7 @@ impl Tokenizer {
             .collect();
         let merges: Vec<&str> = merges.iter().map(String::as_str).collect();
         Self::from_json(
-            &byte_level_bpe_json(Value::Object(vocab), merges, special, split_digits).to_string(),
+            &byte_level_bpe_json(Value::Object(vocab), merges, special, split).to_string(),
         )
     }
 
@@ -156,7 +157,9 @@ impl Tokenizer {
         let vocab: serde_json::Map<String, Value> = (0u8..=255)
             .map(|b| (byte_char(b).to_string(), json!(b as u32)))
             .collect();
-        Self::from_json(&byte_level_bpe_json(Value::Object(vocab), vec![], &[], false).to_string())
+        Self::from_json(
+            &byte_level_bpe_json(Value::Object(vocab), vec![], &[], Split::Gpt2).to_string(),
+        )
     }
 
     /// The `tokenizer.json` document of this tokenizer.
@@ -272,14 +275,27 @@ fn byte_char(b: u8) -> char {
     char::from_u32(256 + n).unwrap_or(char::REPLACEMENT_CHARACTER)
 }
 
+/// How a byte-level BPE splits text into words before merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// GPT-2's regular expression.
+    Gpt2,
+    /// Numbers into single digits first, then GPT-2's (SmolLM, llama 3).
+    Digits,
+    /// Qwen2's regular expression (single digits, newlines kept with the punctuation before them).
+    Qwen2,
+}
+
+/// Qwen2's pre-tokenizer pattern, as its tokenizer.json and transformers' GGUF reader write it.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The tokenizer.json of a byte-level BPE (GPT-2's layout). `special` tokens are matched whole;
-/// `<|endoftext|>` is added when the vocabulary lacks it. `split_digits` splits numbers into single
-/// digits first (SmolLM, llama 3).
+/// `<|endoftext|>` is added when the vocabulary lacks it.
 fn byte_level_bpe_json(
     mut vocab: Value,
     merges: Vec<&str>,
     special: &[(u32, String)],
-    split_digits: bool,
+    split: Split,
 ) -> Value {
     let map = vocab.as_object_mut().expect("vocab is an object");
     let mut special = special.to_vec();
@@ -299,11 +315,14 @@ fn byte_level_bpe_json(
         .map(|(id, content)| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let pre = match split_digits {
-        true => {
+    let pre = match split {
+        Split::Gpt2 => byte_level,
+        Split::Digits => {
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
         }
-        false => byte_level,
+        Split::Qwen2 => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]}),
     };
     json!({
         "version": "1.0",

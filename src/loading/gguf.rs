@@ -4,7 +4,7 @@
 use super::RawTensors;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Split, Tokenizer};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
@@ -59,10 +59,12 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
         .clone();
     let family = match arch.as_str() {
         "llama" => "LlamaForCausalLM",
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
         "gemma3" => "Gemma3ForCausalLM",
         _ => {
             return Err(Error::Unsupported(format!(
-                "GGUF architecture `{arch}`; supported: llama, gemma3"
+                "GGUF architecture `{arch}`; supported: llama, qwen2, qwen3, gemma3"
             )))
         }
     };
@@ -123,7 +125,8 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
                 info.ggml_dtype
             )));
         }
-        // Unknown tensors keep their GGUF name, so the unused-tensor check names them.
+        // Unknown tensors keep their GGUF name, so the unused-tensor check names them (Qwen2's
+        // Q/K/V biases are `attn_q.bias`, ...).
         let hf = hf_name(name, gemma).unwrap_or_else(|| name.clone());
         let q = content
             .tensor(&mut f, name, &Device::Cpu)
@@ -143,7 +146,7 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
     Ok((cfg, tokenizer, RawTensors::from_map(tensors, path)))
 }
 
-/// llama.cpp's tensor names -> Hugging Face llama (or Gemma) names.
+/// llama.cpp's tensor names -> Hugging Face llama (or Gemma) names, weights and biases.
 fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
@@ -156,24 +159,25 @@ fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, name) = rest.split_once('.')?;
-    let hf = match name {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_norm.weight" if gemma => "pre_feedforward_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "post_attention_norm.weight" => "post_attention_layernorm.weight",
-        "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
-        "attn_q_norm.weight" => "self_attn.q_norm.weight",
-        "attn_k_norm.weight" => "self_attn.k_norm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
+    let (module, kind) = name.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{hf}"))
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
 /// Undoes llama.cpp's reordering of query/key rows (interleaved pairs for its rotary kernel)
@@ -247,8 +251,18 @@ fn tokenizer_from_metadata(
         .get("tokenizer.ggml.pre")
         .and_then(|v| v.to_string().ok())
         .map_or("default", |s| s.as_str());
-    let split_digits = matches!(pre, "smollm" | "llama3" | "llama-bpe");
-    let mut tok = Tokenizer::byte_level_bpe(tokens, merges, &special, split_digits)?;
+    let split = match pre {
+        "default" | "gpt2" => Split::Gpt2,
+        "smollm" | "llama3" | "llama-bpe" => Split::Digits,
+        "qwen2" => Split::Qwen2,
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "GGUF pre-tokenizer `{pre}` (tokenizer.ggml.pre); supported: default, gpt2, \
+                 smollm, llama3, llama-bpe, qwen2"
+            )))
+        }
+    };
+    let mut tok = Tokenizer::byte_level_bpe(tokens, merges, &special, split)?;
     tok.bos_token_id = bos;
     tok.eos_token_id = eos;
     Ok(tok)
