@@ -15,9 +15,9 @@ use std::path::PathBuf;
 #[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct ModelArgs {
     /// A Hugging Face model id (e.g. `gpt2`, `EleutherAI/pythia-70m@step3000` for a branch), a
-    /// model directory, a .safetensors or llama .gguf
-    /// file, or the alias `smollm2` (fetched by scripts/fetch_smollm2.sh). Without it, the
-    /// embedded 2-layer induction model.
+    /// model directory, a .safetensors or .gguf file (llama, qwen2, qwen3, gemma2, gemma3,
+    /// gptneox), or the alias `smollm2` or `gemma3` (fetched by scripts/fetch_smollm2.sh,
+    /// scripts/fetch_gemma3.sh). Without it, the embedded 2-layer induction model.
     #[arg(long)]
     pub model: Option<String>,
     /// Use the checkpoint's weights as they are (no fold_ln, centring or value-bias folding).

@@ -61,10 +61,13 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
         "llama" => "LlamaForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
         "gemma3" => "Gemma3ForCausalLM",
+        "gptneox" => "GPTNeoXForCausalLM",
         _ => {
             return Err(Error::Unsupported(format!(
-                "GGUF architecture `{arch}`; supported: llama, qwen2, qwen3, gemma3"
+                "GGUF architecture `{arch}`; supported: llama, qwen2, qwen3, gemma2, gemma3, \
+                 gptneox"
             )))
         }
     };
@@ -96,7 +99,10 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
         ("attention.key_length", "head_dim"),
         ("attention.sliding_window", "sliding_window"),
         ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+        ("attention.layer_norm_epsilon", "layer_norm_eps"),
         ("rope.freq_base", "rope_theta"),
+        ("attn_logit_softcapping", "attn_logit_softcapping"),
+        ("final_logit_softcapping", "final_logit_softcapping"),
     ] {
         let Some(v) = md.get(&format!("{arch}.{key}")) else {
             continue;
@@ -107,8 +113,42 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
             _ => return Err(corrupt(format!("{arch}.{key} is not a number"))),
         };
     }
-    let mut cfg = ModelConfig::from_hf_json(&hf.to_string())
-        .map_err(|e| corrupt(format!("metadata: {e}")))?;
+    let text = |k: &str| {
+        md.get(&format!("{arch}.{k}"))
+            .and_then(|v| v.to_string().ok())
+    };
+    if arch == "gptneox" {
+        let flag = md.get("gptneox.use_parallel_residual");
+        hf["use_parallel_residual"] = flag.and_then(|v| v.to_bool().ok()).unwrap_or(true).into();
+        let rotated = md.get("gptneox.rope.dimension_count").and_then(value_u64);
+        let n = |k: &str| hf[k].as_u64().unwrap_or(0) as f64;
+        if let Some(r) = rotated {
+            let d_head = n("hidden_size") / n("num_attention_heads").max(1.0);
+            hf["partial_rotary_factor"] = (r as f64 / d_head).into();
+        }
+    }
+    if let Some(kind) = text("rope.scaling.type").filter(|k| *k != "none") {
+        let factor = md
+            .get(&format!("{arch}.rope.scaling.factor"))
+            .and_then(value_f64);
+        hf["rope_scaling"] = serde_json::json!({"rope_type": kind, "factor": factor});
+    }
+    if gemma {
+        // What llama.cpp scales Gemma's queries by: 1/√head_dim, but 1/√(d_model / heads) for
+        // the 27B models (46 layers of Gemma 2, 62 of Gemma 3), as their checkpoints'
+        // query_pre_attn_scalar says.
+        let n = |k: &str| hf[k].as_u64().unwrap_or(0);
+        let big = (arch == "gemma2" && n("num_hidden_layers") == 46)
+            || (arch == "gemma3" && n("num_hidden_layers") == 62);
+        hf["query_pre_attn_scalar"] = match big {
+            true => (n("hidden_size") / n("num_attention_heads").max(1)).into(),
+            false => hf["head_dim"].clone(),
+        };
+    }
+    let mut cfg = ModelConfig::from_hf_json(&hf.to_string()).map_err(|e| match e {
+        Error::Config(m) => corrupt(format!("metadata: {m}")),
+        e => e,
+    })?;
     cfg.default_prepend_bos = md
         .get("tokenizer.ggml.add_bos_token")
         .and_then(|v| v.to_bool().ok())
@@ -125,9 +165,12 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
                 info.ggml_dtype
             )));
         }
-        // Unknown tensors keep their GGUF name, so the unused-tensor check names them (Qwen2's
-        // Q/K/V biases are `attn_q.bias`, ...).
-        let hf = hf_name(name, gemma).unwrap_or_else(|| name.clone());
+        // Unknown tensors keep their GGUF name, so the unused-tensor check names them.
+        let hf = match arch.as_str() {
+            "gptneox" => neox_name(name),
+            _ => hf_name(name, gemma),
+        };
+        let hf = hf.unwrap_or_else(|| name.clone());
         let q = content
             .tensor(&mut f, name, &Device::Cpu)
             .map_err(|e| corrupt(format!("{name}: {e}")))?;
@@ -140,6 +183,8 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
             t = unpermute_rotary(&t, n_heads)?;
         } else if arch == "llama" && name.ends_with("attn_k.weight") {
             t = unpermute_rotary(&t, n_kv)?;
+        } else if name.contains("attn_qkv.") {
+            t = interleave_qkv(&t, n_heads)?;
         }
         tensors.insert(hf, t);
     }
@@ -178,6 +223,44 @@ fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// llama.cpp's GPT-NeoX tensor names -> Hugging Face's.
+fn neox_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => "gpt_neox.embed_in.weight",
+        "output.weight" => "embed_out.weight",
+        "output_norm.weight" => "gpt_neox.final_layer_norm.weight",
+        "output_norm.bias" => "gpt_neox.final_layer_norm.bias",
+        _ => "",
+    };
+    if !fixed.is_empty() {
+        return Some(fixed.into());
+    }
+    let (layer, name) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let (module, kind) = name.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "attn_qkv" => "attention.query_key_value",
+        "attn_output" => "attention.dense",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_up" => "mlp.dense_h_to_4h",
+        "ffn_down" => "mlp.dense_4h_to_h",
+        _ => return None,
+    };
+    Some(format!("gpt_neox.layers.{layer}.{hf}.{kind}"))
+}
+
+/// llama.cpp stores GPT-NeoX's fused Q/K/V rows as all queries, all keys, all values; the
+/// checkpoint interleaves them per head: [3, heads, d_head, ...] -> [heads, 3, d_head, ...].
+fn interleave_qkv(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rest: usize = dims[1..].iter().product();
+    let d_head = dims[0] / 3 / heads;
+    Ok(t.reshape((3, heads, d_head * rest))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 /// Undoes llama.cpp's reordering of query/key rows (interleaved pairs for its rotary kernel)
@@ -252,12 +335,12 @@ fn tokenizer_from_metadata(
         .and_then(|v| v.to_string().ok())
         .map_or("default", |s| s.as_str());
     let split = match pre {
-        "default" | "gpt2" => Split::Gpt2,
+        "default" | "gpt2" | "gpt-2" => Split::Gpt2,
         "smollm" | "llama3" | "llama-bpe" => Split::Digits,
         "qwen2" => Split::Qwen2,
         _ => {
             return Err(Error::Unsupported(format!(
-                "GGUF pre-tokenizer `{pre}` (tokenizer.ggml.pre); supported: default, gpt2, \
+                "GGUF pre-tokenizer `{pre}` (tokenizer.ggml.pre); supported: default, gpt2, gpt-2, \
                  smollm, llama3, llama-bpe, qwen2"
             )))
         }

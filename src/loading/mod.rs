@@ -172,11 +172,12 @@ fn alias_file(spec: &str) -> Option<(PathBuf, &'static str)> {
     Some((base.join(file), script))
 }
 
-/// Loads a llama-architecture `.gguf` file, dequantized, with the tokenizer from its metadata.
+/// Loads a `.gguf` file (llama, qwen2, qwen3, gemma2, gemma3, gptneox), dequantized, with the
+/// tokenizer from its metadata.
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let (cfg, tok, raw) = read_gguf(path)?;
-    let w = llama::to_canonical(&raw, &cfg)?;
-    raw.check_all_used(llama::IGNORED)?;
+    let (w, ignored) = to_canonical(&raw, &cfg)?;
+    raw.check_all_used(ignored)?;
     let source = file_source(path.display().to_string(), raw.files.clone(), opts);
     Ok((build(cfg, w, opts)?, tok, source))
 }
@@ -215,18 +216,24 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let text = crate::text::read_text(&cfg_path)?;
     let cfg = ModelConfig::from_hf_json(&text)?;
     let raw = RawTensors::open(dir)?;
-    let (w, ignored) = match cfg.original_architecture.as_str() {
-        "GPT2LMHeadModel" => (gpt2::to_canonical(&raw, &cfg)?, gpt2::IGNORED),
-        "GPTNeoXForCausalLM" => (neox::to_canonical(&raw, &cfg)?, neox::IGNORED),
-        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
-        | "Gemma2ForCausalLM" | "Gemma3ForCausalLM" => {
-            (llama::to_canonical(&raw, &cfg)?, llama::IGNORED)
-        }
-        _ => (raw.canonical_as_is()?, &[][..]),
-    };
+    let (w, ignored) = to_canonical(&raw, &cfg)?;
     raw.check_all_used(ignored)?;
     let source = file_source(dir.display().to_string(), raw.files.clone(), opts);
     Ok((build(cfg, w, opts)?, load_tokenizer(dir)?, source))
+}
+
+/// A checkpoint's tensors (under Hugging Face's names) as canonical weights, with the names its
+/// family deliberately leaves unread.
+fn to_canonical(raw: &RawTensors, cfg: &ModelConfig) -> Result<(Weights, &'static [&'static str])> {
+    Ok(match cfg.original_architecture.as_str() {
+        "GPT2LMHeadModel" => (gpt2::to_canonical(raw, cfg)?, gpt2::IGNORED),
+        "GPTNeoXForCausalLM" => (neox::to_canonical(raw, cfg)?, neox::IGNORED),
+        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
+        | "Gemma2ForCausalLM" | "Gemma3ForCausalLM" => {
+            (llama::to_canonical(raw, cfg)?, llama::IGNORED)
+        }
+        _ => (raw.canonical_as_is()?, &[]),
+    })
 }
 
 fn file_source(name: String, files: Vec<PathBuf>, opts: &LoadOptions) -> ModelSource {

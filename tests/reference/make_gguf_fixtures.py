@@ -18,13 +18,20 @@ from safetensors.numpy import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIX = os.path.join(ROOT, "tests", "fixtures")
-# family fixture -> llama.cpp architecture. Not Mistral: llama.cpp writes it as `llama` without
-# its sliding window, so its GGUF is a llama model (transformers reads it so too).
-# Nor Gemma 2: llama.cpp scales its queries by 1/sqrt(head_dim), not by query_pre_attn_scalar.
-ARCH = {"qwen2": "qwen2", "qwen3": "qwen3"}
+# family fixture -> llama.cpp architecture. llama.cpp writes Mistral as `llama` without its
+# sliding window, scales Gemma's queries by 1/sqrt(head_dim) (the file has no
+# query_pre_attn_scalar), and fixes Gemma 3's layer pattern (every sixth layer global) and local
+# rotary base (10,000): the test compares those with copies of their checkpoints so changed.
+ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3",
+        "mistral": "llama", "neox": "gptneox"}
 # The word split each file names (tokenizer.ggml.pre): Qwen2's regex for qwen2, whose ids are
 # then checked against transformers reading the same file.
-PRE = {"qwen2": "qwen2", "qwen3": "default"}
+PRE = {"qwen2": "qwen2", "qwen3": "default", "gemma2": "default", "gemma3": "default",
+       "mistral": "default", "neox": "gpt-2"}
+# GPT-NeoX's names (llama.cpp's GPTNeoXModel)
+NEOX = {"input_layernorm": "attn_norm", "attention.query_key_value": "attn_qkv",
+        "attention.dense": "attn_output", "post_attention_layernorm": "ffn_norm",
+        "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
 NAMES = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
@@ -38,6 +45,24 @@ def permute(w, heads):
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def neox_name(name):
+    fixed = {"gpt_neox.embed_in.weight": "token_embd.weight", "embed_out.weight": "output.weight",
+             "gpt_neox.final_layer_norm.weight": "output_norm.weight",
+             "gpt_neox.final_layer_norm.bias": "output_norm.bias"}
+    if name in fixed:
+        return fixed[name]
+    layer, rest = name.removeprefix("gpt_neox.layers.").split(".", 1)
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{layer}.{NEOX[module]}.{kind}"
+
+
+def neox_tensor(name, t, heads):
+    """llama.cpp's GPTNeoXModel: the fused Q/K/V rows from per-head [q k v] to [q.. k.. v..]."""
+    if "query_key_value" in name:
+        t = t.reshape(heads, 3, -1, *t.shape[1:]).swapaxes(0, 1).reshape(t.shape)
+    return np.ascontiguousarray(t)
+
+
 def write(family):
     src = os.path.join(FIX, family)
     cfg = json.load(open(os.path.join(src, "config.json")))
@@ -49,15 +74,25 @@ def write(family):
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    neox = arch == "gptneox"
+    if neox:
+        w.add_layer_norm_eps(cfg["layer_norm_eps"])
+        w.add_parallel_residual(cfg["use_parallel_residual"])
+        d_head = cfg["hidden_size"] // cfg["num_attention_heads"]
+        w.add_rope_dimension_count(int(d_head * cfg["rope_parameters"]["partial_rotary_factor"]))
+    else:
+        w.add_head_count_kv(cfg["num_key_value_heads"])
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     rope = cfg.get("rope_parameters", {})
     rope = rope.get("full_attention", rope)
     w.add_rope_freq_base(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    if rope.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
     if "head_dim" in cfg:
         w.add_key_length(cfg["head_dim"])
         w.add_value_length(cfg["head_dim"])
-    if cfg.get("sliding_window"):
+    if cfg.get("sliding_window") and arch != "llama":
         w.add_sliding_window(cfg["sliding_window"])
     if cfg.get("attn_logit_softcapping"):
         w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
@@ -77,9 +112,13 @@ def write(family):
     w.add_eos_token_id(cfg["eos_token_id"])
     w.add_add_bos_token(True)
 
-    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", heads)
     for name, t in sorted(load_file(os.path.join(src, "model.safetensors")).items()):
         t = t.astype(np.float32)
+        if neox:
+            w.add_tensor(neox_name(name), neox_tensor(name, t, heads))
+            continue
         if name == "model.embed_tokens.weight":
             out = "token_embd.weight"
         elif name == "model.norm.weight":
