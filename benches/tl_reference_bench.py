@@ -6,6 +6,7 @@ run_with_cache on the same token ids hooklens uses (ids i*7919 % 50257, batch 1)
 the medians as JSON. Run by benches/run_bench.sh forward with the peers environment.
 
     python benches/tl_reference_bench.py MODEL_DIR OUT_JSON [--lengths 128,512,1024] [--repeats 3]
+        [--forward-only]   (one round of benches/interleave_forward.py: no run_with_cache)
 """
 import argparse
 import json
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("out_json")
     ap.add_argument("--lengths", default="128,512,1024")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--forward-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     model = ensure_model(a.model_dir)
@@ -54,6 +56,9 @@ def main():
         t = tokens(n)
         with torch.no_grad():
             fwd = median_time(lambda: bridge(t), a.repeats)
+            if a.forward_only:
+                out["runs"].append({"tokens": n, "forward_s": fwd})
+                continue
             cache_t = median_time(lambda: bridge.run_with_cache(t), a.repeats)
             _, cache = bridge.run_with_cache(t)
         # The classic TransformerLens hook names only (the bridge also records its own aliases).

@@ -5,7 +5,8 @@
 //!
 //! Prints per length: forward and run_with_cache medians, the full cache's size, peak RSS,
 //! the forward's FLOP count over the f32 matmul rate measured in the same run (roofline), and
-//! with `--reference` TransformerLens's figures and the speed ratio.
+//! with `--reference` TransformerLens's figures and the speed ratio. `--json` writes one round
+//! of an interleaved run (benches/interleave_forward.py) instead.
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -28,6 +29,37 @@ struct Args {
     lengths: String,
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Write this round's forward medians and matmul rate as JSON here, and print nothing else.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// One round for benches/interleave_forward.py: forward medians and the matmul rate.
+fn round_json(model: &hooklens::HookedTransformer, a: &Args, out: &std::path::Path) -> Result<()> {
+    let mut runs = vec![];
+    for n in a.lengths.split(',').map(|s| s.trim().parse::<usize>()) {
+        let n = n?;
+        let tokens = Tensor::from_vec(ids(n), (1, n), &Device::Cpu)?;
+        let forward_s = median_secs(a.repeats, || {
+            model
+                .forward(&tokens, &mut Hooks::none())
+                .map(drop)
+                .map_err(Into::into)
+        })?;
+        runs.push(serde_json::json!({"tokens": n, "forward_s": forward_s}));
+    }
+    let round = serde_json::json!({
+        "matmul_gflops": matmul_gflops()?,
+        "backend": hooklens::matmul::BACKEND,
+        "threads": candle_core::utils::get_num_threads(),
+        "runs": runs,
+    });
+    std::fs::write(out, round.to_string()).with_context(|| format!("writing {}", out.display()))
+}
+
+/// The benchmark's token ids (the Python side uses the same).
+fn ids(n: usize) -> Vec<u32> {
+    (0..n).map(|i| (i as u64 * 7919 % 50257) as u32).collect()
 }
 
 fn main() -> Result<()> {
@@ -35,6 +67,9 @@ fn main() -> Result<()> {
     let reference = Some(read_reference(a.reference.as_deref())?).filter(|r| !r.is_null());
     let (model, _, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
+    if let Some(out) = &a.json {
+        return round_json(&model, &a, out);
+    }
     let c = model.cfg.clone();
     let gflops = matmul_gflops()?;
     println!(
@@ -73,8 +108,7 @@ fn main() -> Result<()> {
     );
     for n in a.lengths.split(',').map(|s| s.trim().parse::<usize>()) {
         let n = n?;
-        let ids: Vec<u32> = (0..n).map(|i| (i as u64 * 7919 % 50257) as u32).collect();
-        let tokens = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
+        let tokens = Tensor::from_vec(ids(n), (1, n), &Device::Cpu)?;
         let fwd = median_secs(a.repeats, || {
             model
                 .forward(&tokens, &mut Hooks::none())
