@@ -10,8 +10,9 @@
 //! outputs; attention in one piece instead of query blocks; the unfused softmax and norms), so
 //! their time goes to the next hook point. "unembed" is the time from the last hook point to the
 //! logits. Also prints a forward with no hooks against one whose cache filter matches nothing
-//! (which should cost the same), and the CPU time of candle's element-wise thread pool (which
-//! should be zero).
+//! (which should cost the same), the CPU time of candle's element-wise thread pool (which
+//! should be zero), and an A/B of the queries, keys and values as one product (what the forward
+//! does) against three, on layer 0's weights, alternating.
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -115,6 +116,7 @@ fn main() -> Result<()> {
             prev = t;
         }
     }
+    let (one, three) = qkv_ab(&model, a.tokens, a.repeats)?;
     let runs = (a.repeats + 1) as f64;
     println!(
         "{} x {} tokens, threads {}: forward {plain:.3} s with no hooks, {filtered:.3} s with a cache filter matching nothing ({:+.1} %)\n",
@@ -126,6 +128,15 @@ fn main() -> Result<()> {
     println!(
         "candle's element-wise thread pool: {pool_ms:.0} ms of CPU in those {} forwards (should be 0)\n",
         2 * (a.repeats + 1)
+    );
+    println!(
+        "Q, K, V of layer 0 on {} tokens: one product {:.2} ms, three {:.2} ms ({:.2}x; x {} layers: {:.1} ms a forward)\n",
+        a.tokens,
+        1e3 * one,
+        1e3 * three,
+        three / one,
+        model.cfg.n_layers,
+        1e3 * (three - one) * model.cfg.n_layers as f64
     );
     println!(
         "{:<34} {:>9} {:>7}",
@@ -145,4 +156,45 @@ fn main() -> Result<()> {
         1e3 * whole / runs
     );
     Ok(())
+}
+
+/// Median seconds of layer 0's Q, K and V as one product split into three tensors (the forward's
+/// way) and as three products on contiguous copies of the weights, alternating.
+fn qkv_ab(
+    model: &hooklens::HookedTransformer,
+    tokens: usize,
+    repeats: usize,
+) -> Result<(f64, f64)> {
+    use hooklens::model::linear;
+    let attn = &model.block(0)?.attn;
+    let x = Tensor::randn(0f32, 1.0, (1, tokens, model.cfg.d_model), &Device::Cpu)?;
+    let parts = [&attn.w_q, &attn.w_k, &attn.w_v].map(|w| w.contiguous());
+    let [w_q, w_k, w_v] = parts;
+    let (w_q, w_k, w_v) = (w_q?, w_k?, w_v?);
+    let (mut one, mut three) = (vec![], vec![]);
+    for i in 0..=repeats.max(5) {
+        let t = Instant::now();
+        let qkv = linear(&x, &attn.w_qkv, attn.b_qkv.as_ref())?;
+        let (q, k) = (w_q.dim(1)?, w_k.dim(1)?);
+        for (start, len) in [(0, q), (q, k), (q + k, k)] {
+            qkv.narrow(2, start, len)?.contiguous()?;
+        }
+        let a = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (q, k) = (w_q.dim(1)?, w_k.dim(1)?);
+        for (w, start, len) in [(&w_q, 0, q), (&w_k, q, k), (&w_v, q + k, k)] {
+            let b = attn
+                .b_qkv
+                .as_ref()
+                .map(|b| b.narrow(0, start, len))
+                .transpose()?;
+            linear(&x, w, b.as_ref())?;
+        }
+        let b = t.elapsed().as_secs_f64();
+        if i > 0 {
+            one.push(a);
+            three.push(b);
+        }
+    }
+    Ok((median(one), median(three)))
 }

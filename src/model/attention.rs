@@ -23,17 +23,18 @@ const QUERY_BLOCK: usize = 128;
 /// TransformerLens views (`W_Q` [H, d_model, d_head], ...) are derived without copies.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    /// [d_model, H * d_head]
+    /// W_Q, W_K and W_V side by side, [d_model, (H + 2·H_kv) * d_head]: one product gives all
+    /// three (hooks then read each as its own tensor).
+    pub w_qkv: Tensor,
+    /// Views of `w_qkv`: [d_model, H * d_head], [d_model, H_kv * d_head] twice.
     pub w_q: Tensor,
-    /// [d_model, H_kv * d_head]
     pub w_k: Tensor,
     pub w_v: Tensor,
     /// [H * d_head, d_model]
     pub w_o: Tensor,
-    /// [H * d_head], [H_kv * d_head], [H_kv * d_head], [d_model]
-    pub b_q: Option<Tensor>,
-    pub b_k: Option<Tensor>,
-    pub b_v: Option<Tensor>,
+    /// b_Q, b_K, b_V side by side (zeros for those the checkpoint lacks), if it has any.
+    pub b_qkv: Option<Tensor>,
+    /// [d_model]
     pub b_o: Option<Tensor>,
     /// QK-norm (Qwen3): RMSNorm over d_head of each query and key head.
     pub q_norm: Option<Norm>,
@@ -67,8 +68,32 @@ impl Attention {
         let flat_in = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.transpose(0, 1)?.contiguous()?.reshape((d, heads * dh))?)
         };
-        let flat_b = |t: Option<Tensor>| -> Result<Option<Tensor>> {
-            Ok(t.map(|t| t.flatten_all()).transpose()?)
+        let w_qkv = Tensor::cat(
+            &[
+                flat_in(w.get(&p("W_Q"), &[h, d, dh])?, h)?,
+                flat_in(w.get(&p("W_K"), &[kv, d, dh])?, kv)?,
+                flat_in(w.get(&p("W_V"), &[kv, d, dh])?, kv)?,
+            ],
+            1,
+        )?;
+        let biases = [("b_Q", h), ("b_K", kv), ("b_V", kv)]
+            .map(|(name, heads)| w.get_opt(&p(name), &[heads, dh]));
+        let [b_q, b_k, b_v] = biases;
+        let (b_q, b_k, b_v) = (b_q?, b_k?, b_v?);
+        let b_qkv = match (&b_q, &b_k, &b_v) {
+            (None, None, None) => None,
+            _ => {
+                let flat = |b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+                    Ok(match b {
+                        Some(b) => b.flatten_all()?,
+                        None => Tensor::zeros(heads * dh, w_qkv.dtype(), w_qkv.device())?,
+                    })
+                };
+                Some(Tensor::cat(
+                    &[flat(&b_q, h)?, flat(&b_k, kv)?, flat(&b_v, kv)?],
+                    0,
+                )?)
+            }
         };
         // Weight processing leaves these norms alone: nothing linear reads their output.
         let qk_norm = |name: &str| -> Result<Option<Norm>> {
@@ -77,13 +102,12 @@ impl Attention {
                 .transpose()
         };
         Ok(Self {
-            w_q: flat_in(w.get(&p("W_Q"), &[h, d, dh])?, h)?,
-            w_k: flat_in(w.get(&p("W_K"), &[kv, d, dh])?, kv)?,
-            w_v: flat_in(w.get(&p("W_V"), &[kv, d, dh])?, kv)?,
+            w_q: w_qkv.narrow(1, 0, h * dh)?,
+            w_k: w_qkv.narrow(1, h * dh, kv * dh)?,
+            w_v: w_qkv.narrow(1, (h + kv) * dh, kv * dh)?,
+            w_qkv,
             w_o: w.get(&p("W_O"), &[h, dh, d])?.reshape((h * dh, d))?,
-            b_q: flat_b(w.get_opt(&p("b_Q"), &[h, dh])?)?,
-            b_k: flat_b(w.get_opt(&p("b_K"), &[kv, dh])?)?,
-            b_v: flat_b(w.get_opt(&p("b_V"), &[kv, dh])?)?,
+            b_qkv,
             b_o: w.get_opt(&p("b_O"), &[d])?,
             q_norm: qk_norm("q_norm")?,
             k_norm: qk_norm("k_norm")?,
@@ -120,13 +144,18 @@ impl Attention {
     ) -> Result<Tensor> {
         let hp = |h| HookPoint::Block(self.layer, h);
         let (b, p, _) = x.dims3()?;
-        let (h, dh) = (self.n_heads, self.d_head);
-        let project = |w: &Tensor, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
-            Ok(linear(x, w, bias.as_ref())?.reshape((b, p, heads, dh))?)
-        };
-        let mut q = hooks.apply(hp(BlockHook::Q), project(&self.w_q, &self.b_q, h)?)?;
-        let mut k = hooks.apply(hp(BlockHook::K), project(&self.w_k, &self.b_k, self.n_kv)?)?;
-        let v = hooks.apply(hp(BlockHook::V), project(&self.w_v, &self.b_v, self.n_kv)?)?;
+        let (h, dh, n_kv) = (self.n_heads, self.d_head, self.n_kv);
+        // [batch, pos, (H + 2·H_kv)·d_head]: one product, then each part on its own.
+        let qkv = linear(x, &self.w_qkv, self.b_qkv.as_ref())?;
+        let part =
+            |start: usize, heads: usize| -> Result<Tensor> {
+                // [batch, pos, heads·d_head] -> [batch, pos, heads, d_head]
+                Ok((qkv.narrow(2, start * dh, heads * dh)?.contiguous()?)
+                    .reshape((b, p, heads, dh))?)
+            };
+        let mut q = hooks.apply(hp(BlockHook::Q), part(0, h)?)?;
+        let mut k = hooks.apply(hp(BlockHook::K), part(h, n_kv)?)?;
+        let v = hooks.apply(hp(BlockHook::V), part(h + n_kv, n_kv)?)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             use BlockHook::{KNormNormalized, KNormScale, KNormed, QNormNormalized, QNormScale};
             let qn = qn.forward(&q, hp(QNormScale), hp(QNormNormalized), hooks)?;

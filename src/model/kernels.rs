@@ -142,20 +142,26 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     map(x, "silu", |x| x / (1.0 + exp(-x)))
 }
 
-fn map(x: &Tensor, name: &'static str, f: fn(f32) -> f32) -> Result<Tensor> {
+fn map(
+    x: &Tensor,
+    name: &'static str,
+    f: impl Fn(f32) -> f32 + Send + Sync + 'static,
+) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1_no_bwd(&Map { name, f })?)
 }
 
 /// Elements per piece of an element-wise kernel's work.
 const CHUNK: usize = 4096;
 
-/// An element-wise f32 function applied in parallel chunks.
-struct Map {
+/// An element-wise f32 function applied in parallel chunks. Generic over the function (not a
+/// `fn` pointer), so that it is inlined and the loop vectorised: GELU over GPT-2 small's MLP at
+/// 128 tokens took 3.0 ms a layer through a pointer, 0.75 ms inlined (`profile_forward`).
+struct Map<F> {
     name: &'static str,
-    f: fn(f32) -> f32,
+    f: F,
 }
 
-impl CustomOp1 for Map {
+impl<F: Fn(f32) -> f32 + Send + Sync> CustomOp1 for Map<F> {
     fn name(&self) -> &'static str {
         self.name
     }
