@@ -28,11 +28,10 @@ if [ "$which" = forward ]; then
   for features in "${builds[@]}"; do
     # shellcheck disable=SC2086 # $features is empty or two words
     cargo build -q --release $features --example bench_forward
-    bin=$(mktemp); cp target/release/examples/bench_forward "$bin"
     echo; echo "hooklens build: ${features:-default}"
-    "$venv/bin/python" benches/interleave_forward.py "$model" "$bin" --rounds "${HOOKLENS_BENCH_ROUNDS:-5}" \
+    "$venv/bin/python" benches/interleave_forward.py "$model" target/release/examples/bench_forward \
+      --rounds "${HOOKLENS_BENCH_ROUNDS:-5}" \
       --out "outputs/bench/forward-$(date -u +%Y%m%dT%H%M%S)${features:+-blas}.json"
-    rm -f "$bin"
   done
   exit 0
 fi
