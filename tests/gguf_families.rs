@@ -94,3 +94,26 @@ fn the_qwen2_word_split_gives_transformers_ids() {
     let (_, tok, _) = load_model(Some(file.to_str().unwrap()), &LoadOptions::default()).unwrap();
     assert_tokenizer_matches(&tok, "gguf_qwen2_tokenizer_ids.json");
 }
+
+/// A word split hooklens does not know is refused, not replaced by GPT-2's.
+#[test]
+fn an_unknown_word_split_is_refused_by_name() {
+    let mut bytes = std::fs::read(root().join("tests/fixtures/gguf/qwen2.gguf")).unwrap();
+    let key = b"tokenizer.ggml.pre";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // Then the value's type (u32), its length (u64) and "qwen2".
+    let value = at + 4 + 8;
+    assert_eq!(&bytes[value..value + 5], b"qwen2");
+    bytes[value + 4] = b'9';
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen9.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let e = load_model(Some(path.to_str().unwrap()), &LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, hooklens::Error::Unsupported(_)), "{e}");
+    assert!(
+        e.to_string().contains("`qwen9` (tokenizer.ggml.pre)"),
+        "{e}"
+    );
+}

@@ -154,8 +154,10 @@ pub fn read_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, RawTensors)> {
         .and_then(|v| v.to_bool().ok())
         .unwrap_or(true);
     let (n_heads, n_kv) = (cfg.n_heads, cfg.n_key_value_heads);
-    let tokenizer = tokenizer_from_metadata(md, &arch, bos, eos)
-        .map_err(|e| corrupt(format!("tokenizer metadata: {e}")))?;
+    let tokenizer = tokenizer_from_metadata(md, &arch, bos, eos).map_err(|e| match e {
+        Error::Unsupported(_) => e,
+        e => corrupt(format!("tokenizer metadata: {e}")),
+    })?;
 
     let mut tensors = HashMap::new();
     for (name, info) in &content.tensor_infos {
