@@ -205,6 +205,13 @@ fn a_mistyped_model_alias_is_suggested() {
             .to_string();
         assert!(e.contains("did you mean `smollm2"), "{typo}: {e}");
     }
+    for typo in ["gemma", "gemma-3", "Gemma3"] {
+        let e = hooklens::load_model(Some(typo), &LoadOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("did you mean `gemma"), "{typo}: {e}");
+    }
 }
 
 #[test]

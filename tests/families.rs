@@ -360,6 +360,35 @@ fn hub_config_fields_map_to_the_axes() {
         (pythia.rotary_dim, pythia.parallel_attn_mlp),
         (Some(2), true)
     );
+    // Gemma 3 in both spellings: transformers 5's per-layer-type rope_parameters and layer_types,
+    // and the original fields (every sliding_window_pattern-th layer global).
+    let new = base(serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}))
+    .unwrap();
+    let old = base(
+        serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "sliding_window": 8,
+        "sliding_window_pattern": 2, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
+    )
+    .unwrap();
+    for g in [&new, &old] {
+        assert_eq!(g.attn_types, [Local, Global, Local, Global]);
+        assert_eq!((g.rope(0), g.rope(1)), ((1e4, 1.0), (1e6, 8.0)));
+        assert!(g.use_qk_norm && g.use_normalization_before_and_after);
+        assert_eq!(
+            (g.attn_scores_soft_cap, g.output_logits_soft_cap),
+            (None, None)
+        );
+    }
+    let e = base(
+        serde_json::json!({"architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": {}}),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("text-only Gemma3ForCausalLM"), "{e}");
     for scaling in [
         serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
         serde_json::json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}),
