@@ -128,30 +128,10 @@ fn tokenizer_ids_match_hugging_face() {
 #[test]
 fn greedy_generation_matches_transformers_with_and_without_kv_cache() {
     let (model, tok) = gemma3(true);
-    let r = reference();
-    for i in 0..PROMPTS {
-        let ids = tokens(&r, i);
-        let want: Vec<u32> = (r[&format!("hf.p{i}.greedy")].to_dtype(DType::U32).unwrap())
-            .to_vec1()
-            .unwrap();
-        assert_eq!(want.len(), 16);
-        for use_kv_cache in [true, false] {
-            let opts = GenerateOptions {
-                max_new_tokens: want.len(),
-                use_kv_cache,
-                stop_at_eos: false,
-                ..Default::default()
-            };
-            let got = generate(model, &ids, &opts, &mut Hooks::none()).unwrap();
-            assert_eq!(
-                got,
-                want,
-                "prompt {i}, kv cache {use_kv_cache}: {:?} vs {:?}",
-                tok.decode(&got),
-                tok.decode(&want)
-            );
-        }
-    }
+    assert_eq!(
+        check_greedy(model, tok, &reference(), PROMPTS),
+        [16; PROMPTS]
+    );
     let monday = tok.to_tokens(&["Monday, Tuesday, Wednesday,"], true, &Device::Cpu);
     let ids: Vec<u32> = monday.unwrap().i(0).unwrap().to_vec1().unwrap();
     let opts = GenerateOptions {

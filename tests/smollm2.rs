@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{Device, IndexOp, Tensor};
 use common::*;
 use hooklens::generate::{generate, GenerateOptions};
 use hooklens::{Error, Hooks, NameFilter};
@@ -18,14 +18,6 @@ fn reference() -> HashMap<String, Tensor> {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Tensor {
-    r[&format!("p{i}.tokens")]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
 }
 
 fn check(processed: bool) {
@@ -105,31 +97,7 @@ fn grouped_query_hook_shapes() {
 #[test]
 fn greedy_generation_matches_transformers_with_and_without_kv_cache() {
     let (model, tok) = smollm2(true);
-    let r = reference();
-    for i in 0..PROMPTS {
-        let ids: Vec<u32> = tokens(&r, i).i(0).unwrap().to_vec1().unwrap();
-        let want: Vec<u32> = r[&format!("hf.p{i}.greedy")]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        for use_kv_cache in [true, false] {
-            let opts = GenerateOptions {
-                max_new_tokens: want.len(),
-                use_kv_cache,
-                stop_at_eos: false,
-                ..Default::default()
-            };
-            let got = generate(model, &ids, &opts, &mut Hooks::none()).unwrap();
-            assert_eq!(
-                got,
-                want,
-                "prompt {i}, kv cache {use_kv_cache}: {:?} vs {:?}",
-                tok.decode(&got),
-                tok.decode(&want)
-            );
-        }
-    }
+    check_greedy(model, tok, &reference(), PROMPTS);
 }
 
 #[test]

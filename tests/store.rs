@@ -2,6 +2,8 @@
 //! the model on the fly and the store on disk give the same rows; one-pass statistics equal a
 //! brute-force mean; a capture stops after its deepest layer.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use hooklens::corpus::{pack, read_documents, Contexts, Packing};
 use hooklens::store::{
@@ -502,24 +504,12 @@ fn a_cache_file_written_pass_by_pass_equals_the_whole_batch_saved() {
             let (x, y) = (&a[name], &b[name]);
             assert_eq!(x.dims(), &shape[..], "{name}");
             assert_eq!(y.dims(), &shape[..], "{name}");
-            let d = (x.to_dtype(DType::F32).unwrap() - y.to_dtype(DType::F32).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = x
-                .to_dtype(DType::F32)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap();
-            let scale = scale.max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            // In f32: `tokens` and `lengths` are u32, whose difference would wrap.
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let (d, scale) = (
+                common::max_abs_diff(&f32(x), &f32(y)),
+                common::max_abs(x).max(1.0),
+            );
             // Batches of other sizes may round differently in the last bits.
             assert!(d <= 1e-5 * scale, "{name}: {d} at scale {scale}");
         }

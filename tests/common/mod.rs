@@ -242,3 +242,38 @@ pub fn check_reference(
     );
     n
 }
+
+/// Asserts that greedy generation, with and without the KV cache, continues each of the
+/// reference file's first `prompts` prompts (`p{i}.tokens`) with the tokens transformers chose
+/// (`hf.p{i}.greedy`). Returns how many tokens each prompt was compared on.
+pub fn check_greedy(
+    model: &HookedTransformer,
+    tok: &Tokenizer,
+    r: &HashMap<String, Tensor>,
+    prompts: usize,
+) -> Vec<usize> {
+    use hooklens::generate::{generate, GenerateOptions};
+    let ids = |k: String| -> Vec<u32> { r[&k].to_dtype(DType::U32).unwrap().to_vec1().unwrap() };
+    let mut lengths = vec![];
+    for i in 0..prompts {
+        let (prompt, want) = (ids(format!("p{i}.tokens")), ids(format!("hf.p{i}.greedy")));
+        for use_kv_cache in [true, false] {
+            let opts = GenerateOptions {
+                max_new_tokens: want.len(),
+                use_kv_cache,
+                stop_at_eos: false,
+                ..Default::default()
+            };
+            let got = generate(model, &prompt, &opts, &mut hooklens::Hooks::none()).unwrap();
+            assert_eq!(
+                got,
+                want,
+                "prompt {i}, kv cache {use_kv_cache}: {:?} vs {:?}",
+                tok.decode(&got),
+                tok.decode(&want)
+            );
+        }
+        lengths.push(want.len());
+    }
+    lengths
+}
