@@ -39,7 +39,7 @@ fn main() -> Result<()> {
     println!(
         "model: {} layers, {} heads of {}, d_model {}, vocab {}; threads {}; f32 matmul {gflops:.1} GFLOP/s ({})",
         c.n_layers, c.n_heads, c.d_head, c.d_model, c.d_vocab, candle_core::utils::get_num_threads(),
-        hooklens::matmul::BACKEND
+        hooklens::matmul::backend()
     );
     let before = peak_rss_mb();
     let comp = median_secs(a.repeats, || {

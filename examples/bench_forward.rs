@@ -50,7 +50,7 @@ fn round_json(model: &hooklens::HookedTransformer, a: &Args, out: &std::path::Pa
     }
     let round = serde_json::json!({
         "matmul_gflops": matmul_gflops()?,
-        "backend": hooklens::matmul::BACKEND,
+        "backend": hooklens::matmul::backend(),
         "threads": candle_core::utils::get_num_threads(),
         "runs": runs,
     });
@@ -87,7 +87,7 @@ fn main() -> Result<()> {
         .unwrap_or(0.0);
     println!(
         "f32 matmul 1024x768x3072: hooklens {gflops:.1} GFLOP/s ({}), torch {torch:.1} GFLOP/s",
-        hooklens::matmul::BACKEND
+        hooklens::matmul::backend()
     );
     // The roofline: the forward's matmul FLOPs at the best matmul rate measured in this run.
     let best = gflops.max(torch);

@@ -43,7 +43,7 @@ fn main() -> Result<()> {
         "{} (dequantized f32), threads {}, matmul {}\n",
         a.model,
         candle_core::utils::get_num_threads(),
-        hooklens::matmul::BACKEND
+        hooklens::matmul::backend()
     );
     println!(
         "{:<28} {:>12} {:>14} {:>8}",

@@ -91,7 +91,7 @@ fn main() -> Result<()> {
     let c = &model.cfg;
     println!(
         "model: {} layers, {} heads, d_model {}, {p} tokens; threads {}; f32 matmul {gflops:.1} GFLOP/s ({})",
-        c.n_layers, c.n_heads, c.d_model, candle_core::utils::get_num_threads(), hooklens::matmul::BACKEND
+        c.n_layers, c.n_heads, c.d_model, candle_core::utils::get_num_threads(), hooklens::matmul::backend()
     );
     println!(
         "{:<40} {:>10} {:>16} {:>8} {:>9} {:>9}",

@@ -109,7 +109,7 @@ fn main() -> Result<()> {
         a.k,
         a.batch,
         a.steps,
-        hooklens::matmul::BACKEND
+        hooklens::matmul::backend()
     );
     println!(
         "hooklens: {tokens_per_s:.0} tokens/s, held-out MSE {mse:.4}, explained variance {ev:.4}; \

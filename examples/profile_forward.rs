@@ -11,8 +11,8 @@
 //! their time goes to the next hook point. "unembed" is the time from the last hook point to the
 //! logits. Also prints a forward with no hooks against one whose cache filter matches nothing
 //! (which should cost the same), the CPU time of candle's element-wise thread pool (which
-//! should be zero), and an A/B of the queries, keys and values as one product (what the forward
-//! does) against three, on layer 0's weights, alternating.
+//! should be zero), and an A/B of each product of layer 0 and the unembedding from packed
+//! weight panels (what the forward does) against the general matmul, alternating.
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -116,7 +116,7 @@ fn main() -> Result<()> {
             prev = t;
         }
     }
-    let (one, three) = qkv_ab(&model, a.tokens, a.repeats)?;
+    let products = packed_ab(&model, a.tokens, a.repeats)?;
     let runs = (a.repeats + 1) as f64;
     println!(
         "{} x {} tokens, threads {}: forward {plain:.3} s with no hooks, {filtered:.3} s with a cache filter matching nothing ({:+.1} %)\n",
@@ -130,14 +130,18 @@ fn main() -> Result<()> {
         2 * (a.repeats + 1)
     );
     println!(
-        "Q, K, V of layer 0 on {} tokens: one product {:.2} ms, three {:.2} ms ({:.2}x; x {} layers: {:.1} ms a forward)\n",
-        a.tokens,
-        1e3 * one,
-        1e3 * three,
-        three / one,
-        model.cfg.n_layers,
-        1e3 * (three - one) * model.cfg.n_layers as f64
+        "layer 0's products and the unembedding on {} tokens:",
+        a.tokens
     );
+    println!(
+        "{:<10} {:>12} {:>15} {:>8}",
+        "product", "packed ms", "general ms", "ratio"
+    );
+    for (name, packed, general) in products {
+        let (p, g) = (1e3 * packed, 1e3 * general);
+        println!("{name:<10} {p:>12.2} {g:>15.2} {:>7.2}x", g / p);
+    }
+    println!();
     println!(
         "{:<34} {:>9} {:>7}",
         "part (ends at hook point)", "ms", "share"
@@ -158,43 +162,41 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Median seconds of layer 0's Q, K and V as one product split into three tensors (the forward's
-/// way) and as three products on contiguous copies of the weights, alternating.
-fn qkv_ab(
+/// Each product of layer 0 (Q/K/V, W_O, W_in, W_out) and the unembedding on `tokens` rows:
+/// median seconds from packed panels (the forward's way) and through the general matmul,
+/// alternating.
+fn packed_ab(
     model: &hooklens::HookedTransformer,
     tokens: usize,
     repeats: usize,
-) -> Result<(f64, f64)> {
-    use hooklens::model::linear;
-    let attn = &model.block(0)?.attn;
-    let x = Tensor::randn(0f32, 1.0, (1, tokens, model.cfg.d_model), &Device::Cpu)?;
-    let parts = [&attn.w_q, &attn.w_k, &attn.w_v].map(|w| w.contiguous());
-    let [w_q, w_k, w_v] = parts;
-    let (w_q, w_k, w_v) = (w_q?, w_k?, w_v?);
-    let (mut one, mut three) = (vec![], vec![]);
-    for i in 0..=repeats.max(5) {
-        let t = Instant::now();
-        let qkv = linear(&x, &attn.w_qkv, attn.b_qkv.as_ref())?;
-        let (q, k) = (w_q.dim(1)?, w_k.dim(1)?);
-        for (start, len) in [(0, q), (q, k), (q + k, k)] {
-            qkv.narrow(2, start, len)?.contiguous()?;
-        }
-        let a = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let (q, k) = (w_q.dim(1)?, w_k.dim(1)?);
-        for (w, start, len) in [(&w_q, 0, q), (&w_k, q, k), (&w_v, q + k, k)] {
-            let b = attn
-                .b_qkv
-                .as_ref()
-                .map(|b| b.narrow(0, start, len))
-                .transpose()?;
-            linear(&x, w, b.as_ref())?;
-        }
-        let b = t.elapsed().as_secs_f64();
-        if i > 0 {
-            one.push(a);
-            three.push(b);
-        }
+) -> Result<Vec<(&'static str, f64, f64)>> {
+    use hooklens::model::{linear, Packed};
+    let block = model.block(0)?;
+    let mut weights = vec![("Q, K, V", &block.attn.w_qkv), ("W_O", &block.attn.w_o)];
+    if let Some(mlp) = &block.mlp {
+        weights.extend([("W_in", &mlp.w_in), ("W_out", &mlp.w_out)]);
     }
-    Ok((median(one), median(three)))
+    weights.push(("unembed", &model.w_u));
+    let mut rows = vec![];
+    for (name, w) in weights {
+        let Some(packed) = Packed::new(w)? else {
+            continue; // no AVX-512, or not f32 on the CPU
+        };
+        let x = Tensor::randn(0f32, 1.0, (tokens, w.dim(0)?), &Device::Cpu)?;
+        let (mut from_panels, mut general) = (vec![], vec![]);
+        for i in 0..=repeats.max(5) {
+            let t = Instant::now();
+            linear(&x, w, Some(&packed), None)?;
+            let a = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            linear(&x, w, None, None)?;
+            let b = t.elapsed().as_secs_f64();
+            if i > 0 {
+                from_panels.push(a);
+                general.push(b);
+            }
+        }
+        rows.push((name, median(from_panels), median(general)));
+    }
+    Ok(rows)
 }

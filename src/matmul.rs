@@ -12,12 +12,17 @@
 use crate::error::Result;
 use candle_core::Tensor;
 
-/// Which library computes f32 CPU matmuls in this build (for benchmark and run reports).
-pub const BACKEND: &str = if cfg!(feature = "blas") {
-    "OpenBLAS (feature blas)"
-} else {
-    "candle/gemm (default build)"
-};
+/// What computes f32 CPU products in this build on this machine (for benchmark reports): the
+/// forward's weight products from packed panels where the CPU has AVX-512 (see
+/// [`crate::model::Packed`]), the other products through candle's matmul or OpenBLAS.
+pub fn backend() -> &'static str {
+    match (crate::model::Packed::available(), cfg!(feature = "blas")) {
+        (true, true) => "packed weights (AVX-512), else OpenBLAS (feature blas)",
+        (true, false) => "packed weights (AVX-512), else candle/gemm (default build)",
+        (false, true) => "OpenBLAS (feature blas)",
+        (false, false) => "candle/gemm (default build)",
+    }
+}
 
 /// `a @ b` for `a` [.., m, k] and `b` [.., k, n] with the same leading dimensions (as candle's
 /// `matmul`): [.., m, n].

@@ -32,14 +32,17 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// The f32 matmul rate of this build's matmul (`hooklens::matmul`, candle's or OpenBLAS's) in
-/// this run (1024 x 768 x 3072, median of 10), in GFLOP/s.
+/// The f32 rate of the forward's weight products in this run: `x @ W` through
+/// `hooklens::model::linear`, from packed panels where they apply (AVX-512), else this build's
+/// matmul (candle's or OpenBLAS's); 1024 x 768 x 3072, median of 10, in GFLOP/s.
 pub fn matmul_gflops() -> Result<f64> {
     use candle_core::{Device, Tensor};
+    use hooklens::model::{linear, Packed};
     let x = Tensor::randn(0f32, 1.0, (1024, 768), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 1.0, (768, 3072), &Device::Cpu)?;
+    let packed = Packed::new(&w)?;
     let mm = median_secs(10, || {
-        hooklens::matmul::matmul(&x, &w)
+        linear(&x, &w, packed.as_ref(), None)
             .map(drop)
             .map_err(Into::into)
     })?;

@@ -7,7 +7,7 @@
 //! each is shared by `n_heads / n_key_value_heads` consecutive query heads. `hook_q`,
 //! `hook_attn_scores`, `hook_pattern`, `hook_z` and `hook_result` are per query head.
 
-use super::{kernels, linear, norm::upcast, Norm};
+use super::{kernels, linear, norm::upcast, Norm, Packed};
 use crate::config::{ModelConfig, Normalization, Positional};
 use crate::error::Result;
 use crate::hook_points::{BlockHook, HookPoint};
@@ -36,6 +36,8 @@ pub struct Attention {
     pub b_qkv: Option<Tensor>,
     /// [d_model]
     pub b_o: Option<Tensor>,
+    /// `w_qkv` and `w_o` packed for the forward's products.
+    packed: [Option<Packed>; 2],
     /// QK-norm (Qwen3): RMSNorm over d_head of each query and key head.
     pub q_norm: Option<Norm>,
     pub k_norm: Option<Norm>,
@@ -101,12 +103,14 @@ impl Attention {
                 .then(|| Norm::load(w, &p(name), Normalization::RMS, dh, cfg.eps))
                 .transpose()
         };
+        let w_o = w.get(&p("W_O"), &[h, dh, d])?.reshape((h * dh, d))?;
         Ok(Self {
+            packed: [Packed::new(&w_qkv)?, Packed::new(&w_o)?],
             w_q: w_qkv.narrow(1, 0, h * dh)?,
             w_k: w_qkv.narrow(1, h * dh, kv * dh)?,
             w_v: w_qkv.narrow(1, (h + kv) * dh, kv * dh)?,
             w_qkv,
-            w_o: w.get(&p("W_O"), &[h, dh, d])?.reshape((h * dh, d))?,
+            w_o,
             b_qkv,
             b_o: w.get_opt(&p("b_O"), &[d])?,
             q_norm: qk_norm("q_norm")?,
@@ -146,7 +150,7 @@ impl Attention {
         let (b, p, _) = x.dims3()?;
         let (h, dh, n_kv) = (self.n_heads, self.d_head, self.n_kv);
         // [batch, pos, (H + 2·H_kv)·d_head]: one product, then each part on its own.
-        let qkv = linear(x, &self.w_qkv, self.b_qkv.as_ref())?;
+        let qkv = linear(x, &self.w_qkv, self.packed[0].as_ref(), self.b_qkv.as_ref())?;
         let part =
             |start: usize, heads: usize| -> Result<Tensor> {
                 // [batch, pos, heads·d_head] -> [batch, pos, heads, d_head]
@@ -211,7 +215,12 @@ impl Attention {
                 None => out,
             }
         } else {
-            linear(&z.reshape((b, p, h * dh))?, &self.w_o, self.b_o.as_ref())?
+            linear(
+                &z.reshape((b, p, h * dh))?,
+                &self.w_o,
+                self.packed[1].as_ref(),
+                self.b_o.as_ref(),
+            )?
         };
         Ok(out)
     }

@@ -1,6 +1,6 @@
 //! The MLP sublayer: plain (GPT-2) or gated (SwiGLU, llama), with neuron hooks at d_mlp width.
 
-use super::linear;
+use super::{linear, Packed};
 use crate::config::{Activation, ModelConfig};
 use crate::error::Result;
 use crate::hook_points::{BlockHook, HookPoint};
@@ -18,6 +18,8 @@ pub struct Mlp {
     /// [d_mlp, d_model]
     pub w_out: Tensor,
     pub b_out: Option<Tensor>,
+    /// `w_in`, `w_gate` and `w_out` packed for the forward's products.
+    packed: [Option<Packed>; 3],
     act: Activation,
     layer: usize,
 }
@@ -26,15 +28,22 @@ impl Mlp {
     pub fn load(w: &Weights, layer: usize, cfg: &ModelConfig) -> Result<Self> {
         let p = |n: &str| format!("blocks.{layer}.mlp.{n}");
         let (d, m) = (cfg.d_model, cfg.d_mlp);
+        let w_in = w.get(&p("W_in"), &[d, m])?;
+        let w_gate = match cfg.gated_mlp {
+            true => Some(w.get(&p("W_gate"), &[d, m])?),
+            false => None,
+        };
+        let w_out = w.get(&p("W_out"), &[m, d])?;
         Ok(Self {
-            w_in: w.get(&p("W_in"), &[d, m])?,
+            packed: [
+                Packed::new(&w_in)?,
+                w_gate.as_ref().map(Packed::new).transpose()?.flatten(),
+                Packed::new(&w_out)?,
+            ],
+            w_in,
             b_in: w.get_opt(&p("b_in"), &[m])?,
-            w_gate: if cfg.gated_mlp {
-                Some(w.get(&p("W_gate"), &[d, m])?)
-            } else {
-                None
-            },
-            w_out: w.get(&p("W_out"), &[m, d])?,
+            w_gate,
+            w_out,
             b_out: w.get_opt(&p("b_out"), &[d])?,
             act: cfg.act_fn,
             layer,
@@ -44,12 +53,13 @@ impl Mlp {
     /// `x` [batch, pos, d_model] (already normalised) -> MLP output [batch, pos, d_model].
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let hp = |h| HookPoint::Block(self.layer, h);
+        let [p_in, p_gate, p_out] = self.packed.each_ref().map(Option::as_ref);
         let post = match &self.w_gate {
             Some(w_gate) => {
-                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, w_gate, None)?)?;
+                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, w_gate, p_gate, None)?)?;
                 let pre_linear = hooks.apply(
                     hp(BlockHook::MlpPreLinear),
-                    linear(x, &self.w_in, self.b_in.as_ref())?,
+                    linear(x, &self.w_in, p_in, self.b_in.as_ref())?,
                 )?;
                 match self.act {
                     Activation::Silu if super::kernels::applies(&pre) => {
@@ -61,13 +71,13 @@ impl Mlp {
             None => {
                 let pre = hooks.apply(
                     hp(BlockHook::MlpPre),
-                    linear(x, &self.w_in, self.b_in.as_ref())?,
+                    linear(x, &self.w_in, p_in, self.b_in.as_ref())?,
                 )?;
                 activate(&pre, self.act)?
             }
         };
         let post = hooks.apply(hp(BlockHook::MlpPost), post)?;
-        linear(&post, &self.w_out, self.b_out.as_ref())
+        linear(&post, &self.w_out, p_out, self.b_out.as_ref())
     }
 }
 

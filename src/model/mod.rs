@@ -4,11 +4,13 @@ mod attention;
 mod kernels;
 mod mlp;
 mod norm;
+mod packed;
 mod positions;
 
 pub use attention::{apply_rotary, rotary_tables, Attention, LayerKv};
 pub use mlp::Mlp;
 pub use norm::{upcast, Norm};
+pub use packed::Packed;
 pub use positions::sinusoidal_table;
 
 use crate::cache::ActivationCache;
@@ -170,6 +172,8 @@ pub struct HookedTransformer {
     pub w_u: Tensor,
     /// [d_vocab]
     pub b_u: Option<Tensor>,
+    /// `w_u` packed for the forward's product.
+    w_u_packed: Option<Packed>,
     /// Whether passes may yield NaN or Inf; when not (the default), a pass whose output holds
     /// them is an error naming the first hook point that did (see [`crate::finite`]).
     pub allow_nonfinite: bool,
@@ -192,16 +196,18 @@ impl HookedTransformer {
         let blocks = (0..cfg.n_layers)
             .map(|l| Block::load(w, l, &cfg))
             .collect::<Result<_>>()?;
+        // Stored [d_vocab, d_model] (as checkpoints hold it) and seen through a transposed view:
+        // BLAS streams its rows for the few positions of a generation step at twice the speed,
+        // and a row stride of d_vocab = 49152 (3·2¹⁴) thrashes the cache.
+        let w_u = w
+            .get("unembed.W_U", &[cfg.d_model, cfg.d_vocab])?
+            .t()?
+            .contiguous()?
+            .t()?;
         Ok(Self {
             ln_final: Norm::load(w, "ln_final", cfg.normalization_type, cfg.d_model, cfg.eps)?,
-            // Stored [d_vocab, d_model] (as checkpoints hold it) and seen through a transposed
-            // view: BLAS streams its rows for the few positions of a generation step at twice
-            // the speed, and a row stride of d_vocab = 49152 (3·2¹⁴) thrashes the cache.
-            w_u: w
-                .get("unembed.W_U", &[cfg.d_model, cfg.d_vocab])?
-                .t()?
-                .contiguous()?
-                .t()?,
+            w_u_packed: Packed::new(&w_u)?,
+            w_u,
             b_u: w.get_opt("unembed.b_U", &[cfg.d_vocab])?,
             w_e,
             w_pos,
@@ -398,7 +404,12 @@ impl HookedTransformer {
             hooks,
         )?;
         let b_u = self.b_u.as_ref().map(upcast).transpose()?;
-        let logits = linear(&upcast(&x)?, &upcast(&self.w_u)?, b_u.as_ref())?;
+        let logits = linear(
+            &upcast(&x)?,
+            &upcast(&self.w_u)?,
+            self.w_u_packed.as_ref(),
+            b_u.as_ref(),
+        )?;
         self.soft_cap_logits(logits)
     }
 
@@ -785,13 +796,23 @@ impl HookedTransformer {
 }
 
 /// `x @ w (+ b)` for `x` [.., d_in] and `w` [d_in, d_out]: the leading dimensions are flattened
-/// into one matmul (much faster than a batched matmul against a broadcast `w`).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// into one matmul (much faster than a batched matmul against a broadcast `w`), from `w`'s
+/// packed panels where they apply.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    packed: Option<&Packed>,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
     let dims = x.dims();
     let d_in = dims[dims.len() - 1];
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("x has a last dimension") = w.dim(1)?;
-    let y = crate::matmul::matmul(&x.contiguous()?.reshape(((), d_in))?, w)?;
+    let x = x.contiguous()?.reshape(((), d_in))?;
+    let y = match packed.map(|p| p.matmul(&x, w)).transpose()?.flatten() {
+        Some(y) => y,
+        None => crate::matmul::matmul(&x, w)?,
+    };
     let y = match b {
         Some(b) if kernels::applies(&y) => kernels::add_bias(y, b)?,
         Some(b) => y.broadcast_add(b)?,
