@@ -1,34 +1,52 @@
 """transformers side of hooklens's real-weights benchmark (SmolLM2 or Gemma 3): forward at
 128/512 tokens and greedy generation tokens/s with and without the KV cache, on the same
-dequantized GGUF weights and the same token ids (i * 7919 % 49152). Run by
+dequantized GGUF weights and the same token ids (i * 7919 % the vocabulary). Run by
 benches/run_smollm2_bench.sh with the peers environment.
 
     python benches/hf_smollm2_bench.py GGUF OUT_JSON
+        [--forward-only [--lengths 128,512] [--repeats 3]]   (one round of
+        benches/interleave_forward.py --reference hf: forwards and torch's matmul rate only)
 """
+import argparse
 import json
 import os
-import sys
 
 import torch
-from bench_timing import median_time
+from bench_timing import median_time, torch_matmul_gflops
 from transformers import AutoModelForCausalLM
 
 NEW_TOKENS = 32
 PROMPT = 16
 
 
-def ids(n):
-    return torch.tensor([[(i * 7919) % 49152 for i in range(n)]])
-
-
 def main():
-    gguf, out_json = sys.argv[1], sys.argv[2]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("gguf")
+    ap.add_argument("out_json")
+    ap.add_argument("--forward-only", action="store_true")
+    ap.add_argument("--lengths", default="128,512")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf), torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(a.gguf), gguf_file=os.path.basename(a.gguf), torch_dtype=torch.float32).eval()
+    vocab = model.config.vocab_size
+
+    def ids(n):
+        return torch.tensor([[(i * 7919) % vocab for i in range(n)]])
+
+    lengths = [int(n) for n in a.lengths.split(",")]
+    if a.forward_only:
+        out = {"torch_gflops": torch_matmul_gflops(), "threads": torch.get_num_threads(), "runs": []}
+        with torch.no_grad():
+            for n in lengths:
+                out["runs"].append({"tokens": n, "forward_s": median_time(lambda: model(ids(n)), a.repeats)})
+        with open(a.out_json, "w") as f:
+            json.dump(out, f)
+        return
     out = {"threads": torch.get_num_threads(), "forward": {}, "generate": {}}
     with torch.no_grad():
-        for n in (128, 512):
-            out["forward"][str(n)] = median_time(lambda: model(ids(n)))
+        for n in lengths:
+            out["forward"][str(n)] = median_time(lambda: model(ids(n)), a.repeats)
         p = ids(PROMPT)
         for cache in (True, False):
             gen = lambda: model.generate(p, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=cache)

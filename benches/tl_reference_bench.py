@@ -13,7 +13,7 @@ import json
 import os
 
 import torch
-from bench_timing import median_time
+from bench_timing import median_time, torch_matmul_gflops
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -49,9 +49,7 @@ def main():
     bridge = TransformerBridge.boot_transformers(a.model_dir, hf_model=model, tokenizer=tok, device="cpu")
     bridge.enable_compatibility_mode()
     # f32 matmul rate of torch on this machine, for the roofline.
-    x, w = torch.randn(1024, 768), torch.randn(768, 3072)
-    mm = median_time(lambda: x @ w, 10)
-    out = {"torch_gflops": 2 * 1024 * 768 * 3072 / mm / 1e9, "threads": torch.get_num_threads(), "runs": []}
+    out = {"torch_gflops": torch_matmul_gflops(), "threads": torch.get_num_threads(), "runs": []}
     for n in [int(s) for s in a.lengths.split(",")]:
         t = tokens(n)
         with torch.no_grad():

@@ -39,7 +39,7 @@ fn round_json(model: &hooklens::HookedTransformer, a: &Args, out: &std::path::Pa
     let mut runs = vec![];
     for n in a.lengths.split(',').map(|s| s.trim().parse::<usize>()) {
         let n = n?;
-        let tokens = Tensor::from_vec(ids(n), (1, n), &Device::Cpu)?;
+        let tokens = Tensor::from_vec(ids(n, model.cfg.d_vocab), (1, n), &Device::Cpu)?;
         let forward_s = median_secs(a.repeats, || {
             model
                 .forward(&tokens, &mut Hooks::none())
@@ -57,9 +57,11 @@ fn round_json(model: &hooklens::HookedTransformer, a: &Args, out: &std::path::Pa
     std::fs::write(out, round.to_string()).with_context(|| format!("writing {}", out.display()))
 }
 
-/// The benchmark's token ids (the Python side uses the same).
-fn ids(n: usize) -> Vec<u32> {
-    (0..n).map(|i| (i as u64 * 7919 % 50257) as u32).collect()
+/// The benchmark's token ids, i * 7919 modulo the vocabulary (the Python sides use the same).
+fn ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| (i as u64 * 7919 % vocab as u64) as u32)
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -108,7 +110,7 @@ fn main() -> Result<()> {
     );
     for n in a.lengths.split(',').map(|s| s.trim().parse::<usize>()) {
         let n = n?;
-        let tokens = Tensor::from_vec(ids(n), (1, n), &Device::Cpu)?;
+        let tokens = Tensor::from_vec(ids(n, model.cfg.d_vocab), (1, n), &Device::Cpu)?;
         let fwd = median_secs(a.repeats, || {
             model
                 .forward(&tokens, &mut Hooks::none())

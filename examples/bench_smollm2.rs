@@ -30,8 +30,11 @@ struct Args {
     reference: Option<std::path::PathBuf>,
 }
 
-fn ids(n: usize) -> Vec<u32> {
-    (0..n).map(|i| (i as u64 * 7919 % 49152) as u32).collect()
+/// i * 7919 modulo the vocabulary, as benches/hf_smollm2_bench.py.
+fn ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| (i as u64 * 7919 % vocab as u64) as u32)
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -61,7 +64,7 @@ fn main() -> Result<()> {
     };
     let mut roofline = vec![];
     for n in [128, 512] {
-        let t = Tensor::from_vec(ids(n), (1, n), &Device::Cpu)?;
+        let t = Tensor::from_vec(ids(n, model.cfg.d_vocab), (1, n), &Device::Cpu)?;
         let s = median_secs(3, || {
             model
                 .forward(&t, &mut Hooks::none())
@@ -85,9 +88,14 @@ fn main() -> Result<()> {
             ..Default::default()
         };
         let s = median_secs(2, || {
-            generate(&model, &ids(PROMPT), &opts, &mut Hooks::none())
-                .map(drop)
-                .map_err(Into::into)
+            generate(
+                &model,
+                &ids(PROMPT, model.cfg.d_vocab),
+                &opts,
+                &mut Hooks::none(),
+            )
+            .map(drop)
+            .map_err(Into::into)
         })?;
         row(
             &format!("generate tokens/s ({key})"),

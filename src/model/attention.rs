@@ -197,10 +197,22 @@ impl Attention {
             && kernels::applies(&q32)
             && kernels::applies(&v)
             && p > QUERY_BLOCK;
-        let z = if blocked {
-            self.attend_in_blocks(&q32, &k32, &v, offset, scale)?
-        } else {
-            self.attend(&q32, &k32, &v, mask, scale, hooks)?
+        let fused = match self.fused_softmax(hooks) && !hooks.wants(hp(BlockHook::Pattern)) {
+            true => super::fused_attention::attend(
+                &q32,
+                &k32,
+                &v,
+                offset,
+                scale,
+                self.window,
+                QUERY_BLOCK,
+            )?,
+            false => None,
+        };
+        let z = match fused {
+            Some(z) => z,
+            None if blocked => self.attend_in_blocks(&q32, &k32, &v, offset, scale)?,
+            None => self.attend(&q32, &k32, &v, mask, scale, hooks)?,
         };
         let z = z.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
         let z = hooks.apply(hp(BlockHook::Z), z)?;

@@ -78,24 +78,29 @@ impl InplaceOp1 for CausalSoftmax {
             );
         }
         for_each_chunk(&mut s[start..end], n, |row, x| {
-            let end = self.offset + row % p + 1;
-            let (x, masked) = x.split_at_mut(end);
-            masked.fill(0.0);
-            let (before, x) = x.split_at_mut(end.saturating_sub(self.window));
-            before.fill(0.0);
-            for v in x.iter_mut() {
-                *v *= self.scale;
-            }
-            let max = lanes(x, f32::NEG_INFINITY, f32::max);
-            for v in x.iter_mut() {
-                *v = exp(*v - max);
-            }
-            let sum = lanes(x, 0.0, |a, b| a + b);
-            for v in x.iter_mut() {
-                *v /= sum;
-            }
+            causal_softmax_row(x, self.offset + row % p + 1, self.window, self.scale)
         });
         Ok(())
+    }
+}
+
+/// One query's row of scores -> its pattern, in place: the keys it sees are those before
+/// `end` and, with a sliding `window`, not `window` or more before it; the rest become 0.
+pub(super) fn causal_softmax_row(x: &mut [f32], end: usize, window: usize, scale: f32) {
+    let (x, masked) = x.split_at_mut(end);
+    masked.fill(0.0);
+    let (before, x) = x.split_at_mut(end.saturating_sub(window));
+    before.fill(0.0);
+    for v in x.iter_mut() {
+        *v *= scale;
+    }
+    let max = lanes(x, f32::NEG_INFINITY, f32::max);
+    for v in x.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let sum = lanes(x, 0.0, |a, b| a + b);
+    for v in x.iter_mut() {
+        *v /= sum;
     }
 }
 

@@ -1,6 +1,7 @@
 //! `HookedTransformer`: a transformer whose every intermediate activation can be read or replaced.
 
 mod attention;
+mod fused_attention;
 mod kernels;
 mod mlp;
 mod norm;

@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor, TensorId};
 use std::sync::Arc;
 
 /// Columns of W per panel: two AVX-512 registers of f32.
-const NR: usize = 32;
+pub(super) const NR: usize = 32;
 /// Rows of x per kernel call: 14 × 2 accumulators and 2 panel registers of the 32.
 const MR: usize = 14;
 /// Rows of x at least this long are copied into 14-row strips first: a strip read in place
@@ -54,24 +54,16 @@ impl Packed {
             return Ok(None);
         }
         let (k, n) = w.dims2()?;
+        if k == 0 || n == 0 {
+            return Ok(None);
+        }
         let (storage, layout) = w.storage_and_layout();
         let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
             return Ok(None);
         };
-        let (start, rs, cs) = (
-            layout.start_offset(),
-            layout.stride()[0],
-            layout.stride()[1],
-        );
-        let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
-        for (j, panel) in panels.chunks_mut(k * NR).enumerate() {
-            let cols = (n - j * NR).min(NR);
-            for (p, row) in panel.chunks_mut(NR).enumerate() {
-                for (l, v) in row[..cols].iter_mut().enumerate() {
-                    *v = data[start + p * rs + (j * NR + l) * cs];
-                }
-            }
-        }
+        let (rs, cs) = (layout.stride()[0], layout.stride()[1]);
+        let panels = pack(&data[layout.start_offset()..], rs, cs, k, n);
+        drop(storage);
         Ok(Some(Self {
             source: w.id(),
             k,
@@ -107,7 +99,11 @@ impl Packed {
         };
         let x_rows = &data[layout.start_offset()..][..m * k];
         let mut out = vec![0f32; m * self.n];
-        product(x_rows, m, k, &self.panels, self.n, &mut out);
+        let panels = Panels {
+            data: &self.panels,
+            stride: k * NR,
+        };
+        product(x_rows, m, k, panels, self.n, &mut out, self.n, true);
         drop(storage);
         Ok(Some(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?))
     }
@@ -123,20 +119,63 @@ fn kernel_available() -> bool {
     false
 }
 
-/// out [m, n] = x [m, k] @ W, W as `panels`. The panels are shared out among rayon's threads;
-/// each thread runs every 14-row strip of x against each of its panels, so a panel is read
-/// from memory once and then from cache.
+/// W [k, n] (W[p, j] at `w[p·rs + j·cs]`) as 32-column panels [n / 32][k][32], the last one
+/// zero-padded.
+pub(super) fn pack(w: &[f32], rs: usize, cs: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
+    for (j, panel) in panels.chunks_mut(k * NR).enumerate() {
+        let cols = (n - j * NR).min(NR);
+        for (p, row) in panel.chunks_mut(NR).enumerate() {
+            for (l, v) in row[..cols].iter_mut().enumerate() {
+                *v = w[p * rs + (j * NR + l) * cs];
+            }
+        }
+    }
+    panels
+}
+
+/// Panels from [`pack`], panel j at `data[j·stride..]`: a product may use the first k rows of
+/// each (`stride` = the packed k · 32) and the first panels only.
+#[derive(Clone, Copy)]
+pub(super) struct Panels<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+}
+
+/// out [m, n] (rows `ldo` apart) = x [m, k] @ W, W as `panels`. With `parallel`, the panels are
+/// shared out among rayon's threads; each thread runs every 14-row strip of x against each of
+/// its panels, so a panel is read from memory once and then from cache.
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)] // SIMD kernel over raw pointers; the bounds are checked here
-fn product(x: &[f32], m: usize, k: usize, panels: &[f32], n: usize, out: &mut [f32]) {
+#[allow(unsafe_code, clippy::too_many_arguments)] // SIMD kernel over raw pointers; the bounds are checked here
+pub(super) fn product(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panels: Panels,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+    parallel: bool,
+) {
     use rayon::prelude::*;
-    assert!(x.len() == m * k && out.len() == m * n && panels.len() == n.div_ceil(NR) * k * NR);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let n_panels = n.div_ceil(NR);
+    assert!(
+        x.len() >= m * k
+            && ldo >= n
+            && out.len() >= (m - 1) * ldo + n
+            && k * NR <= panels.stride
+            && panels.data.len() >= (n_panels - 1) * panels.stride + k * NR,
+        "packed product: operands smaller than their shapes"
+    );
     let strips = m.div_ceil(MR);
     // Each strip is k × 14 values apart; a value (row r, column p) sits at r·rs + p·cs in it.
     let packed_x: Vec<f32>;
     let (x, rs, cs) = if k >= PACK_X_FROM_K {
         let mut strip_major = vec![0f32; strips * k * MR];
-        for (i, row) in x.chunks(k).enumerate() {
+        for (i, row) in x[..m * k].chunks(k).enumerate() {
             let strip = &mut strip_major[(i / MR) * k * MR..];
             for (p, v) in row.iter().enumerate() {
                 strip[p * MR + i % MR] = *v;
@@ -147,10 +186,9 @@ fn product(x: &[f32], m: usize, k: usize, panels: &[f32], n: usize, out: &mut [f
     } else {
         (x, k, 1)
     };
-    let n_panels = n.div_ceil(NR);
-    let threads = match m * n * k < 1 << 20 {
-        true => 1, // too small to pay for waking a thread
-        false => rayon::current_num_threads().min(n_panels),
+    let threads = match parallel && m * n * k >= 1 << 20 {
+        true => rayon::current_num_threads().min(n_panels),
+        false => 1, // or too small to pay for waking a thread
     };
     let per_thread = n_panels.div_ceil(threads);
     let out = OutPtr(out.as_mut_ptr());
@@ -160,8 +198,9 @@ fn product(x: &[f32], m: usize, k: usize, panels: &[f32], n: usize, out: &mut [f
             for s in 0..strips {
                 let rows = (m - s * MR).min(MR);
                 // SAFETY: the strip lies in `x` (its last row r < rows, column p < k), the panel
-                // in `panels`, and the tile written (rows × cols from row s·14, column j·32) in
-                // `out`; threads write disjoint column ranges.
+                // in `panels` (first k rows), and the tile written (rows × cols from row s·14,
+                // column j·32, rows ldo apart) in `out`, as asserted above; threads write
+                // disjoint column ranges.
                 unsafe {
                     tile(
                         rows,
@@ -169,9 +208,9 @@ fn product(x: &[f32], m: usize, k: usize, panels: &[f32], n: usize, out: &mut [f
                         x.as_ptr().add(s * k * MR),
                         rs,
                         cs,
-                        panels.as_ptr().add(j * k * NR),
-                        out.get().add(s * MR * n + j * NR),
-                        n,
+                        panels.data.as_ptr().add(j * panels.stride),
+                        out.get().add(s * MR * ldo + j * NR),
+                        ldo,
                         cols,
                     )
                 }
@@ -185,8 +224,18 @@ fn product(x: &[f32], m: usize, k: usize, panels: &[f32], n: usize, out: &mut [f
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn product(_: &[f32], _: usize, _: usize, _: &[f32], _: usize, _: &mut [f32]) {
-    unreachable!("no packed weights without the kernel")
+#[allow(clippy::too_many_arguments)]
+pub(super) fn product(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: Panels,
+    _: usize,
+    _: &mut [f32],
+    _: usize,
+    _: bool,
+) {
+    unreachable!("no packed panels without the kernel")
 }
 
 /// The output pointer, shared by the threads that write its disjoint column ranges.
