@@ -5,7 +5,7 @@
 //! thread: a batched matmul instead runs one small product per head after another, each split
 //! across the threads.
 
-use super::kernels::{applies, causal_softmax_row};
+use super::kernels::{applies, causal_softmax_row, wide};
 use super::packed::{pack, product, Packed, Panels, NR};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, Device, Storage, Tensor};
@@ -72,9 +72,11 @@ pub fn attend(
                 stride: dh * NR,
             };
             product(q_block, len, dh, kt, keys, s, keys, false);
-            for (r, row) in s.chunks_mut(keys).enumerate() {
-                causal_softmax_row(row, offset + start + r + 1, window, scale);
-            }
+            wide(|| {
+                for (r, row) in s.chunks_mut(keys).enumerate() {
+                    causal_softmax_row(row, offset + start + r + 1, window, scale);
+                }
+            });
             let vp = Panels {
                 data: &vp,
                 stride: n * NR,

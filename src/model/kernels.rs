@@ -21,16 +21,34 @@ pub fn applies(x: &Tensor) -> bool {
 const PARALLEL_MIN: usize = 32 * 1024;
 
 /// Calls `f(i, piece)` for each `chunk`-sized piece `i` of `out`: on rayon's threads when `out`
-/// is large, in the calling thread otherwise.
+/// is large, in the calling thread otherwise; compiled [`wide`].
 fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let chunk = chunk.max(1);
     if out.len() >= PARALLEL_MIN {
         out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each(|(i, c)| f(i, c));
+            .for_each(|(i, c)| wide(|| f(i, c)));
     } else {
-        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        wide(|| out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)));
     }
+}
+
+/// Runs `body` compiled for AVX-512 where the CPU has it: the build targets baseline x86-64,
+/// whose loops vectorise 4 floats wide (SSE2); inlined here they run 16 wide (the attention
+/// softmax and GELU ~2x faster, `examples/profile_forward.rs`).
+#[inline(always)]
+pub(super) fn wide<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        fn run<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: this CPU has AVX-512.
+        return unsafe { run(body) };
+    }
+    body()
 }
 
 /// softmax(scores · scale + causal mask) over the last dimension of `scores` [.., p, offset + p],
@@ -86,6 +104,7 @@ impl InplaceOp1 for CausalSoftmax {
 
 /// One query's row of scores -> its pattern, in place: the keys it sees are those before
 /// `end` and, with a sliding `window`, not `window` or more before it; the rest become 0.
+#[inline(always)]
 pub(super) fn causal_softmax_row(x: &mut [f32], end: usize, window: usize, scale: f32) {
     let (x, masked) = x.split_at_mut(end);
     masked.fill(0.0);
