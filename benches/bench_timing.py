@@ -1,5 +1,7 @@
-"""Timing helper shared by the Python sides of hooklens's benchmarks."""
+"""Timing helpers shared by the Python sides of hooklens's benchmarks."""
+import json
 import statistics
+import sys
 import time
 
 
@@ -19,3 +21,23 @@ def torch_matmul_gflops():
     import torch
     x, w = torch.randn(1024, 768), torch.randn(768, 3072)
     return 2 * 1024 * 768 * 3072 / median_time(lambda: x @ w, 10) / 1e9
+
+
+def serve(forward, repeats):
+    """The reference side of benches/interleave_forward.py, after loading: answers commands read
+    from stdin, one a line, until its end: "forward N" with the median of `repeats` calls of
+    forward(N) (after a warm-up), "matmul" with torch's matmul rate; each answer one line
+    "@@ JSON" on stdout (library output on stdout is told apart by the prefix)."""
+    import torch
+    print("@@ " + json.dumps({"threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "forward":
+            n = int(cmd[1])
+            with torch.no_grad():
+                out = {"tokens": n, "forward_s": median_time(lambda: forward(n), repeats)}
+        elif cmd[0] == "matmul":
+            out = {"gflops": torch_matmul_gflops()}
+        else:
+            sys.exit(f"unknown command {line!r}")
+        print("@@ " + json.dumps(out), flush=True)

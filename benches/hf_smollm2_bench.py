@@ -4,15 +4,15 @@ dequantized GGUF weights and the same token ids (i * 7919 % the vocabulary). Run
 benches/run_smollm2_bench.sh with the peers environment.
 
     python benches/hf_smollm2_bench.py GGUF OUT_JSON
-        [--forward-only [--lengths 128,512] [--repeats 3]]   (one round of
-        benches/interleave_forward.py --reference hf: forwards and torch's matmul rate only)
+    python benches/hf_smollm2_bench.py GGUF --serve [--repeats 3]
+        (the transformers side of benches/interleave_forward.py --reference hf)
 """
 import argparse
 import json
 import os
 
 import torch
-from bench_timing import median_time, torch_matmul_gflops
+from bench_timing import median_time, serve
 from transformers import AutoModelForCausalLM
 
 NEW_TOKENS = 32
@@ -22,9 +22,8 @@ PROMPT = 16
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("gguf")
-    ap.add_argument("out_json")
-    ap.add_argument("--forward-only", action="store_true")
-    ap.add_argument("--lengths", default="128,512")
+    ap.add_argument("out_json", nargs="?")
+    ap.add_argument("--serve", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
@@ -34,18 +33,11 @@ def main():
     def ids(n):
         return torch.tensor([[(i * 7919) % vocab for i in range(n)]])
 
-    lengths = [int(n) for n in a.lengths.split(",")]
-    if a.forward_only:
-        out = {"torch_gflops": torch_matmul_gflops(), "threads": torch.get_num_threads(), "runs": []}
-        with torch.no_grad():
-            for n in lengths:
-                out["runs"].append({"tokens": n, "forward_s": median_time(lambda: model(ids(n)), a.repeats)})
-        with open(a.out_json, "w") as f:
-            json.dump(out, f)
-        return
+    if a.serve:
+        return serve(lambda n: model(ids(n)), a.repeats)
     out = {"threads": torch.get_num_threads(), "forward": {}, "generate": {}}
     with torch.no_grad():
-        for n in lengths:
+        for n in (128, 512):
             out["forward"][str(n)] = median_time(lambda: model(ids(n)), a.repeats)
         p = ids(PROMPT)
         for cache in (True, False):

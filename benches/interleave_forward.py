@@ -1,10 +1,13 @@
 """Interleaved forward benchmark: a reference (TransformerLens, or transformers on a GGUF) and
-hooklens in alternating rounds (R H R H ..., each round a fresh process timing every length), so
-that a change in the machine's load falls on both sides alike. Prints, per length, each side's
-median forward time over the rounds with its spread, the ratio of each round's pair (median,
-min, max), the matmul rates both sides measured in the same rounds, and the load average; then
-the Markdown table for docs/benchmarks.md. Run by benches/run_bench.sh forward (TransformerLens
-on a random GPT-2 small) and benches/run_smollm2_bench.sh (transformers on SmolLM2 or Gemma 3).
+hooklens side by side, measured alternately so that the machine's load falls on both alike.
+Each round starts a fresh process of each side (loaded once, then idle between requests) and
+asks them in turn for every length: R H at 128 tokens, R H at 512, ... (H first in odd rounds),
+each answer the median of --repeats forwards; a pair's ratio compares two measurements seconds
+apart. Prints, per length, each side's median forward time over the rounds with its spread
+((max - min) / median), the median, min and max of the per-round ratios, both sides' matmul
+rates from the same rounds, and the load average; then the Markdown table for
+docs/benchmarks.md. Run by benches/run_bench.sh forward (TransformerLens on a random GPT-2 small)
+and benches/run_smollm2_bench.sh (transformers on SmolLM2 or Gemma 3).
 
     python benches/interleave_forward.py MODEL HOOKLENS_BIN [--reference tl|hf] [--rounds 5]
         [--lengths 128,512,1024] [--repeats 3] [--out SUMMARY_JSON]
@@ -18,9 +21,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Between one side's answer and the next request: torch's OpenMP threads spin for a moment
+# after their work, and would take a core from the other side's first product.
+SETTLE_S = 0.2
 
 
 def load():
@@ -31,6 +37,32 @@ def load():
 def spread(xs):
     """(max - min) / median, the relative width of the rounds' values."""
     return (max(xs) - min(xs)) / statistics.median(xs)
+
+
+class Side:
+    """A benchmark process answering "forward N" and "matmul" with one "@@ JSON" line each."""
+
+    def __init__(self, cmd):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.header = self.read()
+
+    def read(self):
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        sys.exit(f"{self.proc.args[0]} ended without answering (exit {self.proc.wait()})")
+
+    def ask(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self.read()
+        time.sleep(SETTLE_S)
+        return answer
+
+    def close(self):
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            sys.exit(f"{self.proc.args[0]} failed (exit {self.proc.returncode})")
 
 
 def main():
@@ -46,29 +78,32 @@ def main():
     if a.rounds < 2:
         sys.exit("--rounds must be at least 2: a spread needs two rounds")
     lengths = [int(n) for n in a.lengths.split(",")]
-    sides = {"ref": [], "hooklens": []}
     ref_name = {"tl": "TL", "hf": "transformers"}[a.reference]
+    script = {"tl": "tl_reference_bench.py", "hf": "hf_smollm2_bench.py"}[a.reference]
+    commands = {
+        "ref": [sys.executable, os.path.join(HERE, script), a.model, "--serve", "--repeats", str(a.repeats)],
+        "hooklens": [a.hooklens_bin, "--model", a.model, "--serve", "--repeats", str(a.repeats)],
+    }
+    sides = {"ref": [], "hooklens": []}
     loads = [load()]
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            for side in ("ref", "hooklens"):
-                out = os.path.join(tmp, f"{side}{r}.json")
-                common = ["--lengths", a.lengths, "--repeats", str(a.repeats)]
-                if side == "ref":
-                    script = {"tl": "tl_reference_bench.py", "hf": "hf_smollm2_bench.py"}[a.reference]
-                    cmd = [sys.executable, os.path.join(HERE, script), a.model, out, "--forward-only", *common]
-                else:
-                    cmd = [a.hooklens_bin, "--model", a.model, "--json", out, *common]
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-                with open(out) as f:
-                    sides[side].append(json.load(f))
-                loads.append(load())
-            print(f"round {r + 1}/{a.rounds} done (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
+    for r in range(a.rounds):
+        procs = {name: Side(cmd) for name, cmd in commands.items()}
+        order = ["ref", "hooklens"] if r % 2 == 0 else ["hooklens", "ref"]
+        rounds = {name: {"runs": [], **procs[name].header} for name in procs}
+        for n in lengths:
+            for name in order:
+                rounds[name]["runs"].append(procs[name].ask(f"forward {n}"))
+        for name in order:
+            rounds[name]["matmul_gflops"] = procs[name].ask("matmul")["gflops"]
+            procs[name].close()
+            sides[name].append(rounds[name])
+        loads.append(load())
+        print(f"round {r + 1}/{a.rounds} done (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
 
     def times(side, n):
         return [next(x["forward_s"] for x in rd["runs"] if x["tokens"] == n) for rd in sides[side]]
 
-    torch_mm = [rd["torch_gflops"] for rd in sides["ref"]]
+    torch_mm = [rd["matmul_gflops"] for rd in sides["ref"]]
     ours_mm = [rd["matmul_gflops"] for rd in sides["hooklens"]]
     summary = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -89,8 +124,8 @@ def main():
             "ratio_spread": spread(ratios), "rounds_reference_s": ref, "rounds_hooklens_s": ours,
         })
     mm = summary["matmul_gflops"]
-    print(f"\n{summary['date']}: {a.rounds} interleaved rounds ({ref_name}, hooklens, ...), medians of "
-          f"{a.repeats} forwards each; {summary['threads']} threads, hooklens matmul {summary['backend']}")
+    print(f"\n{summary['date']}: {a.rounds} rounds, {ref_name} and hooklens alternating at each length, "
+          f"medians of {a.repeats} forwards each; {summary['threads']} threads, hooklens matmul {summary['backend']}")
     print(f"load average {summary['load_start']:.2f} at the start, at most {summary['load_max']:.2f}")
     print(f"f32 matmul 1024x768x3072: torch {mm['torch']:.1f} GFLOP/s (spread {100 * mm['torch_spread']:.0f} %), "
           f"hooklens {mm['hooklens']:.1f} (spread {100 * mm['hooklens_spread']:.0f} %), "

@@ -6,14 +6,15 @@ run_with_cache on the same token ids hooklens uses (ids i*7919 % 50257, batch 1)
 the medians as JSON. Run by benches/run_bench.sh forward with the peers environment.
 
     python benches/tl_reference_bench.py MODEL_DIR OUT_JSON [--lengths 128,512,1024] [--repeats 3]
-        [--forward-only]   (one round of benches/interleave_forward.py: no run_with_cache)
+    python benches/tl_reference_bench.py MODEL_DIR --serve [--repeats 3]
+        (the TransformerLens side of benches/interleave_forward.py: forwards on request)
 """
 import argparse
 import json
 import os
 
 import torch
-from bench_timing import median_time, torch_matmul_gflops
+from bench_timing import median_time, serve, torch_matmul_gflops
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -38,25 +39,24 @@ def tokens(n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir")
-    ap.add_argument("out_json")
+    ap.add_argument("out_json", nargs="?")
     ap.add_argument("--lengths", default="128,512,1024")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--forward-only", action="store_true")
+    ap.add_argument("--serve", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     model = ensure_model(a.model_dir)
     tok = GPT2TokenizerFast.from_pretrained(a.model_dir)
     bridge = TransformerBridge.boot_transformers(a.model_dir, hf_model=model, tokenizer=tok, device="cpu")
     bridge.enable_compatibility_mode()
+    if a.serve:
+        return serve(lambda n: bridge(tokens(n)), a.repeats)
     # f32 matmul rate of torch on this machine, for the roofline.
     out = {"torch_gflops": torch_matmul_gflops(), "threads": torch.get_num_threads(), "runs": []}
     for n in [int(s) for s in a.lengths.split(",")]:
         t = tokens(n)
         with torch.no_grad():
             fwd = median_time(lambda: bridge(t), a.repeats)
-            if a.forward_only:
-                out["runs"].append({"tokens": n, "forward_s": fwd})
-                continue
             cache_t = median_time(lambda: bridge.run_with_cache(t), a.repeats)
             _, cache = bridge.run_with_cache(t)
         # The classic TransformerLens hook names only (the bridge also records its own aliases).

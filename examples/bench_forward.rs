@@ -5,8 +5,8 @@
 //!
 //! Prints per length: forward and run_with_cache medians, the full cache's size, peak RSS,
 //! the forward's FLOP count over the f32 matmul rate measured in the same run (roofline), and
-//! with `--reference` TransformerLens's figures and the speed ratio. `--json` writes one round
-//! of an interleaved run (benches/interleave_forward.py) instead.
+//! with `--reference` TransformerLens's figures and the speed ratio. `--serve` is the hooklens
+//! side of an interleaved run (benches/interleave_forward.py) instead.
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -29,32 +29,46 @@ struct Args {
     lengths: String,
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Write this round's forward medians and matmul rate as JSON here, and print nothing else.
+    /// Answer benches/interleave_forward.py's commands on stdin instead ("forward N": the
+    /// median of --repeats forwards at N tokens; "matmul": the matmul rate), one "@@ JSON"
+    /// line each.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    serve: bool,
 }
 
-/// One round for benches/interleave_forward.py: forward medians and the matmul rate.
-fn round_json(model: &hooklens::HookedTransformer, a: &Args, out: &std::path::Path) -> Result<()> {
-    let mut runs = vec![];
-    for n in a.lengths.split(',').map(|s| s.trim().parse::<usize>()) {
-        let n = n?;
-        let tokens = Tensor::from_vec(ids(n, model.cfg.d_vocab), (1, n), &Device::Cpu)?;
-        let forward_s = median_secs(a.repeats, || {
-            model
-                .forward(&tokens, &mut Hooks::none())
-                .map(drop)
-                .map_err(Into::into)
-        })?;
-        runs.push(serde_json::json!({"tokens": n, "forward_s": forward_s}));
+/// The hooklens side of benches/interleave_forward.py: a header line, then one answer a command.
+fn serve(model: &hooklens::HookedTransformer, repeats: usize) -> Result<()> {
+    use std::io::BufRead;
+    println!(
+        "@@ {}",
+        serde_json::json!({
+            "backend": hooklens::matmul::backend(),
+            "threads": candle_core::utils::get_num_threads(),
+        })
+    );
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let answer = match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["forward", n] => {
+                let n: usize = n
+                    .parse()
+                    .with_context(|| format!("token count in {line:?}"))?;
+                let ids = ids(n, model.cfg.d_vocab);
+                let tokens = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
+                let forward_s = median_secs(repeats, || {
+                    model
+                        .forward(&tokens, &mut Hooks::none())
+                        .map(drop)
+                        .map_err(Into::into)
+                })?;
+                serde_json::json!({"tokens": n, "forward_s": forward_s})
+            }
+            ["matmul"] => serde_json::json!({"gflops": matmul_gflops()?}),
+            _ => anyhow::bail!("unknown command {line:?}: expected 'forward N' or 'matmul'"),
+        };
+        println!("@@ {answer}");
     }
-    let round = serde_json::json!({
-        "matmul_gflops": matmul_gflops()?,
-        "backend": hooklens::matmul::backend(),
-        "threads": candle_core::utils::get_num_threads(),
-        "runs": runs,
-    });
-    std::fs::write(out, round.to_string()).with_context(|| format!("writing {}", out.display()))
+    Ok(())
 }
 
 /// The benchmark's token ids, i * 7919 modulo the vocabulary (the Python sides use the same).
@@ -69,8 +83,8 @@ fn main() -> Result<()> {
     let reference = Some(read_reference(a.reference.as_deref())?).filter(|r| !r.is_null());
     let (model, _, _) = load_model(Some(&a.model), &LoadOptions::default())
         .context("loading the benchmark model")?;
-    if let Some(out) = &a.json {
-        return round_json(&model, &a, out);
+    if a.serve {
+        return serve(&model, a.repeats);
     }
     let c = model.cfg.clone();
     let gflops = matmul_gflops()?;

@@ -37,7 +37,7 @@ pub struct Attention {
     /// [d_model]
     pub b_o: Option<Tensor>,
     /// `w_qkv` and `w_o` packed for the forward's products.
-    packed: [Option<Packed>; 2],
+    pub(super) packed: [Option<Packed>; 2],
     /// QK-norm (Qwen3): RMSNorm over d_head of each query and key head.
     pub q_norm: Option<Norm>,
     pub k_norm: Option<Norm>,

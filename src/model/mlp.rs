@@ -19,7 +19,7 @@ pub struct Mlp {
     pub w_out: Tensor,
     pub b_out: Option<Tensor>,
     /// `w_in`, `w_gate` and `w_out` packed for the forward's products.
-    packed: [Option<Packed>; 3],
+    pub(super) packed: [Option<Packed>; 3],
     act: Activation,
     layer: usize,
 }

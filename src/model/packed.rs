@@ -354,6 +354,23 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_panels_leaves_the_same_logits() -> Result<()> {
+        // The embedded model (no download).
+        let (mut model, _, _) = crate::load_model(None, &Default::default())?;
+        assert_eq!(
+            model.blocks[0].attn.packed[0].is_some(),
+            Packed::available()
+        );
+        let tokens = Tensor::new(&[[1u32, 5, 9, 2, 7]], &Device::Cpu)?;
+        let packed = model.forward(&tokens, &mut crate::Hooks::none())?;
+        model.drop_packed_weights();
+        let general = model.forward(&tokens, &mut crate::Hooks::none())?;
+        let err = (packed - general)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn a_replaced_weight_is_not_read_from_its_old_panels() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::ones((8, 40), DType::F32, &dev)?;
