@@ -44,7 +44,7 @@ def main():
             gen = lambda: model.generate(p, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=cache)
             out["generate"]["kv_cache" if cache else "no_cache"] = NEW_TOKENS / median_time(gen, 2)
     print(out, flush=True)
-    with open(out_json, "w") as f:
+    with open(a.out_json, "w") as f:
         json.dump(out, f, indent=1)
 
 

@@ -14,6 +14,9 @@
 //! other devices, inside autograd, and for a weight replaced after loading (the packed copy
 //! remembers which tensor it was made from), `linear` uses the general matmul.
 
+// Without x86-64 the kernel and its constants are left out and nothing is packed.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, TensorId};
 use std::sync::Arc;
