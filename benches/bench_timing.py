@@ -23,21 +23,34 @@ def torch_matmul_gflops():
     return 2 * 1024 * 768 * 3072 / median_time(lambda: x @ w, 10) / 1e9
 
 
-def serve(forward, repeats):
-    """The reference side of benches/interleave_forward.py, after loading: answers commands read
-    from stdin, one a line, until its end: "forward N" with the median of `repeats` calls of
-    forward(N) (after a warm-up), "matmul" with torch's matmul rate; each answer one line
-    "@@ JSON" on stdout (library output on stdout is told apart by the prefix)."""
+def serve(commands, header=None):
+    """The reference side of an interleaved benchmark (benches/interleave.py), after loading:
+    answers commands read from stdin, one a line, until its end. `commands` maps a command's first
+    word to a function of its other words that returns the answer (a dict); "matmul" (torch's
+    matmul rate) is always answered. Each answer is one line "@@ JSON" on stdout (library output
+    on stdout is told apart by the prefix); the first such line, before any command, is the
+    header: torch's version and threads, and `header`."""
     import torch
-    print("@@ " + json.dumps({"threads": torch.get_num_threads()}), flush=True)
+    print("@@ " + json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, **(header or {})}), flush=True)
     for line in sys.stdin:
-        cmd = line.split()
-        if cmd[0] == "forward":
-            n = int(cmd[1])
-            with torch.no_grad():
-                out = {"tokens": n, "forward_s": median_time(lambda: forward(n), repeats)}
-        elif cmd[0] == "matmul":
+        word, *args = line.split()
+        if word == "matmul":
             out = {"gflops": torch_matmul_gflops()}
+        elif word in commands:
+            out = commands[word](*args)
         else:
-            sys.exit(f"unknown command {line!r}")
+            sys.exit(f"unknown command {line!r}: expected one of {sorted(commands) + ['matmul']}")
         print("@@ " + json.dumps(out), flush=True)
+
+
+def serve_forward(forward, repeats):
+    """serve() for benches/interleave_forward.py: "forward N" answers the median of `repeats`
+    calls of forward(N) (after a warm-up), without autograd."""
+    import torch
+
+    def answer(n):
+        n = int(n)
+        with torch.no_grad():
+            return {"tokens": n, "forward_s": median_time(lambda: forward(n), repeats)}
+
+    serve({"forward": answer})

@@ -12,7 +12,7 @@ import json
 import os
 
 import torch
-from bench_timing import median_time, serve
+from bench_timing import median_time, serve_forward
 from transformers import AutoModelForCausalLM
 
 NEW_TOKENS = 32
@@ -34,7 +34,7 @@ def main():
         return torch.tensor([[(i * 7919) % vocab for i in range(n)]])
 
     if a.serve:
-        return serve(lambda n: model(ids(n)), a.repeats)
+        return serve_forward(lambda n: model(ids(n)), a.repeats)
     out = {"threads": torch.get_num_threads(), "forward": {}, "generate": {}}
     with torch.no_grad():
         for n in (128, 512):

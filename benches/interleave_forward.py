@@ -1,7 +1,7 @@
-"""Interleaved forward benchmark: a reference (TransformerLens, or transformers on a GGUF) and
-hooklens side by side, measured alternately so that the machine's load falls on both alike.
-Each round starts a fresh process of each side (loaded once, then idle between requests) and
-asks them in turn for every length: R H at 128 tokens, R H at 512, ... (H first in odd rounds),
+"""Interleaved forward benchmark (interleave.py's rounds): a reference (TransformerLens, or
+transformers on a GGUF) and hooklens side by side, measured alternately so that the machine's
+load falls on both alike. Each round starts a fresh process of each side (loaded once, then idle
+between requests) and asks them in turn for every length: R H at 128 tokens, R H at 512, ... (H first in odd rounds),
 each answer the median of --repeats forwards; a pair's ratio compares two measurements seconds
 apart. Prints, per length, each side's median forward time over the rounds with its spread
 ((max - min) / median), the median, min and max of the per-round ratios, both sides' matmul
@@ -19,50 +19,11 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
+
+from interleave import run_rounds, spread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Between one side's answer and the next request: torch's OpenMP threads spin for a moment
-# after their work, and would take a core from the other side's first product.
-SETTLE_S = 0.2
-
-
-def load():
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
-
-
-def spread(xs):
-    """(max - min) / median, the relative width of the rounds' values."""
-    return (max(xs) - min(xs)) / statistics.median(xs)
-
-
-class Side:
-    """A benchmark process answering "forward N" and "matmul" with one "@@ JSON" line each."""
-
-    def __init__(self, cmd):
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.header = self.read()
-
-    def read(self):
-        for line in self.proc.stdout:
-            if line.startswith("@@ "):
-                return json.loads(line[3:])
-        sys.exit(f"{self.proc.args[0]} ended without answering (exit {self.proc.wait()})")
-
-    def ask(self, command):
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        answer = self.read()
-        time.sleep(SETTLE_S)
-        return answer
-
-    def close(self):
-        self.proc.stdin.close()
-        if self.proc.wait() != 0:
-            sys.exit(f"{self.proc.args[0]} failed (exit {self.proc.returncode})")
 
 
 def main():
@@ -75,8 +36,6 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out")
     a = ap.parse_args()
-    if a.rounds < 2:
-        sys.exit("--rounds must be at least 2: a spread needs two rounds")
     lengths = [int(n) for n in a.lengths.split(",")]
     ref_name = {"tl": "TL", "hf": "transformers"}[a.reference]
     script = {"tl": "tl_reference_bench.py", "hf": "hf_smollm2_bench.py"}[a.reference]
@@ -84,32 +43,19 @@ def main():
         "ref": [sys.executable, os.path.join(HERE, script), a.model, "--serve", "--repeats", str(a.repeats)],
         "hooklens": [a.hooklens_bin, "--model", a.model, "--serve", "--repeats", str(a.repeats)],
     }
-    sides = {"ref": [], "hooklens": []}
-    loads = [load()]
-    for r in range(a.rounds):
-        procs = {name: Side(cmd) for name, cmd in commands.items()}
-        order = ["ref", "hooklens"] if r % 2 == 0 else ["hooklens", "ref"]
-        rounds = {name: {"runs": [], **procs[name].header} for name in procs}
-        for n in lengths:
-            for name in order:
-                rounds[name]["runs"].append(procs[name].ask(f"forward {n}"))
-        for name in order:
-            rounds[name]["matmul_gflops"] = procs[name].ask("matmul")["gflops"]
-            procs[name].close()
-            sides[name].append(rounds[name])
-        loads.append(load())
-        print(f"round {r + 1}/{a.rounds} done (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
+    sides, loads = run_rounds(commands, [f"forward {n}" for n in lengths] + ["matmul"], a.rounds)
 
     def times(side, n):
-        return [next(x["forward_s"] for x in rd["runs"] if x["tokens"] == n) for rd in sides[side]]
+        return [rd[f"forward {n}"]["forward_s"] for rd in sides[side]]
 
-    torch_mm = [rd["matmul_gflops"] for rd in sides["ref"]]
-    ours_mm = [rd["matmul_gflops"] for rd in sides["hooklens"]]
+    torch_mm = [rd["matmul"]["gflops"] for rd in sides["ref"]]
+    ours_mm = [rd["matmul"]["gflops"] for rd in sides["hooklens"]]
+    header = sides["hooklens"][0]["header"]
     summary = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "reference": ref_name, "model": a.model,
-        "rounds": a.rounds, "repeats": a.repeats, "backend": sides["hooklens"][0]["backend"],
-        "threads": sides["hooklens"][0]["threads"], "load_max": max(loads), "load_start": loads[0],
+        "rounds": a.rounds, "repeats": a.repeats, "backend": header["backend"],
+        "threads": header["threads"], "load_max": max(loads), "load_start": loads[0],
         "matmul_gflops": {"torch": statistics.median(torch_mm), "hooklens": statistics.median(ours_mm),
                           "torch_spread": spread(torch_mm), "hooklens_spread": spread(ours_mm)},
         "lengths": [],

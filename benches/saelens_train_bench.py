@@ -3,9 +3,12 @@ SAETrainer trains it (TopKTrainingSAE.training_forward_pass, backward, gradient 
 Adam), once with its default dense activations and once with `use_sparse_activations` (sparse
 decode), on the same activations as hooklens: the first STEPS x BATCH rows of a hooklens store's
 hook (read with safetensors.numpy, no hooklens code) in a seeded order, the next 8192 rows held
-out. Run by benches/run_train_sae_bench.sh in SAELens's venv (tests/reference/setup_saelens.sh).
+out. The SAELens side of benches/run_train_sae_bench.sh (benches/interleave.py, in SAELens's
+venv, tests/reference/setup_saelens.sh): once loaded it answers "train" on stdin with one
+seeded training run from a fresh SAE (bench_timing.serve); its header says whether training
+with `use_sparse_activations` works on this backend (one step tried), and --sparse times that.
 
-    python benches/saelens_train_bench.py STORE HOOK BATCH STEPS K D_SAE LR OUT_JSON
+    python benches/saelens_train_bench.py STORE HOOK BATCH STEPS K D_SAE LR [--sparse]
 """
 import json
 import os
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_timing import serve
 from safetensors.numpy import load_file
 from sae_lens.saes.sae import TrainStepInput
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -40,7 +44,7 @@ def rows(store: Path, hook: str, n: int) -> np.ndarray:
 def train(x, batch, steps, k, d_sae, lr, sparse):
     torch.manual_seed(0)
     train = torch.from_numpy(x[: steps * batch][np.random.default_rng(0).permutation(steps * batch)])
-    held = torch.from_numpy(x[steps * batch:])
+    held = torch.from_numpy(x[-HELD_OUT:])
     cfg = TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=k, dtype="float32", device="cpu",
                                 apply_b_dec_to_input=True, aux_loss_coefficient=1.0,
                                 use_sparse_activations=sparse)
@@ -71,27 +75,25 @@ def train(x, batch, steps, k, d_sae, lr, sparse):
         recons = sae(held)
         mse = ((recons - held) ** 2).sum(-1).mean().item()
         ev = 1 - ((recons - held) ** 2).sum().item() / ((held - held.mean(0)) ** 2).sum().item()
-    res = {"tokens_per_s": (steps - 1) * batch / secs, "seconds": secs, "mse": mse,
-           "explained_variance": ev, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    print(f"SAELens ({'sparse' if sparse else 'dense'} activations): {res['tokens_per_s']:.0f} tokens/s over "
-          f"{steps - 1} steps, held-out MSE {mse:.4f}, explained variance {ev:.4f}")
-    return res
+    return {"tokens_per_s": (steps - 1) * batch / secs, "seconds": secs, "mse": mse, "explained_variance": ev}
 
 
 def main():
     store, hook = Path(sys.argv[1]), sys.argv[2]
     batch, steps, k, d_sae = (int(v) for v in sys.argv[3:7])
-    lr, out_json = float(sys.argv[7]), sys.argv[8]
+    lr, sparse = float(sys.argv[7]), "--sparse" in sys.argv[8:]
     torch.set_num_threads(os.cpu_count())
     x = rows(store, hook, steps * batch + HELD_OUT)
-    res = {}
-    for name, sparse in (("dense", False), ("sparse", True)):
-        try:
-            res[name] = train(x, batch, steps, k, d_sae, lr, sparse)
-        except (NotImplementedError, RuntimeError) as e:  # sparse training is not supported on every backend
-            res[name] = {"error": str(e).splitlines()[0][:200]}
-            print(f"SAELens ({name} activations) fails: {res[name]['error']}")
-    Path(out_json).write_text(json.dumps(res))
+    try:
+        train(x, batch, 2, k, d_sae, lr, True)
+        sparse_works = "works"
+    except (NotImplementedError, RuntimeError) as e:  # sparse training is not supported on every backend
+        sparse_works = "fails: " + str(e).splitlines()[0][:200]
+    if sparse and sparse_works != "works":
+        sys.exit(f"SAELens training with use_sparse_activations {sparse_works}")
+    train(x, batch, 2, k, d_sae, lr, sparse)  # warm-up
+    serve({"train": lambda: train(x, batch, steps, k, d_sae, lr, sparse)},
+          {"activations": "sparse" if sparse else "dense", "use_sparse_activations": sparse_works})
 
 
 if __name__ == "__main__":

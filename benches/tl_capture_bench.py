@@ -1,10 +1,12 @@
 """TransformerLens side of hooklens's capture benchmark: run_with_cache in a loop over the same
 contexts as a hooklens store (read from its shards with safetensors.numpy, no hooklens code),
 the same hooks (names_filter) and depth (stop_at_layer), saving each batch's activations to
-disk as .npy, as a TransformerLens user captures a dataset. Run by benches/run_capture_bench.sh
-with the peers environment.
+disk as .npy, as a TransformerLens user captures a dataset; and the bridge's bare forward of the
+same depth. The TransformerLens side of benches/run_capture_bench.sh (benches/interleave.py, with
+the peers environment): once loaded it answers "capture" and "forward" on stdin, one timed pass
+over the contexts each (bench_timing.serve).
 
-    python benches/tl_capture_bench.py GGUF STORE_DIR OUT_JSON
+    python benches/tl_capture_bench.py GGUF STORE_DIR
 """
 import json
 import os
@@ -15,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_timing import serve
 from safetensors.numpy import load_file
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main():
-    gguf, store, out_json = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    gguf, store = Path(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(os.cpu_count())
     spec = json.loads((store / "store.json").read_text())
     hooks = [h["name"] for h in spec["hooks"]]
@@ -34,23 +37,30 @@ def main():
     batch, stop = spec["contexts_per_batch"], spec["stop_at_layer"]
     out_dir = Path(tempfile.mkdtemp())
 
-    def capture():
-        for b, start in enumerate(range(0, len(contexts), batch)):
+    def capture(n_contexts=len(contexts)):
+        for b, start in enumerate(range(0, n_contexts, batch)):
             _, cache = bridge.run_with_cache(contexts[start:start + batch], names_filter=hooks, stop_at_layer=stop)
             for h in hooks:
                 x = cache[h]
                 np.save(out_dir / f"{h}.{b:06d}.npy", x.reshape(-1, *x.shape[2:]).numpy())
 
+    def forward():
+        for start in range(0, len(contexts), batch):
+            bridge(contexts[start:start + batch], stop_at_layer=stop)
+
+    def timed(f):
+        def answer():
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                f()
+                seconds = time.perf_counter() - t0
+            return {"seconds": seconds, "tokens_per_s": contexts.numel() / seconds}
+        return answer
+
     with torch.no_grad():
-        capture()  # warm-up, and the check that it runs
-        t0 = time.perf_counter()
-        capture()
-        seconds = time.perf_counter() - t0
-    out = {"tokens": int(contexts.numel()), "seconds": seconds, "tokens_per_s": contexts.numel() / seconds,
-           "threads": torch.get_num_threads(), "batch": batch, "stop_at_layer": stop, "hooks": hooks}
-    print(out, flush=True)
-    with open(out_json, "w") as f:
-        json.dump(out, f, indent=1)
+        capture(batch)  # warm-up (one batch), and the check that it runs
+    serve({"capture": timed(capture), "forward": timed(forward)},
+          {"tokens": int(contexts.numel()), "batch": batch, "stop_at_layer": stop, "hooks": hooks})
 
 
 if __name__ == "__main__":

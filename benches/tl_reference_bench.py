@@ -14,7 +14,7 @@ import json
 import os
 
 import torch
-from bench_timing import median_time, serve, torch_matmul_gflops
+from bench_timing import median_time, serve_forward, torch_matmul_gflops
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -50,7 +50,7 @@ def main():
     bridge = TransformerBridge.boot_transformers(a.model_dir, hf_model=model, tokenizer=tok, device="cpu")
     bridge.enable_compatibility_mode()
     if a.serve:
-        return serve(lambda n: bridge(tokens(n)), a.repeats)
+        return serve_forward(lambda n: bridge(tokens(n)), a.repeats)
     # f32 matmul rate of torch on this machine, for the roofline.
     out = {"torch_gflops": torch_matmul_gflops(), "threads": torch.get_num_threads(), "runs": []}
     for n in [int(s) for s in a.lengths.split(",")]:

@@ -36,39 +36,24 @@ struct Args {
     serve: bool,
 }
 
-/// The hooklens side of benches/interleave_forward.py: a header line, then one answer a command.
+/// The hooklens side of benches/interleave_forward.py: "forward N" answers the median of
+/// `repeats` forwards at N tokens.
 fn serve(model: &hooklens::HookedTransformer, repeats: usize) -> Result<()> {
-    use std::io::BufRead;
-    println!(
-        "@@ {}",
-        serde_json::json!({
-            "backend": hooklens::matmul::backend(),
-            "threads": candle_core::utils::get_num_threads(),
-        })
-    );
-    for line in std::io::stdin().lock().lines() {
-        let line = line?;
-        let answer = match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["forward", n] => {
-                let n: usize = n
-                    .parse()
-                    .with_context(|| format!("token count in {line:?}"))?;
-                let ids = ids(n, model.cfg.d_vocab);
-                let tokens = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
-                let forward_s = median_secs(repeats, || {
-                    model
-                        .forward(&tokens, &mut Hooks::none())
-                        .map(drop)
-                        .map_err(Into::into)
-                })?;
-                serde_json::json!({"tokens": n, "forward_s": forward_s})
-            }
-            ["matmul"] => serde_json::json!({"gflops": matmul_gflops()?}),
-            _ => anyhow::bail!("unknown command {line:?}: expected 'forward N' or 'matmul'"),
-        };
-        println!("@@ {answer}");
-    }
-    Ok(())
+    common::serve(serde_json::json!({}), |words| match words {
+        ["forward", n] => {
+            let n: usize = n.parse().with_context(|| format!("token count in {n:?}"))?;
+            let ids = ids(n, model.cfg.d_vocab);
+            let tokens = Tensor::from_vec(ids, (1, n), &Device::Cpu)?;
+            let forward_s = median_secs(repeats, || {
+                model
+                    .forward(&tokens, &mut Hooks::none())
+                    .map(drop)
+                    .map_err(Into::into)
+            })?;
+            Ok(serde_json::json!({"tokens": n, "forward_s": forward_s}))
+        }
+        _ => anyhow::bail!("unknown command {words:?}: expected 'forward N' or 'matmul'"),
+    })
 }
 
 /// The benchmark's token ids, i * 7919 modulo the vocabulary (the Python sides use the same).

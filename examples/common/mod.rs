@@ -49,6 +49,35 @@ pub fn matmul_gflops() -> Result<f64> {
     Ok(2.0 * 1024.0 * 768.0 * 3072.0 / mm / 1e9)
 }
 
+/// The hooklens side of an interleaved benchmark (benches/interleave.py), once loaded: prints
+/// a header line "@@ JSON" (this build's matmul backend and threads, and `header`'s fields), then
+/// answers each command read from stdin, one a line, with one "@@ JSON" line: "matmul" with
+/// `matmul_gflops`, any other with `answer` of its words.
+pub fn serve(
+    header: serde_json::Value,
+    mut answer: impl FnMut(&[&str]) -> Result<serde_json::Value>,
+) -> Result<()> {
+    use std::io::BufRead;
+    let mut head = serde_json::json!({
+        "backend": hooklens::matmul::backend(),
+        "threads": candle_core::utils::get_num_threads(),
+    });
+    if let (Some(h), serde_json::Value::Object(extra)) = (head.as_object_mut(), header) {
+        h.extend(extra);
+    }
+    println!("@@ {head}");
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let out = match words[..] {
+            ["matmul"] => serde_json::json!({"gflops": matmul_gflops()?}),
+            _ => answer(&words)?,
+        };
+        println!("@@ {out}");
+    }
+    Ok(())
+}
+
 /// The JSON the Python side of a benchmark wrote, or `null` without `--reference`.
 pub fn read_reference(path: Option<&std::path::Path>) -> Result<serde_json::Value> {
     use anyhow::Context;
