@@ -106,6 +106,11 @@ def summarise(sides, asks):
     return out
 
 
+def number(v):
+    """v for a table: thousands whole and with separators, smaller values to 4 digits."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", required=True, help="the reference side's command line")
@@ -134,7 +139,7 @@ def main():
         print(f"| | {names['ref']} | hooklens |")
         print("|---|---|---|")
         for k in dict.fromkeys(list(per["ref"]) + list(per["hooklens"])):
-            cell = lambda s: f"{per[s][k]['median']:.4g} ({100 * per[s][k]['spread']:.0f} %)" if k in per[s] else ""
+            cell = lambda s: f"{number(per[s][k]['median'])} ({100 * per[s][k]['spread']:.0f} %)" if k in per[s] else ""
             print(f"| {k} | {cell('ref')} | {cell('hooklens')} |")
         if "ratio" in per:
             r = per["ratio"]

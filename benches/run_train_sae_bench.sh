@@ -27,7 +27,7 @@ for features in "${builds[@]}"; do
   "$venv/bin/python" benches/interleave.py --reference-name SAELens \
     --reference "$(printf '%q ' "$venv/bin/python" benches/saelens_train_bench.py "$store" "$hook" 4096 "$steps" 32 "$d_sae" 2e-4)" \
     --hooklens "$(printf '%q ' target/release/examples/bench_train_sae --store "$store" --hook "$hook" \
-      --steps "$steps" --d-sae "$d_sae")" \
+      --steps "$steps" --d-sae "$d_sae" --serve)" \
     --ask train --ask matmul --rounds "${HOOKLENS_BENCH_ROUNDS:-5}" \
     --out "outputs/bench/train-sae-$(date -u +%Y%m%dT%H%M%S)${features:+-blas}.json"
 done
