@@ -6,14 +6,14 @@
 //! across the threads.
 
 use super::kernels::{applies, causal_softmax_row, wide};
-use super::packed::{pack, product, Packed, Panels, NR};
+use super::packed::{pack, product, Isa, Panels, NR};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 /// z [batch, H, p, d_head] = softmax(q·kᵀ · scale + causal mask) · v, for q [batch, H, p,
 /// d_head] and k, v [batch, H, offset + p, d_head] in any layout, `block` queries at a time;
-/// `None` where the kernel does not apply (no AVX-512, not f32 on the CPU, autograd).
+/// `None` where the kernel does not apply (no AVX-512 or AVX2, not f32 on the CPU, autograd).
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -23,7 +23,7 @@ pub fn attend(
     window: Option<usize>,
     block: usize,
 ) -> Result<Option<Tensor>> {
-    if !Packed::available() || ![q, k, v].into_iter().all(applies) {
+    if Isa::detect().is_none() || ![q, k, v].into_iter().all(applies) {
         return Ok(None);
     }
     let (b, h, p, dh) = q.dims4()?;

@@ -33,20 +33,32 @@ fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) +
     }
 }
 
-/// Runs `body` compiled for AVX-512 where the CPU has it: the build targets baseline x86-64,
-/// whose loops vectorise 4 floats wide (SSE2); inlined here they run 16 wide (the attention
-/// softmax and GELU ~2x faster, `examples/profile_forward.rs`).
+/// Runs `body` compiled for AVX-512, or else AVX2 and FMA, where the CPU has them: the build
+/// targets baseline x86-64, whose loops vectorise 4 floats wide (SSE2); inlined here they run
+/// 16 or 8 wide (the attention softmax and GELU ~2x faster, `examples/profile_forward.rs`).
 #[inline(always)]
 pub(super) fn wide<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        fn run<R>(body: impl FnOnce() -> R) -> R {
-            body()
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            fn run<R>(body: impl FnOnce() -> R) -> R {
+                body()
+            }
+            #[allow(unsafe_code)]
+            // SAFETY: this CPU has AVX-512.
+            return unsafe { run(body) };
         }
-        #[allow(unsafe_code)]
-        // SAFETY: this CPU has AVX-512.
-        return unsafe { run(body) };
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            #[target_feature(enable = "avx2,fma")]
+            fn run<R>(body: impl FnOnce() -> R) -> R {
+                body()
+            }
+            #[allow(unsafe_code)]
+            // SAFETY: this CPU has AVX2 and FMA.
+            return unsafe { run(body) };
+        }
     }
     body()
 }

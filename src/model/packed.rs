@@ -10,7 +10,11 @@
 //! tokens ran at ~140 GFLOP/s through candle and ~200 from packed panels.
 //!
 //! The price is memory: every f32 weight matrix is held twice (GPT-2 small: 0.49 GB more).
-//! The kernel needs AVX-512 (x86-64, detected at run time). Elsewhere, for half precision and
+//! Weights are packed only on x86-64 with AVX-512 (detected at run time). The kernel also has
+//! an AVX2 and FMA form (a 6 × 16 tile, two per panel), which the attention uses
+//! (`fused_attention.rs`), but on such CPUs packed weights did not beat candle's `gemm`, blocked
+//! for the caches (GPT-2 small's whole forward 1.02× at 128 tokens, 0.97× at 512 and 1024 on two
+//! Zen 3 cores), so they are not worth their memory there. Elsewhere, for half precision and
 //! other devices, inside autograd, and for a weight replaced after loading (the packed copy
 //! remembers which tensor it was made from), `linear` uses the general matmul.
 
@@ -23,10 +27,58 @@ use std::sync::Arc;
 
 /// Columns of W per panel: two AVX-512 registers of f32.
 pub(super) const NR: usize = 32;
-/// Rows of x per kernel call: 14 × 2 accumulators and 2 panel registers of the 32.
-const MR: usize = 14;
-/// Rows of x at least this long are copied into 14-row strips first: a strip read in place
-/// walks 14 rows whose stride, at multiples of 4 KiB, maps them all to one L1 cache set.
+/// The instruction sets the kernel is written for, best first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Isa {
+    /// 32 registers of 16 floats: a tile of 14 rows × 32 columns.
+    Avx512,
+    /// 16 registers of 8 floats: a tile of 6 rows × 16 columns, two per panel.
+    Avx2,
+}
+
+impl Isa {
+    /// The best this CPU runs, if any.
+    pub(super) fn detect() -> Option<Self> {
+        Self::all().into_iter().next()
+    }
+
+    /// Every one this CPU runs, best first.
+    fn all() -> Vec<Self> {
+        let mut found = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                found.push(Self::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                found.push(Self::Avx2);
+            }
+        }
+        found
+    }
+
+    /// Rows of x per kernel call: as many as leave registers for two of W's and one of x.
+    fn rows(self) -> usize {
+        match self {
+            Self::Avx512 => 14, // 14 × 2 accumulators of 16 floats
+            Self::Avx2 => 6,    // 6 × 2 accumulators of 8 floats
+        }
+    }
+
+    /// Columns per kernel call: two registers' worth, a whole panel or half of one.
+    fn cols(self) -> usize {
+        match self {
+            Self::Avx512 => NR,
+            Self::Avx2 => NR / 2,
+        }
+    }
+}
+
+/// Rows of x at least this long are copied into strips of a tile's rows first: a strip read in
+/// place walks up to 14 rows whose stride, at multiples of 4 KiB, maps them all to one L1 cache
+/// set.
 const PACK_X_FROM_K: usize = 1024;
 
 /// A [k, n] f32 weight as 32-column panels, and the tensor it was packed from.
@@ -45,13 +97,13 @@ impl std::fmt::Debug for Packed {
 }
 
 impl Packed {
-    /// Whether this machine runs the kernel (x86-64 with AVX-512).
+    /// Whether this machine packs weights (x86-64 with AVX-512).
     pub fn available() -> bool {
-        kernel_available()
+        Isa::detect() == Some(Isa::Avx512)
     }
 
-    /// Packs `w` [k, n], stored in any layout (the unembedding is a transposed view), where the
-    /// kernel applies: f32 on the CPU of a machine with AVX-512. `None` elsewhere.
+    /// Packs `w` [k, n], stored in any layout (the unembedding is a transposed view), where
+    /// packed weights are used: f32 on the CPU of a machine with AVX-512. `None` elsewhere.
     pub fn new(w: &Tensor) -> Result<Option<Self>> {
         if !Self::available() || !w.device().is_cpu() || w.dtype() != DType::F32 || w.rank() != 2 {
             return Ok(None);
@@ -112,16 +164,6 @@ impl Packed {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn kernel_available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn kernel_available() -> bool {
-    false
-}
-
 /// W [k, n] (W[p, j] at `w[p·rs + j·cs]`) as 32-column panels [n / 32][k][32], the last one
 /// zero-padded.
 pub(super) fn pack(w: &[f32], rs: usize, cs: usize, k: usize, n: usize) -> Vec<f32> {
@@ -145,12 +187,30 @@ pub(super) struct Panels<'a> {
     pub stride: usize,
 }
 
-/// out [m, n] (rows `ldo` apart) = x [m, k] @ W, W as `panels`. With `parallel`, the panels are
-/// shared out among rayon's threads; each thread runs every 14-row strip of x against each of
-/// its panels, so a panel is read from memory once and then from cache.
+/// out [m, n] (rows `ldo` apart) = x [m, k] @ W, W as `panels`, with the best kernel this CPU
+/// runs (the caller has checked that there is one). With `parallel`, the panels are shared out
+/// among rayon's threads; each thread runs every strip of x (a tile's rows) against each of its
+/// panels, so a panel is read from memory once and then from cache.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn product(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panels: Panels,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+    parallel: bool,
+) {
+    let isa = Isa::detect().expect("the packed product is called only where a kernel runs");
+    product_on(isa, x, m, k, panels, n, out, ldo, parallel)
+}
+
+/// [`product`] with the kernel for `isa`, which this CPU must run.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code, clippy::too_many_arguments)] // SIMD kernel over raw pointers; the bounds are checked here
-pub(super) fn product(
+fn product_on(
+    isa: Isa,
     x: &[f32],
     m: usize,
     k: usize,
@@ -164,6 +224,10 @@ pub(super) fn product(
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        Isa::all().contains(&isa),
+        "{isa:?} does not run on this CPU"
+    );
     let n_panels = n.div_ceil(NR);
     assert!(
         x.len() >= m * k
@@ -173,19 +237,20 @@ pub(super) fn product(
             && panels.data.len() >= (n_panels - 1) * panels.stride + k * NR,
         "packed product: operands smaller than their shapes"
     );
-    let strips = m.div_ceil(MR);
-    // Each strip is k × 14 values apart; a value (row r, column p) sits at r·rs + p·cs in it.
+    let mr = isa.rows();
+    let strips = m.div_ceil(mr);
+    // Each strip is k × mr values apart; a value (row r, column p) sits at r·rs + p·cs in it.
     let packed_x: Vec<f32>;
     let (x, rs, cs) = if k >= PACK_X_FROM_K {
-        let mut strip_major = vec![0f32; strips * k * MR];
+        let mut strip_major = vec![0f32; strips * k * mr];
         for (i, row) in x[..m * k].chunks(k).enumerate() {
-            let strip = &mut strip_major[(i / MR) * k * MR..];
+            let strip = &mut strip_major[(i / mr) * k * mr..];
             for (p, v) in row.iter().enumerate() {
-                strip[p * MR + i % MR] = *v;
+                strip[p * mr + i % mr] = *v;
             }
         }
         packed_x = strip_major;
-        (&packed_x[..], 1, MR)
+        (&packed_x[..], 1, mr)
     } else {
         (x, k, 1)
     };
@@ -197,25 +262,29 @@ pub(super) fn product(
     let out = OutPtr(out.as_mut_ptr());
     let run = |t: usize| {
         for j in t * per_thread..((t + 1) * per_thread).min(n_panels) {
-            let cols = (n - j * NR).min(NR);
-            for s in 0..strips {
-                let rows = (m - s * MR).min(MR);
-                // SAFETY: the strip lies in `x` (its last row r < rows, column p < k), the panel
-                // in `panels` (first k rows), and the tile written (rows × cols from row s·14,
-                // column j·32, rows ldo apart) in `out`, as asserted above; threads write
-                // disjoint column ranges.
-                unsafe {
-                    tile(
-                        rows,
-                        k,
-                        x.as_ptr().add(s * k * MR),
-                        rs,
-                        cs,
-                        panels.data.as_ptr().add(j * panels.stride),
-                        out.get().add(s * MR * ldo + j * NR),
-                        ldo,
-                        cols,
-                    )
+            // A panel's columns, one tile's width at a time (the whole panel, or half of it).
+            for c in (0..(n - j * NR).min(NR)).step_by(isa.cols()) {
+                let cols = (n - j * NR - c).min(isa.cols());
+                for s in 0..strips {
+                    let rows = (m - s * mr).min(mr);
+                    // SAFETY: the strip lies in `x` (its last row r < rows, column p < k), the
+                    // panel in `panels` (first k rows, columns c + l < 32), and the tile (rows ×
+                    // cols from row s·mr, column j·32 + c, rows ldo apart) in `out`, as
+                    // asserted above; threads write disjoint column ranges; this CPU runs `isa`.
+                    unsafe {
+                        tile(
+                            isa,
+                            rows,
+                            k,
+                            x.as_ptr().add(s * k * mr),
+                            rs,
+                            cs,
+                            panels.data.as_ptr().add(j * panels.stride + c),
+                            out.get().add(s * mr * ldo + j * NR + c),
+                            ldo,
+                            cols,
+                        )
+                    }
                 }
             }
         }
@@ -228,7 +297,8 @@ pub(super) fn product(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn product(
+fn product_on(
+    _: Isa,
     _: &[f32],
     _: usize,
     _: usize,
@@ -251,10 +321,12 @@ impl OutPtr {
     }
 }
 
-/// One tile of `rows` (1 to 14) × `cols` (1 to 32) outputs: the kernel for that many rows.
+/// One tile of `rows` (1 to the ISA's) × `cols` (1 to 32) outputs: the kernel for that many
+/// rows.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
 unsafe fn tile(
+    isa: Isa,
     rows: usize,
     k: usize,
     x: *const f32,
@@ -266,14 +338,17 @@ unsafe fn tile(
     cols: usize,
 ) {
     macro_rules! rows {
-        ($($r:literal)*) => {
+        ($kernel:ident: $($r:literal)*) => {
             match rows {
-                $($r => kernel::<$r>(k, x, rs, cs, panel, out, ldo, cols),)*
-                _ => unreachable!("a strip has 1 to {MR} rows"),
+                $($r => $kernel::<$r>(k, x, rs, cs, panel, out, ldo, cols),)*
+                _ => unreachable!("a strip of {isa:?} has 1 to {} rows", isa.rows()),
             }
         };
     }
-    rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    match isa {
+        Isa::Avx512 => rows!(kernel_avx512: 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+        Isa::Avx2 => rows!(kernel_avx2: 1 2 3 4 5 6),
+    }
 }
 
 /// out[r, l] = Σ_p x[r·rs + p·cs] · panel[p·32 + l] for r < R, l < cols: R × 32 sums in
@@ -281,7 +356,7 @@ unsafe fn tile(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize>(
+unsafe fn kernel_avx512<const R: usize>(
     k: usize,
     x: *const f32,
     rs: usize,
@@ -312,19 +387,59 @@ unsafe fn kernel<const R: usize>(
     }
 }
 
+/// The same for `cols` ≤ 16 of the panel's columns with AVX2 and FMA: 16 registers of 8 floats
+/// hold R × 16 sums and two of the panel's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(unsafe_code, clippy::too_many_arguments)]
+unsafe fn kernel_avx2<const R: usize>(
+    k: usize,
+    x: *const f32,
+    rs: usize,
+    cs: usize,
+    panel: *const f32,
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
+    for p in 0..k {
+        let w_lo = _mm256_loadu_ps(panel.add(p * NR));
+        let w_hi = _mm256_loadu_ps(panel.add(p * NR + 8));
+        let x_p = x.add(p * cs);
+        for r in 0..R {
+            let x_rp = _mm256_broadcast_ss(&*x_p.add(r * rs));
+            lo[r] = _mm256_fmadd_ps(x_rp, w_lo, lo[r]);
+            hi[r] = _mm256_fmadd_ps(x_rp, w_hi, hi[r]);
+        }
+    }
+    // Lanes past `cols` (the zero padding of the last panel) are not stored.
+    let width = _mm256_set1_epi32(cols as i32);
+    let mask_lo = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    let mask_hi = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
+    for r in 0..R {
+        _mm256_maskstore_ps(out.add(r * ldo), mask_lo, lo[r]);
+        _mm256_maskstore_ps(out.add(r * ldo + 8), mask_hi, hi[r]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Products from the panels against candle's matmul, over the edges: rows not a multiple
-    /// of 14, columns not a multiple of 32, short and long (strip-packed) rows, a transposed
-    /// weight, one thread and several.
+    /// of a tile's, columns not a multiple of 32 or 16, short and long (strip-packed) rows, a
+    /// transposed weight, one thread and several, with every kernel this CPU runs; and through
+    /// `Packed::matmul` where weights are packed.
     #[test]
     fn packed_products_equal_candle_matmul() -> Result<()> {
+        if Isa::all().is_empty() {
+            eprintln!("neither AVX-512 nor AVX2 here: the packed kernel is not used");
+        }
         if !Packed::available() {
-            eprintln!("no AVX-512 here: the packed kernel is not used");
             assert!(Packed::new(&Tensor::zeros((4, 4), DType::F32, &Device::Cpu)?)?.is_none());
-            return Ok(());
         }
         let dev = Device::Cpu;
         for (m, k, n) in [
@@ -335,22 +450,51 @@ mod tests {
             (29, 1024, 70),
             (130, 768, 300),
             (40, 1100, 96),
+            (7, 1600, 41),
         ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            let x_rows = x.flatten_all()?.to_vec1::<f32>()?;
             for transposed in [false, true] {
-                let w = match transposed {
+                // W [k, n], stored as [k, n] or as the transposed view of [n, k].
+                let stored = match transposed {
                     false => Tensor::randn(0f32, 1.0, (k, n), &dev)?,
-                    true => Tensor::randn(0f32, 1.0, (n, k), &dev)?.t()?,
+                    true => Tensor::randn(0f32, 1.0, (n, k), &dev)?,
                 };
-                let packed = Packed::new(&w)?.expect("f32 on the CPU with AVX-512");
-                let got = packed.matmul(&x, &w)?.expect("the weight packed");
+                let w = if transposed {
+                    stored.t()?
+                } else {
+                    stored.clone()
+                };
                 let want = x.matmul(&w.contiguous()?)?;
-                let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(
-                    err <= 1e-5 * scale.max(1.0),
-                    "{m}x{k}x{n} transposed {transposed}: {err} (scale {scale})"
-                );
+                let check = |got: Tensor, kernel: String| -> Result<()> {
+                    let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    assert!(
+                        err <= 1e-5 * scale.max(1.0),
+                        "{m}x{k}x{n} transposed {transposed}, {kernel}: {err} (scale {scale})"
+                    );
+                    Ok(())
+                };
+                let (rs, cs) = if transposed { (1, k) } else { (n, 1) };
+                let panels = pack(&stored.flatten_all()?.to_vec1::<f32>()?, rs, cs, k, n);
+                for isa in Isa::all() {
+                    for parallel in [false, true] {
+                        let mut out = vec![0f32; m * n];
+                        let panels = Panels {
+                            data: &panels,
+                            stride: k * NR,
+                        };
+                        product_on(isa, &x_rows, m, k, panels, n, &mut out, n, parallel);
+                        let got = Tensor::from_vec(out, (m, n), &dev)?;
+                        check(got, format!("{isa:?}, parallel {parallel}"))?;
+                    }
+                }
+                if let Some(packed) = Packed::new(&w)? {
+                    check(
+                        packed.matmul(&x, &w)?.expect("the weight packed"),
+                        "Packed".into(),
+                    )?;
+                }
             }
         }
         Ok(())
