@@ -220,7 +220,7 @@ impl HookedTransformer {
     }
 
     /// Frees the packed copies of the f32 weight matrices ([`Packed`], made at load on CPUs with
-    /// AVX-512 or AVX2): the weights then take half the memory, and the forward's products go through
+    /// AVX-512): the weights then take half the memory, and the forward's products go through
     /// the general matmul (1.1-1.8x slower, `examples/profile_forward.rs`).
     pub fn drop_packed_weights(&mut self) {
         self.w_u_packed = None;
