@@ -39,24 +39,31 @@ pub(super) enum Isa {
 impl Isa {
     /// The best this CPU runs, if any.
     pub(super) fn detect() -> Option<Self> {
-        Self::all().into_iter().next()
+        Self::all().next()
     }
 
     /// Every one this CPU runs, best first.
-    fn all() -> Vec<Self> {
-        let mut found = vec![];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                found.push(Self::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                found.push(Self::Avx2);
+    fn all() -> impl Iterator<Item = Self> {
+        [Self::Avx512, Self::Avx2]
+            .into_iter()
+            .filter(|isa| isa.runs())
+    }
+
+    /// Whether this CPU runs it (detected at run time; std caches the answer).
+    #[cfg(target_arch = "x86_64")]
+    fn runs(self) -> bool {
+        match self {
+            Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Self::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
             }
         }
-        found
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn runs(self) -> bool {
+        false
     }
 
     /// Rows of x per kernel call: as many as leave registers for two of W's and one of x.
@@ -224,10 +231,7 @@ fn product_on(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        Isa::all().contains(&isa),
-        "{isa:?} does not run on this CPU"
-    );
+    assert!(isa.runs(), "{isa:?} does not run on this CPU");
     let n_panels = n.div_ceil(NR);
     assert!(
         x.len() >= m * k
@@ -435,7 +439,7 @@ mod tests {
     /// `Packed::matmul` where weights are packed.
     #[test]
     fn packed_products_equal_candle_matmul() -> Result<()> {
-        if Isa::all().is_empty() {
+        if Isa::detect().is_none() {
             eprintln!("neither AVX-512 nor AVX2 here: the packed kernel is not used");
         }
         if !Packed::available() {
