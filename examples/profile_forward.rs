@@ -10,10 +10,10 @@
 //! outputs; attention in one piece instead of query blocks; the unfused softmax and norms), so
 //! their time goes to the next hook point. "unembed" is the time from the last hook point to the
 //! logits. Also prints a forward with no hooks against one whose cache filter matches nothing
-//! (which should cost the same), a forward with the packed weights against one without them,
-//! the CPU time of candle's element-wise thread pool (which should be zero), and an A/B of each
-//! product of layer 0 and the unembedding from packed weight panels (what the forward does)
-//! against the general matmul, alternating.
+//! (which should cost the same), a forward with the packed weights against one without them
+//! (where weights are packed), the CPU time of candle's element-wise thread pool (which should
+//! be zero), and an A/B of each product of layer 0 and the unembedding from packed weight
+//! panels (what the forward does) against the general matmul, alternating.
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -75,21 +75,23 @@ fn main() -> Result<()> {
     let pool_ms = candle_pool_cpu_ms() - pool_before;
     let (plain, filtered) = (median(plain), median(filtered));
 
-    // The whole forward with the packed weights and without them (where any were packed).
-    let mut general = model.clone();
-    general.drop_packed_weights();
-    let (mut with, mut without) = (vec![], vec![]);
-    for i in 0..=a.repeats {
-        for (m, times) in [(&model, &mut with), (&general, &mut without)] {
-            let t = Instant::now();
-            m.forward(&tokens, &mut Hooks::none())?;
-            if i > 0 {
-                times.push(t.elapsed().as_secs_f64());
+    // The whole forward with the packed weights and without them, where weights are packed.
+    let mut packed_ab_forward = None;
+    if hooklens::model::Packed::available() {
+        let mut general = model.clone();
+        general.drop_packed_weights();
+        let (mut with, mut without) = (vec![], vec![]);
+        for i in 0..=a.repeats {
+            for (m, times) in [(&model, &mut with), (&general, &mut without)] {
+                let t = Instant::now();
+                m.forward(&tokens, &mut Hooks::none())?;
+                if i > 0 {
+                    times.push(t.elapsed().as_secs_f64());
+                }
             }
         }
+        packed_ab_forward = Some((median(with), median(without)));
     }
-    drop(general);
-    let (with, without) = (median(with), median(without));
 
     let stamps: RefCell<Vec<(Instant, String)>> = RefCell::new(vec![]);
     let mut totals: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -142,10 +144,13 @@ fn main() -> Result<()> {
         candle_core::utils::get_num_threads(),
         100.0 * (filtered / plain - 1.0)
     );
-    println!(
-        "forward with the packed weights {with:.3} s, without them {without:.3} s ({:.2}x), alternating\n",
-        without / with
-    );
+    match packed_ab_forward {
+        Some((with, without)) => println!(
+            "forward with the packed weights {with:.3} s, without them {without:.3} s ({:.2}x), alternating\n",
+            without / with
+        ),
+        None => println!("no weights packed on this CPU (they are with AVX-512)\n"),
+    }
     println!(
         "candle's element-wise thread pool: {pool_ms:.0} ms of CPU in those {} forwards (should be 0)\n",
         2 * (a.repeats + 1)

@@ -39,8 +39,8 @@ fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) +
 #[inline(always)]
 pub(super) fn wide<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+    match super::packed::Isa::detect() {
+        Some(super::packed::Isa::Avx512) => {
             #[target_feature(enable = "avx512f")]
             fn run<R>(body: impl FnOnce() -> R) -> R {
                 body()
@@ -49,8 +49,7 @@ pub(super) fn wide<R>(body: impl FnOnce() -> R) -> R {
             // SAFETY: this CPU has AVX-512.
             return unsafe { run(body) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        Some(super::packed::Isa::Avx2) => {
             #[target_feature(enable = "avx2,fma")]
             fn run<R>(body: impl FnOnce() -> R) -> R {
                 body()
@@ -59,6 +58,7 @@ pub(super) fn wide<R>(body: impl FnOnce() -> R) -> R {
             // SAFETY: this CPU has AVX2 and FMA.
             return unsafe { run(body) };
         }
+        None => {}
     }
     body()
 }
