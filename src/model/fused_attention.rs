@@ -72,11 +72,14 @@ pub fn attend(
                 stride: dh * NR,
             };
             product(q_block, len, dh, kt, keys, s, keys, false);
-            wide(|| {
-                for (r, row) in s.chunks_mut(keys).enumerate() {
-                    causal_softmax_row(row, offset + start + r + 1, window, scale);
-                }
-            });
+            wide(
+                #[inline(always)]
+                || {
+                    for (r, row) in s.chunks_mut(keys).enumerate() {
+                        causal_softmax_row(row, offset + start + r + 1, window, scale);
+                    }
+                },
+            );
             let vp = Panels {
                 data: &vp,
                 stride: n * NR,

@@ -21,21 +21,29 @@ pub fn applies(x: &Tensor) -> bool {
 const PARALLEL_MIN: usize = 32 * 1024;
 
 /// Calls `f(i, piece)` for each `chunk`-sized piece `i` of `out`: on rayon's threads when `out`
-/// is large, in the calling thread otherwise; compiled [`wide`].
+/// is large, in the calling thread otherwise; compiled [`wide`] (so mark `f` `#[inline(always)]`).
 fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let chunk = chunk.max(1);
     if out.len() >= PARALLEL_MIN {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| wide(|| f(i, c)));
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| {
+            wide(
+                #[inline(always)]
+                || f(i, c),
+            )
+        });
     } else {
-        wide(|| out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)));
+        wide(
+            #[inline(always)]
+            || out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)),
+        );
     }
 }
 
 /// Runs `body` compiled for AVX-512, or else AVX2 and FMA, where the CPU has them: the build
 /// targets baseline x86-64, whose loops vectorise 4 floats wide (SSE2); inlined here they run
 /// 16 or 8 wide (the attention softmax and GELU ~2x faster, `examples/profile_forward.rs`).
+/// Only if inlined: mark the closure `#[inline(always)]`, or LLVM may compile a long one apart
+/// for baseline x86-64 (the one-task-per-head attention's softmax did, 1.7x slower on Zen 3).
 #[inline(always)]
 pub(super) fn wide<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -107,9 +115,12 @@ impl InplaceOp1 for CausalSoftmax {
                 self.offset
             );
         }
-        for_each_chunk(&mut s[start..end], n, |row, x| {
-            causal_softmax_row(x, self.offset + row % p + 1, self.window, self.scale)
-        });
+        for_each_chunk(
+            &mut s[start..end],
+            n,
+            #[inline(always)]
+            |row, x| causal_softmax_row(x, self.offset + row % p + 1, self.window, self.scale),
+        );
         Ok(())
     }
 }
@@ -122,17 +133,35 @@ pub(super) fn causal_softmax_row(x: &mut [f32], end: usize, window: usize, scale
     masked.fill(0.0);
     let (before, x) = x.split_at_mut(end.saturating_sub(window));
     before.fill(0.0);
-    for v in x.iter_mut() {
-        *v *= scale;
-    }
-    let max = lanes(x, f32::NEG_INFINITY, f32::max);
-    for v in x.iter_mut() {
-        *v = exp(*v - max);
-    }
-    let sum = lanes(x, 0.0, |a, b| a + b);
+    // Three passes, not five: each folds the values it writes.
+    let max = map_lanes(x, f32::NEG_INFINITY, |v| v * scale, f32::max);
+    let sum = map_lanes(x, 0.0, |v| exp(v - max), |a, b| a + b);
     for v in x.iter_mut() {
         *v /= sum;
     }
+}
+
+/// Replaces each value v of `x` by `map(v)` and folds the new values as [`lanes`] does.
+#[inline(always)]
+fn map_lanes(
+    x: &mut [f32],
+    init: f32,
+    map: impl Fn(f32) -> f32,
+    f: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *v = map(*v);
+            *a = f(*a, *v);
+        }
+    }
+    let rest = chunks.into_remainder().iter_mut().fold(init, |a, v| {
+        *v = map(*v);
+        f(a, *v)
+    });
+    acc.iter().fold(rest, |a, &v| f(a, v))
 }
 
 /// Folds `x` with `f` in eight independent lanes, then folds the lanes: the loop vectorises
@@ -207,11 +236,16 @@ impl<F: Fn(f32) -> f32 + Send + Sync> CustomOp1 for Map<F> {
             candle_core::bail!("{}: contiguous f32 input only", self.name);
         };
         let (src, mut out) = (&s[start..end], vec![0f32; end - start]);
-        for_each_chunk(&mut out, CHUNK, |i, dst| {
-            for (d, &x) in dst.iter_mut().zip(&src[i * CHUNK..]) {
-                *d = (self.f)(x);
-            }
-        });
+        for_each_chunk(
+            &mut out,
+            CHUNK,
+            #[inline(always)]
+            |i, dst| {
+                for (d, &x) in dst.iter_mut().zip(&src[i * CHUNK..]) {
+                    *d = (self.f)(x);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -241,13 +275,18 @@ impl InplaceOp1 for AddBias {
         if l.dims().last() != Some(&n) {
             candle_core::bail!("add-bias: {} biases for rows of {:?}", n, l.dims());
         }
-        for_each_chunk(&mut s[start..end], n * 16, |_, rows| {
-            for row in rows.chunks_exact_mut(n) {
-                for (y, b) in row.iter_mut().zip(&self.0) {
-                    *y += b;
+        for_each_chunk(
+            &mut s[start..end],
+            n * 16,
+            #[inline(always)]
+            |_, rows| {
+                for row in rows.chunks_exact_mut(n) {
+                    for (y, b) in row.iter_mut().zip(&self.0) {
+                        *y += b;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok(())
     }
 }
@@ -301,12 +340,17 @@ impl<F: Fn(f32, f32) -> f32 + Send + Sync> candle_core::CustomOp2 for Zip<F> {
             candle_core::bail!("{}: shapes {:?} and {:?}", self.name, l1.dims(), l2.dims());
         }
         let (a, b, mut out) = (&a[a0..a1], &b[b0..b1], vec![0f32; a1 - a0]);
-        for_each_chunk(&mut out, CHUNK, |i, dst| {
-            let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
-            for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
-                *d = (self.f)(a, b);
-            }
-        });
+        for_each_chunk(
+            &mut out,
+            CHUNK,
+            #[inline(always)]
+            |i, dst| {
+                let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
+                for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+                    *d = (self.f)(a, b);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -359,30 +403,35 @@ impl CustomOp1 for Norm {
             candle_core::bail!("norm: weight or bias does not match rows of {n}");
         }
         let (src, mut out) = (&s[start..end], vec![0f32; end - start]);
-        for_each_chunk(&mut out, n, |row, y| {
-            let x = &src[row * n..(row + 1) * n];
-            let mean = match self.center {
-                true => lanes(x, 0.0, |a, b| a + b) / n as f32,
-                false => 0.0,
-            };
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x - mean;
-            }
-            let scale = (sum_of_squares(y) / n as f32 + self.eps).sqrt();
-            for v in y.iter_mut() {
-                *v /= scale;
-            }
-            if let Some(w) = &self.w {
-                for (v, w) in y.iter_mut().zip(w) {
-                    *v *= w;
+        for_each_chunk(
+            &mut out,
+            n,
+            #[inline(always)]
+            |row, y| {
+                let x = &src[row * n..(row + 1) * n];
+                let mean = match self.center {
+                    true => lanes(x, 0.0, |a, b| a + b) / n as f32,
+                    false => 0.0,
+                };
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x - mean;
                 }
-            }
-            if let Some(b) = &self.b {
-                for (v, b) in y.iter_mut().zip(b) {
-                    *v += b;
+                let scale = (sum_of_squares(y) / n as f32 + self.eps).sqrt();
+                for v in y.iter_mut() {
+                    *v /= scale;
                 }
-            }
-        });
+                if let Some(w) = &self.w {
+                    for (v, w) in y.iter_mut().zip(w) {
+                        *v *= w;
+                    }
+                }
+                if let Some(b) = &self.b {
+                    for (v, b) in y.iter_mut().zip(b) {
+                        *v += b;
+                    }
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -429,18 +478,23 @@ impl CustomOp1 for Rotary {
         }
         let (src, mut out) = (&s[start..end], vec![0f32; end - start]);
         // One chunk per (batch, position): all its heads share that position's angles.
-        for_each_chunk(&mut out, h * d, |bp, dst| {
-            let at = (bp % p) * d;
-            let (cos, sin) = (&self.cos[at..at + d], &self.sin[at..at + d]);
-            let src = &src[bp * h * d..];
-            for (y, x) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
-                let (x1, x2) = x.split_at(half);
-                for i in 0..half {
-                    y[i] = x1[i] * cos[i] - x2[i] * sin[i];
-                    y[half + i] = x2[i] * cos[half + i] + x1[i] * sin[half + i];
+        for_each_chunk(
+            &mut out,
+            h * d,
+            #[inline(always)]
+            |bp, dst| {
+                let at = (bp % p) * d;
+                let (cos, sin) = (&self.cos[at..at + d], &self.sin[at..at + d]);
+                let src = &src[bp * h * d..];
+                for (y, x) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
+                    let (x1, x2) = x.split_at(half);
+                    for i in 0..half {
+                        y[i] = x1[i] * cos[i] - x2[i] * sin[i];
+                        y[half + i] = x2[i] * cos[half + i] + x1[i] * sin[half + i];
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

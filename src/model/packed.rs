@@ -81,7 +81,20 @@ impl Isa {
             Self::Avx2 => NR / 2,
         }
     }
+
+    /// Rows of W (k) per kernel call, so that a block of a panel stays in cache while every
+    /// strip of x runs against it: with AVX2 512 (GPT-2's W_out, k = 3072, 10-15 % faster on
+    /// Zen 3 than in one pass; 256 and 128 no better); the AVX-512 kernel walks the whole of k.
+    fn depth(self) -> usize {
+        match self {
+            Self::Avx512 => usize::MAX,
+            Self::Avx2 => KC_AVX2,
+        }
+    }
 }
+
+/// [`Isa::depth`] for AVX2.
+const KC_AVX2: usize = 512;
 
 /// Rows of x at least this long are copied into strips of a tile's rows first: a strip read in
 /// place walks up to 14 rows whose stride, at multiples of 4 KiB, maps them all to one L1 cache
@@ -266,28 +279,35 @@ fn product_on(
     let out = OutPtr(out.as_mut_ptr());
     let run = |t: usize| {
         for j in t * per_thread..((t + 1) * per_thread).min(n_panels) {
-            // A panel's columns, one tile's width at a time (the whole panel, or half of it).
-            for c in (0..(n - j * NR).min(NR)).step_by(isa.cols()) {
-                let cols = (n - j * NR - c).min(isa.cols());
-                for s in 0..strips {
-                    let rows = (m - s * mr).min(mr);
-                    // SAFETY: the strip lies in `x` (its last row r < rows, column p < k), the
-                    // panel in `panels` (first k rows, columns c + l < 32), and the tile (rows ×
-                    // cols from row s·mr, column j·32 + c, rows ldo apart) in `out`, as
-                    // asserted above; threads write disjoint column ranges; this CPU runs `isa`.
-                    unsafe {
-                        tile(
-                            isa,
-                            rows,
-                            k,
-                            x.as_ptr().add(s * k * mr),
-                            rs,
-                            cs,
-                            panels.data.as_ptr().add(j * panels.stride + c),
-                            out.get().add(s * mr * ldo + j * NR + c),
-                            ldo,
-                            cols,
-                        )
+            // k in blocks (one where the kernel walks the whole of it), each added to the sums
+            // of the blocks before it while this panel's columns of out are still in cache.
+            for from in (0..k).step_by(isa.depth().min(k)) {
+                let depth = isa.depth().min(k - from);
+                // A panel's columns, one tile's width at a time (the whole panel, or half).
+                for c in (0..(n - j * NR).min(NR)).step_by(isa.cols()) {
+                    let cols = (n - j * NR - c).min(isa.cols());
+                    for s in 0..strips {
+                        let rows = (m - s * mr).min(mr);
+                        // SAFETY: the strip lies in `x` (its last row r < rows, column p < k),
+                        // the block of the panel in `panels` (rows from + p < k, columns c + l
+                        // < 32), and the tile (rows × cols from row s·mr, column j·32 + c, rows
+                        // ldo apart) in `out`, as asserted above; threads write disjoint column
+                        // ranges; this CPU runs `isa`.
+                        unsafe {
+                            tile(
+                                isa,
+                                rows,
+                                depth,
+                                x.as_ptr().add(s * k * mr + from * cs),
+                                rs,
+                                cs,
+                                panels.data.as_ptr().add(j * panels.stride + from * NR + c),
+                                out.get().add(s * mr * ldo + j * NR + c),
+                                ldo,
+                                cols,
+                                from > 0,
+                            )
+                        }
                     }
                 }
             }
@@ -325,8 +345,8 @@ impl OutPtr {
     }
 }
 
-/// One tile of `rows` (1 to the ISA's) × `cols` (1 to 32) outputs: the kernel for that many
-/// rows.
+/// One tile of `rows` (1 to the ISA's) × `cols` (1 to 32) outputs, written or, with `add`,
+/// added to: the kernel for that many rows.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
 unsafe fn tile(
@@ -340,18 +360,22 @@ unsafe fn tile(
     out: *mut f32,
     ldo: usize,
     cols: usize,
+    add: bool,
 ) {
     macro_rules! rows {
-        ($kernel:ident: $($r:literal)*) => {
+        ($kernel:ident $args:tt: $($r:literal)*) => {
             match rows {
-                $($r => $kernel::<$r>(k, x, rs, cs, panel, out, ldo, cols),)*
+                $($r => $kernel::<$r> $args,)*
                 _ => unreachable!("a strip of {isa:?} has 1 to {} rows", isa.rows()),
             }
         };
     }
     match isa {
-        Isa::Avx512 => rows!(kernel_avx512: 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-        Isa::Avx2 => rows!(kernel_avx2: 1 2 3 4 5 6),
+        Isa::Avx512 => {
+            debug_assert!(!add, "the AVX-512 kernel walks the whole of k");
+            rows!(kernel_avx512(k, x, rs, cs, panel, out, ldo, cols): 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+        }
+        Isa::Avx2 => rows!(kernel_avx2(k, x, rs, cs, panel, out, ldo, cols, add): 1 2 3 4 5 6),
     }
 }
 
@@ -391,8 +415,8 @@ unsafe fn kernel_avx512<const R: usize>(
     }
 }
 
-/// The same for `cols` ≤ 16 of the panel's columns with AVX2 and FMA: 16 registers of 8 floats
-/// hold R × 16 sums and two of the panel's.
+/// The same for `cols` ≤ 16 of the panel's columns with AVX2 and FMA (with `add`, added to
+/// out): 16 registers of 8 floats hold R × 16 sums and two of the panel's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
@@ -405,10 +429,29 @@ unsafe fn kernel_avx2<const R: usize>(
     out: *mut f32,
     ldo: usize,
     cols: usize,
+    add: bool,
 ) {
     use std::arch::x86_64::*;
+    // Lanes past `cols` (the zero padding of the last panel) are neither read nor stored.
+    let width = _mm256_set1_epi32(cols as i32);
+    let mask_lo = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    let mask_hi = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
+    if add {
+        for r in 0..R {
+            (lo[r], hi[r]) = match cols {
+                16 => (
+                    _mm256_loadu_ps(out.add(r * ldo)),
+                    _mm256_loadu_ps(out.add(r * ldo + 8)),
+                ),
+                _ => (
+                    _mm256_maskload_ps(out.add(r * ldo), mask_lo),
+                    _mm256_maskload_ps(out.add(r * ldo + 8), mask_hi),
+                ),
+            };
+        }
+    }
     for p in 0..k {
         let w_lo = _mm256_loadu_ps(panel.add(p * NR));
         let w_hi = _mm256_loadu_ps(panel.add(p * NR + 8));
@@ -419,10 +462,15 @@ unsafe fn kernel_avx2<const R: usize>(
             hi[r] = _mm256_fmadd_ps(x_rp, w_hi, hi[r]);
         }
     }
-    // Lanes past `cols` (the zero padding of the last panel) are not stored.
-    let width = _mm256_set1_epi32(cols as i32);
-    let mask_lo = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    let mask_hi = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
+    if cols == 16 {
+        // A whole tile: plain stores (a masked store costs several times more on Zen 3, a
+        // third of a 64-long k loop, as in the attention's q·kᵀ).
+        for r in 0..R {
+            _mm256_storeu_ps(out.add(r * ldo), lo[r]);
+            _mm256_storeu_ps(out.add(r * ldo + 8), hi[r]);
+        }
+        return;
+    }
     for r in 0..R {
         _mm256_maskstore_ps(out.add(r * ldo), mask_lo, lo[r]);
         _mm256_maskstore_ps(out.add(r * ldo + 8), mask_hi, hi[r]);
