@@ -281,7 +281,8 @@ fn product_on(
         for j in t * per_thread..((t + 1) * per_thread).min(n_panels) {
             // k in blocks (one where the kernel walks the whole of it), each added to the sums
             // of the blocks before it while this panel's columns of out are still in cache.
-            for from in (0..k).step_by(isa.depth().min(k)) {
+            // (With k = 0, one block of none: the tile is written with zeros.)
+            for from in (0..k.max(1)).step_by(isa.depth().min(k).max(1)) {
                 let depth = isa.depth().min(k - from);
                 // A panel's columns, one tile's width at a time (the whole panel, or half).
                 for c in (0..(n - j * NR).min(NR)).step_by(isa.cols()) {
@@ -494,6 +495,15 @@ mod tests {
             assert!(Packed::new(&Tensor::zeros((4, 4), DType::F32, &Device::Cpu)?)?.is_none());
         }
         let dev = Device::Cpu;
+        for isa in Isa::all() {
+            let mut out = vec![1f32; 3 * 5];
+            let panels = Panels {
+                data: &[],
+                stride: 0,
+            };
+            product_on(isa, &[], 3, 0, panels, 5, &mut out, 5, false);
+            assert_eq!(out, vec![0f32; 15], "{isa:?}: an empty sum is zero");
+        }
         for (m, k, n) in [
             (1, 1, 1),
             (3, 7, 33),
