@@ -11,7 +11,8 @@ benchmarks run this file directly:
         [--rounds 5] [--reference-name TL] [--out SUMMARY_JSON]
 
 Every answer's numeric fields are summarised per command and side: the median over the rounds and
-the spread ((max - min) / median). Where both sides answer "seconds", the per-round ratio
+the spread ((max - min) / median). Where both sides answer "seconds" (or "forward_s", as two
+builds of bench_forward do: an old binary as the reference), the per-round ratio
 reference / hooklens (hooklens's speedup) is given as median, min and max. The load average is
 recorded before the first round and after each.
 """
@@ -89,7 +90,8 @@ def run_rounds(commands, asks, rounds):
 
 def summarise(sides, asks):
     """Per command, per side, per numeric field: median, spread and the rounds' values; and the
-    ratio reference / hooklens of "seconds" where both sides answer it."""
+    ratio reference / hooklens of "seconds" (or, failing that, "forward_s": two hooklens
+    builds' `bench_forward --serve` against each other) where both sides answer it."""
     out = {}
     for ask in asks:
         out[ask] = {}
@@ -99,8 +101,9 @@ def summarise(sides, asks):
             for k in fields:
                 xs = [rd[ask][k] for rd in rounds]
                 out[ask][name][k] = {"median": statistics.median(xs), "spread": spread(xs) if xs[0] else 0.0, "rounds": xs}
-        if all("seconds" in out[ask][name] for name in sides):
-            ratios = [r / h for r, h in zip(out[ask]["ref"]["seconds"]["rounds"], out[ask]["hooklens"]["seconds"]["rounds"])]
+        timed = [k for k in ("seconds", "forward_s") if all(k in out[ask][name] for name in sides)]
+        if timed:
+            ratios = [r / h for r, h in zip(out[ask]["ref"][timed[0]]["rounds"], out[ask]["hooklens"][timed[0]]["rounds"])]
             out[ask]["ratio"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                  "spread": spread(ratios), "rounds": ratios}
     return out
