@@ -88,13 +88,10 @@ impl Isa {
     fn depth(self) -> usize {
         match self {
             Self::Avx512 => usize::MAX,
-            Self::Avx2 => KC_AVX2,
+            Self::Avx2 => 512,
         }
     }
 }
-
-/// [`Isa::depth`] for AVX2.
-const KC_AVX2: usize = 512;
 
 /// Rows of x at least this long are copied into strips of a tile's rows first: a strip read in
 /// place walks up to 14 rows whose stride, at multiples of 4 KiB, maps them all to one L1 cache
@@ -277,13 +274,15 @@ fn product_on(
     };
     let per_thread = n_panels.div_ceil(threads);
     let out = OutPtr(out.as_mut_ptr());
+    // k in blocks (one where the kernel walks the whole of it; with k = 0 one block of none,
+    // which writes zeros).
+    let block = isa.depth().min(k).max(1);
     let run = |t: usize| {
         for j in t * per_thread..((t + 1) * per_thread).min(n_panels) {
-            // k in blocks (one where the kernel walks the whole of it), each added to the sums
-            // of the blocks before it while this panel's columns of out are still in cache.
-            // (With k = 0, one block of none: the tile is written with zeros.)
-            for from in (0..k.max(1)).step_by(isa.depth().min(k).max(1)) {
-                let depth = isa.depth().min(k - from);
+            // Each block of k is added to the sums of the blocks before it while this panel's
+            // columns of out are still in cache.
+            for from in (0..k.max(1)).step_by(block) {
+                let depth = block.min(k - from);
                 // A panel's columns, one tile's width at a time (the whole panel, or half).
                 for c in (0..(n - j * NR).min(NR)).step_by(isa.cols()) {
                     let cols = (n - j * NR - c).min(isa.cols());
