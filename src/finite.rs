@@ -6,21 +6,50 @@ use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::model::HookedTransformer;
 use crate::weights::Weights;
-use candle_core::{DType, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 
-/// Whether every value of `x` is finite. On the CPU in f32 a scan of its storage; elsewhere
-/// x − x (0 where x is finite, NaN where it is NaN or ±Inf) summed, which keeps a NaN.
+/// Whether every value of `x` is finite. On the CPU in f32, f16 or bf16 a scan of its values
+/// where they lie (a transposed weight is not copied first); elsewhere x − x (0 where x is
+/// finite, NaN where it is NaN or ±Inf) summed, which keeps a NaN.
 pub fn all_finite(x: &Tensor) -> Result<bool> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        let (storage, layout) = x.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            return Ok(cpu.as_slice::<f32>()?[start..end]
-                .iter()
-                .all(|v| v.is_finite()));
+    let (storage, layout) = x.storage_and_layout();
+    if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, dense_offsets(layout)) {
+        match cpu {
+            CpuStorage::F32(v) => return Ok(v[start..end].iter().all(|v| v.is_finite())),
+            CpuStorage::F16(v) => return Ok(v[start..end].iter().all(|v| v.is_finite())),
+            CpuStorage::BF16(v) => return Ok(v[start..end].iter().all(|v| v.is_finite())),
+            _ => {}
         }
     }
+    drop(storage);
     let zero = x.sub(x)?.sum_all()?.to_dtype(DType::F32)?;
     Ok(zero.to_scalar::<f32>()?.is_finite())
+}
+
+/// The storage range of a layout that covers a dense block once, in any order (a contiguous
+/// tensor, or a transposed or permuted view of one): its strides, smallest first, are the
+/// running products of the dimensions they step over.
+fn dense_offsets(l: &Layout) -> Option<(usize, usize)> {
+    let start = l.start_offset();
+    if l.shape().elem_count() == 0 {
+        return Some((start, start));
+    }
+    let mut axes: Vec<(usize, usize)> = l
+        .stride()
+        .iter()
+        .zip(l.dims())
+        .filter(|(_, d)| **d > 1)
+        .map(|(s, d)| (*s, *d))
+        .collect();
+    axes.sort_unstable();
+    let mut size = 1;
+    for (stride, dim) in axes {
+        if stride != size {
+            return None;
+        }
+        size *= dim;
+    }
+    Some((start, start + size))
 }
 
 /// How to go on regardless.
@@ -45,7 +74,7 @@ impl Weights {
     pub fn nonfinite(&self) -> Result<Vec<String>> {
         let mut bad = vec![];
         for (name, t) in &self.tensors {
-            if !all_finite(&t.to_dtype(DType::F32)?.contiguous()?)? {
+            if !all_finite(t)? {
                 bad.push(name.clone());
             }
         }
@@ -92,5 +121,34 @@ impl HookedTransformer {
         let mut watch = Hooks::none().watch_nonfinite();
         self.forward_unchecked(tokens, 0, None, &mut watch)?;
         Ok(watch.first_nonfinite())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    #[test]
+    fn views_are_read_in_place_and_only_their_own_values_count() -> Result<()> {
+        let mut v: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        v[5] = f32::INFINITY; // row 1, column 1 of [3, 4]
+        let x = Tensor::from_vec(v, (3, 4), &Device::Cpu)?;
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let x = x.to_dtype(dtype)?;
+            assert!(!all_finite(&x)?, "{dtype:?}");
+            // A transposed view covers the same values: read in place, no copy.
+            assert!(dense_offsets(x.t()?.layout()).is_some());
+            assert!(!all_finite(&x.t()?)?, "{dtype:?} transposed");
+            // A view without the Inf (columns 2..4) is finite, though its storage is not.
+            let cols = x.narrow(1, 2, 2)?;
+            assert!(dense_offsets(cols.layout()).is_none());
+            assert!(all_finite(&cols)?, "{dtype:?} narrowed");
+            assert!(all_finite(&x.i(2)?)?, "{dtype:?} row 2");
+            assert!(!all_finite(&x.i(1)?)?, "{dtype:?} row 1");
+        }
+        let empty = Tensor::zeros((0, 4), DType::F32, &Device::Cpu)?;
+        assert!(all_finite(&empty)?);
+        Ok(())
     }
 }
