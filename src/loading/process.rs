@@ -6,7 +6,7 @@
 use crate::config::{ModelConfig, Normalization};
 use crate::error::Result;
 use crate::weights::Weights;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// Which processing steps to apply. The default is TransformerLens's
 /// `enable_compatibility_mode()` / `from_pretrained` defaults: all on.
@@ -83,10 +83,39 @@ pub fn process_weights(w: &mut Weights, cfg: &ModelConfig, p: Processing) -> Res
 /// Subtracts the mean over the last dimension from weight `name`, if present.
 fn center(w: &mut Weights, name: &str) -> Result<()> {
     if let Some(t) = w.remove(name) {
-        let c = t.broadcast_sub(&t.mean_keepdim(D::Minus1)?)?;
+        let c = match stored_rows(&t)? {
+            Some(rows) => rows.broadcast_sub(&column_mean(&rows)?)?.t()?,
+            None => t.broadcast_sub(&t.mean_keepdim(D::Minus1)?)?,
+        };
         w.insert(name, c);
     }
     Ok(())
+}
+
+/// The mean of `rows` [n, d] over its rows, [1, d]: blocks of rows summed in the tensor's dtype,
+/// their sums added in f64. One f32 running sum over SmolLM2's 49,152 rows drifts enough to
+/// move its full-OV eigenvalues off TransformerLens's (torch sums pairwise).
+fn column_mean(rows: &Tensor) -> Result<Tensor> {
+    const BLOCK: usize = 1024;
+    let n = rows.dim(0)?;
+    let mut sum = Tensor::zeros((1, rows.dim(1)?), DType::F64, rows.device())?;
+    for start in (0..n).step_by(BLOCK) {
+        let block = rows.narrow(0, start, BLOCK.min(n - start))?;
+        sum = (sum + block.sum_keepdim(0)?.to_dtype(DType::F64)?)?;
+    }
+    Ok((sum / n as f64)?.to_dtype(rows.dtype())?)
+}
+
+/// The contiguous matrix a transposed view `t` shows, if it is one (W_U: checkpoints store it
+/// [d_vocab, d_model]). candle's element-wise ops and reductions walk a transposed operand one
+/// element at a time; on the stored rows Gemma 3's [640, 262144] W_U folds, centres and needs
+/// no transposing copy in `HookedTransformer::new`.
+fn stored_rows(t: &Tensor) -> Result<Option<Tensor>> {
+    if t.rank() != 2 || t.is_contiguous() {
+        return Ok(None);
+    }
+    let rows = t.t()?;
+    Ok(rows.is_contiguous().then_some(rows))
 }
 
 /// Folds a norm's weight (and bias) into the layer(s) reading from it:
@@ -106,7 +135,6 @@ fn fold_into(
         let Some(mat) = w.remove(wname) else { continue };
         // mat is [.., d_model, out]; the norm weight scales its d_model rows.
         let d = nw.dim(0)?;
-        let scale = nw.reshape((d, 1))?;
         if let (Some(nb), Some(bname)) = (&nb, bname) {
             // bias @ W over d_model, shaped like the existing bias.
             let shift = nb
@@ -122,10 +150,23 @@ fn fold_into(
             };
             w.insert(bname.clone(), shift);
         }
-        let mut folded = mat.broadcast_mul(&scale)?;
-        if center_input {
-            folded = folded.broadcast_sub(&folded.mean_keepdim(D::Minus2)?)?;
-        }
+        let folded = match stored_rows(&mat)? {
+            // The same on the stored [out, d_model] rows, seen transposed again.
+            Some(rows) => {
+                let mut f = rows.broadcast_mul(&nw.reshape((1, d))?)?;
+                if center_input {
+                    f = f.broadcast_sub(&f.mean_keepdim(D::Minus1)?)?;
+                }
+                f.t()?
+            }
+            None => {
+                let mut f = mat.broadcast_mul(&nw.reshape((d, 1))?)?;
+                if center_input {
+                    f = f.broadcast_sub(&f.mean_keepdim(D::Minus2)?)?;
+                }
+                f
+            }
+        };
         w.insert(wname.clone(), folded);
     }
     Ok(())
