@@ -9,6 +9,7 @@
 pub mod args;
 pub mod cli;
 pub mod experiment;
+pub mod features;
 pub mod html;
 pub mod manifest;
 pub mod neuronpedia;
