@@ -12,6 +12,13 @@ use hooklens::sae::Sae;
 use hooklens::store::{ActivationStore, TokenFilter};
 use hooklens::{HookedTransformer, Tokenizer};
 
+/// The features shown and each one's nearest features (feature, cosine similarity), which
+/// [`crate::report::sae_views`] tables.
+pub struct Browsed {
+    pub features: Vec<usize>,
+    pub similar: Vec<Vec<(u32, f32)>>,
+}
+
 /// Which features to browse and how much of each, as flags.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct FeatureArgs {
@@ -31,8 +38,7 @@ pub struct FeatureArgs {
 
 impl FeatureArgs {
     /// Builds the dashboards of the chosen features of `sae` over `store` (the tokens `filter`
-    /// keeps) and writes them and `neuronpedia.json` into `exp`. Returns the features shown and
-    /// each one's nearest features, which [`crate::report::sae_views`] tables.
+    /// keeps) and writes them and `neuronpedia.json` into `exp`.
     pub fn browse(
         &self,
         exp: &mut Experiment,
@@ -40,7 +46,7 @@ impl FeatureArgs {
         (model, tok): (&HookedTransformer, &Tokenizer),
         sae: &Sae,
         filter: &TokenFilter,
-    ) -> Result<(Vec<usize>, Vec<Vec<(u32, f32)>>)> {
+    ) -> Result<Browsed> {
         let units = match &self.features {
             Some(s) => crate::args::parse_ranges(s, sae.d_sae, "--features")?,
             None => (0..sae.d_sae.min(256)).collect(),
@@ -97,6 +103,9 @@ impl FeatureArgs {
             Some(&similar),
             tok,
         )?;
-        Ok((opts.units, similar))
+        Ok(Browsed {
+            features: opts.units,
+            similar,
+        })
     }
 }

@@ -76,9 +76,9 @@ fn run(mut a: Args) -> Result<()> {
     bar.finish_and_clear();
     let contexts = lab::store::store_contexts(&store, a.ce_contexts as usize, model.device())?;
     let ce = exp.time("ce_loss", || ce_loss(&model, &sae, &contexts, &filter))?;
-    let (features, similar) = a
+    let shown = a
         .features
         .browse(&mut exp, &store, (&model, &tok), &sae, &filter)?;
-    lab::report::sae_views(&mut exp, &sae, &recon, &ce, &similar, &features)?;
+    lab::report::sae_views(&mut exp, &sae, &recon, &ce, &shown.similar, &shown.features)?;
     exp.finish()
 }
