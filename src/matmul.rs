@@ -13,12 +13,13 @@ use crate::error::Result;
 use candle_core::Tensor;
 
 /// What computes f32 CPU products in this build on this machine (for benchmark reports): the
-/// forward's weight products from packed panels where the CPU has AVX-512 (see
-/// [`crate::model::Packed`]), the other products through candle's matmul or OpenBLAS.
+/// forward's weight products from packed panels where the CPU has AVX-512 or AVX2 (see
+/// [`crate::model::Packed`]; with AVX2 only for inputs under 256 rows), the other products
+/// through candle's matmul or OpenBLAS.
 pub fn backend() -> &'static str {
     match (crate::model::Packed::available(), cfg!(feature = "blas")) {
-        (true, true) => "packed weights (AVX-512), else OpenBLAS (feature blas)",
-        (true, false) => "packed weights (AVX-512), else candle/gemm (default build)",
+        (true, true) => "packed weights (AVX-512 or AVX2), else OpenBLAS (feature blas)",
+        (true, false) => "packed weights (AVX-512 or AVX2), else candle/gemm (default build)",
         (false, true) => "OpenBLAS (feature blas)",
         (false, false) => "candle/gemm (default build)",
     }

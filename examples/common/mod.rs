@@ -4,8 +4,10 @@
 use anyhow::Result;
 use std::time::Instant;
 
-/// Median wall time of `repeats` runs of `f`, after one warm-up run.
+/// Median wall time of `repeats` runs of `f`, after two warm-up runs.
 pub fn median_secs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    // Twice untimed: packed weights are packed by the second forward.
+    f()?;
     f()?;
     let mut ts = Vec::new();
     for _ in 0..repeats {

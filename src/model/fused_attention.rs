@@ -6,7 +6,7 @@
 //! across the threads.
 
 use super::kernels::{applies, causal_softmax_row, wide};
-use super::packed::{pack, product, Isa, Panels, NR};
+use super::packed::{product, Isa, PanelBuf};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -23,7 +23,10 @@ pub fn attend(
     window: Option<usize>,
     block: usize,
 ) -> Result<Option<Tensor>> {
-    if Isa::detect().is_none() || ![q, k, v].into_iter().all(applies) {
+    let Some(isa) = Isa::detect() else {
+        return Ok(None);
+    };
+    if ![q, k, v].into_iter().all(applies) {
         return Ok(None);
     }
     let (b, h, p, dh) = q.dims4()?;
@@ -59,19 +62,15 @@ pub fn attend(
         // This head's Kᵀ [d_head, n] and V [n, d_head] as panels.
         let k0 = k_layout.start_offset() + bi * ks[0] + hi * ks[1];
         let v0 = v_layout.start_offset() + bi * vs[0] + hi * vs[1];
-        let kt = pack(&k_data[k0..], ks[3], ks[2], dh, n);
-        let vp = pack(&v_data[v0..], vs[2], vs[3], n, dh);
+        let kt = PanelBuf::pack(&k_data[k0..], ks[3], ks[2], dh, n, isa.width());
+        let vp = PanelBuf::pack(&v_data[v0..], vs[2], vs[3], n, dh, isa.width());
         let mut scores = vec![0f32; block.min(p) * n];
         for start in (0..p).step_by(block) {
             let len = block.min(p - start);
             let keys = offset + start + len;
             let s = &mut scores[..len * keys]; // [len, keys]
             let q_block = &q_data[(bh * p + start) * dh..];
-            let kt = Panels {
-                data: &kt,
-                stride: dh * NR,
-            };
-            product(q_block, len, dh, kt, keys, s, keys, false);
+            product(q_block, len, dh, kt.panels(), keys, s, keys, false);
             wide(
                 #[inline(always)]
                 || {
@@ -80,11 +79,16 @@ pub fn attend(
                     }
                 },
             );
-            let vp = Panels {
-                data: &vp,
-                stride: n * NR,
-            };
-            product(s, len, keys, vp, dh, &mut z[start * dh..], dh, false);
+            product(
+                s,
+                len,
+                keys,
+                vp.panels(),
+                dh,
+                &mut z[start * dh..],
+                dh,
+                false,
+            );
         }
     });
     drop((q_storage, k_storage, v_storage));

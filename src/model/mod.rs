@@ -219,9 +219,10 @@ impl HookedTransformer {
         })
     }
 
-    /// Frees the packed copies of the f32 weight matrices ([`Packed`], made at load on CPUs with
-    /// AVX-512): the weights then take half the memory, and the forward's products go through
-    /// the general matmul (1.1-1.8x slower, `examples/profile_forward.rs`).
+    /// Frees the packed copies of the f32 weight matrices ([`Packed`], made by the first
+    /// forward that reads them on CPUs with AVX-512 or AVX2): the weights then take half the
+    /// memory, and the forward's products go through the general matmul (on Zen 4 1.1-1.8×
+    /// slower; on Zen 3 1.2× at 128 tokens and 1.9× at 20, `examples/profile_forward.rs`).
     pub fn drop_packed_weights(&mut self) {
         self.w_u_packed = None;
         for block in &mut self.blocks {

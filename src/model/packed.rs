@@ -1,32 +1,34 @@
-//! Weight matrices packed once, at load, for the forward's products `x @ W` (`linear`).
+//! Weight matrices packed once for the forward's products `x @ W` (`linear`).
 //!
-//! A product's time goes into a small kernel that keeps a 14 × 32 tile of the output in
-//! registers while it walks k. It runs near the cores' peak only when it reads the 32 columns of
-//! W as one contiguous stream, so general matmuls (candle's `gemm`, BLAS) copy ("pack") W into
-//! 32-column panels on every call. With the forward's few rows (128 tokens) that copy costs a
-//! sixth of the product; W does not change between calls, so here it is packed once, as
-//! [n / 32][k][32] (the last panel zero-padded), and the activations are read in place.
-//! Measured on two Zen 4 cores (`examples/profile_forward.rs`): GPT-2 small's products at 128
-//! tokens ran at ~140 GFLOP/s through candle and ~200 from packed panels.
+//! A product's time goes into a small kernel that keeps a tile of the output in registers
+//! (14 × 32 with AVX-512, 6 × 16 with AVX2) while it walks k. It runs near the cores' peak only
+//! when it reads a tile's columns of W as one contiguous stream, so general matmuls (candle's
+//! `gemm`, BLAS) copy ("pack") W into panels of that width on every call. With the forward's
+//! few rows that copy costs a sixth of the product or more; W does not change between calls, so
+//! here it is packed once, as [n / width][k][width] (the last panel zero-padded, the first on a
+//! 64-byte boundary), by the second product that could read it (a weight read once is not worth
+//! the copy).
 //!
-//! The price is memory: every f32 weight matrix is held twice (GPT-2 small: 0.49 GB more).
-//! Weights are packed only on x86-64 with AVX-512 (detected at run time). The kernel also has
-//! an AVX2 and FMA form (a 6 × 16 tile, two per panel), which the attention uses
-//! (`fused_attention.rs`), but on such CPUs packed weights did not beat candle's `gemm`, blocked
-//! for the caches (GPT-2 small's whole forward 1.02× at 128 tokens, 0.97× at 512 and 1024 on two
-//! Zen 3 cores), so they are not worth their memory there. Elsewhere, for half precision and
-//! other devices, inside autograd, and for a weight replaced after loading (the packed copy
-//! remembers which tensor it was made from), `linear` uses the general matmul.
+//! Measured on two Zen 4 cores (AVX-512, `examples/profile_forward.rs`): GPT-2 small's products
+//! at 128 tokens ran at ~140 GFLOP/s through candle and ~200 from packed panels, and the panels
+//! won at every length. On two Zen 3 cores (AVX2) they win only on short inputs (SmolLM2's
+//! forward 1.84× at 20 tokens, 1.13× at 128, in interleaved runs against the general matmul),
+//! and `gemm` is as fast from 256 rows, so products of more rows go through it
+//! (`Isa::rows_max`) and a model that only ever runs long inputs there packs nothing.
+//!
+//! The price is memory: a packed weight is held twice (GPT-2 small: 0.49 GB more);
+//! `HookedTransformer::drop_packed_weights` frees the copies. Without AVX-512 or AVX2, for half
+//! precision and other devices, inside autograd, and for a weight replaced after loading (the
+//! packed copy remembers which tensor it was made from), `linear` uses the general matmul.
 
 // Without x86-64 the kernel and its constants are left out and nothing is packed.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, TensorId};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-/// Columns of W per panel: two AVX-512 registers of f32.
-pub(super) const NR: usize = 32;
 /// The instruction sets the kernel is written for, best first.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Isa {
@@ -74,11 +76,22 @@ impl Isa {
         }
     }
 
-    /// Columns per kernel call: two registers' worth, a whole panel or half of one.
-    fn cols(self) -> usize {
+    /// Columns of W per panel, a tile's width: two registers of f32. A panel's row of 16
+    /// floats (AVX2) is then one cache line: 64-byte lines read whole, in order.
+    pub(super) fn width(self) -> usize {
         match self {
-            Self::Avx512 => NR,
-            Self::Avx2 => NR / 2,
+            Self::Avx512 => 32,
+            Self::Avx2 => 16,
+        }
+    }
+
+    /// Whether rows of x this long are copied into strips of a tile's rows first: a strip read
+    /// in place walks rows whose stride, at multiples of 4 KiB, maps them all to one L1 cache
+    /// set (AVX-512 on Zen 4: from k = 1,024; AVX2 on Zen 3: a few per cent faster from 512).
+    fn packs_x(self, k: usize) -> bool {
+        match self {
+            Self::Avx512 => k >= 1024,
+            Self::Avx2 => k >= 512,
         }
     }
 
@@ -91,20 +104,31 @@ impl Isa {
             Self::Avx2 => 512,
         }
     }
+
+    /// Products of more rows of x than this go through the general matmul: on Zen 3 (AVX2)
+    /// candle's `gemm`, blocked for the caches, is as fast from 256 rows and faster at 512
+    /// (SmolLM2's forward from packed panels 1.08× at 128 tokens, 1.01× at 256 and 384, 0.92×
+    /// at 512); on Zen 4 (AVX-512) the panels were faster at every length.
+    fn rows_max(self) -> usize {
+        match self {
+            Self::Avx512 => usize::MAX,
+            Self::Avx2 => 255,
+        }
+    }
 }
 
-/// Rows of x at least this long are copied into strips of a tile's rows first: a strip read in
-/// place walks up to 14 rows whose stride, at multiples of 4 KiB, maps them all to one L1 cache
-/// set.
-const PACK_X_FROM_K: usize = 1024;
-
-/// A [k, n] f32 weight as 32-column panels, and the tensor it was packed from.
+/// A [k, n] f32 weight as panels for this CPU's kernel, packed from the tensor `source` by the
+/// second product that could read them: a weight read once (one forward) is not worth the copy,
+/// and a model whose products all go through the general matmul (long inputs on AVX2) never
+/// holds its weights twice.
 #[derive(Clone)]
 pub struct Packed {
     source: TensorId,
     k: usize,
     n: usize,
-    panels: Arc<Vec<f32>>,
+    /// Whether a product could have read the panels before they were made.
+    asked: Arc<AtomicBool>,
+    panels: Arc<OnceLock<PanelBuf>>,
 }
 
 impl std::fmt::Debug for Packed {
@@ -114,13 +138,14 @@ impl std::fmt::Debug for Packed {
 }
 
 impl Packed {
-    /// Whether this machine packs weights (x86-64 with AVX-512).
+    /// Whether this machine packs weights (x86-64 with AVX-512, or AVX2 and FMA).
     pub fn available() -> bool {
-        Isa::detect() == Some(Isa::Avx512)
+        Isa::detect().is_some()
     }
 
-    /// Packs `w` [k, n], stored in any layout (the unembedding is a transposed view), where
-    /// packed weights are used: f32 on the CPU of a machine with AVX-512. `None` elsewhere.
+    /// Panels for `w` [k, n], stored in any layout (the unembedding is a transposed view),
+    /// where packed weights are used: f32 on the CPU of a machine with AVX-512 or AVX2. `None`
+    /// elsewhere.
     pub fn new(w: &Tensor) -> Result<Option<Self>> {
         if !Self::available() || !w.device().is_cpu() || w.dtype() != DType::F32 || w.rank() != 2 {
             return Ok(None);
@@ -129,25 +154,23 @@ impl Packed {
         if k == 0 || n == 0 {
             return Ok(None);
         }
-        let (storage, layout) = w.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            return Ok(None);
-        };
-        let (rs, cs) = (layout.stride()[0], layout.stride()[1]);
-        let panels = pack(&data[layout.start_offset()..], rs, cs, k, n);
-        drop(storage);
         Ok(Some(Self {
             source: w.id(),
             k,
             n,
-            panels: Arc::new(panels),
+            asked: Arc::new(AtomicBool::new(false)),
+            panels: Arc::new(OnceLock::new()),
         }))
     }
 
-    /// `x @ w` [m, n] for `x` [m, k], from the panels, if `w` is still the tensor they were
-    /// packed from and `x` is f32 on the CPU outside autograd; `None` where the general matmul
-    /// must compute it.
+    /// `x @ w` [m, n] for `x` [m, k], from the panels (packing them from `w` the second time
+    /// it is asked; the first time it answers `None`), if `w` is still the tensor they are for, `x` is f32 on the CPU outside autograd and has
+    /// few enough rows for this CPU's kernel to beat the general matmul; `None` where the
+    /// general matmul must compute it.
     pub fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+        let Some(isa) = Isa::detect() else {
+            return Ok(None);
+        };
         if w.id() != self.source
             || x.dtype() != DType::F32
             || !x.device().is_cpu()
@@ -164,6 +187,24 @@ impl Packed {
                 got: vec![m, k],
             });
         }
+        if m > isa.rows_max() {
+            return Ok(None);
+        }
+        let panels = match self.panels.get() {
+            Some(panels) => panels,
+            None if !self.asked.swap(true, Ordering::Relaxed) => return Ok(None),
+            None => {
+                let (storage, layout) = w.storage_and_layout();
+                let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+                    return Ok(None);
+                };
+                let (rs, cs) = (layout.stride()[0], layout.stride()[1]);
+                let data = &data[layout.start_offset()..];
+                let panels = PanelBuf::pack(data, rs, cs, self.k, self.n, isa.width());
+                drop(storage);
+                self.panels.get_or_init(|| panels)
+            }
+        };
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
@@ -171,41 +212,91 @@ impl Packed {
         };
         let x_rows = &data[layout.start_offset()..][..m * k];
         let mut out = vec![0f32; m * self.n];
-        let panels = Panels {
-            data: &self.panels,
-            stride: k * NR,
-        };
-        product(x_rows, m, k, panels, self.n, &mut out, self.n, true);
+        product(
+            x_rows,
+            m,
+            k,
+            panels.panels(),
+            self.n,
+            &mut out,
+            self.n,
+            true,
+        );
         drop(storage);
         Ok(Some(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?))
     }
 }
 
-/// W [k, n] (W[p, j] at `w[p·rs + j·cs]`) as 32-column panels [n / 32][k][32], the last one
-/// zero-padded.
-pub(super) fn pack(w: &[f32], rs: usize, cs: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
-    for (j, panel) in panels.chunks_mut(k * NR).enumerate() {
-        let cols = (n - j * NR).min(NR);
-        for (p, row) in panel.chunks_mut(NR).enumerate() {
-            for (l, v) in row[..cols].iter_mut().enumerate() {
-                *v = w[p * rs + (j * NR + l) * cs];
-            }
-        }
-    }
-    panels
+/// W [k, n] as panels of `width` columns, [n / width][k][width] (the last one zero-padded),
+/// starting on a 64-byte boundary.
+pub(super) struct PanelBuf {
+    buf: Vec<f32>,
+    /// Where the panels start in `buf`: its first 64-byte boundary.
+    start: usize,
+    k: usize,
+    width: usize,
 }
 
-/// Panels from [`pack`], panel j at `data[j·stride..]`: a product may use the first k rows of
-/// each (`stride` = the packed k · 32) and the first panels only.
+impl PanelBuf {
+    /// Packs W [k, n], W[p, j] at `w[p·rs + j·cs]`.
+    pub(super) fn pack(w: &[f32], rs: usize, cs: usize, k: usize, n: usize, width: usize) -> Self {
+        use rayon::prelude::*;
+        let len = n.div_ceil(width) * k * width;
+        // 15 floats spare, to start at a 64-byte boundary (Vec<f32> promises only 4 bytes).
+        let mut buf = vec![0f32; len + 15];
+        let start = (16 - buf.as_ptr() as usize % 64 / 4) % 16;
+        let fill = |(j, panel): (usize, &mut [f32])| {
+            let cols = (n - j * width).min(width);
+            if cs == 1 {
+                // W's rows are contiguous: a panel's row is a slice of one.
+                for (p, row) in panel.chunks_mut(width).enumerate() {
+                    row[..cols].copy_from_slice(&w[p * rs + j * width..][..cols]);
+                }
+            } else {
+                // Any other layout (the unembedding's columns are contiguous): a column at a time.
+                for l in 0..cols {
+                    let column = (j * width + l) * cs;
+                    for (p, row) in panel.chunks_mut(width).enumerate() {
+                        row[l] = w[column + p * rs];
+                    }
+                }
+            }
+        };
+        // A weight's panels on rayon's threads; the attention's (a head's keys, already one
+        // task per head) on the caller's.
+        let panels = &mut buf[start..start + len];
+        match len >= 1 << 20 {
+            true => panels.par_chunks_mut(k * width).enumerate().for_each(fill),
+            false => panels.chunks_mut(k * width).enumerate().for_each(fill),
+        }
+        Self {
+            buf,
+            start,
+            k,
+            width,
+        }
+    }
+
+    pub(super) fn panels(&self) -> Panels<'_> {
+        Panels {
+            data: &self.buf[self.start..],
+            stride: self.k * self.width,
+            width: self.width,
+        }
+    }
+}
+
+/// Panels from a [`PanelBuf`], panel j at `data[j·stride..]`: a product may use the first k
+/// rows of each (`stride` = the packed k · `width`) and the first panels only.
 #[derive(Clone, Copy)]
 pub(super) struct Panels<'a> {
     pub data: &'a [f32],
     pub stride: usize,
+    pub width: usize,
 }
 
 /// out [m, n] (rows `ldo` apart) = x [m, k] @ W, W as `panels`, with the best kernel this CPU
-/// runs (the caller has checked that there is one). With `parallel`, the panels are shared out
+/// runs (the caller has checked that there is one), the panels packed for its width. With `parallel`, the panels are shared out
 /// among rayon's threads; each thread runs every strip of x (a tile's rows) against each of its
 /// panels, so a panel is read from memory once and then from cache.
 #[allow(clippy::too_many_arguments)]
@@ -242,20 +333,22 @@ fn product_on(
         return;
     }
     assert!(isa.runs(), "{isa:?} does not run on this CPU");
-    let n_panels = n.div_ceil(NR);
+    let width = isa.width();
+    assert_eq!(panels.width, width, "panels packed for another kernel");
+    let n_panels = n.div_ceil(width);
     assert!(
         x.len() >= m * k
             && ldo >= n
             && out.len() >= (m - 1) * ldo + n
-            && k * NR <= panels.stride
-            && panels.data.len() >= (n_panels - 1) * panels.stride + k * NR,
+            && k * width <= panels.stride
+            && panels.data.len() >= (n_panels - 1) * panels.stride + k * width,
         "packed product: operands smaller than their shapes"
     );
     let mr = isa.rows();
     let strips = m.div_ceil(mr);
     // Each strip is k × mr values apart; a value (row r, column p) sits at r·rs + p·cs in it.
     let packed_x: Vec<f32>;
-    let (x, rs, cs) = if k >= PACK_X_FROM_K {
+    let (x, rs, cs) = if isa.packs_x(k) {
         let mut strip_major = vec![0f32; strips * k * mr];
         for (i, row) in x[..m * k].chunks(k).enumerate() {
             let strip = &mut strip_major[(i / mr) * k * mr..];
@@ -281,33 +374,30 @@ fn product_on(
         for j in t * per_thread..((t + 1) * per_thread).min(n_panels) {
             // Each block of k is added to the sums of the blocks before it while this panel's
             // columns of out are still in cache.
+            let cols = (n - j * width).min(width);
             for from in (0..k.max(1)).step_by(block) {
                 let depth = block.min(k - from);
-                // A panel's columns, one tile's width at a time (the whole panel, or half).
-                for c in (0..(n - j * NR).min(NR)).step_by(isa.cols()) {
-                    let cols = (n - j * NR - c).min(isa.cols());
-                    for s in 0..strips {
-                        let rows = (m - s * mr).min(mr);
-                        // SAFETY: the strip lies in `x` (its last row r < rows, column p < k),
-                        // the block of the panel in `panels` (rows from + p < k, columns c + l
-                        // < 32), and the tile (rows × cols from row s·mr, column j·32 + c, rows
-                        // ldo apart) in `out`, as asserted above; threads write disjoint column
-                        // ranges; this CPU runs `isa`.
-                        unsafe {
-                            tile(
-                                isa,
-                                rows,
-                                depth,
-                                x.as_ptr().add(s * k * mr + from * cs),
-                                rs,
-                                cs,
-                                panels.data.as_ptr().add(j * panels.stride + from * NR + c),
-                                out.get().add(s * mr * ldo + j * NR + c),
-                                ldo,
-                                cols,
-                                from > 0,
-                            )
-                        }
+                for s in 0..strips {
+                    let rows = (m - s * mr).min(mr);
+                    // SAFETY: the strip lies in `x` (its last row r < rows, column p < k), the
+                    // block of the panel in `panels` (rows from + p < k, columns l < width),
+                    // and the tile (rows × cols from row s·mr, column j·width, rows ldo apart)
+                    // in `out`, as asserted above; threads write disjoint column ranges; this
+                    // CPU runs `isa`.
+                    unsafe {
+                        tile(
+                            isa,
+                            rows,
+                            depth,
+                            x.as_ptr().add(s * k * mr + from * cs),
+                            rs,
+                            cs,
+                            panels.data.as_ptr().add(j * panels.stride + from * width),
+                            out.get().add(s * mr * ldo + j * width),
+                            ldo,
+                            cols,
+                            from > 0,
+                        )
                     }
                 }
             }
@@ -345,7 +435,7 @@ impl OutPtr {
     }
 }
 
-/// One tile of `rows` (1 to the ISA's) × `cols` (1 to 32) outputs, written or, with `add`,
+/// One tile of `rows` (1 to the ISA's) × `cols` (1 to its width) outputs, written or, with `add`,
 /// added to: the kernel for that many rows.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
@@ -398,8 +488,8 @@ unsafe fn kernel_avx512<const R: usize>(
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
     for p in 0..k {
-        let w_lo = _mm512_loadu_ps(panel.add(p * NR));
-        let w_hi = _mm512_loadu_ps(panel.add(p * NR + 16));
+        let w_lo = _mm512_loadu_ps(panel.add(p * 32));
+        let w_hi = _mm512_loadu_ps(panel.add(p * 32 + 16));
         let x_p = x.add(p * cs);
         for r in 0..R {
             let x_rp = _mm512_set1_ps(*x_p.add(r * rs));
@@ -415,8 +505,8 @@ unsafe fn kernel_avx512<const R: usize>(
     }
 }
 
-/// The same for `cols` ≤ 16 of the panel's columns with AVX2 and FMA (with `add`, added to
-/// out): 16 registers of 8 floats hold R × 16 sums and two of the panel's.
+/// The same for a 16-column panel (`panel[p·16 + l]`, `cols` ≤ 16) with AVX2 and FMA (with
+/// `add`, added to out): 16 registers of 8 floats hold R × 16 sums and two of the panel's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
@@ -453,8 +543,8 @@ unsafe fn kernel_avx2<const R: usize>(
         }
     }
     for p in 0..k {
-        let w_lo = _mm256_loadu_ps(panel.add(p * NR));
-        let w_hi = _mm256_loadu_ps(panel.add(p * NR + 8));
+        let w_lo = _mm256_loadu_ps(panel.add(p * 16));
+        let w_hi = _mm256_loadu_ps(panel.add(p * 16 + 8));
         let x_p = x.add(p * cs);
         for r in 0..R {
             let x_rp = _mm256_broadcast_ss(&*x_p.add(r * rs));
@@ -499,6 +589,7 @@ mod tests {
             let panels = Panels {
                 data: &[],
                 stride: 0,
+                width: isa.width(),
             };
             product_on(isa, &[], 3, 0, panels, 5, &mut out, 5, false);
             assert_eq!(out, vec![0f32; 15], "{isa:?}: an empty sum is zero");
@@ -537,20 +628,28 @@ mod tests {
                     Ok(())
                 };
                 let (rs, cs) = if transposed { (1, k) } else { (n, 1) };
-                let panels = pack(&stored.flatten_all()?.to_vec1::<f32>()?, rs, cs, k, n);
+                let stored_values = stored.flatten_all()?.to_vec1::<f32>()?;
                 for isa in Isa::all() {
+                    let panels = PanelBuf::pack(&stored_values, rs, cs, k, n, isa.width());
                     for parallel in [false, true] {
                         let mut out = vec![0f32; m * n];
-                        let panels = Panels {
-                            data: &panels,
-                            stride: k * NR,
-                        };
-                        product_on(isa, &x_rows, m, k, panels, n, &mut out, n, parallel);
+                        product_on(
+                            isa,
+                            &x_rows,
+                            m,
+                            k,
+                            panels.panels(),
+                            n,
+                            &mut out,
+                            n,
+                            parallel,
+                        );
                         let got = Tensor::from_vec(out, (m, n), &dev)?;
                         check(got, format!("{isa:?}, parallel {parallel}"))?;
                     }
                 }
                 if let Some(packed) = Packed::new(&w)? {
+                    assert!(packed.matmul(&x, &w)?.is_none(), "packed on first use");
                     check(
                         packed.matmul(&x, &w)?.expect("the weight packed"),
                         "Packed".into(),
@@ -570,11 +669,50 @@ mod tests {
             Packed::available()
         );
         let tokens = Tensor::new(&[[1u32, 5, 9, 2, 7]], &Device::Cpu)?;
+        // The second forward reads the panels the first did not.
+        model.forward(&tokens, &mut crate::Hooks::none())?;
         let packed = model.forward(&tokens, &mut crate::Hooks::none())?;
+        assert_eq!(
+            model.blocks[0].attn.packed[0]
+                .as_ref()
+                .is_some_and(|p| p.panels.get().is_some()),
+            Packed::available()
+        );
         model.drop_packed_weights();
         let general = model.forward(&tokens, &mut crate::Hooks::none())?;
         let err = (packed - general)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-5, "{err}");
+        Ok(())
+    }
+
+    /// Panels are made by the second product that could read them, and only products of few
+    /// enough rows for this CPU's kernel read them.
+    #[test]
+    fn panels_are_packed_by_the_second_short_product() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (64, 40), &dev)?;
+        let Some(packed) = Packed::new(&w)? else {
+            return Ok(()); // neither AVX-512 nor AVX2: nothing is packed
+        };
+        let isa = Isa::detect().expect("packed weights need a kernel");
+        assert!(packed.panels.get().is_none(), "packed before any product");
+        let long = Tensor::randn(0f32, 1.0, (300, 64), &dev)?;
+        for _ in 0..2 {
+            assert!(packed.matmul(&long, &w)?.is_none() || 300 <= isa.rows_max());
+        }
+        assert_eq!(packed.panels.get().is_some(), 300 <= isa.rows_max());
+        let short = Tensor::randn(0f32, 1.0, (20, 64), &dev)?;
+        if packed.panels.get().is_none() {
+            assert!(packed.matmul(&short, &w)?.is_none(), "packed on first use");
+            assert!(packed.panels.get().is_none());
+        }
+        let got = packed.matmul(&short, &w)?.expect("20 rows read the panels");
+        assert!(packed.panels.get().is_some());
+        let err = (got - short.matmul(&w)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(err < 1e-4, "{err}");
         Ok(())
     }
 
@@ -583,12 +721,13 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::ones((8, 40), DType::F32, &dev)?;
         let Some(packed) = Packed::new(&w)? else {
-            return Ok(()); // no AVX-512: nothing is packed
+            return Ok(()); // neither AVX-512 nor AVX2: nothing is packed
         };
         let replaced = (w.clone() * 2.0)?;
         let x = Tensor::ones((2, 8), DType::F32, &dev)?;
-        assert!(packed.matmul(&x, &replaced)?.is_none());
+        assert!(packed.matmul(&x, &w)?.is_none(), "packed on first use");
         assert!(packed.matmul(&x, &w)?.is_some());
+        assert!(packed.matmul(&x, &replaced)?.is_none());
         Ok(())
     }
 }
