@@ -154,6 +154,12 @@ pub fn memory() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The resident memory a budget must count for `model`: what is resident now, and the packed
+/// copies of its weights that its forwards may still make (`HookedTransformer::packed_bytes_to_come`).
+pub fn resident_with(model: &HookedTransformer) -> u64 {
+    memory().0 + model.packed_bytes_to_come()
+}
+
 /// A byte size as written on the command line: `4G`, `512M`, `1.5GiB`, or plain bytes.
 pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim().to_ascii_uppercase();
@@ -244,7 +250,8 @@ pub fn capture_in_folder(
 }
 
 /// The store spec for capturing `capture` over `contexts` within `max_memory` bytes of
-/// resident memory in all (what is resident now, the model and corpus, counted).
+/// resident memory in all (what is resident now, the model and corpus, counted, and the
+/// model's packed weights to come).
 pub fn plan_store(
     capture: &Capture,
     contexts: &Contexts,
@@ -254,10 +261,10 @@ pub fn plan_store(
 ) -> Result<StoreSpec> {
     let shapes = capture.shapes()?;
     let widths: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
-    let (resident, _) = memory();
+    let resident = resident_with(capture.model());
     let available = max_memory.checked_sub(resident).with_context(|| {
         format!(
-            "--max-memory {} MB is below the {} MB already resident (model and corpus); raise it",
+            "--max-memory {} MB is below the {} MB already resident (model, its packed weights to come, corpus); raise it",
             max_memory >> 20,
             resident >> 20
         )
@@ -270,7 +277,7 @@ pub fn plan_store(
         shard_tokens.map(|t| t as usize),
     )?;
     eprintln!(
-        "plan: {} MB resident (model and corpus), {} contexts per forward (~{} MB), {} per shard ({} MB), within --max-memory {} MB",
+        "plan: {} MB resident (model, its packed weights to come, corpus), {} contexts per forward (~{} MB), {} per shard ({} MB), within --max-memory {} MB",
         resident >> 20,
         p.contexts_per_batch,
         p.forward_bytes >> 20,

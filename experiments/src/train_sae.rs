@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use hooklens::sae::train::{BDecInit, Sparsity, StepStats, TrainConfig, Trainer};
 use hooklens::store::{Batches, Source, TokenFilter};
-use hooklens::HookPoint;
+use hooklens::{HookPoint, HookedTransformer};
 use polars::prelude::*;
 use std::path::Path;
 
@@ -221,6 +221,7 @@ impl TrainArgs {
     /// so that its batches are the ones the run started with.
     pub fn buffer_plan(
         &self,
+        model: &HookedTransformer,
         cfg: &TrainConfig,
         d_in: usize,
         dir: &crate::run::RunDir,
@@ -234,7 +235,7 @@ impl TrainArgs {
                 .map(|r| r as usize)
                 .with_context(|| format!("{}: no buffer_rows", path.display()));
         }
-        let rows = self.planned_buffer(cfg, d_in)?;
+        let rows = self.planned_buffer(model, cfg, d_in)?;
         hooklens::atomic::atomic_write(
             &path,
             serde_json::json!({ "buffer_rows": rows })
@@ -245,12 +246,18 @@ impl TrainArgs {
     }
 
     /// Rows of the shuffling buffer: --buffer-batches batches, fewer if --max-memory needs it
-    /// (at least two). The estimate: what is resident now, the parameters with Adam's moments
+    /// (at least two). The estimate: what is resident now (with the model's packed weights to
+    /// come, `store::resident_with`), the parameters with Adam's moments
     /// and gradients (5 × d_sae × d_in), a step's pre-activations and their host copy
     /// (2 × batch × d_sae), and the buffer with one chunk being poured in (2 × its rows), in f32.
-    fn planned_buffer(&self, cfg: &TrainConfig, d_in: usize) -> Result<usize> {
+    fn planned_buffer(
+        &self,
+        model: &HookedTransformer,
+        cfg: &TrainConfig,
+        d_in: usize,
+    ) -> Result<usize> {
         let batch = self.batch as usize;
-        let (now, _) = crate::store::memory();
+        let now = crate::store::resident_with(model);
         let fixed = now as usize + 4 * (5 * cfg.d_sae * d_in + 2 * batch * cfg.d_sae);
         let per_row = 2 * 4 * d_in;
         let fit = (self.max_memory as usize).saturating_sub(fixed) / per_row;

@@ -219,6 +219,18 @@ impl HookedTransformer {
         })
     }
 
+    /// Memory the packed copies of the weights will take once forwards make them (0 where the
+    /// CPU packs nothing, or once they are made): what a memory budget planned from the
+    /// resident size must hold back.
+    pub fn packed_bytes_to_come(&self) -> u64 {
+        let blocks = self.blocks.iter().flat_map(|b| {
+            let mlp = b.mlp.iter().flat_map(|m| m.packed.iter());
+            b.attn.packed.iter().chain(mlp)
+        });
+        let all = blocks.chain([&self.w_u_packed]);
+        all.flatten().map(Packed::bytes_to_come).sum()
+    }
+
     /// Frees the packed copies of the f32 weight matrices ([`Packed`], made by the first
     /// forward that reads them on CPUs with AVX-512 or AVX2): the weights then take half the
     /// memory, and the forward's products go through the general matmul (on Zen 4 1.1-1.8×

@@ -163,10 +163,18 @@ impl Packed {
         }))
     }
 
+    /// Bytes the panels will take once a product makes them; 0 once it has.
+    pub fn bytes_to_come(&self) -> u64 {
+        match (self.panels.get(), Isa::detect()) {
+            (None, Some(isa)) => (self.n.div_ceil(isa.width()) * isa.width() * self.k * 4) as u64,
+            _ => 0,
+        }
+    }
+
     /// `x @ w` [m, n] for `x` [m, k], from the panels (packing them from `w` the second time
-    /// it is asked; the first time it answers `None`), if `w` is still the tensor they are for, `x` is f32 on the CPU outside autograd and has
-    /// few enough rows for this CPU's kernel to beat the general matmul; `None` where the
-    /// general matmul must compute it.
+    /// it is asked; the first time it answers `None`), if `w` is still the tensor they are
+    /// for, `x` is f32 on the CPU outside autograd and has few enough rows for this CPU's
+    /// kernel to beat the general matmul; `None` where the general matmul must compute it.
     pub fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let Some(isa) = Isa::detect() else {
             return Ok(None);
@@ -669,9 +677,13 @@ mod tests {
             Packed::available()
         );
         let tokens = Tensor::new(&[[1u32, 5, 9, 2, 7]], &Device::Cpu)?;
+        let to_come = model.packed_bytes_to_come();
+        assert_eq!(to_come > 0, Packed::available());
         // The second forward reads the panels the first did not.
         model.forward(&tokens, &mut crate::Hooks::none())?;
+        assert_eq!(model.packed_bytes_to_come(), to_come);
         let packed = model.forward(&tokens, &mut crate::Hooks::none())?;
+        assert_eq!(model.packed_bytes_to_come(), 0);
         assert_eq!(
             model.blocks[0].attn.packed[0]
                 .as_ref()

@@ -68,6 +68,11 @@ impl<'a> Capture<'a> {
         self.model.device()
     }
 
+    /// The model it runs.
+    pub fn model(&self) -> &HookedTransformer {
+        self.model
+    }
+
     /// Each hook's activations on `tokens` [batch, pos], as [batch·pos, ...] (context-major) in
     /// the store's dtype, on the CPU.
     pub fn activations(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {

@@ -93,7 +93,7 @@ fn run(mut a: Args) -> Result<()> {
     let batch = a.train.batch as usize;
     let buffer_rows = a
         .train
-        .buffer_plan(&cfg, widths.iter().sum(), &dir, a.out.resume)?;
+        .buffer_plan(&model, &cfg, widths.iter().sum(), &dir, a.out.resume)?;
     lab::progress::save_or_check_args(&dir, a.out.resume, &a)?;
     let files = (
         dir.file("checkpoint.safetensors"),
