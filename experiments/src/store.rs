@@ -155,7 +155,8 @@ pub fn memory() -> (u64, u64) {
 }
 
 /// The resident memory a budget must count for `model`: what is resident now, and the packed
-/// copies of its weights that its forwards may still make (`HookedTransformer::packed_bytes_to_come`).
+/// copies of its weights that its forwards may still make
+/// (`HookedTransformer::packed_bytes_to_come`).
 pub fn resident_with(model: &HookedTransformer) -> u64 {
     memory().0 + model.packed_bytes_to_come()
 }
