@@ -81,7 +81,7 @@ fn main() -> Result<()> {
         let mut general = model.clone();
         general.drop_packed_weights();
         let (mut with, mut without) = (vec![], vec![]);
-        // Two forwards untimed: the panels are packed by the second.
+        // Two forwards untimed: the first packs the panels, and both warm the caches.
         for i in 0..a.repeats + 2 {
             for (m, times) in [(&model, &mut with), (&general, &mut without)] {
                 let t = Instant::now();

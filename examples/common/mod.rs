@@ -6,7 +6,7 @@ use std::time::Instant;
 
 /// Median wall time of `repeats` runs of `f`, after two warm-up runs.
 pub fn median_secs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    // Twice untimed: packed weights are packed by the second forward.
+    // Twice untimed: the first packs the weights, and both warm the caches.
     f()?;
     f()?;
     let mut ts = Vec::new();

@@ -6,8 +6,9 @@
 //! `gemm`, BLAS) copy ("pack") W into panels of that width on every call. With the forward's
 //! few rows that copy costs a sixth of the product or more; W does not change between calls, so
 //! here it is packed once, as [n / width][k][width] (the last panel zero-padded, the first on a
-//! 64-byte boundary), by the second product that could read it (a weight read once is not worth
-//! the copy).
+//! 64-byte boundary), by the first product that reads it. Whether a product reads the panels
+//! depends only on its shape, never on what ran before, so a forward gives the same bits on its
+//! first call as on every later one.
 //!
 //! Measured on two Zen 4 cores (AVX-512, `examples/profile_forward.rs`): GPT-2 small's products
 //! at 128 tokens ran at ~140 GFLOP/s through candle and ~200 from packed panels, and the panels
@@ -26,7 +27,6 @@
 
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, TensorId};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The instruction sets the kernel is written for, best first.
@@ -118,16 +118,16 @@ impl Isa {
 }
 
 /// A [k, n] f32 weight as panels for this CPU's kernel, packed from the tensor `source` by the
-/// second product that could read them: a weight read once (one forward) is not worth the copy,
-/// and a model whose products all go through the general matmul (long inputs on AVX2) never
-/// holds its weights twice.
+/// first product that reads them: a model whose products all go through the general matmul
+/// (long inputs on AVX2) never holds its weights twice. Packing on the first such product,
+/// not a later one, keeps the result a function of the inputs alone: the kernels sum in
+/// different orders, so a forward that switched kernels between calls would change in the last
+/// bits.
 #[derive(Clone)]
 pub struct Packed {
     source: TensorId,
     k: usize,
     n: usize,
-    /// Whether a product could have read the panels before they were made.
-    asked: Arc<AtomicBool>,
     panels: Arc<OnceLock<PanelBuf>>,
 }
 
@@ -158,7 +158,6 @@ impl Packed {
             source: w.id(),
             k,
             n,
-            asked: Arc::new(AtomicBool::new(false)),
             panels: Arc::new(OnceLock::new()),
         }))
     }
@@ -171,8 +170,7 @@ impl Packed {
         }
     }
 
-    /// `x @ w` [m, n] for `x` [m, k], from the panels (packing them from `w` the second time
-    /// it is asked; the first time it answers `None`), if `w` is still the tensor they are
+    /// `x @ w` [m, n] for `x` [m, k], from the panels (packing them from `w` on first use), if `w` is still the tensor they are
     /// for, `x` is f32 on the CPU outside autograd and has few enough rows for this CPU's
     /// kernel to beat the general matmul; `None` where the general matmul must compute it.
     pub fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
@@ -200,7 +198,6 @@ impl Packed {
         }
         let panels = match self.panels.get() {
             Some(panels) => panels,
-            None if !self.asked.swap(true, Ordering::Relaxed) => return Ok(None),
             None => {
                 let (storage, layout) = w.storage_and_layout();
                 let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
@@ -657,7 +654,6 @@ mod tests {
                     }
                 }
                 if let Some(packed) = Packed::new(&w)? {
-                    assert!(packed.matmul(&x, &w)?.is_none(), "packed on first use");
                     check(
                         packed.matmul(&x, &w)?.expect("the weight packed"),
                         "Packed".into(),
@@ -679,11 +675,13 @@ mod tests {
         let tokens = Tensor::new(&[[1u32, 5, 9, 2, 7]], &Device::Cpu)?;
         let to_come = model.packed_bytes_to_come();
         assert_eq!(to_come > 0, Packed::available());
-        // The second forward reads the panels the first did not.
-        model.forward(&tokens, &mut crate::Hooks::none())?;
-        assert_eq!(model.packed_bytes_to_come(), to_come);
-        let packed = model.forward(&tokens, &mut crate::Hooks::none())?;
+        // The first forward packs the panels and reads them, giving the bits every later one
+        // gives.
+        let first = model.forward(&tokens, &mut crate::Hooks::none())?;
         assert_eq!(model.packed_bytes_to_come(), 0);
+        let packed = model.forward(&tokens, &mut crate::Hooks::none())?;
+        let again = (&first - &packed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(again, 0.0, "the first forward differs from the second");
         assert_eq!(
             model.blocks[0].attn.packed[0]
                 .as_ref()
@@ -697,10 +695,10 @@ mod tests {
         Ok(())
     }
 
-    /// Panels are made by the second product that could read them, and only products of few
-    /// enough rows for this CPU's kernel read them.
+    /// Panels are made by the first product that reads them, and only products of few enough
+    /// rows for this CPU's kernel read them.
     #[test]
-    fn panels_are_packed_by_the_second_short_product() -> Result<()> {
+    fn panels_are_packed_by_the_first_short_product() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (64, 40), &dev)?;
         let Some(packed) = Packed::new(&w)? else {
@@ -709,15 +707,9 @@ mod tests {
         let isa = Isa::detect().expect("packed weights need a kernel");
         assert!(packed.panels.get().is_none(), "packed before any product");
         let long = Tensor::randn(0f32, 1.0, (300, 64), &dev)?;
-        for _ in 0..2 {
-            assert!(packed.matmul(&long, &w)?.is_none() || 300 <= isa.rows_max());
-        }
+        assert!(packed.matmul(&long, &w)?.is_none() || 300 <= isa.rows_max());
         assert_eq!(packed.panels.get().is_some(), 300 <= isa.rows_max());
         let short = Tensor::randn(0f32, 1.0, (20, 64), &dev)?;
-        if packed.panels.get().is_none() {
-            assert!(packed.matmul(&short, &w)?.is_none(), "packed on first use");
-            assert!(packed.panels.get().is_none());
-        }
         let got = packed.matmul(&short, &w)?.expect("20 rows read the panels");
         assert!(packed.panels.get().is_some());
         let err = (got - short.matmul(&w)?)?
@@ -737,7 +729,6 @@ mod tests {
         };
         let replaced = (w.clone() * 2.0)?;
         let x = Tensor::ones((2, 8), DType::F32, &dev)?;
-        assert!(packed.matmul(&x, &w)?.is_none(), "packed on first use");
         assert!(packed.matmul(&x, &w)?.is_some());
         assert!(packed.matmul(&x, &replaced)?.is_none());
         Ok(())
