@@ -462,3 +462,39 @@ fn attention_in_query_blocks_equals_the_whole_pattern() {
         );
     }
 }
+
+/// A gated MLP computes W_gate and W_in as one product and, with no hook on either half, the
+/// activation straight from it; hooks on the halves (a no-op and a replacement that changes
+/// nothing) must give the same logits, and the halves must be x·W_gate and x·W_in.
+#[test]
+fn gated_mlp_halves_equal_the_fused_path() {
+    use hooklens::{BlockHook, HookPoint, Hooks};
+    for family in ["qwen2", "gemma3"] {
+        let model = load(family, Processing::default());
+        let tokens = Tensor::new(&[[3u32, 17, 5, 99, 42, 8]], &Device::Cpu).unwrap();
+        let fused = model.forward(&tokens, &mut Hooks::none()).unwrap();
+        let mut hooks = Hooks::none();
+        for l in 0..model.cfg.n_layers {
+            hooks = hooks
+                .add(HookPoint::Block(l, BlockHook::MlpPre), |_, _| Ok(None))
+                .add(HookPoint::Block(l, BlockHook::MlpPreLinear), |x, _| {
+                    Ok(Some((x * 1.0)?))
+                });
+        }
+        let halves = model.forward(&tokens, &mut hooks).unwrap();
+        let d = max_abs_diff(&fused, &halves);
+        assert!(d < 1e-5, "{family}: {d}");
+        let (_, cache) = model.run_with_cache(&tokens, NameFilter::All).unwrap();
+        let mlp = model.blocks[1].mlp.as_ref().unwrap();
+        let x = cache.get_by_name("blocks.1.ln2.hook_normalized").unwrap();
+        for (hook, w) in [
+            ("mlp.hook_pre", mlp.w_gate.as_ref().unwrap()),
+            ("mlp.hook_pre_linear", &mlp.w_in),
+        ] {
+            let want = x.broadcast_matmul(w).unwrap();
+            let got = cache.get_by_name(&format!("blocks.1.{hook}")).unwrap();
+            let d = max_abs_diff(got, &want);
+            assert!(d < 1e-4, "{family} {hook}: {d}");
+        }
+    }
+}

@@ -6,20 +6,24 @@ use crate::error::Result;
 use crate::hook_points::{BlockHook, HookPoint};
 use crate::hooks::Hooks;
 use crate::weights::Weights;
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    /// [d_model, d_mlp]
+    /// [d_model, d_mlp]; in a gated MLP a view of `w_gate_in`.
     pub w_in: Tensor,
     pub b_in: Option<Tensor>,
-    /// [d_model, d_mlp], gated MLPs only.
+    /// [d_model, d_mlp], gated MLPs only: a view of `w_gate_in`.
     pub w_gate: Option<Tensor>,
     /// [d_mlp, d_model]
     pub w_out: Tensor,
     pub b_out: Option<Tensor>,
-    /// `w_in`, `w_gate` and `w_out` packed for the forward's products.
-    pub(super) packed: [Option<Packed>; 3],
+    /// Gated MLPs: W_gate and W_in side by side, [d_model, 2 · d_mlp], so that one product
+    /// gives both (as W_Q, W_K and W_V in attention); b_in after zeros, if there is a b_in.
+    w_gate_in: Option<(Tensor, Option<Tensor>)>,
+    /// The first product's weight (`w_gate_in`, or `w_in` if not gated) and `w_out`, packed
+    /// for the forward's products.
+    pub(super) packed: [Option<Packed>; 2],
     act: Activation,
     layer: usize,
 }
@@ -29,22 +33,29 @@ impl Mlp {
         let p = |n: &str| format!("blocks.{layer}.mlp.{n}");
         let (d, m) = (cfg.d_model, cfg.d_mlp);
         let w_in = w.get(&p("W_in"), &[d, m])?;
-        let w_gate = match cfg.gated_mlp {
-            true => Some(w.get(&p("W_gate"), &[d, m])?),
-            false => None,
-        };
+        let b_in = w.get_opt(&p("b_in"), &[m])?;
         let w_out = w.get(&p("W_out"), &[m, d])?;
+        let (w_in, w_gate, w_gate_in) = match cfg.gated_mlp {
+            true => {
+                let both = Tensor::cat(&[&w.get(&p("W_gate"), &[d, m])?, &w_in], 1)?;
+                let b = match &b_in {
+                    Some(b) => Some(Tensor::cat(&[&b.zeros_like()?, b], 0)?),
+                    None => None,
+                };
+                let (gate, w_in) = (both.narrow(1, 0, m)?, both.narrow(1, m, m)?);
+                (w_in, Some(gate), Some((both, b)))
+            }
+            false => (w_in, None, None),
+        };
+        let first = w_gate_in.as_ref().map_or(&w_in, |(both, _)| both);
         Ok(Self {
-            packed: [
-                Packed::new(&w_in)?,
-                w_gate.as_ref().map(Packed::new).transpose()?.flatten(),
-                Packed::new(&w_out)?,
-            ],
+            packed: [Packed::new(first)?, Packed::new(&w_out)?],
             w_in,
-            b_in: w.get_opt(&p("b_in"), &[m])?,
+            b_in,
             w_gate,
             w_out,
             b_out: w.get_opt(&p("b_out"), &[d])?,
+            w_gate_in,
             act: cfg.act_fn,
             layer,
         })
@@ -53,25 +64,30 @@ impl Mlp {
     /// `x` [batch, pos, d_model] (already normalised) -> MLP output [batch, pos, d_model].
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let hp = |h| HookPoint::Block(self.layer, h);
-        let [p_in, p_gate, p_out] = self.packed.each_ref().map(Option::as_ref);
-        let post = match &self.w_gate {
-            Some(w_gate) => {
-                let pre = hooks.apply(hp(BlockHook::MlpPre), linear(x, w_gate, p_gate, None)?)?;
-                let pre_linear = hooks.apply(
-                    hp(BlockHook::MlpPreLinear),
-                    linear(x, &self.w_in, p_in, self.b_in.as_ref())?,
-                )?;
-                match self.act {
-                    Activation::Silu if super::kernels::applies(&pre) => {
-                        super::kernels::silu_gate(&pre, &pre_linear)?
+        let [p_first, p_out] = self.packed.each_ref().map(Option::as_ref);
+        let post = match &self.w_gate_in {
+            Some((w, b)) => {
+                // [batch, pos, 2 · d_mlp]: each position's gate pre-activations, then W_in's.
+                let both = linear(x, w, p_first, b.as_ref())?;
+                let (at_gate, at_up) = (hp(BlockHook::MlpPre), hp(BlockHook::MlpPreLinear));
+                let fused = self.act == Activation::Silu && super::kernels::applies(&both);
+                if fused && !hooks.wants(at_gate) && !hooks.wants(at_up) {
+                    super::kernels::silu_gate(&both)?
+                } else {
+                    // Hooks read (and may replace) each half as a tensor of its own.
+                    let m = self.w_in.dim(1)?;
+                    let gate = hooks.apply(at_gate, both.narrow(D::Minus1, 0, m)?.contiguous()?)?;
+                    let up = hooks.apply(at_up, both.narrow(D::Minus1, m, m)?.contiguous()?)?;
+                    match fused {
+                        true => super::kernels::silu_gate(&Tensor::cat(&[gate, up], D::Minus1)?)?,
+                        false => (activate(&gate, self.act)? * up)?,
                     }
-                    _ => (activate(&pre, self.act)? * pre_linear)?,
                 }
             }
             None => {
                 let pre = hooks.apply(
                     hp(BlockHook::MlpPre),
-                    linear(x, &self.w_in, p_in, self.b_in.as_ref())?,
+                    linear(x, &self.w_in, p_first, self.b_in.as_ref())?,
                 )?;
                 activate(&pre, self.act)?
             }

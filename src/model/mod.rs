@@ -240,7 +240,7 @@ impl HookedTransformer {
         for block in &mut self.blocks {
             block.attn.packed = [None, None];
             if let Some(mlp) = &mut block.mlp {
-                mlp.packed = [None, None, None];
+                mlp.packed = [None, None];
             }
         }
     }

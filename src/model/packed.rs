@@ -300,10 +300,15 @@ pub(super) struct Panels<'a> {
     pub width: usize,
 }
 
+/// Runs of panels a thread has in a parallel product: enough for a free thread to take over
+/// the work of one that another process slows, few enough that each run is many tiles.
+const RUNS_PER_THREAD: usize = 8;
+
 /// out [m, n] (rows `ldo` apart) = x [m, k] @ W, W as `panels`, with the best kernel this CPU
-/// runs (the caller has checked that there is one), the panels packed for its width. With `parallel`, the panels are shared out
-/// among rayon's threads; each thread runs every strip of x (a tile's rows) against each of its
-/// panels, so a panel is read from memory once and then from cache.
+/// runs (the caller has checked that there is one), the panels packed for its width. With
+/// `parallel`, runs of panels are shared out among rayon's threads; a thread runs every strip
+/// of x (a tile's rows) against each panel of a run, so a panel is read from memory once and
+/// then from cache.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn product(
     x: &[f32],
@@ -366,17 +371,19 @@ fn product_on(
     } else {
         (x, k, 1)
     };
-    let threads = match parallel && m * n * k >= 1 << 20 {
-        true => rayon::current_num_threads().min(n_panels),
+    // Runs of panels, several a thread, each taken by whichever thread is free: on a shared
+    // host a core can lose part of its time to other work, and an even split waits for it.
+    let runs = match parallel && m * n * k >= 1 << 20 {
+        true => (RUNS_PER_THREAD * rayon::current_num_threads()).min(n_panels),
         false => 1, // or too small to pay for waking a thread
     };
-    let per_thread = n_panels.div_ceil(threads);
+    let per_run = n_panels.div_ceil(runs);
     let out = OutPtr(out.as_mut_ptr());
     // k in blocks (one where the kernel walks the whole of it; with k = 0 one block of none,
     // which writes zeros).
     let block = isa.depth().min(k).max(1);
-    let run = |t: usize| {
-        for j in t * per_thread..((t + 1) * per_thread).min(n_panels) {
+    let run = |r: usize| {
+        for j in r * per_run..((r + 1) * per_run).min(n_panels) {
             // Each block of k is added to the sums of the blocks before it while this panel's
             // columns of out are still in cache.
             let cols = (n - j * width).min(width);
@@ -387,7 +394,7 @@ fn product_on(
                     // SAFETY: the strip lies in `x` (its last row r < rows, column p < k), the
                     // block of the panel in `panels` (rows from + p < k, columns l < width),
                     // and the tile (rows × cols from row s·mr, column j·width, rows ldo apart)
-                    // in `out`, as asserted above; threads write disjoint column ranges; this
+                    // in `out`, as asserted above; runs write disjoint column ranges; this
                     // CPU runs `isa`.
                     unsafe {
                         tile(
@@ -408,9 +415,9 @@ fn product_on(
             }
         }
     };
-    match threads {
+    match runs {
         1 => run(0),
-        _ => (0..threads).into_par_iter().for_each(run),
+        _ => (0..runs).into_par_iter().for_each(run),
     }
 }
 
