@@ -78,10 +78,7 @@ impl Mlp {
                     let m = self.w_in.dim(1)?;
                     let gate = hooks.apply(at_gate, both.narrow(D::Minus1, 0, m)?.contiguous()?)?;
                     let up = hooks.apply(at_up, both.narrow(D::Minus1, m, m)?.contiguous()?)?;
-                    match fused {
-                        true => super::kernels::silu_gate(&Tensor::cat(&[gate, up], D::Minus1)?)?,
-                        false => (activate(&gate, self.act)? * up)?,
-                    }
+                    (activate(&gate, self.act)? * up)?
                 }
             }
             None => {
