@@ -6,11 +6,12 @@
 
 use crate::args::progress_bar;
 use crate::parquet::write_parquet;
+use crate::store::Origin;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use hooklens::sae::train::{BDecInit, Sparsity, StepStats, TrainConfig, Trainer};
-use hooklens::store::{Batches, Source, TokenFilter};
+use hooklens::store::{ActivationStore, Batches, Source, TokenFilter};
 use hooklens::{HookPoint, HookedTransformer};
 use polars::prelude::*;
 use std::path::Path;
@@ -273,20 +274,62 @@ impl TrainArgs {
     }
 }
 
-/// What a run trains on: the hooks numbered `hooks` of `source` (side by side in each row),
-/// shuffled by `seed`, with the tokens `filter` lets through. The first hook, `d_in` wide, is
-/// the input; a second is a transcoder's target.
+/// The hooks a run trains on, resolved on `model`: `hook` (default: the store's first) and, for
+/// a transcoder, `hook_out`.
+pub fn run_hooks(
+    model: &HookedTransformer,
+    store: Option<&ActivationStore>,
+    hook: Option<&str>,
+    hook_out: Option<&str>,
+) -> Result<Vec<HookPoint>> {
+    let Some(hook) = hook.or(store.map(|s| &*s.spec.hooks[0].name)) else {
+        bail!("--hook: which activations to train on (e.g. blocks.6.hook_resid_post)");
+    };
+    std::iter::once(hook)
+        .chain(hook_out)
+        .map(|h| Ok(model.hook_point(h)?))
+        .collect()
+}
+
+/// What a run trains on: the hooks numbered `hooks` of `source` (side by side in each row,
+/// `width` wide), shuffled by `seed`, with the tokens `filter` lets through. The first hook,
+/// `d_in` wide, is the input; a second is a transcoder's target.
 pub struct Data<'a> {
     pub source: Source<'a>,
     pub hooks: Vec<usize>,
     pub d_in: usize,
+    pub width: usize,
     pub seed: u64,
     pub filter: TokenFilter,
 }
 
+impl<'a> Data<'a> {
+    /// `hooks` (resolved on `model`) as `origin` holds them.
+    pub fn new(
+        origin: &'a Origin<'a>,
+        model: &HookedTransformer,
+        hooks: &[HookPoint],
+        seed: u64,
+        filter: TokenFilter,
+    ) -> Result<Self> {
+        let widths = hooks
+            .iter()
+            .map(|h| Ok(model.hook_shape(h)?.iter().product()))
+            .collect::<Result<Vec<usize>>>()?;
+        Ok(Self {
+            source: origin.source(),
+            hooks: origin.indices(hooks)?,
+            d_in: widths[0],
+            width: widths.iter().sum(),
+            seed,
+            filter,
+        })
+    }
+}
+
 /// Full batches of `data`, epoch after epoch, each shuffled by `seed + epoch`; a short last
 /// batch is dropped.
-pub struct Stream<'a> {
+struct Stream<'a> {
     data: &'a Data<'a>,
     batch: usize,
     buffer_rows: usize,
@@ -348,7 +391,7 @@ impl<'a> Stream<'a> {
 
 /// A batch of rows as the trainer takes it: an SAE's input, or a transcoder's input (its
 /// first `d_in` columns) and target (the rest).
-pub fn split(rows: &Tensor, d_in: usize, transcoder: bool) -> Result<(Tensor, Option<Tensor>)> {
+fn split(rows: &Tensor, d_in: usize, transcoder: bool) -> Result<(Tensor, Option<Tensor>)> {
     Ok(match transcoder {
         true => (
             rows.narrow(1, 0, d_in)?,
@@ -358,9 +401,50 @@ pub fn split(rows: &Tensor, d_in: usize, transcoder: bool) -> Result<(Tensor, Op
     })
 }
 
+/// Trains on `data` in `dir` until `cfg`'s steps are done, from the run's checkpoint when
+/// resuming; returns the trainer and every step's statistics.
+pub fn fit(
+    exp: &mut crate::Experiment,
+    model: &HookedTransformer,
+    cfg: TrainConfig,
+    data: &Data,
+    args: &TrainArgs,
+    dir: crate::run::RunDir,
+    resume: bool,
+) -> Result<(Trainer, Vec<StepStats>)> {
+    let batch = args.batch as usize;
+    let buffer_rows = args.buffer_plan(model, &cfg, data.width, &dir, resume)?;
+    let checkpoint = dir.file("checkpoint.safetensors");
+    let losses = dir.file("losses.parquet");
+    let (mut trainer, mut history) = start(
+        cfg,
+        data,
+        batch,
+        (&checkpoint, &losses),
+        resume,
+        model.device(),
+    )?;
+    exp.set_run(dir);
+    let clock = std::time::Instant::now();
+    let mut stream = Stream::new(data, batch, buffer_rows)?;
+    let every = args.checkpoint_every as usize;
+    train(
+        &mut trainer,
+        &mut stream,
+        &mut history,
+        &checkpoint,
+        &losses,
+        every,
+    )
+    .context("training")?;
+    exp.manifest.record_time("train", clock);
+    exp.manifest.set("buffer_rows", buffer_rows)?;
+    Ok((trainer, history))
+}
+
 /// The trainer of a run and the steps it has logged: read back from `checkpoint` and `losses`
 /// when resuming, else new, its normalisation and `b_dec` from `data`'s first batch.
-pub fn start(
+fn start(
     cfg: TrainConfig,
     data: &Data,
     batch: usize,
@@ -384,7 +468,7 @@ pub fn start(
 /// Trains until the configured steps are done: resumes from `checkpoint` when `history` (the
 /// steps already logged) is not empty, skipping the batches those steps used; writes the
 /// checkpoint and `losses` every `every` steps.
-pub fn train(
+fn train(
     trainer: &mut Trainer,
     stream: &mut Stream,
     history: &mut Vec<StepStats>,
@@ -431,7 +515,7 @@ pub fn write_results(
     exp: &mut crate::Experiment,
     trainer: &Trainer,
     history: &[StepStats],
-    (hook, hook_out): (HookPoint, Option<HookPoint>),
+    hooks: &[HookPoint],
     batch: u64,
     resume: bool,
 ) -> Result<()> {
@@ -446,7 +530,7 @@ pub fn write_results(
         std::fs::remove_dir_all(&sae_dir)?;
     }
     trainer
-        .to_sae(hook, hook_out)?
+        .to_sae(hooks[0], hooks.get(1).copied())?
         .save(&sae_dir, &exp.manifest.model.name)?;
     exp.frame(
         "losses.parquet",

@@ -30,8 +30,11 @@ struct Args {
     #[command(flatten)]
     corpus: CorpusArgs,
     /// Hook points to store, comma-separated TransformerLens names (`hooklens hooks` lists them).
-    /// Default on the embedded model: blocks.0.attn.hook_z,blocks.1.hook_resid_post.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "blocks.0.attn.hook_z,blocks.1.hook_resid_post"
+    )]
     hooks: Vec<String>,
     /// How activations are stored (the forward runs in --dtype).
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
@@ -54,13 +57,7 @@ fn main() -> std::process::ExitCode {
     lab::main(run)
 }
 
-fn run(mut a: Args) -> Result<()> {
-    if a.hooks.is_empty() {
-        a.hooks = vec![
-            "blocks.0.attn.hook_z".into(),
-            "blocks.1.hook_resid_post".into(),
-        ];
-    }
+fn run(a: Args) -> Result<()> {
     let dir = capture_dir(&a.out, &a.sweep)?;
     let (mut exp, model, tok) = lab::Experiment::load("capture", &a.model, &a)?;
     let hooks = a

@@ -9,12 +9,12 @@
 //! - `checkpoint.safetensors` every --checkpoint-every steps: `--resume` continues to the same
 //!   weights; `manifest.json`, `args.json`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use hooklens::store::ActivationStore;
 use lab::args::{ModelArgs, RunArgs};
 use lab::store::{CorpusArgs, Origin};
-use lab::train_sae::{start, train, write_results, Data, Stream, TrainArgs};
+use lab::train_sae::{fit, run_hooks, write_results, Data, TrainArgs};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -62,75 +62,18 @@ fn run(mut a: Args) -> Result<()> {
     if let Some(s) = &store {
         lab::store::check_store_model(s, &exp.manifest.model.weights)?;
     }
-    let hook = match a
-        .hook
-        .as_deref()
-        .or(store.as_ref().map(|s| &*s.spec.hooks[0].name))
-    {
-        Some(h) => model.hook_point(h)?,
-        None => bail!("--hook: which activations to train on (e.g. blocks.6.hook_resid_post)"),
-    };
-    let hook_out = a
-        .hook_out
-        .as_deref()
-        .map(|h| model.hook_point(h))
-        .transpose()?;
-    let hooks: Vec<_> = std::iter::once(hook).chain(hook_out).collect();
-    let widths = hooks
-        .iter()
-        .map(|h| Ok(model.hook_shape(h)?.iter().product()))
-        .collect::<Result<Vec<usize>>>()?;
+    let (hook, hook_out) = (a.hook.as_deref(), a.hook_out.as_deref());
+    let hooks = run_hooks(&model, store.as_ref(), hook, hook_out)?;
     let origin = Origin::new(store.as_ref(), &model, &hooks, &a.corpus, &tok)?;
-    let data = Data {
-        source: origin.source(),
-        hooks: origin.indices(&hooks)?,
-        d_in: widths[0],
-        seed: a.corpus.seed,
-        filter: a.tokens.filter(origin.special_tokens(&tok)),
-    };
+    let filter = a.tokens.filter(origin.special_tokens(&tok));
+    let data = Data::new(&origin, &model, &hooks, a.corpus.seed, filter)?;
     let tokens = a.train.train_tokens.unwrap_or(origin.tokens());
     let cfg = a.train.config(data.d_in, tokens, a.corpus.seed)?;
-    let batch = a.train.batch as usize;
-    let buffer_rows = a
-        .train
-        .buffer_plan(&model, &cfg, widths.iter().sum(), &dir, a.out.resume)?;
     lab::progress::save_or_check_args(&dir, a.out.resume, &a)?;
-    let files = (
-        dir.file("checkpoint.safetensors"),
-        dir.file("losses.parquet"),
-    );
-    let (mut trainer, mut history) = start(
-        cfg,
-        &data,
-        batch,
-        (&files.0, &files.1),
-        a.out.resume,
-        model.device(),
-    )?;
-    exp.set_run(dir);
-    let start = std::time::Instant::now();
-    let mut stream = Stream::new(&data, batch, buffer_rows)?;
-    let every = a.train.checkpoint_every as usize;
-    train(
-        &mut trainer,
-        &mut stream,
-        &mut history,
-        &files.0,
-        &files.1,
-        every,
-    )
-    .context("training")?;
-    exp.manifest.record_time("train", start);
+    let (trainer, history) = fit(&mut exp, &model, cfg, &data, &a.train, dir, a.out.resume)?;
     exp.manifest.seed = Some(a.corpus.seed);
-    exp.manifest.set("buffer_rows", buffer_rows)?;
     exp.manifest.set("peak_rss_bytes", lab::store::memory().1)?;
-    write_results(
-        &mut exp,
-        &trainer,
-        &history,
-        (hook, hook_out),
-        batch as u64,
-        a.out.resume,
-    )?;
+    let batch = a.train.batch as u64;
+    write_results(&mut exp, &trainer, &history, &hooks, batch, a.out.resume)?;
     exp.finish()
 }
