@@ -171,8 +171,9 @@ impl Packed {
     }
 
     /// `x @ w` [m, n] for `x` [m, k], from the panels (packing them from `w` on first use),
-    /// if `w` is still the tensor they are for, `x` is f32 on the CPU outside autograd and has few enough rows for this CPU's
-    /// kernel to beat the general matmul; `None` where the general matmul must compute it.
+    /// if `w` is still the tensor they are for, `x` is f32 on the CPU outside autograd and has
+    /// few enough rows for this CPU's kernel to beat the general matmul; `None` where the
+    /// general matmul must compute it.
     pub fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let Some(isa) = Isa::detect() else {
             return Ok(None);
