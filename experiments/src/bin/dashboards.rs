@@ -12,7 +12,7 @@ use clap::Parser;
 use hooklens::analysis::dashboards::{
     dashboards, logit_effects, output_directions, DashboardOptions,
 };
-use hooklens::store::ActivationStore;
+use hooklens::store::{ActivationStore, TokenFilter};
 use lab::args::{ModelArgs, RunArgs};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -78,17 +78,15 @@ fn run(mut a: Args) -> Result<()> {
         true => vec![],
         false => lab::store::special_tokens(&store),
     };
-    let (k, bins) = (a.top_k as usize, a.bins as usize);
     let opts = DashboardOptions {
         units,
-        k,
-        bins,
+        k: a.top_k as usize,
+        bins: a.bins as usize,
         before: a.before,
         after: a.after,
-        tokens: hooklens::store::TokenFilter {
+        tokens: TokenFilter {
             skip_tokens,
-            from_position: 0,
-            max_norm: None,
+            ..TokenFilter::all()
         },
     };
     let bar = lab::args::progress_bar(
