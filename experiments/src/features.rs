@@ -1,12 +1,14 @@
-//! An SAE's features browsed over an activation store: dashboards (top examples, histograms,
-//! logit effects), each feature's nearest features by decoder direction, and the same in
-//! Neuronpedia's feature JSON. The `sae` binary's output half.
+//! Units browsed over an activation store: dashboards (top examples, histograms, logit effects)
+//! of a stored hook's units (the `dashboards` binary), and of an SAE's features with each
+//! feature's nearest features by decoder direction and the same in Neuronpedia's feature JSON
+//! (the `sae` binary's output half).
 
 use crate::report::dashboard_views;
 use crate::Experiment;
 use anyhow::Result;
+use candle_core::Tensor;
 use hooklens::analysis::dashboards::{
-    dashboards_of, logit_effects, most_similar, DashboardOptions,
+    dashboards_of, logit_effects, most_similar, output_directions, DashboardOptions, UnitDashboard,
 };
 use hooklens::sae::Sae;
 use hooklens::store::{ActivationStore, TokenFilter};
@@ -68,17 +70,7 @@ impl FeatureArgs {
             let small = candle_core::Tensor::from_vec(small, (x.dim(0)?, 1), x.device())?;
             sae.encode(&x)?.broadcast_mul(&small).map_err(Into::into)
         };
-        let bar = crate::args::progress_bar(
-            2 * store.spec.tokens as u64,
-            "feature dashboards",
-            "tokens",
-        )?;
-        let dash = exp.time("dashboards", || {
-            dashboards_of(store, "the SAE", sae.d_sae, &encode, &opts, &mut |n| {
-                bar.inc(n as u64)
-            })
-        })?;
-        bar.finish_and_clear();
+        let dash = build(exp, store, ("the SAE", sae.d_sae), &encode, &opts)?;
         let dirs = sae.residual_directions(model)?;
         let effects = dirs
             .as_ref()
@@ -108,4 +100,99 @@ impl FeatureArgs {
             similar,
         })
     }
+}
+
+/// Which units of a stored hook to show and how much of each, as flags (`dashboards`').
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+pub struct UnitArgs {
+    /// Units (the hook's last axis, flattened), comma-separated numbers and ranges: `0..64,100`.
+    /// Default: all.
+    #[arg(long)]
+    pub units: Option<String>,
+    /// Top examples per unit.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top_k: u32,
+    /// Histogram bins.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub bins: u32,
+    /// Tokens shown before and after each example.
+    #[arg(long, default_value_t = 12)]
+    pub before: usize,
+    #[arg(long, default_value_t = 4)]
+    pub after: usize,
+    /// Count BOS and the document separator too (left out by default: their activations are
+    /// outliers in most models).
+    #[arg(long)]
+    pub include_bos: bool,
+    /// Tokens listed per unit as raised and lowered by its logit effect.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub logit_k: u32,
+}
+
+impl UnitArgs {
+    /// Builds the dashboards of the chosen units of the stored `hook` (and their logit effects
+    /// where the hook writes into the residual stream) and writes them into `exp`.
+    pub fn browse(
+        &self,
+        exp: &mut Experiment,
+        store: &ActivationStore,
+        (model, tok): (&HookedTransformer, &Tokenizer),
+        hook: &str,
+    ) -> Result<()> {
+        let width = store.spec.hook(hook)?.1.width();
+        let units = match &self.units {
+            Some(s) => crate::args::parse_ranges(s, width, "--units")?,
+            None => (0..width).collect(),
+        };
+        let skip_tokens = match self.include_bos {
+            true => vec![],
+            false => crate::store::special_tokens(store),
+        };
+        let opts = DashboardOptions {
+            units,
+            k: self.top_k as usize,
+            bins: self.bins as usize,
+            before: self.before,
+            after: self.after,
+            tokens: TokenFilter {
+                skip_tokens,
+                ..TokenFilter::all()
+            },
+        };
+        let read = |s: usize| store.read(s, hook);
+        let dash = build(exp, store, (hook, width), &read, &opts)?;
+        let point = model.hook_point(hook)?;
+        let effects = exp.time("logit_effects", || {
+            output_directions(model, &point)?
+                .map(|d| logit_effects(model, &d, &opts.units, self.logit_k as usize))
+                .transpose()
+        })?;
+        exp.manifest.set("hook", hook)?;
+        let counted = dash.first().map(|d| d.tokens);
+        exp.manifest.set("tokens_counted", counted)?;
+        dashboard_views(exp, store, hook, &dash, effects.as_ref(), None, tok)
+    }
+}
+
+/// The dashboards of `opts.units` of the `width` units `units_of` computes from each shard
+/// (`what` names them in errors), with a progress bar over the store's two passes, timed.
+fn build(
+    exp: &mut Experiment,
+    store: &ActivationStore,
+    (what, width): (&str, usize),
+    units_of: &dyn Fn(usize) -> hooklens::Result<Tensor>,
+    opts: &DashboardOptions,
+) -> Result<Vec<UnitDashboard>> {
+    let bar = crate::args::progress_bar(
+        2 * store.spec.tokens as u64,
+        "dashboards, two passes over the store",
+        "tokens",
+    )?;
+    let dash = exp.time("dashboards", || {
+        dashboards_of(store, what, width, units_of, opts, &mut |n| {
+            bar.inc(n as u64)
+        })
+    })?;
+    bar.finish_and_clear();
+    Ok(dash)
 }

@@ -180,28 +180,97 @@ pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size: write e.g. 4G, 512M or 1.5GiB"))
 }
 
-/// What a capture wrote.
-pub struct Captured {
-    pub dir: RunDir,
-    pub spec: StoreSpec,
-    /// Shards computed now (not found from an earlier run) and their tokens.
-    pub computed: usize,
-    pub tokens: usize,
+/// What goes into a store and how big its pieces may be, as flags (`capture`'s).
+#[derive(Args, Debug, Clone, serde::Serialize)]
+pub struct StoreArgs {
+    /// Hook points to store, comma-separated TransformerLens names (`hooklens hooks` lists them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "blocks.0.attn.hook_z,blocks.1.hook_resid_post"
+    )]
+    pub hooks: Vec<String>,
+    /// How activations are stored (the forward runs in --dtype).
+    #[arg(long, value_enum, default_value_t = crate::args::DTypeArg::F32)]
+    pub store_dtype: crate::args::DTypeArg,
+    /// Peak resident memory of the whole process (model included): 4G, 512M, 1.5GiB. Batch and
+    /// shard sizes are planned to stay under it; the measured peak is in the manifest.
+    #[arg(long, default_value = "4G", value_parser = parse_bytes)]
+    pub max_memory: u64,
+    /// Tokens per store shard, about (whole batches). Default: planned from --max-memory, at
+    /// most 256 MB a shard.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shard_tokens: Option<u64>,
+    #[command(flatten)]
+    pub sweep: crate::args::ShardArgs,
+}
+
+impl StoreArgs {
+    /// The store of `model`'s hooks over `corpus` (the contexts and their provenance) in `dir`
+    /// (from [`capture_dir`]): planned within --max-memory and captured shard by shard (those a
+    /// `--resume` finds are kept), or with `--merge` combined from the shard folders. Then, for a
+    /// whole store, its statistics and tables; the manifest gets the spec and the peak memory.
+    pub fn capture(
+        &self,
+        exp: &mut crate::Experiment,
+        (model, tok): (&HookedTransformer, &Tokenizer),
+        (contexts, corpus): (Contexts, serde_json::Value),
+        dir: RunDir,
+        resume: bool,
+        args: &impl serde::Serialize,
+    ) -> Result<StoreSpec> {
+        let hooks = self
+            .hooks
+            .iter()
+            .map(|h| model.hook_point(h))
+            .collect::<hooklens::Result<_>>()?;
+        let capture = Capture::new(model, hooks, self.store_dtype.dtype())?;
+        let spec = if self.sweep.merge {
+            merge_store(&dir, args)?
+        } else {
+            let m = &exp.manifest.model;
+            let provenance =
+                serde_json::json!({ "model": m.name, "weights": m.weights, "corpus": corpus });
+            let plan = plan_store(&capture, &contexts, self, provenance)?;
+            let start = std::time::Instant::now();
+            let shard = self.sweep.shard.unwrap_or(Shard::WHOLE);
+            let (spec, computed, tokens) =
+                capture_in_folder(&dir, resume, shard, args, &capture, &contexts, plan)?;
+            exp.manifest.record_time("capture", start);
+            let rate = tokens as f64 / start.elapsed().as_secs_f64();
+            println!("captured {tokens} tokens in {computed} new shards ({rate:.0} tokens/s)");
+            spec
+        };
+        exp.set_run(dir.clone());
+        exp.manifest.set("store", &spec)?;
+        if self.sweep.shard.is_none() {
+            store_tables(exp, &dir, &spec, &contexts, tok)?;
+        }
+        let (_, peak) = memory();
+        exp.manifest.set("peak_rss_bytes", peak)?;
+        let max = self.max_memory >> 20;
+        println!(
+            "peak resident memory {} MB (--max-memory {max} MB)",
+            peak >> 20
+        );
+        Ok(spec)
+    }
 }
 
 /// Captures `capture` over `contexts` into the run folder (a shard's `shard=i` folder with
 /// `--shard`), skipping shards already written on `--resume`. The store layout (batch and
-/// shard sizes) comes from `spec`; `args` are saved and must match on resume.
-pub fn capture_in_folder(
-    dir: RunDir,
+/// shard sizes) comes from `spec`; `args` are saved and must match on resume. Returns the spec,
+/// the shards computed now (not found from an earlier run) and their tokens.
+fn capture_in_folder(
+    dir: &RunDir,
     resume: bool,
     shard: Shard,
     args: &impl serde::Serialize,
     capture: &Capture,
     contexts: &Contexts,
     spec: StoreSpec,
-) -> Result<Captured> {
-    crate::progress::save_or_check_args(&dir, resume, args)?;
+) -> Result<(StoreSpec, usize, usize)> {
+    crate::progress::save_or_check_args(dir, resume, args)?;
     let spec_path = dir.file("store.json");
     if resume {
         let saved: StoreSpec = crate::progress::read_json(&spec_path)?;
@@ -242,24 +311,19 @@ pub fn capture_in_folder(
         write_shard(&dir.path, &spec, i, &data)?;
     }
     bar.finish_and_clear();
-    Ok(Captured {
-        dir,
-        spec,
-        computed: todo.len(),
-        tokens,
-    })
+    Ok((spec, todo.len(), tokens))
 }
 
-/// The store spec for capturing `capture` over `contexts` within `max_memory` bytes of
+/// The store spec for capturing `capture` over `contexts` within --max-memory bytes of
 /// resident memory in all (what is resident now, the model and corpus, counted, and the
-/// model's packed weights to come).
-pub fn plan_store(
+/// model's packed weights to come), in shards of --shard-tokens.
+fn plan_store(
     capture: &Capture,
     contexts: &Contexts,
-    max_memory: u64,
-    shard_tokens: Option<u64>,
+    args: &StoreArgs,
     provenance: serde_json::Value,
 ) -> Result<StoreSpec> {
+    let (max_memory, shard_tokens) = (args.max_memory, args.shard_tokens);
     let shapes = capture.shapes()?;
     let widths: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
     let resident = resident_with(capture.model());
@@ -317,7 +381,7 @@ pub fn plan_store(
 /// Combines the finished `shard=i` folders of the run `root` into it: every store shard
 /// hard-linked (or copied) into `root/shards/`, and `store.json`. The shards must have run with
 /// the same arguments (`args`) and plan.
-pub fn merge_store(root: &RunDir, args: &impl serde::Serialize) -> Result<StoreSpec> {
+fn merge_store(root: &RunDir, args: &impl serde::Serialize) -> Result<StoreSpec> {
     let args = comparable_args(args)?;
     let mut spec: Option<StoreSpec> = None;
     let mut folders = Vec::new();
@@ -553,7 +617,7 @@ pub fn capture_dir(out: &crate::args::RunArgs, shards: &crate::args::ShardArgs) 
 
 /// A finished store's statistics (one pass over its shards, with a progress bar) and tables
 /// ([`crate::report::store_views`]), written into `dir`.
-pub fn store_tables(
+fn store_tables(
     exp: &mut crate::Experiment,
     dir: &RunDir,
     spec: &StoreSpec,

@@ -10,13 +10,8 @@
 
 use anyhow::Result;
 use clap::Parser;
-use hooklens::store::Capture;
-use lab::args::{DTypeArg, ModelArgs, RunArgs, ShardArgs};
-use lab::progress::Shard;
-use lab::store::{
-    capture_dir, capture_in_folder, memory, merge_store, parse_bytes, plan_store, store_tables,
-    CorpusArgs,
-};
+use lab::args::{ModelArgs, RunArgs};
+use lab::store::{capture_dir, CorpusArgs, StoreArgs};
 use serde::Serialize;
 
 #[derive(Parser, Serialize)]
@@ -29,26 +24,10 @@ struct Args {
     model: ModelArgs,
     #[command(flatten)]
     corpus: CorpusArgs,
-    /// Hook points to store, comma-separated TransformerLens names (`hooklens hooks` lists them).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "blocks.0.attn.hook_z,blocks.1.hook_resid_post"
-    )]
-    hooks: Vec<String>,
-    /// How activations are stored (the forward runs in --dtype).
-    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
-    store_dtype: DTypeArg,
-    /// Peak resident memory of the whole process (model included): 4G, 512M, 1.5GiB. Batch and
-    /// shard sizes are planned to stay under it; the measured peak is in the manifest.
-    #[arg(long, default_value = "4G", value_parser = parse_bytes)]
-    max_memory: u64,
-    /// Tokens per store shard, about (whole batches). Default: planned from --max-memory, at
-    /// most 256 MB a shard.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    shard_tokens: Option<u64>,
+    /// The hooks, dtype and sizes (kept at the top level of args.json, as before).
     #[command(flatten)]
-    sweep: ShardArgs,
+    #[serde(flatten)]
+    store: StoreArgs,
     #[command(flatten)]
     out: RunArgs,
 }
@@ -58,56 +37,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
-    let dir = capture_dir(&a.out, &a.sweep)?;
+    let dir = capture_dir(&a.out, &a.store.sweep)?;
     let (mut exp, model, tok) = lab::Experiment::load("capture", &a.model, &a)?;
-    let hooks = a
-        .hooks
-        .iter()
-        .map(|h| model.hook_point(h))
-        .collect::<hooklens::Result<_>>()?;
-    let capture = Capture::new(&model, hooks, a.store_dtype.dtype())?;
-    let (contexts, corpus) = exp.time("read_corpus", || Ok(a.corpus.contexts(&model, &tok)))??;
-    let provenance = serde_json::json!({ "model": exp.manifest.model.name, "weights": exp.manifest.model.weights, "corpus": corpus });
-    let spec = if a.sweep.merge {
-        merge_store(&dir, &a)?
-    } else {
-        let spec = plan_store(
-            &capture,
-            &contexts,
-            a.max_memory,
-            a.shard_tokens,
-            provenance,
-        )?;
-        let shard = a.sweep.shard.unwrap_or(Shard::WHOLE);
-        let start = std::time::Instant::now();
-        let done = capture_in_folder(
-            dir.clone(),
-            a.out.resume,
-            shard,
-            &a,
-            &capture,
-            &contexts,
-            spec,
-        )?;
-        exp.manifest.record_time("capture", start);
-        let rate = done.tokens as f64 / start.elapsed().as_secs_f64();
-        println!(
-            "captured {} tokens in {} new shards ({rate:.0} tokens/s)",
-            done.tokens, done.computed
-        );
-        done.spec
-    };
-    exp.set_run(dir.clone());
-    exp.manifest.set("store", &spec)?;
-    if a.sweep.shard.is_none() {
-        store_tables(&mut exp, &dir, &spec, &contexts, &tok)?;
-    }
-    let (_, peak) = memory();
-    exp.manifest.set("peak_rss_bytes", peak)?;
-    println!(
-        "peak resident memory {} MB (--max-memory {} MB)",
-        peak >> 20,
-        a.max_memory >> 20
-    );
+    let corpus = exp.time("read_corpus", || Ok(a.corpus.contexts(&model, &tok)))??;
+    a.store
+        .capture(&mut exp, (&model, &tok), corpus, dir, a.out.resume, &a)?;
     exp.finish()
 }
