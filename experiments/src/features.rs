@@ -27,15 +27,18 @@ pub struct FeatureArgs {
     /// Features to build dashboards of, e.g. `0..64,100` (default: the first 256).
     #[arg(long)]
     pub features: Option<String>,
-    /// Top examples per feature, histogram bins, logit-effect tokens and similar features.
-    #[arg(long, default_value_t = 20)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 40)]
-    pub bins: usize,
-    #[arg(long, default_value_t = 10)]
-    pub logit_k: usize,
-    #[arg(long, default_value_t = 5)]
-    pub similar: usize,
+    /// Top examples per feature.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top_k: u32,
+    /// Histogram bins.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub bins: u32,
+    /// Tokens listed per feature as raised and lowered by its logit effect.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub logit_k: u32,
+    /// Nearest features listed per feature, by the cosine similarity of decoder directions.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub similar: u32,
 }
 
 impl FeatureArgs {
@@ -55,8 +58,8 @@ impl FeatureArgs {
         };
         let opts = DashboardOptions {
             units,
-            k: self.top_k,
-            bins: self.bins,
+            k: self.top_k as usize,
+            bins: self.bins as usize,
             before: 12,
             after: 4,
             tokens: filter.clone(),
@@ -74,9 +77,9 @@ impl FeatureArgs {
         let dirs = sae.residual_directions(model)?;
         let effects = dirs
             .as_ref()
-            .map(|d| logit_effects(model, d, &opts.units, self.logit_k))
+            .map(|d| logit_effects(model, d, &opts.units, self.logit_k as usize))
             .transpose()?;
-        let similar = most_similar(&sae.w_dec, &opts.units, self.similar)?;
+        let similar = most_similar(&sae.w_dec, &opts.units, self.similar as usize)?;
         let np = crate::neuronpedia::features_json(
             &exp.manifest.model.name,
             &hook,
@@ -115,9 +118,10 @@ pub struct UnitArgs {
     /// Histogram bins.
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub bins: u32,
-    /// Tokens shown before and after each example.
+    /// Tokens shown before each example.
     #[arg(long, default_value_t = 12)]
     pub before: usize,
+    /// Tokens shown after each example.
     #[arg(long, default_value_t = 4)]
     pub after: usize,
     /// Count BOS and the document separator too (left out by default: their activations are

@@ -24,6 +24,7 @@ pub struct TrainArgs {
     /// Latents; default: --expansion-factor × the hook's width.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub d_sae: Option<u64>,
+    /// Latents per dimension of the hook (SAELens's expansion_factor), unless --d-sae.
     #[arg(long, default_value_t = 8)]
     pub expansion_factor: u32,
     /// Active latents per token (topk), or on average over a batch (batchtopk); default 32.
@@ -69,6 +70,8 @@ pub struct TrainArgs {
     /// A latent is dead after this many steps without firing (SAELens's dead_feature_window).
     #[arg(long, default_value_t = 1000)]
     pub dead_steps: u32,
+    /// The decoder bias's start (SAELens's b_dec_init_method): the geometric median of the
+    /// first batch's activations, their mean, or zeros.
     #[arg(long, value_enum, default_value_t = BDec::GeometricMedian)]
     pub b_dec_init: BDec,
     /// Scale inputs to mean norm √d_in while training (SAELens's expected_average_only_in),

@@ -28,6 +28,7 @@ struct Args {
     /// Number of random sequences.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
+    /// Seeds the random sequences.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Lowest token id of the random tokens (default: 32 for byte-level models, else 1000).

@@ -43,6 +43,7 @@ struct Args {
     /// e.g. --answer " Mary" --wrong " John"): `logit_diff.html`.
     #[arg(long, requires = "wrong")]
     answer: Option<String>,
+    /// The other token of --answer's logit difference.
     #[arg(long, requires = "answer")]
     wrong: Option<String>,
     #[command(flatten)]

@@ -26,6 +26,7 @@ struct Args {
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
+    /// Seeds the initial weights and the training sequences.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Attention-only layers.
