@@ -393,6 +393,14 @@ fn product_on(
             // Each block of k is added to the sums of the blocks before it while this panel's
             // columns of out are still in cache.
             let cols = (n - j * width).min(width);
+            // While the first strip runs against this panel, the next panel is fetched into
+            // L2: a layer's weights come from memory, and the first strip of each panel waited
+            // for them (products on 128 rows 5-13 % faster, on 512 as fast).
+            let next = match j + 1 < n_panels {
+                // SAFETY: panel j + 1 lies in `panels`, as asserted above.
+                true => unsafe { panels.data.as_ptr().add((j + 1) * panels.stride) },
+                false => std::ptr::null(),
+            };
             for from in (0..k.max(1)).step_by(block) {
                 let depth = block.min(k - from);
                 for s in 0..strips {
@@ -411,6 +419,7 @@ fn product_on(
                             rs,
                             cs,
                             panels.data.as_ptr().add(j * panels.stride + from * width),
+                            if s == 0 { next } else { std::ptr::null() },
                             out.get().add(s * mr * ldo + j * width),
                             ldo,
                             cols,
@@ -454,7 +463,8 @@ impl OutPtr {
 }
 
 /// One tile of `rows` (1 to the ISA's) × `cols` (1 to its width) outputs, written or, with `add`,
-/// added to: the kernel for that many rows.
+/// added to: the kernel for that many rows. A `next` panel that is not null is prefetched
+/// (AVX-512).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
 unsafe fn tile(
@@ -465,6 +475,7 @@ unsafe fn tile(
     rs: usize,
     cs: usize,
     panel: *const f32,
+    next: *const f32,
     out: *mut f32,
     ldo: usize,
     cols: usize,
@@ -481,14 +492,15 @@ unsafe fn tile(
     match isa {
         Isa::Avx512 => {
             debug_assert!(!add, "the AVX-512 kernel walks the whole of k");
-            rows!(kernel_avx512(k, x, rs, cs, panel, out, ldo, cols): 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+            rows!(kernel_avx512(k, x, rs, cs, panel, next, out, ldo, cols): 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
         }
         Isa::Avx2 => rows!(kernel_avx2(k, x, rs, cs, panel, out, ldo, cols, add): 1 2 3 4 5 6),
     }
 }
 
 /// out[r, l] = Σ_p x[r·rs + p·cs] · panel[p·32 + l] for r < R, l < cols: R × 32 sums in
-/// 2R registers, one pass over k, stored once.
+/// 2R registers, one pass over k, stored once; unless `next` is null, the k rows of the panel
+/// at `next` fetched into L2 alongside.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(unsafe_code, clippy::too_many_arguments)]
@@ -498,6 +510,7 @@ unsafe fn kernel_avx512<const R: usize>(
     rs: usize,
     cs: usize,
     panel: *const f32,
+    next: *const f32,
     out: *mut f32,
     ldo: usize,
     cols: usize,
@@ -505,7 +518,12 @@ unsafe fn kernel_avx512<const R: usize>(
     use std::arch::x86_64::*;
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
+    let prefetch = !next.is_null();
     for p in 0..k {
+        if prefetch {
+            _mm_prefetch::<_MM_HINT_T1>(next.add(p * 32) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(next.add(p * 32 + 16) as *const i8);
+        }
         let w_lo = _mm512_loadu_ps(panel.add(p * 32));
         let w_hi = _mm512_loadu_ps(panel.add(p * 32 + 16));
         let x_p = x.add(p * cs);
