@@ -27,15 +27,9 @@ pub struct FeatureArgs {
     /// Features to build dashboards of, e.g. `0..64,100` (default: the first 256).
     #[arg(long)]
     pub features: Option<String>,
-    /// Top examples per feature.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub top_k: u32,
-    /// Histogram bins.
-    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub bins: u32,
-    /// Tokens listed per feature as raised and lowered by its logit effect.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub logit_k: u32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub view: ViewArgs,
     /// Nearest features listed per feature, by the cosine similarity of decoder directions.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub similar: u32,
@@ -56,14 +50,7 @@ impl FeatureArgs {
             Some(s) => crate::args::parse_ranges(s, sae.d_sae, "--features")?,
             None => (0..sae.d_sae.min(256)).collect(),
         };
-        let opts = DashboardOptions {
-            units,
-            k: self.top_k as usize,
-            bins: self.bins as usize,
-            before: 12,
-            after: 4,
-            tokens: filter.clone(),
-        };
+        let opts = self.view.options(units, (12, 4), filter.clone());
         let hook = sae.hook.to_string();
         // Tokens over --max-norm count as inactive (the filter's other rules are the
         // dashboards').
@@ -77,7 +64,7 @@ impl FeatureArgs {
         let dirs = sae.residual_directions(model)?;
         let effects = dirs
             .as_ref()
-            .map(|d| logit_effects(model, d, &opts.units, self.logit_k as usize))
+            .map(|d| logit_effects(model, d, &opts.units, self.view.logit_k as usize))
             .transpose()?;
         let similar = most_similar(&sae.w_dec, &opts.units, self.similar as usize)?;
         let np = crate::neuronpedia::features_json(
@@ -105,6 +92,40 @@ impl FeatureArgs {
     }
 }
 
+/// How much of each dashboard, as flags (`dashboards`' and `sae`'s).
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+pub struct ViewArgs {
+    /// Top examples per unit (or feature).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top_k: u32,
+    /// Histogram bins.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub bins: u32,
+    /// Tokens listed per unit (or feature) as raised and lowered by its logit effect.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub logit_k: u32,
+}
+
+impl ViewArgs {
+    /// The dashboards of `units`, each example with `context` (before, after) tokens around it,
+    /// over the tokens `tokens` keeps.
+    fn options(
+        &self,
+        units: Vec<usize>,
+        (before, after): (usize, usize),
+        tokens: TokenFilter,
+    ) -> DashboardOptions {
+        DashboardOptions {
+            units,
+            k: self.top_k as usize,
+            bins: self.bins as usize,
+            before,
+            after,
+            tokens,
+        }
+    }
+}
+
 /// Which units of a stored hook to show and how much of each, as flags (`dashboards`').
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct UnitArgs {
@@ -112,12 +133,9 @@ pub struct UnitArgs {
     /// Default: all.
     #[arg(long)]
     pub units: Option<String>,
-    /// Top examples per unit.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub top_k: u32,
-    /// Histogram bins.
-    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub bins: u32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub view: ViewArgs,
     /// Tokens shown before each example.
     #[arg(long, default_value_t = 12)]
     pub before: usize,
@@ -128,9 +146,6 @@ pub struct UnitArgs {
     /// outliers in most models).
     #[arg(long)]
     pub include_bos: bool,
-    /// Tokens listed per unit as raised and lowered by its logit effect.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub logit_k: u32,
 }
 
 impl UnitArgs {
@@ -152,23 +167,17 @@ impl UnitArgs {
             true => vec![],
             false => crate::store::special_tokens(store),
         };
-        let opts = DashboardOptions {
-            units,
-            k: self.top_k as usize,
-            bins: self.bins as usize,
-            before: self.before,
-            after: self.after,
-            tokens: TokenFilter {
-                skip_tokens,
-                ..TokenFilter::all()
-            },
+        let tokens = TokenFilter {
+            skip_tokens,
+            ..TokenFilter::all()
         };
+        let opts = self.view.options(units, (self.before, self.after), tokens);
         let read = |s: usize| store.read(s, hook);
         let dash = build(exp, store, (hook, width), &read, &opts)?;
         let point = model.hook_point(hook)?;
         let effects = exp.time("logit_effects", || {
             output_directions(model, &point)?
-                .map(|d| logit_effects(model, &d, &opts.units, self.logit_k as usize))
+                .map(|d| logit_effects(model, &d, &opts.units, self.view.logit_k as usize))
                 .transpose()
         })?;
         exp.manifest.set("hook", hook)?;
