@@ -15,15 +15,25 @@ pub fn all_finite(x: &Tensor) -> Result<bool> {
     let (storage, layout) = x.storage_and_layout();
     if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, dense_offsets(layout)) {
         match cpu {
-            CpuStorage::F32(v) => return Ok(v[start..end].iter().all(|v| v.is_finite())),
-            CpuStorage::F16(v) => return Ok(v[start..end].iter().all(|v| v.is_finite())),
-            CpuStorage::BF16(v) => return Ok(v[start..end].iter().all(|v| v.is_finite())),
+            CpuStorage::F32(v) => return Ok(every(&v[start..end], f32::is_finite)),
+            CpuStorage::F16(v) => return Ok(every(&v[start..end], half::f16::is_finite)),
+            CpuStorage::BF16(v) => return Ok(every(&v[start..end], half::bf16::is_finite)),
             _ => {}
         }
     }
     drop(storage);
     let zero = x.sub(x)?.sum_all()?.to_dtype(DType::F32)?;
     Ok(zero.to_scalar::<f32>()?.is_finite())
+}
+
+/// Whether `ok` holds for every value of `v`: pieces on rayon's threads, each folded without
+/// a branch, so that the loop vectorises. Each forward checks its logits (25 million values for
+/// 512 tokens of a 49k vocabulary); one value at a time, in the calling thread, that was 2 % of
+/// SmolLM2's forward.
+fn every<T: Copy + Sync>(v: &[T], ok: impl Fn(T) -> bool + Sync) -> bool {
+    use rayon::prelude::*;
+    v.par_chunks(1 << 14)
+        .all(|piece| piece.iter().fold(true, |all, &x| all & ok(x)))
 }
 
 /// The storage range of a layout that covers a dense block once, in any order (a contiguous

@@ -151,15 +151,20 @@ impl Attention {
         let (h, dh, n_kv) = (self.n_heads, self.d_head, self.n_kv);
         // [batch, pos, (H + 2·H_kv)·d_head]: one product, then each part on its own.
         let qkv = linear(x, &self.w_qkv, self.packed[0].as_ref(), self.b_qkv.as_ref())?;
-        let part =
-            |start: usize, heads: usize| -> Result<Tensor> {
-                // [batch, pos, heads·d_head] -> [batch, pos, heads, d_head]
-                Ok((qkv.narrow(2, start * dh, heads * dh)?.contiguous()?)
-                    .reshape((b, p, heads, dh))?)
-            };
-        let mut q = hooks.apply(hp(BlockHook::Q), part(0, h)?)?;
-        let mut k = hooks.apply(hp(BlockHook::K), part(h, n_kv)?)?;
-        let v = hooks.apply(hp(BlockHook::V), part(h + n_kv, n_kv)?)?;
+        // [batch, pos, H + 2·H_kv, d_head]
+        let heads = qkv.reshape((b, p, h + 2 * n_kv, dh))?;
+        // [batch, pos, heads, d_head]: a view, which the rotation and the attention read where
+        // it lies; copied out for a hook (a copy in this thread was 1 % of SmolLM2's forward).
+        let mut part = |hook: BlockHook, start: usize, count: usize| -> Result<Tensor> {
+            let part = heads.narrow(2, start, count)?;
+            match hooks.wants(hp(hook)) {
+                true => hooks.apply(hp(hook), part.contiguous()?),
+                false => Ok(part),
+            }
+        };
+        let mut q = part(BlockHook::Q, 0, h)?;
+        let mut k = part(BlockHook::K, h, n_kv)?;
+        let v = part(BlockHook::V, h + n_kv, n_kv)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             use BlockHook::{KNormNormalized, KNormScale, KNormed, QNormNormalized, QNormScale};
             let qn = qn.forward(&q, hp(QNormScale), hp(QNormNormalized), hooks)?;
@@ -186,18 +191,14 @@ impl Attention {
             kv.k = Some(k.clone());
             kv.v = Some(v.clone());
         }
-        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
         // Scores, softmax and pattern in f32 for half-precision models (as TransformerLens):
         // q.k overflows f16 and rounds badly in bf16. Their hooks see f32.
         let (q32, k32) = (upcast(&q)?, upcast(&k)?);
         let scale = 1.0 / self.attn_scale;
         let offset = k.dim(2)? - p;
-        let blocked = self.fused_softmax(hooks)
-            && !hooks.wants(hp(BlockHook::Pattern))
-            && kernels::applies(&q32)
-            && kernels::applies(&v)
-            && p > QUERY_BLOCK;
-        let fused = match self.fused_softmax(hooks) && !hooks.wants(hp(BlockHook::Pattern)) {
+        let unread = self.fused_softmax(hooks) && !hooks.wants(hp(BlockHook::Pattern));
+        let fused = match unread {
+            // The key/value heads as they are: the kernel reads each for its query heads.
             true => super::fused_attention::attend(
                 &q32,
                 &k32,
@@ -210,11 +211,18 @@ impl Attention {
             false => None,
         };
         let z = match fused {
-            Some(z) => z,
-            None if blocked => self.attend_in_blocks(&q32, &k32, &v, offset, scale)?,
-            None => self.attend(&q32, &k32, &v, mask, scale, hooks)?,
+            Some(z) => z, // [batch, pos, H, d_head]
+            None => {
+                let (k32, v) = (self.repeat_kv(k32)?, self.repeat_kv(v)?);
+                let blocked =
+                    unread && kernels::applies(&q32) && kernels::applies(&v) && p > QUERY_BLOCK;
+                let z = match blocked {
+                    true => self.attend_in_blocks(&q32, &k32, &v, offset, scale)?,
+                    false => self.attend(&q32, &k32, &v, mask, scale, hooks)?,
+                };
+                z.transpose(1, 2)?.contiguous()? // [batch, pos, H, d_head]
+            }
         };
-        let z = z.transpose(1, 2)?.contiguous()?; // [batch, pos, H, d_head]
         let z = hooks.apply(hp(BlockHook::Z), z)?;
         let out = if hooks.wants(hp(BlockHook::Result)) {
             // Per-head outputs [batch, pos, H, d_model]: z[.., h, :] @ W_O[h].
