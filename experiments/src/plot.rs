@@ -303,11 +303,7 @@ pub fn line_plot(
         .unwrap_or(1);
     let fit = (880 / (8 * longest + 16)).clamp(2, n.max(2));
     write_png(path, (1000, 560), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
+        let mut chart = titled(root, title, (50, 70))
             .build_cartesian_2d(-0.5..n as f64 - 0.5, (lo - pad) as f64..(hi + pad) as f64)
             .map_err(plot_err)?;
         chart
@@ -454,11 +450,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f32)], x_desc: &str)
     let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
     let height = (n as u32 * 28 + 140).clamp(300, 1600);
     write_png(path, (1000, height), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(50)
-            .y_label_area_size(8 * longest + 30)
+        let mut chart = titled(root, title, (50, 8 * longest + 30))
             .build_cartesian_2d((lo - pad) as f64..(hi + pad) as f64, n as f64 - 0.5..-0.5)
             .map_err(plot_err)?;
         chart
@@ -514,11 +506,7 @@ pub fn scatter(
     let pad = ((hi - lo) * 0.06).max(1e-3);
     let range = (lo - pad) as f64..(hi + pad) as f64;
     write_png(path, (900, 820), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
+        let mut chart = titled(root, title, (50, 70))
             .build_cartesian_2d(range.clone(), range.clone())
             .map_err(plot_err)?;
         chart
@@ -637,11 +625,7 @@ pub fn grouped_bars(
     );
     let k = series.len() as f64;
     write_png(path, (1000, 560), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(70)
+        let mut chart = titled(root, title, (60, 70))
             .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..(hi * 1.1).max(1e-6) as f64)
             .map_err(plot_err)?;
         chart
@@ -701,11 +685,7 @@ pub fn labelled_points(
     };
     let (xr, yr) = (range(|p| p.1), range(|p| p.2));
     write_png(path, (1000, 760), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
+        let mut chart = titled(root, title, (50, 70))
             .build_cartesian_2d(xr, yr)
             .map_err(plot_err)?;
         chart
@@ -797,6 +777,22 @@ pub fn colored_tokens(
         }
         Ok(())
     })
+}
+
+/// The frame of a one-chart plot on `root`: `title` above, and room for the axes' labels below
+/// (`x_area` pixels) and on the left (`y_area`).
+fn titled<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    (x_area, y_area): (u32, u32),
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut chart = ChartBuilder::on(root);
+    chart
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(x_area)
+        .y_label_area_size(y_area);
+    chart
 }
 
 /// Draws a white PNG of `size` with `draw` and writes it to `path` atomically (through a
