@@ -8,8 +8,10 @@
 //! `attn.hook_result`, `attn.hook_attn_scores`, `attn.hook_pattern` and the norms' `hook_scale`
 //! and `hook_normalized` get no closure: a hook on any of them changes the computation (per-head
 //! outputs; attention in one piece instead of query blocks; the unfused softmax and norms), so
-//! their time goes to the next hook point. "unembed" is the time from the last hook point to the
-//! logits. Also prints a forward with no hooks against one whose cache filter matches nothing
+//! their time goes to the next hook point. The closures that remain change a little too: q, k
+//! and v are copied out for theirs (a forward without hooks reads them in place from the one
+//! product's output), and a gated MLP computes SiLU·up in two steps. "unembed" is the time from
+//! the last hook point to the logits. Also prints a forward with no hooks against one whose cache filter matches nothing
 //! (which should cost the same), a forward with the packed weights against one without them
 //! (where weights are packed), the CPU time of candle's element-wise thread pool (which should
 //! be zero), and an A/B of each product of layer 0 and the unembedding from packed weight
