@@ -159,6 +159,11 @@ mod tests {
         }
         let empty = Tensor::zeros((0, 4), DType::F32, &Device::Cpu)?;
         assert!(all_finite(&empty)?);
+        // Many pieces (the logits' size): a NaN in the last one is found.
+        let mut big = vec![1f32; 100_003];
+        assert!(every(&big, f32::is_finite));
+        big[100_002] = f32::NAN;
+        assert!(!all_finite(&Tensor::from_vec(big, 100_003, &Device::Cpu)?)?);
         Ok(())
     }
 }

@@ -646,6 +646,19 @@ mod tests {
     }
 
     #[test]
+    fn rotary_reads_heads_in_place() {
+        // q as the forward has it: 3 of 5 heads [batch, pos, heads, d_head] in a wider product.
+        let all = Tensor::randn(0f32, 1.0, (2, 4, 5, 8), &Device::Cpu).unwrap();
+        let q = all.narrow(2, 1, 3).unwrap();
+        assert!(row_stride(q.layout()).is_some());
+        let cos = Tensor::randn(0f32, 1.0, (4, 8), &Device::Cpu).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (4, 8), &Device::Cpu).unwrap();
+        let in_place = rotary(&q, &cos, &sin).unwrap();
+        let copied = rotary(&q.contiguous().unwrap(), &cos, &sin).unwrap();
+        assert_eq!(max_diff(&in_place, &copied), 0.0);
+    }
+
+    #[test]
     fn silu_and_rotary_equal_candle() {
         let x = Tensor::randn(0f32, 4.0, (2, 5, 3, 8), &Device::Cpu).unwrap();
         assert!(max_diff(&silu(&x).unwrap(), &x.silu().unwrap()) < 1e-5);
